@@ -1,0 +1,198 @@
+"""A decoder-only transformer: GPT-2 and the Llama family (Llama 2/3, Mistral, Qwen2, Qwen3) in one file.
+
+    x = embed(tokens) [+ learned positions]
+    for each block:
+        x = x + attn(norm(x))     causal self-attention, RoPE on q and k, grouped-query K/V
+        x = x + mlp(norm(x))      SwiGLU (Llama) or GELU (GPT-2)
+    logits = head(norm(x))
+
+Module names follow the Hugging Face Llama layout (model.layers.N.self_attn.q_proj, ...), so checkpoints
+and PEFT adapters map onto them without renaming. Everything is fp32-safe; norms compute in fp32.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from alignlab.model.attention import ATTENTION
+from alignlab.model.config import ModelConfig
+from alignlab.model.kv_cache import KVCache
+from alignlab.model.rope import apply_rope, inv_frequencies, rope_cos_sin
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight.  Zhang & Sennrich 2019, arXiv:1910.07467."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
+    dim = dim or config.dim
+    if config.norm == "layernorm":
+        return nn.LayerNorm(dim, eps=config.norm_eps)
+    return RMSNorm(dim, eps=config.norm_eps)
+
+
+ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        d, h, bias = config.dim, config.hidden_dim, config.mlp_bias
+        self.gated = config.mlp == "gated"
+        if self.gated:
+            self.gate_proj = nn.Linear(d, h, bias=bias)
+        self.up_proj = nn.Linear(d, h, bias=bias)
+        self.down_proj = nn.Linear(h, d, bias=bias)
+        self.act = ACTIVATIONS[config.act]
+
+    def forward(self, x):
+        if self.gated:  # SwiGLU, Shazeer 2020 arXiv:2002.05202
+            return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.up_proj(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        d, q_dim, kv_dim = config.dim, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        self.q_proj = nn.Linear(d, q_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(d, kv_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(d, kv_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_dim, d, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
+        self.qk_norm = config.qk_norm
+        self.window = config.sliding_window
+        self.config = config
+
+    def forward(self, x, rope, cache: KVCache | None, q_offset: int, key_valid):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        y = ATTENTION[self.config.attn_impl](q, k, v, q_offset, key_valid, self.window)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = make_norm(config)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope, cache, q_offset, key_valid):
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, q_offset, key_valid)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
+        if config.pos == "learned":
+            self.embed_positions = nn.Embedding(config.max_seq_len, config.dim)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = make_norm(config)
+
+
+class CausalLM(nn.Module):
+    """The language model: token ids in, next-token logits out."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        if config.pos == "rope":
+            inv_freq = inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+            self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.apply(self._init_weights)
+        # GPT-2 scaled init: residual projections shrink with depth so the residual stream stays O(1)
+        for name, p in self.named_parameters():
+            if name.endswith(("o_proj.weight", "down_proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [B, T, vocab] (or [B, 1, vocab] with last_only) for input_ids [B, T].
+
+        attention_mask: [B, past + T], 1 for real tokens and 0 for padding, covering the cached slots
+            too (as in Hugging Face). Positions default to "count of real tokens before this one", so
+            left-padded rows get the same positions as unpadded ones.
+        cache: a KVCache; the new tokens are written at slots [cache.pos, cache.pos + T).
+        """
+        B, T = input_ids.shape
+        past = cache.pos if cache is not None else 0
+        key_valid = None
+        if attention_mask is not None:
+            if attention_mask.shape[1] != past + T:
+                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} slots, expected {past + T}")
+            key_valid = attention_mask.bool()
+            if bool(key_valid.all()):
+                key_valid = None  # no padding anywhere: take the fast path
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            else:
+                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+
+        x = self.model.embed_tokens(input_ids)
+        rope = None
+        if self.config.pos == "learned":
+            x = x + self.model.embed_positions(position_ids)
+        else:
+            rope = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
+        for block in self.model.layers:
+            x = block(x, rope, cache, past, key_valid)
+        if cache is not None:
+            cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(self.model.norm(x))
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache.for_model(self.config, batch, max_len, dtype=p.dtype, device=p.device)

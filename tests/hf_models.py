@@ -1,0 +1,40 @@
+"""Tiny random-init Hugging Face models built from a config (no download), saved to a directory."""
+
+from __future__ import annotations
+
+import torch
+
+VOCAB = 128
+
+
+def hf_config(arch: str, **kw):
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if arch == "gpt2":
+        return tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **common, **kw)
+    llama_like = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=256, **common)
+    if arch == "llama":
+        return tf.LlamaConfig(**llama_like, **kw)
+    if arch == "mistral":
+        return tf.MistralConfig(**llama_like, **kw)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**llama_like, **kw)
+    if arch == "qwen3":
+        return tf.Qwen3Config(**{**llama_like, "head_dim": 32}, **kw)
+    raise ValueError(arch)
+
+
+def make_hf_model(arch: str, seed: int = 0, **kw):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = hf_config(arch, **kw)
+    cls = tf.GPT2LMHeadModel if arch == "gpt2" else tf.AutoModelForCausalLM
+    model = cls(cfg) if arch == "gpt2" else cls.from_config(cfg)
+    with torch.no_grad():  # random biases/norm weights so that every parameter matters
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or "ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.float().eval()

@@ -1,0 +1,179 @@
+"""Parity with transformers: the same checkpoint gives the same logits; export reloads in transformers."""
+
+import json
+
+import pytest
+import torch
+
+from alignlab.model import CausalLM, preset
+from alignlab.model.hf import CheckpointError, load_model, save_model
+
+from .hf_models import VOCAB, make_hf_model
+
+transformers = pytest.importorskip("transformers")
+ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gpt2"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def pair(request, tmp_path_factory):
+    arch = request.param
+    hf = make_hf_model(arch)
+    d = tmp_path_factory.mktemp(arch)
+    hf.save_pretrained(d)
+    return arch, hf, load_model(d), d
+
+
+def inputs(B=2, T=24, seed=0):
+    return torch.randint(3, VOCAB, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_logits_match_transformers(pair):
+    arch, hf, ours, _ = pair
+    x = inputs()
+    diff = (hf(x).logits - ours(x)).abs().max().item()
+    assert diff <= 1e-4, f"{arch}: max |logits diff| = {diff}"
+
+
+@torch.no_grad()
+def test_logits_match_with_left_padding(pair):
+    arch, hf, ours, _ = pair
+    x = inputs()
+    mask = torch.ones_like(x)
+    mask[1, :7] = 0
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    ref = hf(x, attention_mask=mask, position_ids=pos).logits
+    out = ours(x, attention_mask=mask)
+    diff = (ref - out).abs()[mask.bool()].max().item()
+    assert diff <= 1e-4, f"{arch}: padded logits differ by {diff}"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("impl", ["naive", "tiled"])
+def test_attention_forms_give_the_same_model(pair, impl):
+    arch, _, ours, d = pair
+    other = load_model(d, attn_impl=impl)
+    x = inputs()
+    assert (ours(x) - other(x)).abs().max() <= 1e-5
+
+
+@torch.no_grad()
+def test_kv_cache_matches_full_forward(pair):
+    _, _, ours, _ = pair
+    x = inputs(T=20)
+    full = ours(x)
+    cache = ours.new_cache(2, 32)
+    steps = [ours(x[:, :12], cache=cache)] + [ours(x[:, t:t + 1], cache=cache) for t in range(12, 20)]
+    assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+
+
+@torch.no_grad()
+def test_export_reloads_in_transformers(pair, tmp_path):
+    arch, _, ours, _ = pair
+    save_model(ours, tmp_path)
+    cls = transformers.GPT2LMHeadModel if arch == "gpt2" else transformers.AutoModelForCausalLM
+    reloaded, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    x = inputs()
+    assert (reloaded.float().eval()(x).logits - ours(x)).abs().max() <= 1e-4
+
+
+@torch.no_grad()
+def test_native_model_roundtrips_through_transformers(tmp_path):
+    """A model alignlab built (not one it loaded) exports with tied embeddings and reloads."""
+    torch.manual_seed(0)
+    ours = CausalLM(preset("qwen3", vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                           tie_embeddings=True, max_seq_len=64)).eval()
+    save_model(ours, tmp_path)
+    ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    x = inputs()
+    assert (ref(x).logits - ours(x)).abs().max() <= 1e-4
+    assert (load_model(tmp_path)(x) - ours(x)).abs().max() == 0
+
+
+@torch.no_grad()
+def test_llama3_rope_scaling_both_spellings(tmp_path):
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32}
+    hf = make_hf_model("llama", rope_parameters={"rope_theta": 500000.0, **scaling})
+    hf.save_pretrained(tmp_path)
+    x = inputs(T=100)
+    new = load_model(tmp_path)
+    assert new.config.rope_scaling["rope_type"] == "llama3" and new.config.rope_theta == 500000.0
+    assert (hf(x).logits - new(x)).abs().max() <= 1e-4
+    # the classic spelling: rope_theta and rope_scaling at the top level
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("rope_parameters")
+    cfg.update(rope_theta=500000.0, rope_scaling=scaling, torch_dtype="float32")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    old = load_model(tmp_path)
+    assert old.config.rope_scaling == new.config.rope_scaling
+    assert (old(x) - new(x)).abs().max() == 0
+
+
+def test_sharded_checkpoint(tmp_path):
+    hf = make_hf_model("llama")
+    hf.save_pretrained(tmp_path, max_shard_size="50KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    x = inputs()
+    with torch.no_grad():
+        assert (hf(x).logits - load_model(tmp_path)(x)).abs().max() <= 1e-4
+
+
+def test_param_count_and_flops():
+    c = preset("llama", vocab_size=8192, dim=256, n_layers=4, n_heads=4, n_kv_heads=2)
+    m = CausalLM(c)
+    assert c.num_params() == m.num_params()
+    # forward FLOPs/token ~ 2 * matmul params + attention; training is 3x
+    f = c.flops_per_token(128)
+    assert 2 * (m.num_params() - 8192 * 256) < f < 2 * m.num_params() + 1e6
+    assert c.flops_per_token(128, training=True) == 3 * f
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+def saved(tmp_path, arch="llama"):
+    make_hf_model(arch).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_corrupt_safetensors(tmp_path):
+    d = saved(tmp_path)
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: corrupt safetensors file"):
+        load_model(d)
+
+
+def test_unknown_model_type(tmp_path):
+    d = saved(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
+    with pytest.raises(CheckpointError, match=r"config\.json: unsupported model_type 'mamba'"):
+        load_model(d)
+
+
+def test_wrong_shape_names_tensor_and_shapes(tmp_path):
+    d = saved(tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 128}))
+    with pytest.raises(CheckpointError, match=r"tensor model\.layers\.0\.mlp\.\w+_proj\.weight has shape "
+                                              r"\[\d+, \d+\], config\.json implies \[\d+, \d+\]"):
+        load_model(d)
+
+
+def test_missing_files(tmp_path):
+    with pytest.raises(CheckpointError, match="config.json: missing"):
+        load_model(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 8,
+                                                      "hidden_size": 8, "num_hidden_layers": 1,
+                                                      "num_attention_heads": 2, "intermediate_size": 8}))
+    with pytest.raises(CheckpointError, match="no model.safetensors"):
+        load_model(tmp_path)
+    with pytest.raises(CheckpointError, match="not a model directory"):
+        load_model(tmp_path / "nope")
+
+
+def test_hub_id_offline_gives_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="Hub download failed"):
+        load_model("alignlab-test/does-not-exist")
