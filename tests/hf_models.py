@@ -12,18 +12,13 @@ def hf_config(arch: str, **kw):
 
     common = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if arch == "gpt2":
-        return tf.GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **common, **kw)
+        return tf.GPT2Config(**{**common, "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128, **kw})
     llama_like = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=256, **common)
-    if arch == "llama":
-        return tf.LlamaConfig(**llama_like, **kw)
-    if arch == "mistral":
-        return tf.MistralConfig(**llama_like, **kw)
-    if arch == "qwen2":
-        return tf.Qwen2Config(**llama_like, **kw)
-    if arch == "qwen3":
-        return tf.Qwen3Config(**{**llama_like, "head_dim": 32}, **kw)
-    raise ValueError(arch)
+    classes = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
+               "qwen3": tf.Qwen3Config}
+    extra = {"head_dim": 32} if arch == "qwen3" else {}
+    return classes[arch](**{**llama_like, **extra, **kw})
 
 
 def make_hf_model(arch: str, seed: int = 0, **kw):
