@@ -1,0 +1,334 @@
+"""Batched generation with a KV cache: prefill every prompt at once, then decode one token per step.
+
+    prompts, left-padded to [B, L]  ->  prefill: one forward, logits of the last position only
+    repeat:  logits -> processors -> next token per row  ->  stop?  ->  forward the B new tokens [B, 1]
+
+Left padding puts the last prompt token of every row in the same cache slot, so each decode step is a
+single [B, 1] forward for the whole batch. Padding slots are masked out of attention and positions count
+real tokens only, so a padded row computes what it would alone. Rows that finish keep riding along until
+enough of them have finished; then the batch is compacted (KVCache.reorder) so they stop costing compute.
+
+Stopping: a request ends with finish_reason "stop" on an end-of-sequence id (the tokenizer's and the
+model config's, unless ignore_eos), one of its stop_token_ids, or one of its stop strings appearing in the
+decoded text; otherwise with "length" after max_new_tokens tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from alignlab.infer import sampling as S
+
+COMPACT_FRACTION = 0.25  # compact the batch once this fraction of its rows has finished
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off; applies to prompt and generated tokens (as in HF)
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)  # stop strings (need a tokenizer)
+    seed: int | None = None  # None: drawn from torch's global RNG
+    logprobs: bool = False
+    ignore_eos: bool = False  # do not stop on end-of-sequence ids (benchmarks, fixed-length rollouts)
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        checks = [(self.max_new_tokens >= 0, "max_new_tokens must be >= 0"),
+                  (self.temperature >= 0, "temperature must be >= 0"),
+                  (self.top_k >= 0, "top_k must be >= 0"),
+                  (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+                  (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
+                  (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
+                  (all(self.stop), "stop strings must be non-empty")]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+@dataclass
+class Completion:
+    """One request's result.
+
+    token_ids: the generated tokens, including the token that stopped generation (eos / stop token).
+    text: the decoded tokens (special tokens skipped) without the stop token or stop string; None
+        without a tokenizer.
+    logprobs: if requested, log pi(token | prefix) of each generated token under the model's own
+        distribution: log_softmax of the raw logits, i.e. temperature 1 and no top-k/top-p/min-p/penalty,
+        whatever the sampling settings were. This is the log-probability RL objectives need; it is not the
+        probability of the (processed) distribution the token was drawn from.
+    finish_reason: "stop" or "length".
+    """
+
+    token_ids: list[int]
+    text: str | None
+    logprobs: list[float] | None
+    finish_reason: str
+    prompt_token_ids: list[int]
+
+
+class _Request:
+    """A request's progress while it is in flight."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int]):
+        self.prompt, self.params = prompt, params
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos)
+        seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.text: str | None = None
+        self.finish_reason: str | None = None
+
+
+class _Batch:
+    """The rows currently in the KV cache and their per-row tensors (rebuilt when the batch is compacted)."""
+
+    def __init__(self, rows: list[_Request], mask: torch.Tensor | None, pos: torch.Tensor,
+                 seen: torch.Tensor | None):
+        self.rows, self.mask, self.pos, self.seen = rows, mask, pos, seen
+        p = [r.params for r in rows]
+        dev = pos.device
+        self.logprobs = any(q.logprobs for q in p)
+        self.penalty = _param([q.repetition_penalty for q in p], 1.0, dev)
+        self.sampled = [i for i, q in enumerate(p) if q.temperature > 0]
+        s = [p[i] for i in self.sampled]
+        self.sampled_idx = torch.tensor(self.sampled, dtype=torch.long, device=dev)
+        self.generators = [rows[i].generator for i in self.sampled]
+        self.temperature = _param([q.temperature for q in s], 1.0, dev)
+        self.top_k = _param([q.top_k for q in s], 0, dev)
+        self.top_p = _param([q.top_p for q in s], 1.0, dev)
+        self.min_p = _param([q.min_p for q in s], 0.0, dev)
+
+    def keep(self, idx: torch.Tensor) -> _Batch:
+        mask = None if self.mask is None else self.mask[idx]
+        if mask is not None and bool(mask.all()):
+            mask = None  # the padded rows are gone
+        seen = None if self.seen is None else self.seen[idx]
+        return _Batch([self.rows[i] for i in idx.tolist()], mask, self.pos[idx], seen)
+
+
+def _param(values: list, off, device):
+    """None if every row has the neutral value, a number if all rows agree, else a tensor [rows]."""
+    if all(v == off for v in values):
+        return None
+    if all(v == values[0] for v in values):
+        return values[0]
+    return torch.tensor(values, device=device)
+
+
+class Engine:
+    """Generates from a CausalLM; with a tokenizer, prompts may be strings and completions carry text."""
+
+    def __init__(self, model, tokenizer=None):
+        self.model, self.tokenizer = model, tokenizer
+        eos = model.config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer is not None:
+            eos += list(tokenizer.eos_token_ids or [])
+        self.eos_token_ids = sorted(set(eos))
+        self.device = next(model.parameters()).device
+
+    # --- public API ----------------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]] | list[str],
+                 params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:
+        """Complete every prompt; one SamplingParams for all, or one per prompt."""
+        requests = self._requests(prompts, params)
+        for _ in self._run(requests):
+            pass
+        return [Completion(r.tokens, r.text, r.logprobs if r.params.logprobs else None, r.finish_reason,
+                           r.prompt) for r in requests]
+
+    def stream(self, prompt: list[int] | str, params: SamplingParams | None = None) -> Iterator[str]:
+        """Yield the completion's text piece by piece; the pieces concatenate to Completion.text.
+
+        A piece is yielded only once it decodes cleanly: text ending in an incomplete UTF-8 sequence
+        (U+FFFD) is held back, and so is a tail that could be the start of a stop string.
+        """
+        if self.tokenizer is None:
+            raise ValueError("stream() needs a tokenizer")
+        (req,) = self._requests([prompt], params)
+        emitted = ""
+        for _ in self._run([req]):
+            if req.finish_reason is not None:
+                break
+            text = self._safe_prefix(self._decode(req.tokens), req.params.stop)
+            if len(text) > len(emitted) and text.startswith(emitted):
+                yield text[len(emitted):]
+                emitted = text
+        if req.text.startswith(emitted) and len(req.text) > len(emitted):
+            yield req.text[len(emitted):]
+
+    # --- setup ---------------------------------------------------------------------------------------
+
+    def _requests(self, prompts, params) -> list[_Request]:
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            raise TypeError("prompts must be a list of prompts (token-id lists or strings)")
+        if params is None:
+            params = SamplingParams()
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(params)} SamplingParams")
+        vocab = self.model.config.vocab_size
+        requests = []
+        for prompt, p in zip(prompts, params):
+            if isinstance(prompt, str):
+                if self.tokenizer is None:
+                    raise ValueError("string prompts need a tokenizer")
+                prompt = self.tokenizer.encode(prompt, add_special_tokens=True)
+            prompt = [int(t) for t in prompt]
+            if not prompt:
+                raise ValueError("empty prompt")
+            if min(prompt) < 0 or max(prompt) >= vocab:
+                raise ValueError(f"prompt token ids must be in [0, {vocab})")
+            if p.stop and self.tokenizer is None:
+                raise ValueError("stop strings need a tokenizer")
+            requests.append(_Request(prompt, p, set(self.eos_token_ids)))
+        return requests
+
+    # --- the loop ------------------------------------------------------------------------------------
+
+    def _run(self, requests: list[_Request]) -> Iterator[None]:
+        """Generate for all requests, yielding after each step (outside inference mode, for stream())."""
+        for r in requests:
+            if r.params.max_new_tokens == 0:
+                self._finish(r, "length")
+        live = [r for r in requests if r.finish_reason is None]
+        if not live:
+            return
+        max_new = max(r.params.max_new_tokens for r in live)
+        L = max(len(r.prompt) for r in live)
+        c = self.model.config
+        longest = max(len(r.prompt) + r.params.max_new_tokens for r in live)
+        if c.pos == "learned" and longest - 1 > c.max_seq_len:  # the last token is never fed back
+            raise ValueError(f"prompt + max_new_tokens exceeds the model's {c.max_seq_len} positions")
+        cache = self.model.new_cache(len(live), L + max_new)
+        batch, logits = self._prefill(live, L, max_new, cache)
+        while True:
+            tokens, logprobs = self._choose(logits, batch)
+            done = self._record(batch, tokens.tolist(), logprobs)
+            yield
+            if done == len(batch.rows):
+                return
+            if done >= max(1, COMPACT_FRACTION * len(batch.rows)):
+                tokens, batch = self._compact(tokens, batch, cache)
+            logits = self._decode_step(tokens, batch, cache)
+
+    @torch.inference_mode()
+    def _prefill(self, rows: list[_Request], L: int, max_new: int, cache):
+        B, dev = len(rows), self.device
+        ids = torch.zeros(B, L, dtype=torch.long)
+        real = torch.zeros(B, L, dtype=torch.bool)
+        for i, r in enumerate(rows):  # left padding: the prompt ends at column L - 1
+            ids[i, L - len(r.prompt):] = torch.tensor(r.prompt)
+            real[i, L - len(r.prompt):] = True
+        ids, real = ids.to(dev), real.to(dev)
+        mask = None
+        if not bool(real.all()):  # one buffer for the whole generation; each step passes a view of it
+            mask = torch.ones(B, L + max_new, dtype=torch.bool, device=dev)
+            mask[:, :L] = real
+        seen = None
+        if any(r.params.repetition_penalty != 1.0 for r in rows):
+            seen = S.seen_mask(ids, self.model.config.vocab_size, real)
+        pos = real.sum(dim=1, keepdim=True)  # position of each row's first new token
+        batch = _Batch(rows, mask, pos, seen)
+        attn = None if mask is None else mask[:, :L]
+        logits = self.model(ids, attention_mask=attn, cache=cache, last_only=True)
+        return batch, logits[:, -1]
+
+    @torch.inference_mode()
+    def _compact(self, tokens: torch.Tensor, batch: _Batch, cache):
+        """Drop finished rows from the cache and the batch (one copy of the cache, cheaper steps after)."""
+        keep = [i for i, r in enumerate(batch.rows) if r.finish_reason is None]
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        cache.reorder(idx)
+        return tokens[idx], batch.keep(idx)
+
+    @torch.inference_mode()
+    def _decode_step(self, tokens: torch.Tensor, batch: _Batch, cache) -> torch.Tensor:
+        attn = None if batch.mask is None else batch.mask[:, :cache.pos + 1]
+        logits = self.model(tokens[:, None], attention_mask=attn, position_ids=batch.pos, cache=cache)
+        batch.pos += 1
+        return logits[:, -1]
+
+    @torch.inference_mode()
+    def _choose(self, logits: torch.Tensor, b: _Batch):
+        """The next token of every row, and its log-probability under the raw logits if any row wants it."""
+        raw = logits
+        if b.penalty is not None:
+            logits = S.repetition_penalty(logits, b.seen, b.penalty)
+        if len(b.sampled) < len(b.rows):
+            tokens = S.greedy(logits)
+        if b.sampled:
+            x = logits if len(b.sampled) == len(b.rows) else logits[b.sampled_idx]
+            if b.temperature is not None:
+                x = S.temperature(x, b.temperature)
+            if b.top_k is not None:
+                x = S.top_k(x, b.top_k)
+            if b.top_p is not None:
+                x = S.top_p(x, b.top_p)
+            if b.min_p is not None:
+                x = S.min_p(x, b.min_p)
+            drawn = S.sample(x, b.generators)
+            if len(b.sampled) == len(b.rows):
+                tokens = drawn
+            else:
+                tokens[b.sampled_idx] = drawn
+        if b.seen is not None:
+            b.seen.scatter_(1, tokens[:, None], True)
+        return tokens, (S.token_logprobs(raw, tokens).tolist() if b.logprobs else None)
+
+    def _record(self, batch: _Batch, tokens: list[int], logprobs: list[float] | None) -> int:
+        """Append each live row's token, apply the stop rules; returns how many rows are finished."""
+        done = 0
+        for i, (r, t) in enumerate(zip(batch.rows, tokens)):
+            if r.finish_reason is not None:
+                done += 1
+                continue
+            r.tokens.append(t)
+            if logprobs is not None:
+                r.logprobs.append(logprobs[i])
+            if t in r.stop_ids:
+                self._finish(r, "stop", drop_last=True)
+            elif r.params.stop and self._stop_string(r):
+                self._finish(r, "stop")
+            elif len(r.tokens) >= r.params.max_new_tokens:
+                self._finish(r, "length")
+            done += r.finish_reason is not None
+        return done
+
+    # --- text ----------------------------------------------------------------------------------------
+
+    def _decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _stop_string(self, r: _Request) -> bool:
+        """If a stop string occurs in the text so far, cut the text before its first occurrence."""
+        text = self._decode(r.tokens)
+        hits = [i for i in (text.find(s) for s in r.params.stop) if i >= 0]
+        if hits:
+            r.text = text[:min(hits)]
+        return bool(hits)
+
+    def _finish(self, r: _Request, reason: str, drop_last: bool = False):
+        r.finish_reason = reason
+        if self.tokenizer is not None and r.text is None:
+            r.text = self._decode(r.tokens[:-1] if drop_last else r.tokens)
+
+    @staticmethod
+    def _safe_prefix(text: str, stops: list[str]) -> str:
+        """text without a trailing incomplete UTF-8 sequence or a tail that may begin a stop string."""
+        text = text.rstrip("\ufffd")
+        hold = max((n for s in stops for n in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:n])),
+                   default=0)
+        return text[:len(text) - hold]
