@@ -1,0 +1,299 @@
+"""Chat templates: a conversation (list of {"role", "content"} dicts) -> the model's prompt text.
+
+A chat template is a jinja2 program shipped with the tokenizer. We render it in the same
+environment as transformers' `apply_chat_template` so the text is identical, character for
+character: a sandbox (templates are untrusted code from the Hub), `trim_blocks` and
+`lstrip_blocks`, the `raise_exception` and `strftime_now` globals, a `tojson` filter that does
+not HTML-escape, and the variables `messages`, `tools`, `documents`, `add_generation_prompt`, the
+special token strings (`bos_token`, `eos_token`, ...) and any extra kwargs (`enable_thinking`).
+
+Also here: built-in templates for models that ship none (`chatml`, `llama3`) and `render_chat`,
+which tokenizes a conversation together with the assistant-token mask used for SFT.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import jinja2
+from jinja2.ext import Extension, loopcontrols
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+if TYPE_CHECKING:
+    from alignlab.text.tokenizer import Tokenizer
+
+# ----------------------------------------------------------------------------------------------
+# Built-in templates
+
+# ChatML as Qwen2.5 writes it: <|im_start|>role\ncontent<|im_end|>\n per message. Tools go into the
+# system message as JSON schemas inside <tools></tools>; the assistant calls them with
+# <tool_call>{"name": ..., "arguments": ...}</tool_call> and results come back as <tool_response>
+# blocks in a user turn. Unlike Qwen's, no default system prompt is invented.
+CHATML = """\
+{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content + '\\n\\n' }}
+    {%- endif %}
+    {{- '# Tools\\n\\nYou may call one or more functions to assist with the user query.\\n\\n' }}
+    {{- 'You are provided with function signatures within <tools></tools> XML tags:\\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\\n' + tool | tojson }}
+    {%- endfor %}
+    {{- '\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments '
+        'within <tool_call></tool_call> XML tags:\\n<tool_call>\\n'
+        '{"name": <function-name>, "arguments": <args-json-object>}\\n</tool_call><|im_end|>\\n' }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+    {%- elif message.role == 'assistant' and message.tool_calls %}
+        {{- '<|im_start|>assistant' }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for call in message.tool_calls %}
+            {%- if call.function is defined %}
+                {%- set call = call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' + call.name + '", "arguments": ' }}
+            {{- call.arguments if call.arguments is string else call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+# Llama 3 style: bos, then <|start_header_id|>role<|end_header_id|>\n\ncontent<|eot_id|> per message.
+# Tools (Llama 3.1 style, simplified) are listed as JSON in the system turn; a call is a JSON
+# object {"name": ..., "parameters": ...}; results come back in "ipython" turns.
+LLAMA3 = """\
+{{- bos_token }}
+{%- if tools %}
+    {{- '<|start_header_id|>system<|end_header_id|>\\n\\nEnvironment: ipython\\n\\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content | trim + '\\n\\n' }}
+    {%- endif %}
+    {{- 'You have access to the following functions. To call a function, respond with JSON for a '
+        'function call, in the format {"name": function name, "parameters": dictionary of argument '
+        'name and its value}. Do not use variables.\\n\\n' }}
+    {%- for tool in tools %}
+        {{- tool | tojson(indent=4) + '\\n\\n' }}
+    {%- endfor %}
+    {{- '<|eot_id|>' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first and tools %}
+    {%- elif message.role == 'assistant' and message.tool_calls %}
+        {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+        {%- for call in message.tool_calls %}
+            {%- if call.function is defined %}
+                {%- set call = call.function %}
+            {%- endif %}
+            {{- '{"name": "' + call.name + '", "parameters": ' }}
+            {{- call.arguments if call.arguments is string else call.arguments | tojson }}
+            {{- '}' }}
+        {%- endfor %}
+        {{- '<|eot_id|>' }}
+    {%- else %}
+        {%- set role = 'ipython' if message.role == 'tool' else message.role %}
+        {{- '<|start_header_id|>' + role + '<|end_header_id|>\\n\\n' }}
+        {{- message.content | trim + '<|eot_id|>' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}
+{%- endif %}
+"""
+
+BUILTIN_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3}
+
+
+def get_chat_template(name: str) -> str:
+    """A built-in chat template by name ("chatml" or "llama3")."""
+    if name not in BUILTIN_TEMPLATES:
+        raise KeyError(f"unknown built-in chat template {name!r}; available: {sorted(BUILTIN_TEMPLATES)}")
+    return BUILTIN_TEMPLATES[name]
+
+
+def resolve_template(chat_template: str | dict[str, str] | None) -> str | dict[str, str] | None:
+    """A built-in name ("chatml") becomes its template text; anything else is returned as is."""
+    if isinstance(chat_template, str):
+        return BUILTIN_TEMPLATES.get(chat_template, chat_template)
+    return chat_template
+
+
+def select_template(chat_template: str | dict[str, str] | None, tools: list | None = None) -> str:
+    """The template to render: a built-in name is expanded; from a dict of named templates (as
+    some tokenizer configs ship) "tool_use" is taken when tools are given, else "default"."""
+    if isinstance(chat_template, dict):
+        name = "tool_use" if tools is not None and "tool_use" in chat_template else "default"
+        if name not in chat_template:
+            raise ValueError(f"no 'default' among the named chat templates {sorted(chat_template)}")
+        chat_template = chat_template[name]
+    if chat_template is None:
+        raise ValueError("this tokenizer has no chat template; pass chat_template= (e.g. 'chatml')")
+    return BUILTIN_TEMPLATES.get(chat_template, chat_template)
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering
+
+
+class _GenerationTag(Extension):
+    """Accepts `{% generation %}...{% endgeneration %}` (used by some templates to mark assistant
+    text for transformers' mask) and renders the body unchanged; `render_chat` finds the
+    assistant spans its own way."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
+
+
+def _raise_exception(message):
+    raise jinja2.exceptions.TemplateError(message)
+
+
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    # jinja's own tojson HTML-escapes '<', '>', '&' and "'"; templates expect plain json.dumps
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt):
+    return datetime.now().strftime(fmt)
+
+
+@lru_cache(maxsize=32)
+def compile_template(template: str) -> jinja2.Template:
+    """Compile once per distinct template string (rendering a chat is then cheap)."""
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, loopcontrols]
+    )
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    return env.from_string(template)
+
+
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _alias_reasoning(message: dict) -> dict:
+    reasoning = next((message[k] for k in _REASONING_KEYS if message.get(k) is not None), None)
+    if reasoning is None:
+        return message
+    return {"thinking": reasoning, **message, "reasoning_content": reasoning}
+
+
+def render_template(
+    template: str,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None = None,
+    add_generation_prompt: bool = False,
+    documents: list[dict] | None = None,
+    **kwargs: Any,
+) -> str:
+    """Render `messages` with a jinja chat template (or a built-in name), as transformers does.
+
+    Messages are normalized as transformers does: keys whose value is None are dropped (an API's
+    `content=None` then reads as absent, which templates handle), and a message's reasoning, under
+    any of its names, is made visible as both `reasoning_content` and `thinking`. kwargs -- the
+    special token strings and things like `enable_thinking` -- become template variables.
+    """
+    messages = [_alias_reasoning({k: v for k, v in m.items() if v is not None}) for m in messages]
+    return compile_template(select_template(template, tools)).render(
+        messages=messages,
+        tools=tools,
+        documents=documents,
+        add_generation_prompt=add_generation_prompt,
+        **kwargs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizing a conversation for training
+
+
+class ChatTokens(NamedTuple):
+    ids: list[int]
+    mask: list[int]  # 1 where the token belongs to an assistant turn (what SFT trains on), else 0
+
+
+def render_chat(
+    tokenizer: Tokenizer,
+    messages: list[dict[str, Any]],
+    tools: list[dict] | None = None,
+    add_generation_prompt: bool = False,
+    chat_template: str | None = None,
+    **kwargs: Any,
+) -> ChatTokens:
+    """Token ids of a rendered conversation and its assistant mask, for SFT loss masking.
+
+    Approach: render growing prefixes of the conversation. For an assistant message i, the text
+    the model must produce is what lies between
+        render(messages[:i], add_generation_prompt=True)   # the prompt ending in "assistant\\n"
+        render(messages[:i+1])                              # ... plus the reply
+    i.e. the reply's content and the template's end-of-turn marker (e.g. "<|im_end|>\\n"), so the
+    model also learns to stop. Everything else (system/user/tool turns, role headers) gets mask 0;
+    we only cut around assistant replies, so runs of other messages are rendered together.
+    Each piece is tokenized on its own and the ids concatenated; the cuts sit where generation
+    starts and ends, so the assistant tokens are exactly what the model emits at inference.
+
+    This needs a template whose renderings of successive prefixes extend each other (true for
+    ChatML, Llama 3 and most others); when one does not (e.g. a template that rewrites earlier
+    turns depending on what follows) a ValueError says so.
+    """
+    template = select_template(chat_template or tokenizer.chat_template, tools)
+    kwargs = {**tokenizer.special_tokens_map, **kwargs}
+
+    def render(msgs, gen_prompt=False):
+        return render_template(template, msgs, tools=tools, add_generation_prompt=gen_prompt, **kwargs)
+
+    pieces: list[tuple[str, int]] = []  # (text, mask value)
+    done = ""  # text covered so far
+
+    def extend(text, mask, what):
+        nonlocal done
+        if not text.startswith(done):
+            raise ValueError(f"chat template is not prefix-stable at {what}: can't split the chat into turns")
+        pieces.append((text[len(done) :], mask))
+        done = text
+
+    for i, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            if i > 0:
+                extend(render(messages[:i], gen_prompt=True), 0, f"the prompt before message {i}")
+            extend(render(messages[: i + 1]), 1, f"assistant message {i}")
+    extend(render(messages, add_generation_prompt), 0, "the end of the conversation")
+
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, m in pieces:
+        piece_ids = tokenizer.encode(text, add_special_tokens=False) if text else []
+        ids += piece_ids
+        mask += [m] * len(piece_ids)
+    return ChatTokens(ids, mask)

@@ -1,0 +1,143 @@
+"""The one tokenizer interface the rest of alignlab talks to.
+
+Three implementations follow it: `CharTokenizer` (char.py, for toy models), `BPETokenizer`
+(bpe.py, our own byte-level BPE) and `HFTokenizer` (hf_tokenizer.py, any Hugging Face
+`tokenizer.json`). Subclasses supply the few primitives (encode, decode, token<->id, save);
+everything built on top of them -- special-token ids, the stop ids for generation and chat
+templating -- lives here once, so all three behave the same way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+# Tokens that end an assistant turn in common chat formats. If the vocabulary has one of them,
+# generation stops on it as well as on eos (a chat model ends turns with <|im_end|>, not eos).
+END_OF_TURN_TOKENS = (
+    *("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>"),  # chat turns
+    *("<|endoftext|>", "<|end_of_text|>"),  # end of document (GPT-2/Qwen, Llama 3)
+)
+
+# The named special tokens a chat template gets as variables (same names as in transformers).
+SPECIAL_TOKEN_NAMES = (
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+)
+
+
+class Tokenizer(ABC):
+    """text <-> ids, plus the special tokens and chat template that go with a vocabulary.
+
+    Subclasses set the token strings (`bos_token`, `eos_token`, `pad_token`, `unk_token`, any of
+    them may be None), `chat_template`, `model_max_length` and `extra_eos_tokens`, and implement
+    the abstract methods below.
+    """
+
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    unk_token: str | None = None
+    chat_template: str | dict[str, str] | None = None  # a jinja template (or several, by name)
+    model_max_length: int | None = None
+    extra_eos_tokens: tuple[str, ...] = ()  # more tokens that stop generation, from the config
+
+    # --- primitives every tokenizer implements ---
+
+    @abstractmethod
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Text to ids. `add_special_tokens` adds bos/eos if this tokenizer is configured to."""
+
+    @abstractmethod
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        """Ids to text, optionally dropping special tokens."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of ids, added/special tokens included."""
+
+    @abstractmethod
+    def token_to_id(self, token: str) -> int | None:
+        """Id of a whole token string (e.g. "<|im_end|>"), or None if not in the vocabulary."""
+
+    @abstractmethod
+    def id_to_token(self, id: int) -> str | None:
+        """The vocabulary entry for an id, or None."""
+
+    @abstractmethod
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer to a directory that `alignlab.text.load_tokenizer` reads back."""
+
+    # --- derived from the primitives ---
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def _id(self, token: str | None) -> int | None:
+        return None if token is None else self.token_to_id(token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id(self.bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id(self.eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id(self.pad_token)
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._id(self.unk_token)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id that ends generation: eos, the end-of-turn tokens present, and `extra_eos_tokens`."""
+        ids: list[int] = []
+        for token in (self.eos_token, *END_OF_TURN_TOKENS, *self.extra_eos_tokens):
+            i = self._id(token)
+            if i is not None and i not in ids:
+                ids.append(i)
+        return ids
+
+    @property
+    def special_tokens_map(self) -> dict[str, str]:
+        """The named special tokens that are set, e.g. {"eos_token": "<|endoftext|>"}."""
+        return {name: getattr(self, name) for name in SPECIAL_TOKEN_NAMES if getattr(self, name, None)}
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict] | None = None,
+        add_generation_prompt: bool = False,
+        tokenize: bool = False,
+        chat_template: str | None = None,
+        **kwargs: Any,
+    ) -> str | list[int]:
+        """Render a conversation with the chat template, like transformers' method of the same name.
+
+        `chat_template` overrides the tokenizer's own template (a jinja string or a built-in name
+        such as "chatml"). Extra kwargs (e.g. `enable_thinking=False`) become template variables.
+        With `tokenize=True` the rendered text is encoded without adding bos/eos (the template
+        writes its own special tokens).
+        """
+        from alignlab.text.chat import render_template, select_template
+
+        template = select_template(chat_template or self.chat_template, tools)
+        text = render_template(
+            template,
+            messages,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            **{**self.special_tokens_map, **kwargs},
+        )
+        return self.encode(text, add_special_tokens=False) if tokenize else text
