@@ -295,15 +295,15 @@ def train_bpe(
 
     kwargs (bos_token, add_bos_token, chat_template, model_max_length) go to BPETokenizer.
     """
-    special_tokens = list(special_tokens)
-    n_special = len(set(special_tokens) | {t for t in (eos_token, pad_token, kwargs.get("bos_token")) if t})
-    target = vocab_size - n_special  # number of non-special tokens to reach
-    assert target >= 256, f"vocab_size must be at least 256 + {n_special} special tokens"
+    named = [t for t in (kwargs.get("bos_token"), eos_token, pad_token) if t is not None]
+    all_special = list(dict.fromkeys([*special_tokens, *named]))
+    target = vocab_size - len(all_special)  # number of non-special tokens to reach
+    assert target >= 256, f"vocab_size must be at least 256 + {len(all_special)} special tokens"
 
     # 1. unique words and their counts; special tokens are cut out first
     pattern = regex.compile(GPT2_PATTERN)
     word_counts: Counter[str] = Counter()
-    for i, chunk in enumerate(_split_special(text, _special_pattern(special_tokens))):
+    for i, chunk in enumerate(_split_special(text, _special_pattern(all_special))):
         if i % 2 == 0:
             word_counts.update(pattern.findall(chunk))
     words = [list(w.encode("utf-8")) for w in word_counts]  # each word as a list of token ids
@@ -364,9 +364,7 @@ def train_bpe(
         for p in grown:  # only pairs with the new token can have gained count
             heapq.heappush(heap, (-pair_counts[p], p))
     bar.close()
-    return BPETokenizer(
-        vocab, merges, special_tokens=special_tokens, eos_token=eos_token, pad_token=pad_token, **kwargs
-    )
+    return BPETokenizer(vocab, merges, special_tokens, eos_token=eos_token, pad_token=pad_token, **kwargs)
 
 
 def _merge(word: list[int], a: int, b: int, new_id: int) -> list[int]:

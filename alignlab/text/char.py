@@ -42,6 +42,7 @@ class CharTokenizer(Tokenizer):
                 self.special_tokens.append(token)
         self.chat_template = resolve_template(chat_template)  # a built-in name -> its text
         self.model_max_length = model_max_length
+        self.add_bos_token = bos_token is not None
         # ids: characters first, then special tokens
         self.itos = list(chars) + self.special_tokens
         self.stoi = {s: i for i, s in enumerate(self.itos)}
@@ -57,7 +58,7 @@ class CharTokenizer(Tokenizer):
         return cls("".join(sorted(set(text))), **kwargs)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        ids = [self.bos_token_id] if add_special_tokens and self.bos_token_id is not None else []
+        ids = [self.bos_token_id] if add_special_tokens and self.add_bos_token else []
         chunks = self._special_re.split(text) if self._special_re else [text]
         for i, chunk in enumerate(chunks):  # odd chunks are special tokens (re.split keeps the groups)
             if i % 2 == 1:

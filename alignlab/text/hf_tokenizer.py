@@ -50,7 +50,8 @@ class HFTokenizer(Tokenizer):
         config: dict | None = None,
         **special_tokens: str | None,
     ):
-        """`special_tokens`: bos_token=..., eos_token=..., pad_token=..., unk_token=..., etc."""
+        """`special_tokens`: bos_token=..., eos_token=..., pad_token=..., unk_token=..., etc.
+        `tokenizer` is used in place: special tokens are added to it and its post-processor may change."""
         unknown = set(special_tokens) - set(SPECIAL_TOKEN_NAMES)
         assert not unknown, f"unknown arguments {unknown}"
         self.tokenizer = tokenizer
@@ -78,7 +79,7 @@ class HFTokenizer(Tokenizer):
         self.add_eos_token = self.eos_token_id is not None and marked[-1:] == [self.eos_token_id]
 
     def _set_post_processor(self, add_bos: bool, add_eos: bool) -> None:
-        """bos/eos around every sequence, as the config asks (a token that is not set is skipped)."""
+        """Make encode add bos and/or eos around every sequence (an unset token is skipped)."""
         add_bos, add_eos = add_bos and self.bos_token is not None, add_eos and self.eos_token is not None
         bos, eos = f"{self.bos_token}:0 " if add_bos else "", f" {self.eos_token}:0" if add_eos else ""
         bos1, eos1 = f" {self.bos_token}:1" if add_bos else "", f" {self.eos_token}:1" if add_eos else ""

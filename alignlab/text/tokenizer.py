@@ -46,6 +46,7 @@ class Tokenizer(ABC):
     unk_token: str | None = None
     chat_template: str | dict[str, str] | None = None  # a jinja template (or several, by name)
     model_max_length: int | None = None
+    add_bos_token: bool = False  # whether encode(..., add_special_tokens=True) starts with bos
     extra_eos_tokens: tuple[str, ...] = ()  # more tokens that stop generation, from the config
 
     # --- primitives every tokenizer implements ---
