@@ -1,0 +1,83 @@
+"""The command line: info, generate (same text as transformers' greedy generate), one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from alignlab.cli import main
+
+from .hf_models import make_hf_model
+
+transformers = pytest.importorskip("transformers")
+
+TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. "
+        "How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow. ") * 20
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A random Llama with a BPE tokenizer trained here, saved as one HF directory."""
+    from alignlab.text import train_bpe
+
+    d = tmp_path_factory.mktemp("llama_bpe")
+    tok = train_bpe(TEXT, vocab_size=320, progress=False)
+    tok.save(d)
+    hf = make_hf_model("llama", vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id, bos_token_id=None)
+    hf.save_pretrained(d)
+    return d
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "alignlab.cli", *args], capture_output=True, text=True)
+
+
+def test_generate_prints_what_transformers_generates(model_dir, capsys):
+    prompt = "The quick brown"
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = hf.generate(**ids, do_sample=False, max_new_tokens=24)
+    expected = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert main(["generate", "--model", str(model_dir), "--prompt", prompt, "--max-new-tokens", "24",
+                 "--temperature", "0"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_info(model_dir, capsys):
+    assert main(["info", "--model", str(model_dir), "--seq-len", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "llama (2 layers, dim 64, 4 heads, 2 kv heads" in out
+    assert "parameters" in out and "FLOPs/token" in out and "KV cache" in out
+
+
+@pytest.mark.parametrize("breakage,expected", [
+    ("corrupt", "model.safetensors: corrupt safetensors file"),
+    ("model_type", "unsupported model_type 'mamba'"),
+    ("shape", "has shape ["),
+])
+def test_bad_checkpoints_give_one_line_errors(model_dir, tmp_path, breakage, expected):
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(model_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    if breakage == "corrupt":
+        (d / "model.safetensors").write_bytes((d / "model.safetensors").read_bytes()[:100])
+    elif breakage == "model_type":
+        (d / "config.json").write_text(json.dumps({**cfg, "model_type": "mamba"}))
+    else:
+        (d / "config.json").write_text(json.dumps({**cfg, "hidden_size": 32}))
+    r = run_cli("generate", "--model", str(d), "--prompt", "hi")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_missing_directory(tmp_path):
+    r = run_cli("info", "--model", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "not a model directory" in r.stderr and "Traceback" not in r.stderr
