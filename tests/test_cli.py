@@ -81,3 +81,21 @@ def test_bad_checkpoints_give_one_line_errors(model_dir, tmp_path, breakage, exp
 def test_missing_directory(tmp_path):
     r = run_cli("info", "--model", str(tmp_path / "nope"))
     assert r.returncode == 2 and "not a model directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_chat_streams_a_reply_and_keeps_history(model_dir):
+    r = subprocess.run([sys.executable, "-m", "alignlab.cli", "chat", "--model", str(model_dir), "--template",
+                        "chatml", "--max-new-tokens", "8", "--seed", "0"],
+                       input="hello\nagain\n\n", capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("assistant> ") == 2
+
+
+def test_demo_end_to_end(tmp_path):
+    from alignlab.demo import run_demo
+
+    result = run_demo(out_dir=str(tmp_path), steps=3)
+    assert 0.0 <= result["held_out_accuracy"] <= 1.0
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 3
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    assert reloaded.config.model_type == "llama"
