@@ -249,8 +249,9 @@ def load_model(name_or_path, device: str | torch.device = "cpu", dtype: torch.dt
     origin = {name: path for name, (_, path) in raw.items()}
     sd = {name: t for name, (t, _) in raw.items()}
     if config.arch == "gpt2":
-        sd = gpt2_to_ours(sd, config)
-        origin = {k: next(iter(origin.values())) for k in sd} if len(set(origin.values())) == 1 else {}
+        sd = gpt2_to_ours(sd, config)  # renamed: report the file only when there is one
+        files = set(origin.values())
+        origin = {k: next(iter(files)) for k in sd} if len(files) == 1 else {}
     sd = {k: v for k, v in sd.items() if not k.endswith(IGNORED_SUFFIXES)}
     if config.tie_embeddings:
         sd.pop("lm_head.weight", None)
