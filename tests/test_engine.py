@@ -293,3 +293,21 @@ def test_bad_requests():
     with pytest.raises(TypeError):
         engine.generate([1, 2, 3])
     assert engine.generate([]) == []
+
+
+def test_split_linear_matches_f_linear():
+    """The model's few-rows Linear fast path (used when decoding) computes F.linear, forward and backward."""
+    from alignlab.model.transformer import Linear
+
+    torch.manual_seed(0)
+    for bias in (False, True):
+        for shape in [(1, 1, 64), (16, 1, 64), (3, 5, 64), (64,), (40, 64)]:
+            layer = Linear(64, 96, bias=bias)
+            x = torch.randn(*shape, requires_grad=True)
+            y, want = layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)
+            torch.testing.assert_close(y, want)
+            g = torch.randn_like(y)
+            ours = torch.autograd.grad(y, (x, layer.weight), g)
+            theirs = torch.autograd.grad(want, (x, layer.weight), g)
+            for a, b in zip(ours, theirs):
+                torch.testing.assert_close(a, b)

@@ -38,6 +38,32 @@ class RMSNorm(nn.Module):
         return self.weight * xf.to(x.dtype)
 
 
+class Linear(nn.Linear):
+    """nn.Linear with a CPU fast path for a few input rows (decoding: one row per sequence).
+
+    With few rows, BLAS computes x W^T on fewer cores than it has, and decoding is bound by how fast the
+    weight streams from memory. Splitting W's output rows into one block per thread and multiplying the
+    blocks as a batch (torch.bmm) gives every core its own block to stream:
+
+        y^T = [W_1 x^T; W_2 x^T; ...; W_n x^T]
+
+    Same result up to float summation order. Training and prefill (many rows) take F.linear.
+    """
+
+    max_split_rows = 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, w = torch.get_num_threads(), self.weight
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if not 0 < rows <= self.max_split_rows or n < 2 or self.out_features % n or x.device.type != "cpu" \
+                or not w.is_contiguous():
+            return F.linear(x, w, self.bias)
+        blocks = w.view(n, self.out_features // n, self.in_features)
+        y = torch.bmm(blocks, x.reshape(rows, -1).t().expand(n, -1, -1))  # [n, out / n, rows]
+        y = y.view(self.out_features, rows).t().contiguous().view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
     dim = dim or config.dim
     if config.norm == "layernorm":
@@ -58,9 +84,9 @@ class MLP(nn.Module):
         d, h, bias = config.dim, config.hidden_dim, config.mlp_bias
         self.gated = config.mlp == "gated"
         if self.gated:
-            self.gate_proj = nn.Linear(d, h, bias=bias)
-        self.up_proj = nn.Linear(d, h, bias=bias)
-        self.down_proj = nn.Linear(h, d, bias=bias)
+            self.gate_proj = Linear(d, h, bias=bias)
+        self.up_proj = Linear(d, h, bias=bias)
+        self.down_proj = Linear(h, d, bias=bias)
         self.act = ACTIVATIONS[config.act]
 
     def forward(self, x):
@@ -75,10 +101,10 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         d, q_dim, kv_dim = config.dim, config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-        self.q_proj = nn.Linear(d, q_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(d, kv_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(d, kv_dim, bias=config.qkv_bias)
-        self.o_proj = nn.Linear(q_dim, d, bias=config.o_bias)
+        self.q_proj = Linear(d, q_dim, bias=config.qkv_bias)
+        self.k_proj = Linear(d, kv_dim, bias=config.qkv_bias)
+        self.v_proj = Linear(d, kv_dim, bias=config.qkv_bias)
+        self.o_proj = Linear(q_dim, d, bias=config.o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.norm_eps)
@@ -131,7 +157,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = Decoder(config)
-        self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         if config.pos == "rope":
