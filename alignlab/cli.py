@@ -165,13 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jinja2 import TemplateError
+
     from alignlab.model.hf import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (UserError, CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"alignlab {args.command}: error: {e}", file=sys.stderr)
+    except (UserError, CheckpointError, OSError, ValueError, TemplateError) as e:
+        kind = "chat template error: " if isinstance(e, TemplateError) else ""
+        print(f"alignlab {args.command}: error: {kind}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

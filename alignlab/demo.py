@@ -74,7 +74,8 @@ def run_demo(out_dir: str = "runs/demo", steps: int = 600, seed: int = 0, batch:
     params = SamplingParams(max_new_tokens=5, temperature=0.0, stop=["\n"])
     answers = [c.text.strip() for c in engine.generate(prompts, params)]
     correct = sum(ans == str(a + b) for ans, (a, b) in zip(answers, test))
-    result = {"steps": steps, "final_loss": round(losses[-1], 4), "held_out_accuracy": correct / len(test),
+    result = {"steps": steps, "initial_loss": round(losses[0], 4), "final_loss": round(losses[-1], 4),
+              "held_out_accuracy": correct / len(test),
               "train_seconds": round(time.time() - t0, 1), "model_dir": str(out)}
     print("samples:")
     for (a, b), ans in list(zip(test, answers))[:5]:

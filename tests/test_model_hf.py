@@ -93,8 +93,10 @@ def test_native_model_roundtrips_through_transformers(tmp_path):
 
 @torch.no_grad()
 def test_llama3_rope_scaling_both_spellings(tmp_path):
+    # head_dim 16, theta 5e5: wavelengths 6.3, 32.4, 167, ...; with L = 64 the band [L/4, L] holds 32.4, so
+    # the smooth interpolation, not just the two plain cases, is exercised
     scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-               "original_max_position_embeddings": 32}
+               "original_max_position_embeddings": 64}
     hf = make_hf_model("llama", rope_parameters={"rope_theta": 500000.0, **scaling})
     hf.save_pretrained(tmp_path)
     x = inputs(T=100)
@@ -177,3 +179,47 @@ def test_hub_id_offline_gives_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="Hub download failed"):
         load_model("alignlab-test/does-not-exist")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("arch,overrides", [
+    ("gpt2", dict(tie_embeddings=False)),  # an untied GPT-2 keeps its own head
+    ("llama", dict(act="gelu_tanh")),  # activations are spelled the way transformers reads them
+    ("mistral", dict(sliding_window=8)),
+    ("qwen2", dict(sliding_window=8)),
+])
+def test_export_variants_reload_in_transformers(tmp_path, arch, overrides):
+    torch.manual_seed(0)
+    ours = CausalLM(preset(arch, vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, max_seq_len=64,
+                           **overrides)).eval()
+    save_model(ours, tmp_path)
+    cls = transformers.GPT2LMHeadModel if arch == "gpt2" else transformers.AutoModelForCausalLM
+    ref, info = cls.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    x = inputs(T=30)
+    assert (ref.eval()(x).logits - ours(x)).abs().max() <= 1e-4
+    assert (load_model(tmp_path)(x) - ours(x)).abs().max() == 0
+
+
+def test_config_that_no_checkpoint_can_express_is_refused(tmp_path):
+    ours = CausalLM(preset("llama", vocab_size=VOCAB, dim=64, n_layers=1, n_heads=4, qkv_bias=True))
+    with pytest.raises(ValueError, match="cannot express qkv_bias=True, o_bias=False"):
+        save_model(ours, tmp_path)
+
+
+def test_qwen_mixed_sliding_window_layers_are_refused(tmp_path):
+    d = saved(tmp_path, "qwen2")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.update(use_sliding_window=True, sliding_window=8, layer_types=["full_attention", "sliding_attention"])
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="mix sliding-window and full attention"):
+        load_model(d)
+
+
+def test_qwen3_default_head_dim(tmp_path):
+    d = saved(tmp_path, "qwen3")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg.pop("head_dim")  # transformers then uses 128, not hidden_size / heads
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"k_norm.weight has shape \[32\], config.json implies \[128\]"):
+        load_model(d)

@@ -7,7 +7,7 @@ whether the output head shares the embedding matrix. `hf.py` maps Hugging Face c
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ATTN_IMPLS = ("sdpa", "naive", "tiled")
@@ -44,7 +44,6 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
     pad_token_id: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # HF keys we keep but do not use
 
     def __post_init__(self):
         if self.n_kv_heads is None:
@@ -69,43 +68,39 @@ class ModelConfig:
 
     # --- sizes ------------------------------------------------------------------------------------
 
-    def num_params(self, include_embedding: bool = True) -> int:
-        """Parameter count computed from the config (matches sum(p.numel()) of the built model)."""
-        d, hd, L = self.dim, self.head_dim, self.n_layers
+    def _matmul_params(self) -> tuple[int, int]:
+        """Weights of the matrices one block multiplies by, and the rest of its parameters (biases, norms)."""
+        d, hd, h = self.dim, self.head_dim, self.hidden_dim
         q, kv = self.n_heads * hd, self.n_kv_heads * hd
-        attn = d * q + 2 * d * kv + q * d
-        attn += (q + 2 * kv) * self.qkv_bias + d * self.o_bias + 2 * hd * self.qk_norm
         n_mats = 3 if self.mlp == "gated" else 2
-        mlp = n_mats * d * self.hidden_dim + (self.mlp_bias * ((n_mats - 1) * self.hidden_dim + d))
+        matmul = d * q + 2 * d * kv + q * d + n_mats * d * h
         norm = d * (2 if self.norm == "layernorm" else 1)
-        per_layer = attn + mlp + 2 * norm
-        total = L * per_layer + norm  # + final norm
-        emb = self.vocab_size * d + (self.max_seq_len * d if self.pos == "learned" else 0)
-        head = 0 if self.tie_embeddings else self.vocab_size * d
-        return total + head + (emb if include_embedding else 0)
+        other = (q + 2 * kv) * self.qkv_bias + d * self.o_bias + 2 * hd * self.qk_norm
+        other += self.mlp_bias * ((n_mats - 1) * h + d) + 2 * norm
+        return matmul, other
+
+    def num_params(self, include_embedding: bool = True) -> int:
+        """Parameter count computed from the config (equals sum(p.numel()) of the built model)."""
+        matmul, other = self._matmul_params()
+        final_norm = self.dim * (2 if self.norm == "layernorm" else 1)
+        head = 0 if self.tie_embeddings else self.vocab_size * self.dim
+        emb = self.vocab_size * self.dim + (self.max_seq_len * self.dim if self.pos == "learned" else 0)
+        return self.n_layers * (matmul + other) + final_norm + head + (emb if include_embedding else 0)
 
     def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> float:
-        """Matmul FLOPs to process one token at context length `seq_len`.
+        """Matmul FLOPs to process one token with `seq_len` tokens of context (default: max_seq_len).
 
-        forward = 2 * (matmul parameters: every projection plus the output head)
-                + 4 * n_layers * seq_len * n_heads * head_dim   (QK^T and AV, averaged over causal: /2 * 2)
-        training = 3 * forward (backward costs twice the forward). (Kaplan et al. 2020; PaLM appendix B.)
+        A matmul by a weight matrix costs 2 FLOPs per weight (multiply + add): 2 * (block matrices + head).
+        Attention adds QK^T and AV: 2 * 2 * n_heads * head_dim per context token and layer; with a causal
+        mask a token sees seq_len / 2 keys on average, so 2 * n_layers * seq_len * n_heads * head_dim.
+        Training costs 3x the forward (the backward computes gradients for inputs and for weights).
+        Kaplan et al. 2020 (arXiv:2001.08361), Chowdhery et al. 2022 (PaLM, appendix B).
         """
         T = self.max_seq_len if seq_len is None else seq_len
-        matmul_params = self.num_params(include_embedding=False) - self._non_matmul_params()
-        if self.tie_embeddings:
-            matmul_params += self.vocab_size * self.dim  # the head still multiplies by the embedding
-        attn = 2 * self.n_layers * T * self.n_heads * self.head_dim  # causal: half of 4*L*T*q
-        fwd = 2 * matmul_params + attn
-        return 3 * fwd if training else fwd
-
-    def _non_matmul_params(self) -> int:
-        d, L = self.dim, self.n_layers
-        norm = d * (2 if self.norm == "layernorm" else 1)
-        biases = (self.n_heads + 2 * self.n_kv_heads) * self.head_dim * self.qkv_bias + d * self.o_bias
-        n_mats = 3 if self.mlp == "gated" else 2
-        biases += self.mlp_bias * ((n_mats - 1) * self.hidden_dim + d)
-        return L * (2 * norm + biases + 2 * self.head_dim * self.qk_norm) + norm
+        matmul, _ = self._matmul_params()
+        weights = 2 * (self.n_layers * matmul + self.vocab_size * self.dim)
+        attn = 2 * self.n_layers * T * self.n_heads * self.head_dim
+        return 3 * (weights + attn) if training else weights + attn
 
     def kv_cache_bytes(self, batch: int, seq_len: int, bytes_per_elem: int = 4) -> int:
         """Memory of the KV cache: 2 (K and V) * layers * kv heads * head_dim * tokens."""

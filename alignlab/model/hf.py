@@ -23,6 +23,9 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "
                  "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
 HF_ACT = {"silu": "silu", "swish": "silu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
           "gelu": "gelu"}
+# and back: GPT-2 spells the tanh approximation "gelu_new", the Llama family "gelu_pytorch_tanh"
+ACT_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+ACT_TO_GPT2 = {**ACT_TO_HF, "gelu_tanh": "gelu_new"}
 # tensors some checkpoints carry that are recomputed, not learned
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
 
@@ -60,17 +63,27 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     scaling = rope or hf.get("rope_scaling")
     if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
         scaling = None
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":  # HF's fallback
+        scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings"))
     if hf.get("partial_rotary_factor", 1.0) != 1.0:
         raise CheckpointError(f"{where}: partial_rotary_factor != 1 is not supported")
     attn_bias = hf.get("attention_bias", False)
     qkv_bias, o_bias = (True, False) if mt == "qwen2" else (attn_bias, attn_bias)
-    window = hf.get("sliding_window")
-    if mt in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
-        window = None
-    n_heads = hf["num_attention_heads"]
+    n_heads, n_layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    window = {"mistral": hf.get("sliding_window", 4096), "llama": None}.get(mt)
+    if mt in ("qwen2", "qwen3"):  # the window applies to the layers from max_window_layers on
+        window = hf.get("sliding_window", 4096) if hf.get("use_sliding_window", False) else None
+        types = hf.get("layer_types") or [
+            "sliding_attention" if window is not None and i >= hf.get("max_window_layers", 28) else "full_attention"
+            for i in range(n_layers)]
+        if len(set(types)) > 1:
+            raise CheckpointError(f"{where}: layers mix sliding-window and full attention (layer_types / "
+                                  "max_window_layers); only the same attention in every layer is supported")
+        window = window if types[0] == "sliding_attention" else None
+    head_dim = hf.get("head_dim") or (128 if mt == "qwen3" else None)  # Qwen3's default is not dim / heads
     return ModelConfig(
-        **common, dim=hf["hidden_size"], n_layers=hf["num_hidden_layers"], n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads, head_dim=hf.get("head_dim"),
+        **common, dim=hf["hidden_size"], n_layers=n_layers, n_heads=n_heads,
+        n_kv_heads=hf.get("num_key_value_heads") or n_heads, head_dim=head_dim,
         hidden_dim=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
         norm="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="gated", act=HF_ACT[act], pos="rope",
         rope_theta=float(theta), rope_scaling=scaling, qkv_bias=qkv_bias, o_bias=o_bias,
@@ -80,17 +93,22 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
 
 def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict:
     """The config.json transformers expects (classic spelling, which old and new transformers both read)."""
+    biases = {"llama": c.qkv_bias == c.o_bias, "qwen3": c.qkv_bias == c.o_bias, "qwen2": c.qkv_bias and not c.o_bias,
+              "mistral": not (c.qkv_bias or c.o_bias or c.mlp_bias), "gpt2": True}
+    if not biases[c.arch] or (c.mlp_bias and c.arch in ("qwen2", "qwen3")):
+        raise ValueError(f"a {c.arch} checkpoint cannot express qkv_bias={c.qkv_bias}, o_bias={c.o_bias}, "
+                         f"mlp_bias={c.mlp_bias}")
     out = {"architectures": [ARCHITECTURES[c.arch]], "model_type": c.arch, "vocab_size": c.vocab_size,
            "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
            "tie_word_embeddings": c.tie_embeddings, "torch_dtype": dtype}
     if c.arch == "gpt2":
-        act = {"gelu_tanh": "gelu_new", "gelu": "gelu"}[c.act]
+        act = ACT_TO_GPT2[c.act]
         return {**out, "n_embd": c.dim, "n_layer": c.n_layers, "n_head": c.n_heads, "n_inner": c.hidden_dim,
                 "n_positions": c.max_seq_len, "n_ctx": c.max_seq_len, "layer_norm_epsilon": c.norm_eps,
                 "activation_function": act}
     out.update({"hidden_size": c.dim, "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
                 "num_key_value_heads": c.n_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.hidden_dim,
-                "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps, "hidden_act": c.act,
+                "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps, "hidden_act": ACT_TO_HF[c.act],
                 "rope_theta": c.rope_theta, "rope_scaling": c.rope_scaling})
     if c.arch in ("llama", "qwen3"):
         out["attention_bias"] = c.qkv_bias
@@ -98,8 +116,10 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict:
         out["mlp_bias"] = c.mlp_bias
     if c.arch in ("mistral", "qwen2", "qwen3"):
         out["sliding_window"] = c.sliding_window
-    if c.arch in ("qwen2", "qwen3"):
-        out["use_sliding_window"] = c.sliding_window is not None
+    if c.arch in ("qwen2", "qwen3"):  # one attention kind in every layer
+        kind = "full_attention" if c.sliding_window is None else "sliding_attention"
+        out.update(use_sliding_window=c.sliding_window is not None, max_window_layers=0,
+                   layer_types=[kind] * c.n_layers)
     return out
 
 
@@ -158,7 +178,7 @@ def ours_to_gpt2(sd: dict[str, torch.Tensor], c: ModelConfig) -> dict[str, torch
             is_conv = not module.endswith("layernorm") and kind == "weight"
             out[f"transformer.h.{i}.{inv[module]}.{kind}"] = t.t().contiguous() if is_conv else t
         elif name == "lm_head.weight":
-            continue  # GPT-2 ties it to wte
+            out[name] = t  # present only when the head is not tied to wte
         else:
             key = {"embed_tokens": "wte", "embed_positions": "wpe", "norm": "ln_f"}[name.split(".")[1]]
             out[f"transformer.{key}.{name.split('.')[2]}"] = t
