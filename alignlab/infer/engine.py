@@ -42,6 +42,8 @@ class SamplingParams:
     def __post_init__(self):
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if isinstance(self.stop_token_ids, int):
+            self.stop_token_ids = [self.stop_token_ids]
         checks = [(self.max_new_tokens >= 0, "max_new_tokens must be >= 0"),
                   (self.temperature >= 0, "temperature must be >= 0"),
                   (self.top_k >= 0, "top_k must be >= 0"),
@@ -78,11 +80,11 @@ class Completion:
 class _Request:
     """A request's progress while it is in flight."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int]):
+    def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int], device: torch.device):
         self.prompt, self.params = prompt, params
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos)
         seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
         self.text: str | None = None
@@ -193,7 +195,7 @@ class Engine:
                 raise ValueError(f"prompt token ids must be in [0, {vocab})")
             if p.stop and self.tokenizer is None:
                 raise ValueError("stop strings need a tokenizer")
-            requests.append(_Request(prompt, p, set(self.eos_token_ids)))
+            requests.append(_Request(prompt, p, set(self.eos_token_ids), self.device))
         return requests
 
     # --- the loop ------------------------------------------------------------------------------------

@@ -1,0 +1,153 @@
+"""Greedy generation speed: alignlab's Engine vs transformers' `generate`, same random Llama weights.
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_generate.py [--reps 5] [--new 128] [--prompt 32]
+
+Both sides get the same prompts, generate exactly --new tokens (no end-of-sequence token exists), in fp32
+on 2 threads, after a warm-up run. Each (model, batch) cell times the two sides alternately --reps times
+and keeps each side's fastest run; on Linux each timed run first waits (up to 60 s) for the CPUs to be
+idle, so that other jobs on a shared machine do not land in one side's numbers. tok/s counts generated
+tokens (batch * new) over wall time including prefill. The two sides must produce identical tokens, or
+the benchmark fails. The last line is JSON with every ratio (alignlab tok/s / HF tok/s).
+
+--ragged also times the engine on a batch of 16 requests wanting 8..128 new tokens, with and without
+compacting finished rows out of the batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import torch
+import transformers as tf
+
+import alignlab.infer.engine as engine_module
+from alignlab.infer import Engine, SamplingParams
+from alignlab.model.hf import load_model
+
+MODELS = {  # Llama shapes; vocab 8192
+    "5M": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=688),
+    "27M": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+                intermediate_size=1376),
+}
+VOCAB = 8192
+
+
+def build(name: str, tmp: str):
+    torch.manual_seed(0)
+    cfg = tf.LlamaConfig(vocab_size=VOCAB, max_position_embeddings=1024, bos_token_id=None, eos_token_id=None,
+                         pad_token_id=None, **MODELS[name])
+    hf = tf.LlamaForCausalLM(cfg).float().eval()
+    hf.save_pretrained(tmp)
+    return hf, load_model(tmp)
+
+
+def run_hf(hf, prompts: torch.Tensor, new: int) -> torch.Tensor:
+    with torch.inference_mode():
+        out = hf.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False, max_new_tokens=new,
+                          min_new_tokens=None, pad_token_id=0)
+    return out[:, prompts.shape[1]:]
+
+
+def run_ours(engine: Engine, prompts: torch.Tensor, new: int) -> torch.Tensor:
+    params = SamplingParams(max_new_tokens=new, temperature=0.0, ignore_eos=True)
+    return torch.tensor([c.token_ids for c in engine.generate(prompts.tolist(), params)])
+
+
+def cpu_idle_fraction(window: float = 0.5) -> float:
+    """Fraction of CPU time spent idle over `window` seconds (1.0 where /proc/stat does not exist)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    try:
+        idle0, total0 = read()
+        time.sleep(window)
+        idle1, total1 = read()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(1, total1 - total0)
+
+
+def wait_for_idle(max_wait: float = 60.0, idle: float = 0.9):
+    deadline = time.time() + max_wait
+    while cpu_idle_fraction() < idle and time.time() < deadline:
+        pass
+
+
+def timed(fn, *fn_args):
+    wait_for_idle()
+    t = time.perf_counter()
+    out = fn(*fn_args)
+    return time.perf_counter() - t, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--models", default="5M,27M")
+    ap.add_argument("--ragged", action="store_true", help="also time batch compaction on ragged lengths")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"torch {torch.__version__}, transformers {tf.__version__}, threads {torch.get_num_threads()}, "
+          f"prompt {args.prompt}, new {args.new}, best of {args.reps}")
+    print(f"{'model':>6} {'batch':>5} {'HF tok/s':>9} {'alignlab tok/s':>14} {'ratio':>6}  (median ratio)")
+    ratios = {}
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory() as tmp:
+            hf, model = build(name, tmp)
+        engine = Engine(model)
+        for batch in map(int, args.batches.split(",")):
+            prompts = torch.randint(0, VOCAB, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
+            want = run_hf(hf, prompts, args.new)  # warm-up, and the reference tokens
+            got = run_ours(engine, prompts, args.new)
+            assert got.shape == (batch, args.new), got.shape
+            assert torch.equal(got, want), f"{name} batch {batch}: alignlab and HF generated different tokens"
+            t_hf, t_ours = [], []
+            for _ in range(args.reps):
+                dt, out = timed(run_hf, hf, prompts, args.new)
+                assert torch.equal(out, want)
+                t_hf.append(dt)
+                dt, out = timed(run_ours, engine, prompts, args.new)
+                assert torch.equal(out, want)
+                t_ours.append(dt)
+            n = batch * args.new
+            hf_tps, ours_tps = n / min(t_hf), n / min(t_ours)
+            median = statistics.median(t_hf) / statistics.median(t_ours)
+            if os.environ.get("BENCH_DEBUG"):
+                print("hf", [round(t, 3) for t in t_hf], "ours", [round(t, 3) for t in t_ours])
+            ratios[f"{name}/b{batch}"] = round(ours_tps / hf_tps, 2)
+            print(f"{name:>6} {batch:>5} {hf_tps:>9.0f} {ours_tps:>14.0f} {ours_tps / hf_tps:>5.2f}x  ({median:.2f}x)",
+                  flush=True)
+        if args.ragged:
+            ragged(engine, name, args)
+    print(json.dumps({"ratios": ratios}))
+
+
+def ragged(engine: Engine, name: str, args):
+    """16 requests wanting 8..128 tokens: compacting finished rows away vs computing them to the end."""
+    lengths = torch.linspace(8, args.new, 16).long().tolist()
+    prompts = torch.randint(0, VOCAB, (16, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()
+    params = [SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True) for n in lengths]
+    default = engine_module.COMPACT_FRACTION
+    best = {}
+    for label, fraction in (("compact", default), ("never", float("inf"))):
+        engine_module.COMPACT_FRACTION = fraction
+        engine.generate(prompts, params)
+        best[label] = min(timed(engine.generate, prompts, params)[0] for _ in range(args.reps))
+    engine_module.COMPACT_FRACTION = default
+    n = sum(lengths)
+    print(f"{name:>6} ragged batch 16 ({n} tokens): compacting {n / best['compact']:.0f} tok/s, "
+          f"never compacting {n / best['never']:.0f} tok/s")
+
+
+if __name__ == "__main__":
+    main()
