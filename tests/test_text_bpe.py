@@ -197,6 +197,20 @@ def test_decode_partial_utf8_like_tokenizers(tok, saved):
         assert tok.decode(ids[:i]) == rust.decode(ids[:i], skip_special_tokens=False)
 
 
+def test_decode_drops_skipped_and_unknown_ids_like_tokenizers(tok, saved):
+    # a skipped special token or an id past the vocabulary is dropped without cutting the bytes
+    # around it: the halves of a split character still decode to that character
+    from tokenizers import Tokenizer
+
+    rust = Tokenizer.from_file(str(saved / "tokenizer.json"))
+    ids = tok.encode("😀 naïve 你好 é", add_special_tokens=False)
+    for i in range(len(ids) + 1):
+        for extra in ([tok.eos_token_id], [tok.vocab_size], [tok.vocab_size + 9, tok.pad_token_id]):
+            mixed = [*ids[:i], *extra, *ids[i:]]
+            for skip in (False, True):
+                assert tok.decode(mixed, skip) == rust.decode(mixed, skip_special_tokens=skip), (mixed, skip)
+
+
 @prop
 @given(texts_with_specials)
 def test_same_ids_as_transformers(tok, saved, s):

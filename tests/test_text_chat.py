@@ -6,7 +6,7 @@ import json
 import jinja2
 import pytest
 
-from alignlab.text import get_chat_template, load_tokenizer, render_chat, render_template, train_bpe
+from alignlab.text import CharTokenizer, get_chat_template, load_tokenizer, render_chat, render_template, train_bpe
 from alignlab.text.chat import BUILTIN_TEMPLATES
 
 transformers = pytest.importorskip("transformers")
@@ -237,20 +237,63 @@ def test_sandboxed():
 
 def test_builtins():
     assert set(BUILTIN_TEMPLATES) >= {"chatml", "llama3"}
-    with pytest.raises(KeyError, match="chatml"):
+    with pytest.raises(ValueError, match="chatml"):
         get_chat_template("nope")
-    text = render_template("chatml", [SYSTEM, USER, ASSISTANT])
+    text = render_template(get_chat_template("chatml"), [SYSTEM, USER, ASSISTANT])
     assert text == (
         "<|im_start|>system\nYou are a terse assistant.<|im_end|>\n"
         "<|im_start|>user\nWhat's the weather in Zürich? <b>now</b><|im_end|>\n"
         "<|im_start|>assistant\n  It's 21 °C and sunny.  <|im_end|>\n"
     )
-    with_tools = render_template("chatml", [USER], tools=TOOLS, add_generation_prompt=True)
+    with_tools = render_template(get_chat_template("chatml"), [USER], tools=TOOLS, add_generation_prompt=True)
     assert (
         with_tools.startswith("<|im_start|>system\n# Tools\n")
         and json.dumps(TOOLS[0], ensure_ascii=False) in with_tools
     )
     assert with_tools.endswith("<|im_start|>assistant\n")
+
+
+def test_template_names(saved):
+    # a name picks one of the tokenizer's own named templates first, then a built-in; a string
+    # that is neither a name nor jinja (a typo) is an error, never rendered as the prompt text
+    named = load_tokenizer(saved[1])  # a copy to give templates to
+    named.chat_template = {"default": "D{{ messages | length }}", "llama3": BUILTIN_TEMPLATES["chatml"]}
+    chatml = render_template(BUILTIN_TEMPLATES["chatml"], [USER, ASSISTANT])
+    for name in ("llama3", "chatml"):  # the tokenizer's "llama3" shadows the built-in one
+        assert named.apply_chat_template([USER, ASSISTANT], chat_template=name) == chatml
+        assert named.decode(render_chat(named, [USER, ASSISTANT], chat_template=name).ids) == chatml
+    assert named.apply_chat_template([USER]) == "D1"
+    assert get_chat_template("llama3", templates=named.chat_template) == BUILTIN_TEMPLATES["chatml"]
+    assert get_chat_template("llama3") == BUILTIN_TEMPLATES["llama3"]
+    for call in (
+        lambda: get_chat_template("chatm1"),
+        lambda: named.apply_chat_template([USER], chat_template="chatm1"),
+        lambda: render_chat(named, [USER], chat_template="chatm1"),
+        lambda: CharTokenizer.from_text("ab", chat_template="chatm1"),
+    ):
+        with pytest.raises(ValueError, match="unknown chat template 'chatm1'") as e:
+            call()
+        assert "chatml" in str(e.value) and "llama3" in str(e.value)
+
+
+def test_template_selected_once_per_render(saved, monkeypatch):
+    import alignlab.text.chat as chat
+    import alignlab.text.tokenizer as base
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    real = chat.get_chat_template
+    monkeypatch.setattr(chat, "get_chat_template", spy)
+    monkeypatch.setattr(base, "get_chat_template", spy)
+    tok, _ = saved
+    tok.apply_chat_template([USER, ASSISTANT], chat_template="chatml", tokenize=True)
+    assert len(calls) == 1
+    render_chat(tok, CONVERSATIONS["multi_turn"], chat_template="chatml")
+    assert len(calls) == 2
 
 
 def test_no_template_is_a_clear_error():

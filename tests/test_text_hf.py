@@ -235,6 +235,80 @@ def test_named_chat_templates(tmp_path):
     }
 
 
+def test_chat_template_files_take_priority_over_config(tmp_path):
+    # as in transformers: chat_template.jinja and additional_chat_templates/NAME.jinja replace
+    # whatever the config's "chat_template" says; one file alone is a plain template
+    rust = bpe_json(QWEN_SPECIALS)
+    config = {"eos_token": "<|im_end|>", "chat_template": "config {{ messages | length }}"}
+    d = make_dir(tmp_path, rust, config, chat_template__jinja="file {{ messages | length }}")
+    ours, auto = assert_same(d)
+    assert ours.chat_template == auto.chat_template == "file {{ messages | length }}"
+
+    (d / "additional_chat_templates").mkdir()
+    (d / "additional_chat_templates" / "tool_use.jinja").write_text("tools {{ tools | length }}")
+    ours, auto = assert_same(d)
+    assert ours.chat_template == auto.chat_template
+    assert ours.chat_template == {"default": "file {{ messages | length }}", "tool_use": "tools {{ tools | length }}"}
+    messages = [{"role": "user", "content": "x"}]
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for kwargs in ({}, {"tools": tools}, {"chat_template": "tool_use", "tools": tools}):
+        assert ours.apply_chat_template(messages, **kwargs) == auto.apply_chat_template(
+            messages, tokenize=False, **kwargs
+        )
+
+    (d / "chat_template.jinja").unlink()  # named templates only: the config's is still ignored
+    ours, auto = assert_same(d)
+    assert ours.chat_template == auto.chat_template == {"tool_use": "tools {{ tools | length }}"}
+    assert ours.apply_chat_template(messages, tools=tools) == "tools 1"
+    with pytest.raises(ValueError, match="default"):
+        ours.apply_chat_template(messages)
+
+
+def test_save_writes_template_files_like_transformers(tmp_path):
+    # the files win over the config, so saving over a tokenizer's own directory rewrites them
+    d = make_dir(tmp_path, bpe_json(QWEN_SPECIALS), {"eos_token": "<|im_end|>"}, chat_template__jinja="old{{ 1 }}")
+    ours = load_tokenizer(d)
+    ours.chat_template = {"default": get_chat_template("chatml"), "tool_use": "new {{ tools | length }}"}
+    ours.save(d)
+    assert "chat_template" not in json.loads((d / "tokenizer_config.json").read_text())
+    again, auto = assert_same(d)
+    assert again.chat_template == auto.chat_template == ours.chat_template
+    ours.chat_template = {"default": "x{{ 1 }}", "../escape": "y{{ 1 }}"}
+    with pytest.raises(ValueError, match="escape"):
+        ours.save(tmp_path / "other")
+
+
+def test_chat_template_by_name(tmp_path):
+    # like transformers' get_chat_template: chat_template= may name one of the tokenizer's
+    # templates; alignlab also knows its built-ins; anything else that is not jinja is an error
+    rust = bpe_json(QWEN_SPECIALS)
+    templates = [
+        {"name": "default", "template": "D{{ messages | length }}"},
+        {"name": "tool_use", "template": "T{{ messages | length }}"},
+    ]
+    ours, auto = assert_same(make_dir(tmp_path, rust, {"eos_token": "<|im_end|>", "chat_template": templates}))
+    messages = [{"role": "user", "content": "x"}]
+    for name in ("default", "tool_use"):
+        expected = auto.apply_chat_template(messages, chat_template=name, tokenize=False)
+        assert ours.apply_chat_template(messages, chat_template=name) == expected
+    chatml = auto.apply_chat_template(messages, chat_template=get_chat_template("chatml"), tokenize=False)
+    assert ours.apply_chat_template(messages, chat_template="chatml") == chatml
+    with pytest.raises(ValueError, match="unknown chat template 'chatm1'") as e:
+        ours.apply_chat_template(messages, chat_template="chatm1")
+    assert all(name in str(e.value) for name in ("default", "tool_use", "chatml", "llama3"))
+
+
+def test_malformed_tokenizer_json_is_a_value_error(tmp_path):
+    bad_merge = {"version": "1.0", "model": {"type": "BPE", "vocab": {}, "merges": [["a", "b"]]}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(bad_merge))
+    with pytest.raises(ValueError, match=r"tokenizer\.json.*Token `a` out of vocabulary") as e:
+        load_tokenizer(tmp_path)
+    assert str(tmp_path) in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="key must be a string"):
+        HFTokenizer.load(tmp_path)
+
+
 def test_save_roundtrip(tmp_path):
     rust = bpe_json(LLAMA_SPECIALS)
     config = {
@@ -246,7 +320,7 @@ def test_save_roundtrip(tmp_path):
     ours = HFTokenizer.load(d, add_bos_token=True)
     ours.save(tmp_path / "b")
     assert {p.name for p in (tmp_path / "b").iterdir()} == {
-        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
+        "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"
     }  # fmt: skip
     again, auto = assert_same(tmp_path / "b")
     assert again.chat_template == auto.chat_template == get_chat_template("llama3")

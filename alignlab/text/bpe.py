@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import heapq
 import json
-import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import regex
 from tqdm import tqdm
 
-from alignlab.text.chat import resolve_template
-from alignlab.text.tokenizer import Tokenizer
+from alignlab.text.chat import load_chat_template, save_chat_template
+from alignlab.text.tokenizer import NO_MAX_LENGTH, Tokenizer, special_tokens_pattern, split_special, write_json
 
 # GPT-2's pre-tokenizer: contractions, letters, numbers, other symbols (each with an optional
 # leading space), then whitespace runs (leaving the last space to start the next word).
@@ -40,8 +39,6 @@ from alignlab.text.tokenizer import Tokenizer
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 DEFAULT_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>")
-
-NO_MAX_LENGTH = int(1e30)  # what Hugging Face writes for "no model_max_length"
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -97,7 +94,7 @@ class BPETokenizer(Tokenizer):
             if token is not None and token not in self.special_tokens:
                 self.special_tokens.append(token)
         self.add_bos_token = add_bos_token
-        self.chat_template = resolve_template(chat_template)  # a built-in name -> its text
+        self.chat_template = chat_template
         self.model_max_length = model_max_length
 
         self.token_ids = {t: i for i, t in enumerate(self.vocab)}
@@ -109,7 +106,7 @@ class BPETokenizer(Tokenizer):
         self.special_ids = {t: len(self.vocab) + i for i, t in enumerate(self.special_tokens)}
         self.special_by_id = {i: t for t, i in self.special_ids.items()}
         self.pattern = regex.compile(GPT2_PATTERN)
-        self.special_pattern = _special_pattern(self.special_tokens)
+        self.special_pattern = special_tokens_pattern(self.special_tokens)
         self.cache: dict[str, list[int]] = {}
 
     # --- encoding ---
@@ -131,7 +128,7 @@ class BPETokenizer(Tokenizer):
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = [self.bos_token_id] if add_special_tokens and self.add_bos_token else []
-        for i, chunk in enumerate(_split_special(text, self.special_pattern)):
+        for i, chunk in enumerate(split_special(text, self.special_pattern)):
             if i % 2 == 1:  # a special token, kept whole
                 ids.append(self.special_ids[chunk])
             else:
@@ -142,15 +139,15 @@ class BPETokenizer(Tokenizer):
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
         # Bytes are gathered and decoded together, since a character may span several tokens;
         # an incomplete sequence (e.g. cut by a special token) becomes U+FFFD, like tokenizers.
+        # Skipped special tokens and ids outside the vocabulary are dropped without a cut.
         parts: list[str] = []
         buffer = bytearray()
-        for i in ids:
-            if i < len(self.vocab):
+        for i in map(int, ids):  # int: a tensor's elements would not be found in special_by_id
+            if 0 <= i < len(self.vocab):
                 buffer += self.vocab[i]
-                continue
-            parts.append(buffer.decode("utf-8", errors="replace"))
-            buffer.clear()
-            if not skip_special_tokens:
+            elif i in self.special_by_id and not skip_special_tokens:
+                parts.append(buffer.decode("utf-8", errors="replace"))
+                buffer.clear()
                 parts.append(self.special_by_id[i])
         parts.append(buffer.decode("utf-8", errors="replace"))
         return "".join(parts)
@@ -176,7 +173,8 @@ class BPETokenizer(Tokenizer):
     # --- Hugging Face layout ---
 
     def save(self, directory: str | Path) -> None:
-        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json."""
+        """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json (and
+        chat_template.jinja if there is a template)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         added = [
@@ -225,11 +223,10 @@ class BPETokenizer(Tokenizer):
             "clean_up_tokenization_spaces": False,
             "model_max_length": self.model_max_length or NO_MAX_LENGTH,
         }
-        if self.chat_template is not None:
-            config["chat_template"] = self.chat_template
-        _write_json(directory / "tokenizer.json", tokenizer_json)
-        _write_json(directory / "tokenizer_config.json", config)
-        _write_json(directory / "special_tokens_map.json", {**named, "additional_special_tokens": others})
+        write_json(directory / "tokenizer.json", tokenizer_json)
+        write_json(directory / "tokenizer_config.json", config)
+        write_json(directory / "special_tokens_map.json", {**named, "additional_special_tokens": others})
+        save_chat_template(directory, self.chat_template)
 
     def _bos_post_processor(self) -> dict:
         """A TemplateProcessing that puts bos in front of every sequence (tokenizers' JSON form)."""
@@ -273,7 +270,7 @@ class BPETokenizer(Tokenizer):
             eos_token=config.get("eos_token"),
             pad_token=config.get("pad_token"),
             add_bos_token=config.get("add_bos_token", False),
-            chat_template=config.get("chat_template"),
+            chat_template=load_chat_template(directory, config),
             model_max_length=max_len if max_len and max_len < NO_MAX_LENGTH else None,
         )
 
@@ -303,7 +300,7 @@ def train_bpe(
     # 1. unique words and their counts; special tokens are cut out first
     pattern = regex.compile(GPT2_PATTERN)
     word_counts: Counter[str] = Counter()
-    for i, chunk in enumerate(_split_special(text, _special_pattern(all_special))):
+    for i, chunk in enumerate(split_special(text, special_tokens_pattern(all_special))):
         if i % 2 == 0:
             word_counts.update(pattern.findall(chunk))
     words = [list(w.encode("utf-8")) for w in word_counts]  # each word as a list of token ids
@@ -379,25 +376,3 @@ def _merge(word: list[int], a: int, b: int, new_id: int) -> list[int]:
             out.append(word[i])
             i += 1
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _special_pattern(special_tokens: list[str]) -> re.Pattern | None:
-    # longest first, so that when one special token is a prefix of another the longer one wins
-    if not special_tokens:
-        return None
-    return re.compile(
-        "(" + "|".join(re.escape(t) for t in sorted(special_tokens, key=len, reverse=True)) + ")"
-    )
-
-
-def _split_special(text: str, pattern: re.Pattern | None) -> list[str]:
-    """[text, special, text, special, ..., text]: special tokens at the odd positions."""
-    return pattern.split(text) if pattern is not None else [text]
-
-
-def _write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -8,11 +8,9 @@ one small JSON file, `char_tokenizer.json`.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-from alignlab.text.chat import resolve_template
-from alignlab.text.tokenizer import Tokenizer
+from alignlab.text.tokenizer import Tokenizer, special_tokens_pattern, split_special, write_json
 
 FILENAME = "char_tokenizer.json"
 
@@ -40,7 +38,7 @@ class CharTokenizer(Tokenizer):
         for token in (bos_token, eos_token, pad_token, unk_token):  # named specials join the vocabulary
             if token is not None and token not in self.special_tokens:
                 self.special_tokens.append(token)
-        self.chat_template = resolve_template(chat_template)  # a built-in name -> its text
+        self.chat_template = chat_template
         self.model_max_length = model_max_length
         self.add_bos_token = bos_token is not None
         # ids: characters first, then special tokens
@@ -48,9 +46,7 @@ class CharTokenizer(Tokenizer):
         self.stoi = {s: i for i, s in enumerate(self.itos)}
         assert len(self.stoi) == len(self.itos), "characters and special tokens must be unique"
         self.special_ids = {self.stoi[t] for t in self.special_tokens}
-        # longest first, so a special token that is a prefix of another never wins
-        alternatives = "|".join(re.escape(t) for t in sorted(self.special_tokens, key=len, reverse=True))
-        self._special_re = re.compile(f"({alternatives})") if self.special_tokens else None
+        self.special_pattern = special_tokens_pattern(self.special_tokens)
 
     @classmethod
     def from_text(cls, text: str, **kwargs) -> CharTokenizer:
@@ -59,8 +55,7 @@ class CharTokenizer(Tokenizer):
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         ids = [self.bos_token_id] if add_special_tokens and self.add_bos_token else []
-        chunks = self._special_re.split(text) if self._special_re else [text]
-        for i, chunk in enumerate(chunks):  # odd chunks are special tokens (re.split keeps the groups)
+        for i, chunk in enumerate(split_special(text, self.special_pattern)):  # odd chunks: special tokens
             if i % 2 == 1:
                 ids.append(self.stoi[chunk])
                 continue
@@ -74,7 +69,9 @@ class CharTokenizer(Tokenizer):
         return ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return "".join(self.itos[i] for i in ids if not (skip_special_tokens and i in self.special_ids))
+        n = len(self.itos)  # ids outside the vocabulary are skipped
+        ids = map(int, ids)  # a tensor's elements would not be found in special_ids
+        return "".join(self.itos[i] for i in ids if 0 <= i < n and not (skip_special_tokens and i in self.special_ids))
 
     @property
     def vocab_size(self) -> int:
@@ -100,7 +97,7 @@ class CharTokenizer(Tokenizer):
             "chat_template": self.chat_template,
             "model_max_length": self.model_max_length,
         }
-        (directory / FILENAME).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        write_json(directory / FILENAME, config)
 
     @classmethod
     def load(cls, path: str | Path) -> CharTokenizer:

@@ -7,8 +7,9 @@ character: a sandbox (templates are untrusted code from the Hub), `trim_blocks` 
 not HTML-escape, and the variables `messages`, `tools`, `documents`, `add_generation_prompt`, the
 special token strings (`bos_token`, `eos_token`, ...) and any extra kwargs (`enable_thinking`).
 
-Also here: built-in templates for models that ship none (`chatml`, `llama3`) and `render_chat`,
-which tokenizes a conversation together with the assistant-token mask used for SFT.
+Also here: built-in templates for models that ship none (`chatml`, `llama3`), `get_chat_template`,
+which picks the template to render (a tokenizer may have several, and a name may be given), and
+`render_chat`, which tokenizes a conversation together with the assistant-token mask used for SFT.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jinja2
@@ -127,31 +129,74 @@ LLAMA3 = """\
 BUILTIN_TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3}
 
 
-def get_chat_template(name: str) -> str:
-    """A built-in chat template by name ("chatml" or "llama3")."""
-    if name not in BUILTIN_TEMPLATES:
-        raise KeyError(f"unknown built-in chat template {name!r}; available: {sorted(BUILTIN_TEMPLATES)}")
-    return BUILTIN_TEMPLATES[name]
+def get_chat_template(
+    chat_template: str | None = None,
+    tools: list | None = None,
+    templates: str | dict[str, str] | None = None,
+) -> str:
+    """The jinja text to render, chosen as transformers' `get_chat_template` chooses it.
 
-
-def resolve_template(chat_template: str | dict[str, str] | None) -> str | dict[str, str] | None:
-    """A built-in name ("chatml") becomes its template text; anything else is returned as is."""
-    if isinstance(chat_template, str):
-        return BUILTIN_TEMPLATES.get(chat_template, chat_template)
+    `templates` is a tokenizer's own: one template, or several by name. `chat_template`, if given,
+    is jinja text or a name: of one of `templates` first, else of a built-in ("chatml", "llama3").
+    A string with neither `{{` nor `{%` that names nothing is an error (a typo such as "chatm1"
+    would otherwise render as the literal prompt). Without `chat_template`, from named templates
+    "tool_use" is taken when tools are given (if there is one), else "default".
+    """
+    named = templates if isinstance(templates, dict) else {}
+    if chat_template is None:
+        if isinstance(templates, dict):
+            name = "tool_use" if tools is not None and "tool_use" in named else "default"
+            if name not in named:
+                raise ValueError(f"no 'default' among the named chat templates {sorted(named)}; pass chat_template=")
+            return named[name]
+        if templates is None:
+            raise ValueError("this tokenizer has no chat template; pass chat_template= (e.g. 'chatml')")
+        return templates
+    if chat_template in named:
+        return named[chat_template]
+    if chat_template in BUILTIN_TEMPLATES:
+        return BUILTIN_TEMPLATES[chat_template]
+    if "{{" not in chat_template and "{%" not in chat_template:
+        available = ", ".join(dict.fromkeys([*named, *BUILTIN_TEMPLATES]))
+        what = "neither a template name nor jinja"
+        raise ValueError(f"unknown chat template {chat_template!r} ({what}); available: {available}")
     return chat_template
 
 
-def select_template(chat_template: str | dict[str, str] | None, tools: list | None = None) -> str:
-    """The template to render: a built-in name is expanded; from a dict of named templates (as
-    some tokenizer configs ship) "tool_use" is taken when tools are given, else "default"."""
-    if isinstance(chat_template, dict):
-        name = "tool_use" if tools is not None and "tool_use" in chat_template else "default"
-        if name not in chat_template:
-            raise ValueError(f"no 'default' among the named chat templates {sorted(chat_template)}")
-        chat_template = chat_template[name]
-    if chat_template is None:
-        raise ValueError("this tokenizer has no chat template; pass chat_template= (e.g. 'chatml')")
-    return BUILTIN_TEMPLATES.get(chat_template, chat_template)
+# Where transformers keeps the templates in a tokenizer directory: the default one, and the others by name.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+
+
+def load_chat_template(directory: Path, config: dict) -> str | dict[str, str] | None:
+    """A tokenizer directory's chat template(s), read as transformers reads them: the files
+    chat_template.jinja ("default") and additional_chat_templates/NAME.jinja take priority over
+    the config's "chat_template" (one template, or a list of {"name": ..., "template": ...})."""
+    files = {}
+    if (directory / CHAT_TEMPLATE_FILE).is_file():
+        files["default"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    for path in sorted((directory / CHAT_TEMPLATE_DIR).glob("*.jinja")):
+        files[path.name.removesuffix(".jinja")] = path.read_text(encoding="utf-8")
+    if files:
+        return files["default"] if list(files) == ["default"] else files
+    template = config.get("chat_template")
+    if isinstance(template, list):
+        return {t["name"]: t["template"] for t in template}
+    return template
+
+
+def save_chat_template(directory: Path, template: str | dict[str, str] | None) -> None:
+    """Write chat template(s) as transformers does: "default" to chat_template.jinja, the others
+    to additional_chat_templates/NAME.jinja."""
+    templates = {"default": template} if isinstance(template, str) else template or {}
+    for name, text in templates.items():
+        path = directory / CHAT_TEMPLATE_FILE
+        if name != "default":
+            path = directory / CHAT_TEMPLATE_DIR / f"{name}.jinja"
+            if path.resolve().parent != (directory / CHAT_TEMPLATE_DIR).resolve():  # names come from configs
+                raise ValueError(f"chat template name {name!r} is not a plain file name")
+            path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +262,8 @@ def render_template(
     documents: list[dict] | None = None,
     **kwargs: Any,
 ) -> str:
-    """Render `messages` with a jinja chat template (or a built-in name), as transformers does.
+    """Render `messages` with a jinja chat template, as transformers does. The template is the
+    text itself: `get_chat_template` turns a name ("chatml") into one.
 
     Messages are normalized as transformers does: keys whose value is None are dropped (an API's
     `content=None` then reads as absent, which templates handle), and a message's reasoning, under
@@ -225,7 +271,7 @@ def render_template(
     special token strings and things like `enable_thinking` -- become template variables.
     """
     messages = [_alias_reasoning({k: v for k, v in m.items() if v is not None}) for m in messages]
-    return compile_template(select_template(template, tools)).render(
+    return compile_template(template).render(
         messages=messages,
         tools=tools,
         documents=documents,
@@ -267,7 +313,7 @@ def render_chat(
     ChatML, Llama 3 and most others); when one does not (e.g. a template that rewrites earlier
     turns depending on what follows) a ValueError says so.
     """
-    template = select_template(chat_template or tokenizer.chat_template, tools)
+    template = get_chat_template(chat_template, tools, tokenizer.chat_template)
     kwargs = {**tokenizer.special_tokens_map, **kwargs}
 
     def render(msgs, gen_prompt=False):

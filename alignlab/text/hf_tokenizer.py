@@ -10,7 +10,8 @@ ids match:
   the config's `add_bos_token` / `add_eos_token` when there is a tokenizer.json, and so do we
   (pass `add_bos_token=` / `add_eos_token=` to rebuild the post-processor, like setting them on
   a transformers tokenizer);
-- the chat template comes from the config's `chat_template` or from `chat_template.jinja`.
+- the chat template comes from `chat_template.jinja` and `additional_chat_templates/*.jinja`
+  (named templates) if there are such files, else from the config's `chat_template`.
 
 Also read: `generation_config.json`'s eos ids (a chat model often stops on several tokens) and
 an optional `extra_eos_tokens` list in the config.
@@ -25,10 +26,8 @@ from typing import Any
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as RustTokenizer
 
-from alignlab.text.chat import resolve_template
-from alignlab.text.tokenizer import SPECIAL_TOKEN_NAMES, Tokenizer
-
-NO_MAX_LENGTH = int(1e30)
+from alignlab.text.chat import load_chat_template, save_chat_template
+from alignlab.text.tokenizer import NO_MAX_LENGTH, SPECIAL_TOKEN_NAMES, Tokenizer, write_json
 
 
 def _token_str(value: Any) -> str | None:
@@ -57,7 +56,7 @@ class HFTokenizer(Tokenizer):
         self.tokenizer = tokenizer
         for name in SPECIAL_TOKEN_NAMES:
             setattr(self, name, special_tokens.get(name))
-        self.chat_template = resolve_template(chat_template)  # a built-in name -> its text
+        self.chat_template = chat_template
         self.model_max_length = model_max_length
         self.extra_eos_tokens = tuple(extra_eos_tokens)
         self.extra_special_tokens = list(extra_special_tokens)
@@ -94,19 +93,19 @@ class HFTokenizer(Tokenizer):
 
     @classmethod
     def load(cls, directory: str | Path, **overrides: Any) -> HFTokenizer:
-        """From a directory with tokenizer.json (+ tokenizer_config.json, chat_template.jinja,
+        """From a directory with tokenizer.json (+ tokenizer_config.json, chat template files,
         generation_config.json when present). kwargs override what the config says."""
         directory = Path(directory)
-        if not (directory / "tokenizer.json").is_file():
+        path = directory / "tokenizer.json"
+        if not path.is_file():
             raise FileNotFoundError(f"{directory}: no tokenizer.json")
-        tokenizer = RustTokenizer.from_file(str(directory / "tokenizer.json"))
+        try:
+            tokenizer = RustTokenizer.from_file(str(path))
+        except Exception as e:  # the library raises a bare Exception, e.g. "expected value at line 1 column 1"
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{path}: not a valid tokenizer.json: {message}") from e
         config = _read_json(directory / "tokenizer_config.json")
-
-        chat_template = config.get("chat_template")
-        if isinstance(chat_template, list):  # several named templates
-            chat_template = {t["name"]: t["template"] for t in chat_template}
-        if chat_template is None and (directory / "chat_template.jinja").is_file():
-            chat_template = (directory / "chat_template.jinja").read_text(encoding="utf-8")
+        chat_template = load_chat_template(directory, config)
 
         extra_special = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
         if isinstance(extra_special, dict):  # newer configs name them: {"image_token": "<image>"}
@@ -132,8 +131,8 @@ class HFTokenizer(Tokenizer):
         return cls(tokenizer, **kwargs)
 
     def save(self, directory: str | Path) -> None:
-        """tokenizer.json, tokenizer_config.json and special_tokens_map.json, loadable by
-        `HFTokenizer.load` and by transformers' AutoTokenizer."""
+        """tokenizer.json, tokenizer_config.json, special_tokens_map.json and the chat template
+        files, loadable by `HFTokenizer.load` and by transformers' AutoTokenizer."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save(str(directory / "tokenizer.json"))
@@ -148,13 +147,10 @@ class HFTokenizer(Tokenizer):
             config["extra_eos_tokens"] = list(self.extra_eos_tokens)
         config["model_max_length"] = self.model_max_length or NO_MAX_LENGTH
         config["clean_up_tokenization_spaces"] = self.clean_up_tokenization_spaces
-        if isinstance(self.chat_template, dict):
-            config["chat_template"] = [{"name": k, "template": v} for k, v in self.chat_template.items()]
-        elif self.chat_template is not None:
-            config["chat_template"] = self.chat_template
-        _write_json(directory / "tokenizer_config.json", config)
+        save_chat_template(directory, self.chat_template)
+        write_json(directory / "tokenizer_config.json", config)
         special_map = {**self.special_tokens_map, "additional_special_tokens": self.extra_special_tokens}
-        _write_json(directory / "special_tokens_map.json", special_map)
+        write_json(directory / "special_tokens_map.json", special_map)
 
     # --- the interface ---
 
@@ -162,7 +158,8 @@ class HFTokenizer(Tokenizer):
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        text = self.tokenizer.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        # the library skips ids past the vocabulary itself, but can't take negative ones
+        text = self.tokenizer.decode([i for i in ids if i >= 0], skip_special_tokens=skip_special_tokens)
         # transformers' cleanup, which it skips for BPE models (it would eat real spaces)
         if self.clean_up_tokenization_spaces and type(self.tokenizer.model).__name__ != "BPE":
             text = _clean_up_tokenization(text)
@@ -192,6 +189,3 @@ def _clean_up_tokenization(text: str) -> str:
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

@@ -9,9 +9,15 @@ templating -- lives here once, so all three behave the same way.
 
 from __future__ import annotations
 
+import json
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
+
+from alignlab.text.chat import get_chat_template, render_template
+
+NO_MAX_LENGTH = int(1e30)  # what Hugging Face configs write for "no model_max_length"
 
 # Tokens that end an assistant turn in common chat formats. If the vocabulary has one of them,
 # generation stops on it as well as on eos (a chat model ends turns with <|im_end|>, not eos).
@@ -38,13 +44,16 @@ class Tokenizer(ABC):
     Subclasses set the token strings (`bos_token`, `eos_token`, `pad_token`, `unk_token`, any of
     them may be None), `chat_template`, `model_max_length` and `extra_eos_tokens`, and implement
     the abstract methods below.
+
+    `decode` skips ids outside the vocabulary (negative, or >= vocab_size: a model's embedding is
+    often padded past the tokenizer's vocabulary), as the Rust `tokenizers` library does.
     """
 
     bos_token: str | None = None
     eos_token: str | None = None
     pad_token: str | None = None
     unk_token: str | None = None
-    chat_template: str | dict[str, str] | None = None  # a jinja template (or several, by name)
+    _chat_template: str | dict[str, str] | None = None
     model_max_length: int | None = None
     add_bos_token: bool = False  # whether encode(..., add_special_tokens=True) starts with bos
     extra_eos_tokens: tuple[str, ...] = ()  # more tokens that stop generation, from the config
@@ -57,7 +66,7 @@ class Tokenizer(ABC):
 
     @abstractmethod
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        """Ids to text, optionally dropping special tokens."""
+        """Ids to text, optionally dropping special tokens. Ids outside the vocabulary are skipped."""
 
     @property
     @abstractmethod
@@ -80,6 +89,16 @@ class Tokenizer(ABC):
 
     def __len__(self) -> int:
         return self.vocab_size
+
+    @property
+    def chat_template(self) -> str | dict[str, str] | None:
+        """The jinja chat template, or several by name ({"default": ..., "tool_use": ...})."""
+        return self._chat_template
+
+    @chat_template.setter
+    def chat_template(self, template: str | dict[str, str] | None) -> None:
+        # a built-in name ("chatml") is stored as its text, so that `save` writes the template
+        self._chat_template = get_chat_template(template) if isinstance(template, str) else template
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.token_to_id(token)
@@ -126,14 +145,13 @@ class Tokenizer(ABC):
     ) -> str | list[int]:
         """Render a conversation with the chat template, like transformers' method of the same name.
 
-        `chat_template` overrides the tokenizer's own template (a jinja string or a built-in name
-        such as "chatml"). Extra kwargs (e.g. `enable_thinking=False`) become template variables.
-        With `tokenize=True` the rendered text is encoded without adding bos/eos (the template
-        writes its own special tokens).
+        `chat_template` overrides the tokenizer's own template: a jinja string, or a name (one of
+        the tokenizer's named templates, else a built-in such as "chatml"; see
+        `get_chat_template`). Extra kwargs (e.g. `enable_thinking=False`) become template
+        variables. With `tokenize=True` the rendered text is encoded without adding bos/eos (the
+        template writes its own special tokens).
         """
-        from alignlab.text.chat import render_template, select_template
-
-        template = select_template(chat_template or self.chat_template, tools)
+        template = get_chat_template(chat_template, tools, self.chat_template)
         text = render_template(
             template,
             messages,
@@ -142,3 +160,25 @@ class Tokenizer(ABC):
             **{**self.special_tokens_map, **kwargs},
         )
         return self.encode(text, add_special_tokens=False) if tokenize else text
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers the implementations share
+
+
+def special_tokens_pattern(special_tokens: list[str]) -> re.Pattern | None:
+    """A regex matching any of the special tokens, for `split_special` (None if there are none)."""
+    if not special_tokens:
+        return None
+    # longest first, so that when one special token is a prefix of another the longer one wins
+    alternatives = "|".join(re.escape(t) for t in sorted(special_tokens, key=len, reverse=True))
+    return re.compile(f"({alternatives})")
+
+
+def split_special(text: str, pattern: re.Pattern | None) -> list[str]:
+    """[text, special, text, special, ..., text]: special tokens at the odd positions."""
+    return pattern.split(text) if pattern is not None else [text]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
