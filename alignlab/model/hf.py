@@ -303,10 +303,7 @@ def finish_meta_init(model: CausalLM, device) -> CausalLM:
     if model.config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     if model.config.pos == "rope":
-        from alignlab.model.rope import inv_frequencies
-
-        c = model.config
-        model.inv_freq = inv_frequencies(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
+        model.inv_freq = model.rope_frequencies(device)
     return model.eval()
 
 

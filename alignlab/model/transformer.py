@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from alignlab.model.attention import ATTENTION
 from alignlab.model.config import ModelConfig
 from alignlab.model.kv_cache import KVCache
+from alignlab.model.linear import Linear
 from alignlab.model.rope import apply_rope, inv_frequencies, rope_cos_sin
 
 
@@ -36,32 +37,6 @@ class RMSNorm(nn.Module):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
-
-
-class Linear(nn.Linear):
-    """nn.Linear with a CPU fast path for a few input rows (decoding: one row per sequence).
-
-    With few rows, BLAS computes x W^T on fewer cores than it has, and decoding is bound by how fast the
-    weight streams from memory. Splitting W's output rows into one block per thread and multiplying the
-    blocks as a batch (torch.bmm) gives every core its own block to stream:
-
-        y^T = [W_1 x^T; W_2 x^T; ...; W_n x^T]
-
-    Same result up to float summation order. Training and prefill (many rows) take F.linear.
-    """
-
-    max_split_rows = 32
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, w = torch.get_num_threads(), self.weight
-        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if not 0 < rows <= self.max_split_rows or n < 2 or self.out_features % n or x.device.type != "cpu" \
-                or not w.is_contiguous():
-            return F.linear(x, w, self.bias)
-        blocks = w.view(n, self.out_features // n, self.in_features)
-        y = torch.bmm(blocks, x.reshape(rows, -1).t().expand(n, -1, -1))  # [n, out / n, rows]
-        y = y.view(self.out_features, rows).t().contiguous().view(*x.shape[:-1], self.out_features)
-        return y if self.bias is None else y + self.bias
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -161,13 +136,16 @@ class CausalLM(nn.Module):
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         if config.pos == "rope":
-            inv_freq = inv_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
-            self.register_buffer("inv_freq", inv_freq, persistent=False)
+            self.register_buffer("inv_freq", self.rope_frequencies(), persistent=False)
         self.apply(self._init_weights)
         # GPT-2 scaled init: residual projections shrink with depth so the residual stream stays O(1)
         for name, p in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
+
+    def rope_frequencies(self, device=None) -> torch.Tensor:
+        c = self.config
+        return inv_frequencies(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
 
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
