@@ -266,14 +266,18 @@ def test_stream_matches_generate_when_sampling():
         assert "".join(engine.stream("Hi", params)) == engine.generate(["Hi"], params)[0].text
 
 
-def test_finished_rows_are_dropped_without_changing_the_rest(models):
+def test_finished_rows_are_dropped_without_changing_the_rest(models, monkeypatch):
     _, model = models
     engine = Engine(model)
     ps = prompts([3, 9, 14, 6, 11], seed=6)
     settings = [(2, 0, 1.0), (30, 0.8, 1.2), (5, 1.0, 1.0), (1, 0, 1.3), (30, 0, 1.1)]
     params = [SamplingParams(max_new_tokens=n, temperature=t, repetition_penalty=r, seed=i, ignore_eos=True,
                              logprobs=True) for i, (n, t, r) in enumerate(settings)]
+    kept, reorder = [], KVCache.reorder
+    monkeypatch.setattr(KVCache, "reorder", lambda self, idx: (kept.append(idx.tolist()), reorder(self, idx)))
     together = engine.generate(ps, params)  # rows finish at 1, 2, 5 tokens: the batch is compacted twice
+    assert kept == [[1, 2, 4], [0, 2]]  # rows 0 and 3 dropped after 2 tokens, then row 2 after 5
+    monkeypatch.undo()
     for p, q, c in zip(ps, params, together):
         alone = engine.generate([p], q)[0]
         assert c.token_ids == alone.token_ids and len(c.token_ids) == q.max_new_tokens
@@ -295,19 +299,72 @@ def test_bad_requests():
     assert engine.generate([]) == []
 
 
-def test_split_linear_matches_f_linear():
+def test_split_linear_matches_f_linear(monkeypatch):
     """The model's few-rows Linear fast path (used when decoding) computes F.linear, forward and backward."""
     from alignlab.model.transformer import Linear
 
+    bmm_calls, bmm = [], torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: (bmm_calls.append(1), bmm(*a))[1])
     torch.manual_seed(0)
-    for bias in (False, True):
-        for shape in [(1, 1, 64), (16, 1, 64), (3, 5, 64), (64,), (40, 64)]:
-            layer = Linear(64, 96, bias=bias)
-            x = torch.randn(*shape, requires_grad=True)
-            y, want = layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias)
-            torch.testing.assert_close(y, want)
-            g = torch.randn_like(y)
-            ours = torch.autograd.grad(y, (x, layer.weight), g)
-            theirs = torch.autograd.grad(want, (x, layer.weight), g)
-            for a, b in zip(ours, theirs):
-                torch.testing.assert_close(a, b)
+    for threads in (2, 4):  # the split needs > 1 thread dividing out_features: force it, whatever the machine
+        monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
+        for bias in (False, True):
+            for shape in [(1, 1, 64), (16, 1, 64), (3, 5, 64), (64,), (40, 64)]:
+                layer = Linear(64, 96, bias=bias)
+                x = torch.randn(*shape, requires_grad=True)
+                bmm_calls.clear()
+                y = layer(x)
+                assert len(bmm_calls) == (x.numel() // 64 <= Linear.max_split_rows)  # 40 rows take F.linear
+                want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+                torch.testing.assert_close(y, want)
+                g = torch.randn_like(y)
+                ours = torch.autograd.grad(y, (x, layer.weight), g)
+                theirs = torch.autograd.grad(want, (x, layer.weight), g)
+                for a, b in zip(ours, theirs):
+                    torch.testing.assert_close(a, b)
+
+
+def test_learned_positions_with_ragged_max_new_tokens():
+    """A finished row that keeps riding along must not index past GPT-2's position table."""
+    torch.manual_seed(0)
+    model = CausalLM(preset("gpt2", vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, max_seq_len=64)).eval()
+    engine = Engine(model)
+    ps = prompts([40, 3, 3, 3, 3], seed=8)
+    params = [SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True) for n in (3, 50, 50, 50, 50)]
+    together = engine.generate(ps, params)  # 1 of 5 rows finished: below the compaction threshold
+    for p, q, c in zip(ps, params, together):
+        assert c.token_ids == engine.generate([p], q)[0].token_ids and len(c.token_ids) == q.max_new_tokens
+
+
+def test_special_token_stop_string():
+    """A stop string that is one (special) token stops on that token, though decoded text skips it."""
+    from alignlab.text import train_bpe
+
+    tok = train_bpe("hello world, this is some text. " * 20, vocab_size=300, progress=False)
+    end = tok.token_to_id("<|im_end|>")
+    script = tok.encode("hello world", add_special_tokens=False) + [end] + tok.encode(" more", False)
+    engine = Engine(ScriptedLM(script, vocab=tok.vocab_size), tok)
+    params = SamplingParams(max_new_tokens=30, temperature=0, ignore_eos=True, stop=["<|im_end|>", "zzz"])
+    c = engine.generate(["hi"], params)[0]
+    assert c.finish_reason == "stop" and c.text == "hello world" and c.token_ids[-1] == end
+    assert "".join(engine.stream("hi", params)) == "hello world"
+
+
+def test_kv_cache_is_uninitialised_but_never_read_unwritten(models, monkeypatch):
+    """KVCache skips zero-filling; a NaN-filled cache must give the same tokens (padding, compaction)."""
+    _, model = models
+    with monkeypatch.context() as m:
+        m.setattr(torch, "zeros", lambda *a, **k: pytest.fail("KVCache zero-fills its buffers"))
+        KVCache(1, 2, 1, 4, 8)
+    ps = prompts([3, 12, 7, 20], seed=9)
+    params = [SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True) for n in (2, 12, 4, 12)]
+    want = [c.token_ids for c in Engine(model).generate(ps, params)]
+    new_cache = model.new_cache
+
+    def poisoned(*a):
+        cache = new_cache(*a)
+        cache.k.fill_(float("nan")), cache.v.fill_(float("nan"))
+        return cache
+
+    monkeypatch.setattr(model, "new_cache", poisoned)
+    assert [c.token_ids for c in Engine(model).generate(ps, params)] == want

@@ -10,7 +10,8 @@ enough of them have finished; then the batch is compacted (KVCache.reorder) so t
 
 Stopping: a request ends with finish_reason "stop" on an end-of-sequence id (the tokenizer's and the
 model config's, unless ignore_eos), one of its stop_token_ids, or one of its stop strings appearing in the
-decoded text; otherwise with "length" after max_new_tokens tokens.
+decoded text (a stop string that is one vocabulary token, such as "<|im_end|>", also stops as that id:
+the text skips special tokens); otherwise with "length" after max_new_tokens tokens.
 """
 
 from __future__ import annotations
@@ -80,9 +81,10 @@ class Completion:
 class _Request:
     """A request's progress while it is in flight."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int], device: torch.device):
+    def __init__(self, prompt: list[int], params: SamplingParams, eos: set[int], stop_ids: set[int],
+                 device: torch.device):
         self.prompt, self.params = prompt, params
-        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos)
+        self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos) | stop_ids
         seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.tokens: list[int] = []
@@ -195,7 +197,8 @@ class Engine:
                 raise ValueError(f"prompt token ids must be in [0, {vocab})")
             if p.stop and self.tokenizer is None:
                 raise ValueError("stop strings need a tokenizer")
-            requests.append(_Request(prompt, p, set(self.eos_token_ids), self.device))
+            requests.append(_Request(prompt, p, set(self.eos_token_ids), self._stop_string_ids(p.stop),
+                                     self.device))
         return requests
 
     # --- the loop ------------------------------------------------------------------------------------
@@ -259,7 +262,10 @@ class Engine:
     @torch.inference_mode()
     def _decode_step(self, tokens: torch.Tensor, batch: _Batch, cache) -> torch.Tensor:
         attn = None if batch.mask is None else batch.mask[:, :cache.pos + 1]
-        logits = self.model(tokens[:, None], attention_mask=attn, position_ids=batch.pos, cache=cache)
+        pos = batch.pos
+        if self.model.config.pos == "learned":  # finished rows run on past the table; their outputs are unused
+            pos = pos.clamp(max=self.model.config.max_seq_len - 1)
+        logits = self.model(tokens[:, None], attention_mask=attn, position_ids=pos, cache=cache)
         batch.pos += 1
         return logits[:, -1]
 
@@ -310,6 +316,13 @@ class Engine:
         return done
 
     # --- text ----------------------------------------------------------------------------------------
+
+    def _stop_string_ids(self, stops: list[str]) -> set[int]:
+        """Ids of the stop strings that are one token (e.g. "<|im_end|>"): the decoded text skips special
+        tokens, so those only match as ids. They stay stop strings too (a string may also span tokens)."""
+        to_id = getattr(self.tokenizer, "token_to_id", None)
+        ids = [to_id(s) for s in stops] if to_id is not None else []
+        return {i for i in ids if i is not None}
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -15,8 +15,10 @@ class KVCache:
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype=torch.float32, device=None):
         shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # uninitialised: every slot is written (update) before it is read (only [:end] is returned), so
+        # zero-filling would only cost a first touch of every page
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.pos = 0  # slots [0, pos) are filled
 
