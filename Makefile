@@ -25,7 +25,6 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 
 bench: setup
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_generate.py
