@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from alignlab.infer import Engine, SamplingParams
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import save_model
+from alignlab.objectives import lm_loss
 from alignlab.text.char import CharTokenizer
 
 
@@ -48,6 +48,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int = 600, seed: int = 0, batch:
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, steps // 20)
+    # warm up over the first steps, then cosine decay to zero (a schedule over the whole run)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 *
                                               (1 + math.cos(math.pi * min(s, steps) / steps)))
     gen = torch.Generator().manual_seed(seed)
@@ -57,7 +58,7 @@ def run_demo(out_dir: str = "runs/demo", steps: int = 600, seed: int = 0, batch:
         ix = torch.randint(len(data) - block - 1, (batch,), generator=gen)
         x = torch.stack([data[i:i + block] for i in ix])
         y = torch.stack([data[i + 1:i + block + 1] for i in ix])
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss = lm_loss(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
