@@ -1,0 +1,346 @@
+"""The training loop every stage shares (pretraining, SFT, reward models, DPO, ...).
+
+One optimizer step:
+
+    lr    = peak_lr * lr_factor(step)                         warm-up, then cosine/linear/constant/WSD
+    N     = target tokens in the whole global batch            (all micro-batches, all processes)
+    for each of the grad_accum micro-batches:
+        loss = loss_fn(model, batch, N / world)                each micro-batch's summed loss / N
+        loss.backward()                                        gradients add up across micro-batches
+    clip the gradient norm to grad_clip;  stop if the loss or the norm is NaN/Inf
+    AdamW step
+
+Dividing every micro-batch by the same global N makes the accumulated gradient exactly that of one big
+batch, whatever the lengths of the micro-batches (objectives/lm.py explains why a mean of means is not).
+DDP averages gradients over the `world` processes, so each process divides by N / world.
+
+The stage supplies the pieces that differ (a recipe composes them):
+    data      .next_batch() -> dict of tensors, .state_dict(), .load_state_dict()   (exact resume)
+    loss_fn   (model, batch, normaliser) -> loss tensor, or (loss, {extra metrics})
+    evaluate  (model) -> {"val_loss": ..., ...}               every eval_every steps and at the end
+    sample    (model) -> [str]                                 shown and saved at evaluation time
+
+Around the loop: checkpoints (atomic, last k + best, exact resume), SIGINT/SIGTERM save-and-exit,
+metrics.jsonl + TensorBoard + a loss-curve PNG, a progress bar with loss, tokens/s, MFU and ETA.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from alignlab.train import checkpoint as ckpt
+from alignlab.train.distributed import Dist, all_reduce_sum, barrier, wrap_model
+from alignlab.train.metrics import MetricsLogger, plot_curves
+from alignlab.train.mfu import peak_flops
+from alignlab.train.optim import build_adamw
+from alignlab.train.schedule import SCHEDULES, lr_factor
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    lr: float = 1e-3  # peak learning rate
+    schedule: str = "cosine"  # constant | linear | cosine | wsd
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1  # the decay ends at lr * min_lr_ratio
+    decay_frac: float = 0.2  # wsd: the final fraction of steps that decays
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    grad_accum: int = 1  # micro-batches per optimizer step
+    eval_every: int = 250  # steps between evaluations (and always at the end); 0 = only at the end
+    save_every: int = 500  # steps between checkpoints (and always at the end); 0 = only at the end
+    keep_last: int = 2  # checkpoints kept besides best/
+    log_every: int = 1  # steps between metrics.jsonl lines
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (CUDA: bf16 autocast, CPU: fp32) | fp32 | bf16
+    compile: bool = False  # torch.compile the model
+    gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
+    distributed: str = "ddp"  # ddp | fsdp (under torchrun)
+    tensorboard: bool = False
+    peak_flops: float = 0.0  # MFU denominator; 0 = measure this device's matmul peak once and cache it
+    plot: bool = True
+    overwrite: bool = False  # start from scratch even if out_dir holds checkpoints of an earlier run
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("max_steps", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient norm became NaN/Inf; the optimizer step was not taken."""
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def count_targets(batch: dict) -> int:
+    """How many terms the loss sums over: label positions that are not ignored (-100)."""
+    return int((batch["labels"] != -100).sum())
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, model: torch.nn.Module, data, loss_fn: Callable,
+                 out_dir: str | Path, evaluate: Callable | None = None, sample: Callable | None = None,
+                 flops_per_token: float = 0.0, dist: Dist | None = None, weight_fn: Callable = count_targets,
+                 run_config: dict | None = None):
+        self.config = c = config
+        self.out_dir = Path(out_dir)
+        self.ckpt_dir = self.out_dir / "checkpoints"
+        self.dist = dist or Dist()
+        self.device = resolve_device(c.device)
+        self.data, self.loss_fn, self.evaluate, self.sample = data, loss_fn, evaluate, sample
+        self.weight_fn = weight_fn
+        self.flops_per_token = flops_per_token
+        self.run_config = run_config or {"train": asdict(c)}
+        bf16 = c.dtype == "bf16" or (c.dtype == "auto" and self.device.type == "cuda")
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16
+                         else contextlib.nullcontext())
+
+        self.raw_model = model.to(self.device)
+        if c.gradient_checkpointing:
+            self.raw_model.gradient_checkpointing = True
+        self.model = wrap_model(self.raw_model, self.dist, c.distributed)
+        if c.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = build_adamw(self.raw_model, c.lr, c.weight_decay, (c.beta1, c.beta2), c.eps)
+        self.step = 0
+        self.best = math.inf
+        self.tokens_seen = 0
+        self.stop_signal: int | None = None
+        self.last_checkpoint: Path | None = None
+        self.on_checkpoint: Callable[[Trainer], Any] | None = None  # called after each periodic save
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "step": self.step, "best": self.best, "tokens_seen": self.tokens_seen,
+                "data": self.data.state_dict(), "rng": ckpt.rng_state(), "config": self.run_config}
+
+    def save(self, periodic: bool = True, best: bool = False) -> None:
+        """Every process must call this (they stay in step); only rank 0 writes."""
+        if self.dist.main and (periodic or best):
+            state = self.state_dict()
+            if periodic:
+                self.last_checkpoint = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, self.config.keep_last)
+            if best:
+                ckpt.write_atomic(state, self.ckpt_dir / "best")
+        barrier(self.dist)
+
+    def resume(self, source: str | Path | bool = True) -> bool:
+        """Load the latest checkpoint in out_dir (source=True) or the given one. Returns whether it did."""
+        path = ckpt.latest_checkpoint(self.ckpt_dir) if source is True else Path(source)
+        if path is None:
+            return False
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        try:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise ckpt.CheckpointCorrupt(f"{path}: does not match this model/optimizer ({first})") from None
+        self.step, self.best, self.tokens_seen = state["step"], state["best"], state["tokens_seen"]
+        self.data.load_state_dict(state["data"])
+        ckpt.set_rng_state(state["rng"])
+        self.last_checkpoint = path
+        return True
+
+    # --- signals ----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _handle_signals(self):
+        """First SIGINT/SIGTERM: finish the current step, save, and return. A second SIGINT aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # --- one optimizer step -----------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        c, d = self.config, self.dist
+        lr = c.lr * lr_factor(self.step, c.schedule, c.warmup_steps, c.max_steps, c.min_lr_ratio, c.decay_frac)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        micro = [_to(self.data.next_batch(), self.device) for _ in range(c.grad_accum)]
+        counts = torch.tensor([sum(self.weight_fn(b) for b in micro),
+                               sum(b["input_ids"].numel() for b in micro)], dtype=torch.float64)
+        n_targets, n_tokens = all_reduce_sum(counts, d).tolist()
+        normaliser = max(n_targets, 1) / d.world
+
+        loss_sum, extra = torch.zeros((), device=self.device), {}
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            no_sync = self.model.no_sync() if d.enabled and not last and hasattr(self.model, "no_sync") \
+                else contextlib.nullcontext()
+            with no_sync:
+                with self.autocast:
+                    out = self.loss_fn(self.model, batch, normaliser)
+                loss, stats = out if isinstance(out, tuple) else (out, {})
+                loss.backward()
+            loss_sum += loss.detach().float()
+            for k, v in stats.items():
+                extra[k] = extra.get(k, 0.0) + float(v) / len(micro)
+        loss_value = float(all_reduce_sum(loss_sum, d)) / d.world
+        clip = c.grad_clip if c.grad_clip > 0 else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), clip))
+        for name, value in (("loss", loss_value), ("gradient norm", grad_norm)):
+            if not math.isfinite(value):
+                self.optimizer.zero_grad(set_to_none=True)
+                where = (f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint
+                         else "no checkpoint was written yet")
+                raise TrainingDiverged(f"step {self.step}: the {name} is {value}; stopped before the optimizer "
+                                       f"step, {where}")
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens_seen += int(n_tokens)
+        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_tokens), **extra}
+
+    # --- evaluation -------------------------------------------------------------------------------
+
+    def run_eval(self, logger: MetricsLogger, bar) -> dict:
+        if self.evaluate is None:
+            return {}
+        self.raw_model.eval()
+        with torch.no_grad(), self.autocast:
+            metrics = self.evaluate(self.raw_model)
+            samples = self.sample(self.raw_model) if self.sample is not None and self.dist.main else []
+        self.raw_model.train()
+        if self.dist.main:
+            logger.log(self.step, **metrics)
+            if samples:
+                with open(self.out_dir / "samples.jsonl", "a") as f:
+                    f.write(json.dumps({"step": self.step, "samples": samples}, ensure_ascii=False) + "\n")
+            shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            bar.write(f"step {self.step}: {shown}")
+            for s in samples[:1]:
+                bar.write("  sample: " + s.replace("\n", "\n          ")[:400])
+        return metrics
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def fit(self, resume: str | Path | bool = False) -> dict:
+        c, d = self.config, self.dist
+        resumed = self.resume(resume) if resume else False
+        if not resumed and ckpt.step_dirs(self.ckpt_dir):
+            if not c.overwrite:
+                raise ValueError(f"{self.ckpt_dir} holds checkpoints of an earlier run (up to step "
+                                 f"{ckpt.step_dirs(self.ckpt_dir)[-1][0]}); resume it, or set train.overwrite=true "
+                                 f"to start over")
+            if d.main:
+                shutil.rmtree(self.ckpt_dir)
+            barrier(d)
+        logger = MetricsLogger(self.out_dir, resume_step=self.step if resumed else None,
+                               tensorboard=c.tensorboard) if d.main else None
+        peak = c.peak_flops or (peak_flops(self.device, torch.bfloat16 if self.device.type == "cuda"
+                                           else torch.float32) if self.flops_per_token else 0.0)
+        if d.main:
+            keep_samples(self.out_dir / "samples.jsonl", self.step if resumed else -1)
+            start_note = f"resumed from {self.last_checkpoint} at step {self.step}" if resumed else "from scratch"
+            print(f"training {c.max_steps} steps {start_note}; device {self.device}, world {d.world}"
+                  + (f", MFU against a peak of {peak / 1e9:.0f} GFLOP/s" if peak else ""))
+        bar = tqdm(total=c.max_steps, initial=self.step, desc="train", unit="step", disable=not d.main,
+                   dynamic_ncols=True, mininterval=0.5)
+        self.raw_model.train()
+        status, metrics, t_start = "finished", {}, time.perf_counter()
+        with self._handle_signals():
+            while self.step < c.max_steps:
+                t0 = time.perf_counter()
+                out = self.train_step()
+                dt = time.perf_counter() - t0
+                tok_s = out["tokens"] / dt
+                mfu = self.flops_per_token * tok_s / peak if peak else 0.0
+                bar.update(1)
+                bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tok_s:,.0f}",
+                                **({"mfu": f"{mfu:.0%}"} if peak else {}))
+                if d.main and (self.step % c.log_every == 0 or self.step == c.max_steps):
+                    logger.log(self.step, loss=out["loss"], lr=out["lr"], grad_norm=out["grad_norm"],
+                               tokens_per_s=tok_s, mfu=mfu, tokens_seen=self.tokens_seen,
+                               elapsed_s=time.perf_counter() - t_start,
+                               **{k: v for k, v in out.items() if k not in ("loss", "lr", "grad_norm", "tokens")})
+                done = self.step == c.max_steps
+                is_best = False
+                if (c.eval_every and self.step % c.eval_every == 0) or done:
+                    metrics = self.run_eval(logger, bar)
+                    if metrics.get("val_loss", math.inf) < self.best:
+                        self.best, is_best = metrics["val_loss"], True
+                periodic = (c.save_every and self.step % c.save_every == 0) or done or self.stop_signal is not None
+                self.save(periodic=periodic, best=is_best)
+                if periodic and self.on_checkpoint is not None:
+                    self.on_checkpoint(self)
+                if self.stop_signal is not None:
+                    status = f"interrupted by {signal.Signals(self.stop_signal).name}"
+                    bar.write(f"{status}: saved {self.last_checkpoint}; continue with --resume")
+                    break
+        bar.close()
+        result = {"status": status, "step": self.step, "best_val_loss": self.best, "tokens_seen": self.tokens_seen,
+                  "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
+                  "train_seconds": round(time.perf_counter() - t_start, 2), **metrics}
+        if d.main:
+            logger.close()
+            if c.plot:
+                plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "plots" / "loss.png")
+        return result
+
+
+def keep_samples(path: Path, up_to_step: int) -> None:
+    """Start samples.jsonl afresh, keeping only records up to `up_to_step` (a resumed run's past)."""
+    kept = []
+    if path.exists() and up_to_step >= 0:
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= up_to_step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(kept))
