@@ -121,6 +121,13 @@ def cmd_demo(args):
     run_demo(out_dir=args.out, steps=args.steps, seed=args.seed)
 
 
+def cmd_pretrain(args):
+    from alignlab.config import load_config
+    from alignlab.recipes.pretrain import PretrainConfig, run
+
+    run(load_config(PretrainConfig, args.config, args.overrides), resume=args.resume)
+
+
 def _add_sampling(p, temperature=0.0):
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -156,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p, temperature=0.7)
     p.set_defaults(fn=cmd_chat)
 
+    p = sub.add_parser("pretrain", help="train a language model on raw text (from scratch or a checkpoint)")
+    p.add_argument("--config", default=None, help="a YAML config (e.g. configs/pretrain/shakespeare_char.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-3")
+    p.set_defaults(fn=cmd_pretrain)
+
     p = sub.add_parser("demo", help="train a tiny model from scratch on arithmetic and sample from it")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--steps", type=int, default=600)
@@ -168,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     from jinja2 import TemplateError
 
     from alignlab.model.hf import CheckpointError
+    from alignlab.train.trainer import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
@@ -176,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         kind = "chat template error: " if isinstance(e, TemplateError) else ""
         print(f"alignlab {args.command}: error: {kind}{e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"alignlab {args.command}: training diverged: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return 0
