@@ -1,0 +1,28 @@
+"""The errors the data layer raises: each one a single line that names the file, URL or field.
+
+They subclass the built-in exceptions a caller already catches (the CLI prints any ValueError or
+OSError as one line), so `except ValueError` / `except FileNotFoundError` keep working.
+"""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Data that cannot be used as given: a bad source spec, non-UTF-8 text, an empty corpus,
+    a split too short for a window, a character the tokenizer cannot encode."""
+
+
+class ChecksumError(DataError):
+    """A download whose sha256 is not the one expected (nothing is kept in the cache)."""
+
+
+class DataNotFoundError(FileNotFoundError):
+    """A data file, glob or directory that does not exist."""
+
+
+class DownloadError(OSError):
+    """A URL that could not be fetched (network, HTTP status, ...)."""
+
+
+class MissingDependencyError(DataError, ImportError):
+    """An optional package (e.g. `datasets`) is needed but not installed; says what to install."""
