@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -24,6 +25,20 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the config's fields."""
 
 
+class Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `3e-3` (no dot) as a string; people writing learning rates mean a float."""
+
+
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d[\d_]*\.?[\d_]*(e[-+]?\d+)?|\.\d+(e[-+]?\d+)?|\.inf|\.nan)$", re.IGNORECASE),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=Loader)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """["train.lr=3e-3", "model.dim=128"] -> {"train": {"lr": 0.003}, "model": {"dim": 128}}."""
     out: dict[str, Any] = {}
@@ -32,7 +47,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not key=value")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = yaml_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         node = out
@@ -57,7 +72,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
