@@ -20,7 +20,7 @@ from alignlab.data import (
     tokenize_to_file,
 )
 from alignlab.data.tokens import chunks
-from alignlab.text import CharTokenizer, HFTokenizer, load_tokenizer, train_bpe
+from alignlab.text import CharTokenizer, HFTokenizer, Tokenizer, load_tokenizer, train_bpe
 
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 needs_shakespeare = pytest.mark.skipif(
@@ -94,6 +94,41 @@ def test_chunked_encoding_equals_whole(shakespeare_or_corpus, tmp_path):
     for tok in (bpe, rust, CharTokenizer.from_text(text)):
         tokenize_to_file([text], tok, tmp_path / "t.bin", progress=False, chunk_chars=5_000)
         assert open_tokens(tmp_path / "t.bin").tolist() == tok.encode(text, add_special_tokens=False)
+
+
+class PrefixTokenizer(Tokenizer):
+    """Marks the start of every text it encodes (as SentencePiece's prefix space does): cutting
+    a text into chunks would change its ids, so it must be encoded whole."""
+
+    def __init__(self, text: str):
+        self.char = CharTokenizer.from_text(text)
+
+    def encode(self, text, add_special_tokens=True):
+        return [self.char.vocab_size] + self.char.encode(text, add_special_tokens)
+
+    def decode(self, ids, skip_special_tokens=False):
+        return self.char.decode(ids)
+
+    @property
+    def vocab_size(self):
+        return self.char.vocab_size + 1
+
+    def token_to_id(self, token):
+        return self.char.token_to_id(token)
+
+    def id_to_token(self, id):
+        return self.char.id_to_token(id)
+
+    def save(self, directory):
+        self.char.save(directory)
+
+
+def test_a_tokenizer_that_cannot_be_cut_encodes_whole_documents(shakespeare_or_corpus, tmp_path):
+    text = shakespeare_or_corpus[:50_000]
+    tok = PrefixTokenizer(text)
+    tokenize_to_file([text, text[:100]], tok, tmp_path / "t.bin", progress=False, chunk_chars=1_000)
+    ids = open_tokens(tmp_path / "t.bin").tolist()
+    assert ids == tok.encode(text) + tok.encode("\n\n") + tok.encode(text[:100])
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +212,13 @@ def test_cache_is_reused_and_rebuilt_when_the_source_or_tokenizer_changes(tmp_pa
     assert resaved.tokens.tolist() == [i + 1 for i in saved_ids]
     assert resaved.tokenizer.decode(resaved.tokens.tolist()) == src.read_text()
 
-    # a damaged entry (truncated ids) is rebuilt, not trusted
+    # a damaged entry (truncated ids, a sidecar that is not ours) is rebuilt, not trusted
     with open(bin_path, "r+b") as f:
         f.truncate(10)
     assert not prepare_pretraining_data(str(src), "char", cache_dir=cache, verbose=False).reused
+    for junk in ("[1, 2]", '{"format": "alignlab-tokens/1"}', "not json"):
+        (first.directory / "tokens.json").write_text(junk, encoding="utf-8")
+        assert not prepare_pretraining_data(str(src), "char", cache_dir=cache, verbose=False).reused
 
 
 def test_prepare_errors_are_one_line(tmp_path):

@@ -157,7 +157,8 @@ def _load_files(spec: str) -> Corpus:
         files = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise DataNotFoundError(f"no data files match {spec} (from {Path.cwd()})")
-        return Corpus(Path(spec).name, str(Path(spec).absolute()), [read_text_file(f) for f in files])
+        name = "/".join(Path(spec).parts[-2:])  # "books/*.txt": the pattern alone says little
+        return Corpus(name, str(Path(spec).absolute()), [read_text_file(f) for f in files])
     return Corpus(path.name, str(path.absolute()), [read_text_file(path)])
 
 

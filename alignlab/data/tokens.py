@@ -32,6 +32,7 @@ error listing them, unless it has an unk_token: then they become unk and the sid
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -86,10 +87,9 @@ def read_meta(path: str | Path, expect: dict[str, Any] | None = None) -> dict[st
     path = Path(path)
     try:
         meta = json.loads(meta_path(path).read_text(encoding="utf-8"))
-        size = path.stat().st_size
-    except (OSError, ValueError):
-        return None
-    if meta.get("format") != FORMAT or size != meta["count"] * np.dtype(meta["dtype"]).itemsize:
+        if meta["format"] != FORMAT or path.stat().st_size != meta["count"] * np.dtype(meta["dtype"]).itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):  # missing, unreadable or not our sidecar
         return None
     if expect and any(meta.get(k) != v for k, v in expect.items()):
         return None
@@ -133,23 +133,21 @@ def tokenize_to_file(
 
     count, unk = 0, 0
     unk_id = tokenizer.unk_token_id
+    sep = np.asarray(sep_ids, dtype=np.int64)
     show = progress and characters > PROGRESS_CHARS
     bar = tqdm(total=characters, unit="char", unit_scale=True, desc="tokenizing", file=sys.stderr, disable=not show)
     with bar, atomic_path(path) as tmp, open(tmp, "wb") as f:
         for d, doc in enumerate(documents):
-            pieces = [sep_ids] if d > 0 and sep_ids else []
-            for chunk in chunks(doc, chunk_chars):
-                ids = np.asarray(tokenizer.encode(chunk, add_special_tokens=False), dtype=np.int64)
+            # the separator, then the document chunk by chunk, each written as soon as it is encoded
+            pieces = ((sep, 0),) if d > 0 else ()
+            for ids, n_chars in itertools.chain(pieces, _encode_chunks(tokenizer, doc, chunk_chars)):
                 if ids.size and (ids.min() < 0 or ids.max() > limit):
                     raise DataError(f"{path.name}: token id {ids.max()} does not fit in {dtype.name}")
-                pieces.append(ids)
-                bar.update(len(chunk))
-            for ids in pieces:
-                f.write(np.asarray(ids, dtype=dtype).tobytes())
+                f.write(ids.astype(dtype).tobytes())
                 count += len(ids)
-                if unk_id is not None:
-                    unk += int(np.count_nonzero(np.asarray(ids) == unk_id))
-            bar.set_postfix_str(f"{count / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
+                unk += int(np.count_nonzero(ids == unk_id)) if unk_id is not None else 0
+                bar.update(n_chars)
+                bar.set_postfix_str(f"{count / (time.perf_counter() - start):,.0f} tok/s", refresh=False)
 
     meta = {
         "format": FORMAT,
@@ -180,6 +178,12 @@ def chunks(text: str, size: int = CHUNK_CHARS):
         yield text[start : cut.start()]
         start = cut.start()
     yield text[start:]
+
+
+def _encode_chunks(tokenizer: Tokenizer, doc: str, chunk_chars: int):
+    """(ids as int64, number of characters) for each chunk of `doc`."""
+    for chunk in chunks(doc, chunk_chars):
+        yield np.asarray(tokenizer.encode(chunk, add_special_tokens=False), dtype=np.int64), len(chunk)
 
 
 def _cuts_are_exact(tokenizer: Tokenizer) -> bool:
