@@ -71,10 +71,11 @@ def main():
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--kill-at", type=int, default=None)
     ap.add_argument("--kill-in-save", type=int, default=None)
+    ap.add_argument("--distributed", default="ddp")
     args = ap.parse_args()
     torch.set_num_threads(1)
     dist = init_distributed("cpu")
-    trainer = make_trainer(args.out, args.steps, dist=dist)
+    trainer = make_trainer(args.out, args.steps, dist=dist, distributed=args.distributed)
     if args.kill_at is not None:
         def hook(t):
             if t.step == args.kill_at:

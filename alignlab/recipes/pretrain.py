@@ -149,10 +149,11 @@ def run(cfg: PretrainConfig, resume: bool = False) -> dict:
         result = trainer.fit(resume=resume)
 
         # 5. the model directory
-        if dist.main and result["status"] == "finished":
+        final = trainer.export_model() if result["status"] == "finished" else None  # all processes
+        if dist.main and final is not None:
             meta = {"stage": "pretrain", "parent": cfg.init_from, "config": asdict(cfg),
                     "metrics": {k: v for k, v in result.items() if k != "last_checkpoint"}}
-            result["model_dir"] = str(save_model(trainer.raw_model, out / "model", tokenizer=tok, meta=meta))
+            result["model_dir"] = str(save_model(final, out / "model", tokenizer=tok, meta=meta))
             (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
             print(f"val loss {result.get('val_loss', float('nan')):.4f} after {result['step']} steps "
                   f"({result['train_seconds']:.0f} s); model: {result['model_dir']}; curve: {out}/plots/loss.png")

@@ -149,15 +149,45 @@ class Trainer:
 
     # --- checkpoints ------------------------------------------------------------------------------
 
+    @property
+    def sharded(self) -> bool:
+        return self.dist.enabled and self.config.distributed == "fsdp"
+
+    def model_optimizer_state(self) -> tuple[dict, dict]:
+        """Full (unsharded) state dicts. Under FSDP this gathers the shards: every process must call it."""
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            return get_state_dict(self.raw_model, self.optimizer,
+                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return self.raw_model.state_dict(), self.optimizer.state_dict()
+
     def state_dict(self) -> dict:
-        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "step": self.step, "best": self.best, "tokens_seen": self.tokens_seen,
-                "data": self.data.state_dict(), "rng": ckpt.rng_state(), "config": self.run_config}
+        model, optimizer = self.model_optimizer_state()
+        return {"model": model, "optimizer": optimizer, "step": self.step, "best": self.best,
+                "tokens_seen": self.tokens_seen, "data": self.data.state_dict(), "rng": ckpt.rng_state(),
+                "config": self.run_config}
+
+    def export_model(self) -> torch.nn.Module:
+        """The trained model as one ordinary module (gathered from the shards under FSDP; collective)."""
+        if not self.sharded:
+            return self.raw_model
+        weights, _ = self.model_optimizer_state()
+        with torch.device("meta"):
+            model = type(self.raw_model)(self.raw_model.config)
+        model.load_state_dict(weights, assign=True)
+        if getattr(model, "config", None) is not None and model.config.tie_embeddings:
+            model.lm_head.weight = model.model.embed_tokens.weight
+        if hasattr(model, "rope_frequencies") and model.config.pos == "rope":
+            model.inv_freq = model.rope_frequencies()
+        return model
 
     def save(self, periodic: bool = True, best: bool = False) -> None:
         """Every process must call this (they stay in step); only rank 0 writes."""
-        if self.dist.main and (periodic or best):
-            state = self.state_dict()
+        if not (periodic or best):
+            return
+        state = self.state_dict() if self.dist.main or self.sharded else None
+        if self.dist.main:
             if periodic:
                 self.last_checkpoint = ckpt.save_checkpoint(self.ckpt_dir, self.step, state, self.config.keep_last)
             if best:
@@ -171,8 +201,14 @@ class Trainer:
             return False
         state = ckpt.load_checkpoint(path, map_location=self.device)
         try:
-            self.raw_model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.sharded:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+                set_state_dict(self.raw_model, self.optimizer, model_state_dict=state["model"],
+                               optim_state_dict=state["optimizer"], options=StateDictOptions(full_state_dict=True))
+            else:
+                self.raw_model.load_state_dict(state["model"])
+                self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0]
             raise ckpt.CheckpointCorrupt(f"{path}: does not match this model/optimizer ({first})") from None
@@ -253,7 +289,8 @@ class Trainer:
         self.raw_model.eval()
         with torch.no_grad(), self.autocast:
             metrics = self.evaluate(self.raw_model)
-            samples = self.sample(self.raw_model) if self.sample is not None and self.dist.main else []
+            # every process samples (under FSDP the forward is a collective); only rank 0 keeps them
+            samples = self.sample(self.raw_model) if self.sample is not None else []
         self.raw_model.train()
         if self.dist.main:
             logger.log(self.step, **metrics)
