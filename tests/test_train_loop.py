@@ -205,7 +205,7 @@ def test_fresh_run_refuses_to_clobber_checkpoints(tmp_path):
 
 
 def test_metrics_eval_best_and_plot(tmp_path):
-    trainer = make_trainer(tmp_path, steps=10, eval_every=5, plot=True)
+    trainer = make_trainer(tmp_path, steps=10, eval_every=5, plot=True, tensorboard=True)
     calls = []
 
     def evaluate(model):
@@ -223,6 +223,11 @@ def test_metrics_eval_best_and_plot(tmp_path):
     assert ckpt.load_checkpoint(tmp_path / "checkpoints" / "best")["step"] == 10
     assert (tmp_path / "plots" / "loss.png").stat().st_size > 1000
     assert (tmp_path / "samples.jsonl").read_text().count("sample at") == 2
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_train_config_validation():
