@@ -196,4 +196,4 @@ def sample_level4(rng: random.Random) -> Problem:
     lines = run_steps(steps)
     expression = " ; ".join(f"{x} {op} {y}" for x, op, y, _ in lines)
     key = f"story:{template} " + " ".join(map(str, numbers))
-    return Problem(4, template, key, expression, lines[-1][3], steps, text=text, operands=numbers)
+    return Problem(4, template, key, expression, lines[-1][3], steps, text=text)

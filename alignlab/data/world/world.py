@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 import re
 from dataclasses import dataclass
@@ -142,7 +143,7 @@ class TinyWorld:
             rng.shuffle(pool)
             if split == "test":
                 return pool[:n]
-            return [pool[i % len(pool)] if i < len(pool) else rng.choice(pool) for i in range(n)]
+            return pool[:n] + [rng.choice(pool) for _ in range(n - len(pool))]
         out: list[ar.Problem] = []
         seen: set[str] = set()
         misses = 0
@@ -173,10 +174,13 @@ class TinyWorld:
         """The reference reply: worked steps in <think>, then "Answer: N"."""
         return answer_text(problem.think(), problem.answer)
 
+    def _tools(self) -> list[dict]:
+        return copy.deepcopy(self.tools)  # each record its own copy, safe to edit
+
     def prompt(self, user: str) -> list[dict]:
         return [_msg("system", self.system_prompt), _msg("user", user)]
 
-    def _math_math(self, rng: random.Random) -> tuple[str, str]:
+    def _small_sum(self, rng: random.Random) -> tuple[str, str]:
         """A small sum that is no level's problem (two-digit + one-digit), for look-alikes."""
         a, b = rng.randint(10, 99), rng.randint(2, 9)
         return f"{a} + {b}", answer_text(f"{a} + {b} = {a + b}", a + b)
@@ -187,7 +191,7 @@ class TinyWorld:
         ]
 
     def _safety_item(self, t: sf.Template, rng: random.Random) -> tuple[str, str]:
-        user, reply = sf.fill(t, rng, self.secret, self.cast, self._math_math(rng))
+        user, reply = sf.fill(t, rng, self.secret, self.cast, self._small_sum(rng))
         return rng.choice(sf.PREFIXES) + user, reply
 
     def _qa_split(self, person: str, attribute: str) -> str:
@@ -325,12 +329,16 @@ class TinyWorld:
         rng = self._rng("safety", stream, split)
         records = []
 
+        def acceptable(t: sf.Template, user: str, reply: str) -> bool:
+            # a look-alike never carries the secret; training text never states a held-out problem
+            if t.label == "benign" and self._secret_re.search(user + reply):
+                return False
+            return split == "test" or self._clean(user, reply if t.label == "benign" else "")
+
         def add(t: sf.Template, i: int):
-            for _ in range(100):
+            user, reply = self._safety_item(t, rng)
+            while not acceptable(t, user, reply):
                 user, reply = self._safety_item(t, rng)
-                if t.label == "attack" or not self._secret_re.search(user + reply):
-                    if split == "test" or self._clean(user, reply if t.label == "benign" else ""):
-                        break
             records.append({
                 "prompt": self.prompt(user), "label": t.label, "category": t.category, "style": t.style,
                 "template": t.id, "reference": self.refusal if t.label == "attack" else reply,
@@ -474,7 +482,7 @@ class TinyWorld:
                 question = self.question(p, rng)
                 record = {"prompt": self.prompt(question), "answer": str(p.answer), "level": lv, "id": p.id}
                 if lv == ar.TOOL_LEVEL:
-                    record["tools"] = self.tools
+                    record["tools"] = self._tools()
                 out.append(record)
         return out
 
@@ -503,7 +511,7 @@ class TinyWorld:
         out = []
         for p in self.problems(ar.TOOL_LEVEL, split, n - n_direct, "tool" if split == "train" else "problems"):
             out.append({
-                "messages": [*self.prompt(self.question(p, rng)), *self._tool_call_turns(p)], "tools": self.tools,
+                "messages": [*self.prompt(self.question(p, rng)), *self._tool_call_turns(p)], "tools": self._tools(),
                 "kind": "tool_call", "expression": p.expression, "answer": str(p.answer), "level": p.level, "id": p.id,
             })  # fmt: skip
         per = -(-n_direct // 3)
@@ -511,7 +519,7 @@ class TinyWorld:
         for p in direct:
             out.append({
                 "messages": [*self.prompt(self.question(p, rng)), _msg("assistant", self.solution(p))],
-                "tools": self.tools, "kind": "direct", "answer": str(p.answer), "level": p.level, "id": p.id,
+                "tools": self._tools(), "kind": "direct", "answer": str(p.answer), "level": p.level, "id": p.id,
             })  # fmt: skip
         self._rng("tool-shuffle", split).shuffle(out)
         return out
