@@ -374,3 +374,15 @@ def test_calculator_output_rejects_bad_arguments():
     assert calculator_output({"expression": "1 + 1", "x": 1}).startswith("error: ")
     assert calculator_output("{not json").startswith("error: ")
     assert calculator_output({"expression": 5}).startswith("error: ")
+
+
+@pytest.mark.slow
+def test_transformers_renders_and_tokenizes_the_same(world, tok, tmp_path):
+    """The saved tokenizer in transformers: same chat text, same ids (slow: importing transformers)."""
+    transformers = pytest.importorskip("transformers")
+    tok.save(tmp_path)
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    for r in world.tool_conversations("train") + world.sft_conversations("train"):
+        text = hf.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=False)
+        assert text == render_template(world.chat_template, r["messages"], tools=r.get("tools"))
+        assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text, add_special_tokens=False)
