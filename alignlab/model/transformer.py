@@ -168,6 +168,14 @@ class CausalLM(nn.Module):
             left-padded rows get the same positions as unpadded ones.
         cache: a KVCache; the new tokens are written at slots [cache.pos, cache.pos + T).
         """
+        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, cache, last_only))
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                      last_only: bool = False) -> torch.Tensor:
+        """The final normed hidden states [B, T, dim] that `forward` multiplies by the head; arguments as
+        in `forward`. Training takes these to `objectives.linear_cross_entropy(h, self.lm_head.weight, ...)`,
+        which never builds the [B, T, vocab] logits."""
         B, T = input_ids.shape
         past = cache.pos if cache is not None else 0
         key_valid = None
@@ -195,7 +203,7 @@ class CausalLM(nn.Module):
             cache.advance(T)
         if last_only:
             x = x[:, -1:]
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.lm_head.weight

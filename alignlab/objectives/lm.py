@@ -9,6 +9,9 @@ N matters with gradient accumulation. Averaging each micro-batch's mean and then
 every micro-batch the same weight, so a token in a short micro-batch counts more than one in a long one.
 Passing N = the number of target tokens in the whole accumulated batch to every micro-batch makes the
 summed gradients exactly those of one big batch.
+
+`lm_loss` takes logits. `linear_cross_entropy` takes the final hidden states and the output matrix and
+computes the same loss without ever holding the [B, T, V] logits (the training fast path).
 """
 
 from __future__ import annotations
@@ -29,3 +32,73 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int | torch.
     if num_tokens is None:
         num_tokens = (labels != IGNORE_INDEX).sum()
     return total / num_tokens
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                         num_tokens: int | torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
+    """lm_loss(hidden @ weight.T, labels, num_tokens), in value and in gradients, computed chunk by chunk.
+
+    hidden [B, T, D] (the final normed hidden states), weight [V, D] (the output head; with tied embeddings
+    the embedding matrix), labels [B, T] aligned with hidden as in `lm_loss`.
+
+    With z = h W^T and p = softmax(z), the loss of one row and its gradient with respect to z are
+
+        l = logsumexp(z) - z[y],        dl/dz = p - onehot(y)
+
+    so the whole backward of the head is known as soon as a row's logits are:
+
+        dL/dh = (1/N) (p - onehot(y)) W,        dL/dW = (1/N) sum_rows (p - onehot(y))^T h
+
+    Per chunk of `chunk` rows this computes the logits, the loss and both gradients at once, then drops the
+    logits: memory is chunk * V instead of B * T * V (67 MB for 2048 rows of an 8192-token vocabulary, and
+    as much again for their gradient), and the logits are used while they are still in cache. The
+    gradients wait in the autograd context until backward multiplies them by the incoming gradient. This
+    is the fused linear cross-entropy of Liger Kernel (Hsu et al. 2024, arXiv:2410.10989). Rows labelled
+    IGNORE_INDEX contribute nothing, so they are dropped before any product is computed.
+    """
+    return _LinearCrossEntropy.apply(hidden, weight, labels, num_tokens, chunk)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, num_tokens, chunk):
+        need_h, need_w = ctx.needs_input_grad[:2]
+        h, y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
+        valid = y != IGNORE_INDEX
+        if num_tokens is None:
+            num_tokens = valid.sum()
+        kept = None
+        if not bool(valid.all()):  # ignored rows (prompts, padding): no logits, no loss, zero gradient
+            kept = valid.nonzero().squeeze(1)
+            h, y = h[kept], y[kept]
+        scale = 1.0 / torch.as_tensor(num_tokens, dtype=torch.float32, device=h.device)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        for s in range(0, h.shape[0], chunk):
+            hc, yc = h[s:s + chunk], y[s:s + chunk]
+            logp = torch.log_softmax((hc @ weight.t()).float(), dim=-1)  # [rows, V]: the only logits there are
+            rows = torch.arange(len(yc), device=h.device)
+            total -= logp[rows, yc].sum()
+            if not (need_h or need_w):
+                continue
+            g = logp.exp_()  # softmax, written over log-softmax
+            g[rows, yc] -= 1.0
+            g = g.mul_(scale).to(weight.dtype)  # dL/dz for these rows
+            if need_h:
+                torch.mm(g, weight, out=grad_h[s:s + chunk])
+            if need_w:
+                grad_w.addmm_(g.t().float(), hc.float())
+        if need_h and kept is not None:  # put the kept rows' gradients back among zeros
+            grad_h = h.new_zeros(labels.numel(), h.shape[1]).index_copy_(0, kept, grad_h)
+        ctx.save_for_backward(grad_h.view(hidden.shape) if need_h else None,
+                              grad_w.to(weight.dtype) if need_w else None)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_h, grad_w = ctx.saved_tensors
+        if not bool(grad_out == 1):  # the loss is usually the root of backward: then skip two copies
+            grad_h = None if grad_h is None else grad_h * grad_out.to(grad_h.dtype)
+            grad_w = None if grad_w is None else grad_w * grad_out.to(grad_w.dtype)
+        return grad_h, grad_w, None, None, None
