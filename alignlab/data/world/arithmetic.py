@@ -188,12 +188,15 @@ def _times(a: int, b: int) -> tuple[Step, ...]:
     return ((a, "*", tens), (a, "*", ones), (Ref(0), "+", Ref(1)))
 
 
-def sample_level1(rng: random.Random) -> Problem:
-    a, b = rng.randint(0, 9), rng.randint(0, 9)
-    if rng.random() < 0.5:
-        return _problem(1, "add", f"{a} + {b}", ((a, "+", b),))
-    a, b = max(a, b), min(a, b)
-    return _problem(1, "sub", f"{a} - {b}", ((a, "-", b),))
+def all_level1() -> list[Problem]:
+    """All 155 level-1 problems: the level is small enough to list (100 sums, 55 differences)."""
+    out = []
+    for a in range(10):
+        for b in range(10):
+            out.append(_problem(1, "add", f"{a} + {b}", ((a, "+", b),)))
+            if a >= b:
+                out.append(_problem(1, "sub", f"{a} - {b}", ((a, "-", b),)))
+    return out
 
 
 def sample_level2(rng: random.Random) -> Problem:

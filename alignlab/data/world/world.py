@@ -108,14 +108,7 @@ class TinyWorld:
 
     @cached_property
     def _level1(self) -> list[ar.Problem]:
-        """All 155 level-1 problems (the level is too small to sample)."""
-        out = []
-        for a in range(10):
-            for b in range(10):
-                out.append(ar._problem(1, "add", f"{a} + {b}", ((a, "+", b),)))
-                if a >= b:
-                    out.append(ar._problem(1, "sub", f"{a} - {b}", ((a, "-", b),)))
-        return out
+        return ar.all_level1()
 
     def _sample(self, level: int, rng: random.Random) -> ar.Problem:
         if level == 1:
