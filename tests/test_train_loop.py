@@ -65,8 +65,8 @@ def test_kill_during_save_keeps_previous_checkpoint(tmp_path):
 
 
 def test_ddp_two_processes_equal_one(tmp_path):
-    run_fixture(tmp_path / "one", "--steps", 6)
-    run_fixture(tmp_path / "two", "--steps", 6, nproc=2)
+    run_fixture(tmp_path / "one", "--steps", 6, "--fused")
+    run_fixture(tmp_path / "two", "--steps", 6, "--fused", nproc=2)
     a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for s in a:
@@ -79,14 +79,14 @@ def test_ddp_two_processes_equal_one(tmp_path):
 
 @pytest.mark.slow
 def test_fsdp_two_processes_equal_one_and_resume(tmp_path):
-    run_fixture(tmp_path / "one", "--steps", 10)
-    run_fixture(tmp_path / "fsdp", "--steps", 10, "--distributed", "fsdp", "--kill-at", 5, nproc=2,
+    run_fixture(tmp_path / "one", "--steps", 10, "--fused")
+    run_fixture(tmp_path / "fsdp", "--steps", 10, "--fused", "--distributed", "fsdp", "--kill-at", 5, nproc=2,
                 expect_kill=None)
     state = ckpt.load_checkpoint(tmp_path / "fsdp" / "checkpoints" / "step_000005")  # full, unsharded weights
     ref = ckpt.load_checkpoint(tmp_path / "one" / "checkpoints" / "step_000005")
     for k in ref["model"]:
         torch.testing.assert_close(state["model"][k], ref["model"][k], atol=1e-5, rtol=1e-4)
-    run_fixture(tmp_path / "fsdp", "--steps", 10, "--distributed", "fsdp", "--resume", nproc=2)
+    run_fixture(tmp_path / "fsdp", "--steps", 10, "--fused", "--distributed", "fsdp", "--resume", nproc=2)
     a, b = losses(tmp_path / "one"), losses(tmp_path / "fsdp")
     assert sorted(a) == sorted(b) == list(range(1, 11))
     for s in a:
@@ -146,6 +146,17 @@ def test_grad_accumulation_2x4_equals_1x8(tmp_path):
     mean_of_means = lambda m, b, n: lm_loss(m(b["input_ids"]), b["labels"]) / 2  # noqa: E731
     wrong = _one_step(tmp_path / "c", [_batches(seqs[:4]), _batches(seqs[4:])], 2, mean_of_means)
     assert abs(big["grad_norm"] - wrong["grad_norm"]) > 1e-3 * big["grad_norm"]
+
+
+def test_gradient_checkpointing_and_fused_loss_give_the_same_step(tmp_path):
+    plain = make_trainer(tmp_path / "a", steps=1, save_every=0).train_step()
+    fused = make_trainer(tmp_path / "b", steps=1, save_every=0, fused=True).train_step()
+    ckpted = make_trainer(tmp_path / "c", steps=1, save_every=0, fused=True, gradient_checkpointing=True)
+    assert ckpted.raw_model.gradient_checkpointing
+    ckpted = ckpted.train_step()
+    for other in (fused, ckpted):
+        assert abs(other["loss"] - plain["loss"]) < 1e-5
+        assert abs(other["grad_norm"] - plain["grad_norm"]) < 1e-5 * plain["grad_norm"]
 
 
 def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):

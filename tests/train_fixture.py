@@ -17,9 +17,9 @@ import sys
 import torch
 
 from alignlab.model import CausalLM, preset
-from alignlab.objectives import lm_loss
+from alignlab.objectives import linear_cross_entropy, lm_loss
 from alignlab.train.distributed import Dist, init_distributed
-from alignlab.train.trainer import TrainConfig, Trainer, set_seed
+from alignlab.train.trainer import TrainConfig, Trainer, set_seed, unwrap
 
 VOCAB, BLOCK = 64, 16
 
@@ -51,7 +51,13 @@ def lm_step(model, batch, normaliser):
     return lm_loss(model(batch["input_ids"]), batch["labels"], normaliser)
 
 
-def make_trainer(out_dir, steps: int = 20, global_batch: int = 8, dist: Dist | None = None, **train_kw):
+def fused_lm_step(model, batch, normaliser):  # the pretraining recipe's path: no logits tensor
+    hidden = model(batch["input_ids"], head=False)
+    return linear_cross_entropy(hidden, unwrap(model).lm_head.weight, batch["labels"], normaliser)
+
+
+def make_trainer(out_dir, steps: int = 20, global_batch: int = 8, dist: Dist | None = None, fused: bool = False,
+                 **train_kw):
     dist = dist or Dist()
     set_seed(0)
     model = CausalLM(preset("llama", vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
@@ -60,7 +66,8 @@ def make_trainer(out_dir, steps: int = 20, global_batch: int = 8, dist: Dist | N
               peak_flops=1e11, plot=False)
     cfg = TrainConfig(**{**kw, **train_kw})
     data = RandomWindows(global_batch // cfg.grad_accum, dist)
-    return Trainer(cfg, model, data, lm_step, out_dir, dist=dist,
+    step = fused_lm_step if fused else lm_step
+    return Trainer(cfg, model, data, step, out_dir, dist=dist,
                    flops_per_token=model.config.flops_per_token(BLOCK, training=True))
 
 
@@ -72,10 +79,11 @@ def main():
     ap.add_argument("--kill-at", type=int, default=None)
     ap.add_argument("--kill-in-save", type=int, default=None)
     ap.add_argument("--distributed", default="ddp")
+    ap.add_argument("--fused", action="store_true", help="the fused linear cross-entropy loss")
     args = ap.parse_args()
     torch.set_num_threads(1)
     dist = init_distributed("cpu")
-    trainer = make_trainer(args.out, args.steps, dist=dist, distributed=args.distributed)
+    trainer = make_trainer(args.out, args.steps, dist=dist, distributed=args.distributed, fused=args.fused)
     if args.kill_at is not None:
         def hook(t):
             if t.step == args.kill_at:

@@ -17,6 +17,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from alignlab.model.attention import ATTENTION
 from alignlab.model.config import ModelConfig
@@ -128,6 +129,8 @@ class Decoder(nn.Module):
 class CausalLM(nn.Module):
     """The language model: token ids in, next-token logits out."""
 
+    gradient_checkpointing = False  # trade compute for memory in training (Chen et al. 2016, arXiv:1604.06174)
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -160,15 +163,19 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, head: bool = True) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with last_only) for input_ids [B, T].
 
         attention_mask: [B, past + T], 1 for real tokens and 0 for padding, covering the cached slots
             too (as in Hugging Face). Positions default to "count of real tokens before this one", so
             left-padded rows get the same positions as unpadded ones.
         cache: a KVCache; the new tokens are written at slots [cache.pos, cache.pos + T).
+        head: False returns the final hidden states [B, T, dim] instead of logits (see `hidden_states`);
+            training uses this so the loss can apply the head chunk by chunk, through the same call
+            that DDP/FSDP wrap.
         """
-        return self.lm_head(self.hidden_states(input_ids, attention_mask, position_ids, cache, last_only))
+        hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache, last_only)
+        return self.lm_head(hidden) if head else hidden
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -198,7 +205,11 @@ class CausalLM(nn.Module):
         else:
             rope = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
         for block in self.model.layers:
-            x = block(x, rope, cache, past, key_valid)
+            if self.gradient_checkpointing and self.training and cache is None:
+                # keep only each block's input; recompute its activations during backward
+                x = checkpoint(block, x, rope, cache, past, key_valid, use_reentrant=False)
+            else:
+                x = block(x, rope, cache, past, key_valid)
         if cache is not None:
             cache.advance(T)
         if last_only:

@@ -26,9 +26,9 @@ from alignlab.data import prepare_pretraining_data
 from alignlab.infer import Engine, SamplingParams
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import load_model, save_model
-from alignlab.objectives import lm_loss
+from alignlab.objectives import linear_cross_entropy, lm_loss
 from alignlab.train.distributed import Dist, barrier, cleanup, init_distributed
-from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
+from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed, unwrap
 
 
 @dataclass
@@ -78,8 +78,13 @@ class TrainWindows:
 
 
 def lm_step(model, batch: dict, normaliser: float) -> torch.Tensor:
-    """Next-token cross-entropy of one micro-batch, divided by the global target count (see Trainer)."""
-    return lm_loss(model(batch["input_ids"]), batch["labels"], normaliser)
+    """Next-token cross-entropy of one micro-batch, divided by the global target count (see Trainer).
+
+    The same as lm_loss(model(x), y, normaliser), computed without the [B, T, vocab] logits tensor:
+    the model returns hidden states and linear_cross_entropy applies the output head chunk by chunk.
+    """
+    hidden = model(batch["input_ids"], head=False)
+    return linear_cross_entropy(hidden, unwrap(model).lm_head.weight, batch["labels"], normaliser)
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, special: dict) -> CausalLM:

@@ -106,6 +106,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
 def count_targets(batch: dict) -> int:
     """How many terms the loss sums over: label positions that are not ignored (-100)."""
     return int((batch["labels"] != -100).sum())
