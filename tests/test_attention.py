@@ -1,9 +1,13 @@
-"""The three attention forms (naive, tiled online-softmax, SDPA) compute the same thing."""
+"""The three attention forms (naive, tiled online-softmax, SDPA) compute the same thing; so do the training
+paths with hand-written backwards (attention, RoPE, RMSNorm) and their formulas."""
 
 import pytest
 import torch
 
-from alignlab.model.attention import ATTENTION, naive_attention, tiled_attention
+from alignlab.model import attention
+from alignlab.model.attention import ATTENTION, causal_attention_train, naive_attention, tiled_attention
+from alignlab.model.rope import apply_rope, rotate_half
+from alignlab.model.transformer import RMSNorm
 
 CASES = [  # (Hq, Hkv, Tq, Tk, q_offset)
     (4, 4, 37, 37, 0),  # causal prefill, multi-head
@@ -65,3 +69,52 @@ def test_tiled_never_builds_the_full_score_matrix(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
     tiled_attention(q, k, v, block=32)
     assert seen and all(s[-2] <= 32 and s[-1] <= 32 for s in seen), max(seen)
+
+
+@pytest.mark.parametrize("Hq,Hkv,T,block", [(4, 4, 37, 16), (8, 2, 130, 64), (4, 1, 64, 64), (2, 2, 5, 64)])
+def test_training_path_matches_naive_in_value_and_gradients(Hq, Hkv, T, block):
+    """sdpa's CPU training path (causal_attention_train, hand-written backward) against the formula."""
+    q, k, v = (t.requires_grad_() for t in qkv(2, Hq, Hkv, T, T))
+    dout = torch.randn(2, Hq, T, 16, generator=torch.Generator().manual_seed(1))
+    want = naive_attention(q, k, v)
+    want_grads = torch.autograd.grad(want, (q, k, v), dout)
+    for got in (causal_attention_train(q, k, v, block=block), ATTENTION["sdpa"](q, k, v)):
+        assert (got - want).abs().max() <= 1e-5
+        for a, b in zip(torch.autograd.grad(got, (q, k, v), dout), want_grads):
+            assert (a - b).abs().max() <= 1e-5
+
+
+def test_training_path_is_taken_only_when_it_applies(monkeypatch):
+    calls = []
+    monkeypatch.setattr(attention, "causal_attention_train", lambda *a: calls.append(1) or naive_attention(*a))
+    q, k, v = (t.requires_grad_() for t in qkv(1, 2, 2, 20, 20))
+    attention.sdpa_attention(q, k, v)
+    assert calls == [1]
+    with torch.no_grad():  # inference: torch's kernel
+        attention.sdpa_attention(q, k, v)
+    attention.sdpa_attention(q, k, v, 0, torch.ones(1, 20, dtype=torch.bool).index_fill_(1, torch.tensor([0]), False))
+    monkeypatch.setattr(attention, "TRAIN_ATTENTION_MAX_LEN", 16)  # long sequences: O(T) memory
+    attention.sdpa_attention(q, k, v)
+    assert calls == [1]
+
+
+def test_rope_and_rmsnorm_training_paths_match_autograd_of_the_formula():
+    """RoPE and RMSNorm have hand-written backwards in training; check them against the formulas."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 5, 3, 16, generator=g).transpose(1, 2).requires_grad_()  # [B, H, T, d], strided
+    angles = torch.randn(2, 5, 8, generator=g)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    grad = torch.randn(2, 3, 5, 16, generator=g)
+    want = x * cos[:, None] + rotate_half(x) * sin[:, None]
+    got = apply_rope(x, cos, sin)
+    assert (got - want).abs().max() <= 1e-6
+    assert (torch.autograd.grad(got, x, grad)[0] - torch.autograd.grad(want, x, grad)[0]).abs().max() <= 1e-6
+
+    norm = RMSNorm(16, eps=1e-5)
+    norm.weight.data = torch.randn(16, generator=g)
+    want = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    got = norm(x)
+    assert (got - want).abs().max() <= 1e-5
+    params = (x, norm.weight)
+    for a, b in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad)):
+        assert (a - b).abs().max() <= 1e-5
