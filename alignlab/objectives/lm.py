@@ -34,8 +34,13 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_tokens: int | torch.
     return total / num_tokens
 
 
+# Rows per chunk of `linear_cross_entropy`: as many as make about this many logits (32 MB in fp32, 1024 rows
+# of an 8192-token vocabulary).
+CHUNK_LOGITS = 2**23
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                         num_tokens: int | torch.Tensor | None = None, chunk: int = 1024) -> torch.Tensor:
+                         num_tokens: int | torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
     """lm_loss(hidden @ weight.T, labels, num_tokens), in value and in gradients, computed chunk by chunk.
 
     hidden [B, T, D] (the final normed hidden states), weight [V, D] (the output head; with tied embeddings
@@ -49,12 +54,13 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
 
         dL/dh = (1/N) (p - onehot(y)) W,        dL/dW = (1/N) sum_rows (p - onehot(y))^T h
 
-    Per chunk of `chunk` rows this computes the logits, the loss and both gradients at once, then drops the
-    logits: memory is chunk * V instead of B * T * V (67 MB for 2048 rows of an 8192-token vocabulary, and
-    as much again for their gradient), and the logits are used while they are still in cache. The
-    gradients wait in the autograd context until backward multiplies them by the incoming gradient. This
-    is the fused linear cross-entropy of Liger Kernel (Hsu et al. 2024, arXiv:2410.10989). Rows labelled
-    IGNORE_INDEX contribute nothing, so they are dropped before any product is computed.
+    Per chunk of `chunk` rows (default CHUNK_LOGITS // V) this computes the logits, the loss and both
+    gradients at once, then drops the logits: memory is chunk * V instead of B * T * V (67 MB for 2048 rows
+    of an 8192-token vocabulary, and as much again for their gradient), and the logits are used while they
+    are still in cache. The gradients wait in the autograd context until backward multiplies them by the
+    incoming gradient. This is the fused linear cross-entropy of Liger Kernel (Hsu et al. 2024,
+    arXiv:2410.10989). Rows labelled IGNORE_INDEX contribute nothing, so they are dropped before any
+    product is computed.
     """
     return _LinearCrossEntropy.apply(hidden, weight, labels, num_tokens, chunk)
 
@@ -63,6 +69,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, num_tokens, chunk):
         need_h, need_w = ctx.needs_input_grad[:2]
+        chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
         h, y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
         valid = y != IGNORE_INDEX
         if num_tokens is None:
@@ -84,15 +91,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 continue
             g = logp.exp_()  # softmax, written over log-softmax
             g[rows, yc] -= 1.0
-            g = g.mul_(scale).to(weight.dtype)  # dL/dz for these rows
+            g = g.to(weight.dtype)  # N dL/dz for these rows (1/N is applied to the smaller products below)
             if need_h:
                 torch.mm(g, weight, out=grad_h[s:s + chunk])
             if need_w:
                 grad_w.addmm_(g.t().float(), hc.float())
-        if need_h and kept is not None:  # put the kept rows' gradients back among zeros
-            grad_h = h.new_zeros(labels.numel(), h.shape[1]).index_copy_(0, kept, grad_h)
-        ctx.save_for_backward(grad_h.view(hidden.shape) if need_h else None,
-                              grad_w.to(weight.dtype) if need_w else None)
+        if need_h:
+            grad_h.mul_(scale.to(grad_h.dtype))
+            if kept is not None:  # put the kept rows' gradients back among zeros
+                grad_h = h.new_zeros(labels.numel(), h.shape[1]).index_copy_(0, kept, grad_h)
+        if need_w:
+            grad_w = grad_w.mul_(scale).to(weight.dtype)
+        ctx.save_for_backward(grad_h.view(hidden.shape) if need_h else None, grad_w)
         return total * scale
 
     @staticmethod
