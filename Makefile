@@ -28,6 +28,7 @@ lint: setup
 
 bench: setup
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_generate.py
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) runs
