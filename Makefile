@@ -17,7 +17,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml constraints.txt
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/alignlab demo
+	$(BIN)/alignlab pipeline
 
 test: setup
 	$(BIN)/ruff check .

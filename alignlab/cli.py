@@ -128,6 +128,25 @@ def cmd_pretrain(args):
     run(load_config(PretrainConfig, args.config, args.overrides), resume=args.resume)
 
 
+def cmd_sft(args):
+    from alignlab.config import load_config
+    from alignlab.recipes.sft import SFTConfig, run
+
+    run(load_config(SFTConfig, args.config, args.overrides), resume=args.resume)
+
+
+PIPELINE_EPILOG = """\
+Each stage writes OUT/<stage>/ (an HF model directory, metrics.jsonl, plots) and, when it
+finishes, OUT/<stage>/stage.json. A second run reuses finished stages and resumes an interrupted
+one from its last checkpoint. The report is OUT/report.md and OUT/report.html."""
+
+
+def cmd_pipeline(args):
+    from alignlab.pipeline import run_pipeline
+
+    run_pipeline(args.out, seed=args.seed, quick=args.quick, start=args.start, until=args.until)
+
+
 def _add_sampling(p, temperature=0.0):
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
@@ -168,6 +187,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-3")
     p.set_defaults(fn=cmd_pretrain)
+
+    p = sub.add_parser("sft", help="supervised fine-tuning on conversations (assistant tokens only)")
+    p.add_argument("--config", default=None, help="a YAML config of alignlab.recipes.sft.SFTConfig")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model=runs/x/model")
+    p.set_defaults(fn=cmd_sft)
+
+    from alignlab import pipeline
+
+    stages = "\n".join(f"  {s.name:<10} {s.help}" for s in pipeline.STAGES)
+    p = sub.add_parser("pipeline", help="the main job: every stage on TinyWorld, then a report",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a tiny model through every stage on TinyWorld (a synthetic world of "
+                                   "arithmetic, a town and a secret) and write a report of what each stage changed.",
+                       epilog=f"stages, in order:\n{stages}\n\n" + PIPELINE_EPILOG)
+    p.add_argument("--out", default="runs/pipeline", help="the run directory (default: runs/pipeline)")
+    p.add_argument("--seed", type=int, default=0, help="TinyWorld's seed and the training seed (default: 0)")
+    p.add_argument("--quick", action="store_true", help="a small world and model, for a smoke test (about a minute)")
+    p.add_argument("--from", dest="start", metavar="STAGE", choices=[s.name for s in pipeline.STAGES],
+                   help="redo this stage and every later one (finished stages are otherwise reused)")
+    p.add_argument("--until", metavar="STAGE", choices=[s.name for s in pipeline.STAGES],
+                   help="stop after this stage")
+    p.set_defaults(fn=cmd_pipeline)
 
     p = sub.add_parser("demo", help="train a tiny model from scratch on arithmetic and sample from it")
     p.add_argument("--out", default="runs/demo")

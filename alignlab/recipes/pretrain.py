@@ -44,7 +44,7 @@ class DataConfig:
 class PretrainConfig:
     out_dir: str = "runs/pretrain"
     data: DataConfig = field(default_factory=DataConfig)
-    # ModelConfig fields (alignlab/model/config.py); vocab_size and max_seq_len come from data and block_size
+    # ModelConfig fields (alignlab/model/config.py); vocab_size comes from the data, max_seq_len defaults to block_size
     model: dict = field(default_factory=lambda: {"arch": "llama", "dim": 128, "n_layers": 4, "n_heads": 4})
     init_from: str | None = None  # continue pretraining a model directory instead of starting from random
     block_size: int = 256  # tokens per training window (the context the model learns)
@@ -94,7 +94,8 @@ def build_model(cfg: PretrainConfig, vocab_size: int, special: dict) -> CausalLM
             raise ValueError(f"init_from {cfg.init_from}: its vocabulary ({model.config.vocab_size}) is smaller "
                              f"than the tokenizer's ({vocab_size})")
         return model
-    spec = {"arch": "llama", **cfg.model, "vocab_size": vocab_size, "max_seq_len": cfg.block_size, **special}
+    # max_seq_len (the longest context the model is built for) defaults to the training window
+    spec = {"arch": "llama", "max_seq_len": cfg.block_size, **cfg.model, "vocab_size": vocab_size, **special}
     try:
         return CausalLM(preset(**spec))
     except (TypeError, ValueError) as e:

@@ -1,0 +1,182 @@
+"""The pipeline's report: report.md and a self-contained report.html (plots embedded), from the run directory.
+
+    write_report(out_dir, title, stages, evals, curves, samples, notes)
+
+stages   [{"stage", "seconds", "metrics": {...}}]              one row per stage in the run-time table
+evals    {model name: {metric: value}}                           one column per model (base, sft, ...)
+curves   {stage: path of its metrics.jsonl}                      training curves, one panel per stage
+samples  [{"prompt", "replies": {model name: reply}, "note"}]    the same prompts answered by each model
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+from alignlab.train.metrics import ema, read_metrics
+
+# metric -> (label, "higher" | "lower" is better); the order of the table and of the bar chart
+METRICS = {
+    "format_rate": ("format rate", "higher"),
+    "accuracy_L1": ("accuracy, level 1", "higher"),
+    "accuracy_L2": ("accuracy, level 2", "higher"),
+    "accuracy_L3": ("accuracy, level 3", "higher"),
+    "accuracy_L4": ("accuracy, level 4", "higher"),
+    "accuracy": ("accuracy, levels 1-4", "higher"),
+    "accuracy_lenient": ("right number, any format", "higher"),
+    "attack_refusal_rate": ("attacks refused", "higher"),
+    "over_refusal_rate": ("look-alikes refused", "lower"),
+    "leak_rate": ("secret leaked", "lower"),
+}
+
+
+def plot_training(curves: dict[str, Path], out_png: Path) -> Path | None:
+    """Training loss (smoothed) and validation loss of each training stage, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = {name: read_metrics(path) for name, path in curves.items() if Path(path).exists()}
+    data = {k: v for k, v in data.items() if v}
+    if not data:
+        return None
+    fig, axes = plt.subplots(1, len(data), figsize=(5 * len(data), 3.6), squeeze=False)
+    for ax, (name, records) in zip(axes[0], data.items(), strict=True):
+        train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+        val = [(r["step"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), (int, float))]
+        if train:
+            steps, losses = zip(*train)
+            ax.plot(steps, losses, color="tab:blue", alpha=0.2, linewidth=0.8)
+            ax.plot(steps, ema(losses), color="tab:blue", label="train")
+        if val:
+            ax.plot(*zip(*val), "o-", color="tab:orange", markersize=3, label="held-out")
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_metrics(evals: dict[str, dict], out_png: Path) -> Path | None:
+    """Each TinyWorld metric, one bar per model, in pipeline order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k in METRICS if any(_num(m.get(k)) is not None for m in evals.values())]
+    if not names:
+        return None
+    models = list(evals)
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names)), 3.8))
+    for i, model in enumerate(models):
+        values = [_num(evals[model].get(k)) or 0.0 for k in names]
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(names))]
+        bars = ax.bar(xs, [100 * v for v in values], width, label=model)
+        ax.bar_label(bars, labels=[f"{100 * v:.0f}" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(range(len(names)), [METRICS[k][0] + ("  ↓" if METRICS[k][1] == "lower" else "") for k in names],
+                  rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 109)
+    ax.set_title("TinyWorld held-out metrics by stage (↓: lower is better)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def _num(v):
+    return v if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) else None
+
+
+def _stage_metric(name: str, v) -> str:
+    if isinstance(v, float) and (name.endswith("rate") or name.startswith("accuracy")):
+        return f"{name} {v:.1%}"
+    if isinstance(v, float) and "loss" in name:
+        return f"{name} {v:.3f}"
+    return f"{name} {v:,}" if isinstance(v, int) else f"{name} {v}"
+
+
+def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dict[str, dict],
+                 curves: dict[str, Path], samples: list[dict], notes: list[str] = ()) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    plots = out / "plots"
+    pictures = [p for p in (plot_training(curves, plots / "training.png"),
+                            plot_metrics(evals, plots / "metrics.png")) if p is not None]
+    models = list(evals)
+
+    # the pieces, each as (markdown, html)
+    stage_rows = [[s["stage"], f"{s.get('seconds', 0):.0f}",
+                   "; ".join(_stage_metric(k, v) for k, v in s.get("metrics", {}).items())] for s in stages]
+    metric_rows = [[f"{label}{' (lower is better)' if better == 'lower' else ''}",
+                    *[_pct(evals[m].get(k)) for m in models]]
+                   for k, (label, better) in METRICS.items() if any(k in evals[m] for m in models)]
+    counts = next(iter(evals.values()), {})
+    count_note = (f"{counts.get('n_math', 0)} held-out math prompts (levels 1-4), {counts.get('n_attacks', 0)} "
+                  f"attacks, {counts.get('n_benign', 0)} benign look-alikes; greedy decoding.") if counts else ""
+
+    md = [f"# {title}", "", *[f"- {n}" for n in notes], "", "## Stages", "",
+          _md_table(["stage", "seconds", "result"], stage_rows), "",
+          "## TinyWorld, held-out", "", count_note, "", _md_table(["metric", *models], metric_rows), ""]
+    md += [f"![{p.stem}](plots/{p.name})" for p in pictures] + [""]
+    md += ["## Samples", ""]
+    for s in samples:
+        md += [f"**{s['note']}** — user: {s['prompt']}", ""]
+        for model, reply in s["replies"].items():
+            md += [f"*{model}*:", "", "```", reply.strip() or "(empty)", "```", ""]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md) + "\n")
+
+    esc = html.escape
+    body = [f"<h1>{esc(title)}</h1>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>",
+            "<h2>Stages</h2>", _html_table(["stage", "seconds", "result"], stage_rows),
+            "<h2>TinyWorld, held-out</h2>", f"<p>{esc(count_note)}</p>", _html_table(["metric", *models], metric_rows)]
+    for p in pictures:
+        data = base64.b64encode(p.read_bytes()).decode()
+        body.append(f'<p><img alt="{p.stem}" src="data:image/png;base64,{data}"></p>')
+    body.append("<h2>Samples</h2>")
+    for s in samples:
+        body.append(f"<h3>{esc(s['note'])}</h3><p class=user>user: {esc(s['prompt'])}</p>")
+        body += [f"<p class=model>{esc(model)}</p><pre>{esc(reply.strip() or '(empty)')}</pre>"
+                 for model, reply in s["replies"].items()]
+    page = (f"<!doctype html><html><head><meta charset=utf-8><title>{esc(title)}</title><style>{_CSS}</style>"
+            f"</head><body>{''.join(body)}</body></html>\n")
+    html_path = out / "report.html"
+    html_path.write_text(page)
+    (out / "report.json").write_text(json.dumps({"stages": stages, "evals": evals}, indent=2) + "\n")
+    return md_path, html_path
+
+
+def _pct(v) -> str:
+    return "—" if _num(v) is None else f"{100 * v:.1f}%"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}"
+        "th{background:#f3f3f3}pre{background:#f7f7f7;padding:.6em;white-space:pre-wrap;border-radius:4px}"
+        "img{max-width:100%}.user{font-style:italic}.model{font-weight:bold;margin-bottom:0}")

@@ -1,0 +1,79 @@
+"""Evaluate a model on TinyWorld's held-out prompts: generate greedy replies, then score them.
+
+    metrics, rows = evaluate_on_world(model, tokenizer, TinyWorld(seed=0), per_level=50)
+
+Tasks (all from the world's test split, which no training data contains):
+    math     levels 1-4 (`rl_prompts("test")`): format_rate, accuracy (strict: right answer in the
+             right format) per level and over all, accuracy_lenient (the right number anywhere)
+    safety   attacks and benign look-alikes (`safety_prompts("test")`): attack_refusal_rate,
+             over_refusal_rate, leak_rate, attack_success_rate
+
+`rows` holds every prompt, reply and score, for reports and for reading what the model did.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignlab.data.world import MATH_LEVELS
+from alignlab.eval import tinyworld as tw
+from alignlab.infer import Engine, SamplingParams
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 128,
+                     batch_size: int = 64) -> list[str]:
+    """Greedy replies to chat prompts (lists of messages), rendered with the tokenizer's chat template."""
+    was_training = model.training
+    model.eval()
+    engine, params = Engine(model, tokenizer), SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    replies = []
+    for i in range(0, len(prompts), batch_size):
+        ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
+               for p in prompts[i:i + batch_size]]
+        replies += [c.text for c in engine.generate(ids, params)]
+    model.train(was_training)
+    return replies
+
+
+def user_text(prompt: list[dict]) -> str:
+    return next(m["content"] for m in reversed(prompt) if m["role"] == "user")
+
+
+def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, safety: int | None = None,
+                      max_new_tokens: int = 128) -> tuple[dict, list[dict]]:
+    """Scores and scored rows. `per_level` and `safety` cap how many prompts of each kind are used
+    (None = all of the test split)."""
+    math = [r for level in MATH_LEVELS for r in world.rl_prompts("test", level=level)[:per_level]]
+    safe = world.safety_prompts("test")
+    if safety is not None:  # keep both labels: the first `safety` attacks and as many look-alikes
+        safe = [r for label in ("attack", "benign") for r in [r for r in safe if r["label"] == label][:safety]]
+    replies = generate_replies(model, tokenizer, [r["prompt"] for r in math + safe], max_new_tokens)
+    math_out, safe_out = replies[:len(math)], replies[len(math):]
+
+    rows, metrics = [], {}
+    for r, out in zip(math, math_out, strict=True):
+        rows.append({"task": "math", "level": r["level"], "id": r["id"], "prompt": user_text(r["prompt"]),
+                     "reply": out, "answer": r["answer"], "format_ok": tw.format_ok(out),
+                     "correct": tw.is_correct(out, r["answer"]),
+                     "correct_lenient": tw.is_correct(out, r["answer"], strict=False)})
+    math_rows = [r for r in rows if r["task"] == "math"]
+    metrics["format_rate"] = _mean(r["format_ok"] for r in math_rows)
+    metrics["accuracy"] = _mean(r["correct"] for r in math_rows)
+    metrics["accuracy_lenient"] = _mean(r["correct_lenient"] for r in math_rows)
+    for level in MATH_LEVELS:
+        metrics[f"accuracy_L{level}"] = _mean(r["correct"] for r in math_rows if r["level"] == level)
+
+    for r, out in zip(safe, safe_out, strict=True):
+        rows.append({"task": "safety", "label": r["label"], "category": r["category"], "id": r["id"],
+                     "prompt": user_text(r["prompt"]), "reply": out, "refused": tw.is_refusal(out),
+                     "leaked": tw.leaks_secret(out, world.secret)})
+    scores = tw.safety_scores(safe_out, safe, world.secret)
+    metrics.update({k: v for k, v in scores.items() if not k.startswith("n_")})
+    metrics["n_math"], metrics["n_attacks"], metrics["n_benign"] = len(math), scores["n_attacks"], scores["n_benign"]
+    return metrics, rows
+
+
+def _mean(xs) -> float:
+    xs = [float(x) for x in xs]
+    return sum(xs) / len(xs) if xs else float("nan")

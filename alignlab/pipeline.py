@@ -1,0 +1,273 @@
+"""`alignlab pipeline`: the main job. A tiny model goes through every post-training stage on TinyWorld,
+and a report shows what each stage changed.
+
+    alignlab pipeline [--out runs/pipeline] [--seed 0] [--quick] [--from STAGE] [--until STAGE]
+
+Each stage writes into its own directory under --out and, when it finishes, a stage.json. Running the
+pipeline again reuses every finished stage; --from STAGE redoes that stage and everything after it. A
+stage that was interrupted (Ctrl-C, a kill) resumes from its last checkpoint on the next run.
+
+Stages, in order:
+    tokenizer  a byte-level BPE fitted to TinyWorld (768 ids, digits one token each, the chat template)
+    pretrain   a small Llama from random weights on TinyWorld's text: arithmetic, worked solutions, the town
+    sft        full-parameter SFT on TinyWorld chats (math with <think> and "Answer: N", refusals of
+               attacks on the secret, benign look-alikes, questions about the town); loss on assistant
+               tokens only
+    eval       every model so far (base = after pretrain, sft) on held-out prompts: format rate, accuracy
+               per level, attacks refused, look-alikes refused, secret leaks; then the report
+
+The run directory: tokenizer/, pretrain/, sft/ (each with model/, metrics.jsonl, plots/, checkpoints/),
+eval/ (metrics.json, the scored replies of each model), report.md, report.html, plots/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from alignlab.data.world import TinyWorld
+from alignlab.recipes.pretrain import DataConfig, PretrainConfig
+from alignlab.recipes.sft import SFTConfig
+from alignlab.train.trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big and how long each stage is. `default` is the demo (<= 10 minutes on 2 CPU cores);
+    `quick` is a smoke test (well under 2 minutes)."""
+
+    world: str
+    model: dict
+    block_size: int
+    pretrain_steps: int
+    pretrain_batch: int
+    pretrain_lr: float
+    sft_steps: int
+    sft_batch: int
+    sft_lr: float
+    eval_per_level: int  # held-out math prompts per level 1-4 (level 1 has 25 in all)
+    eval_safety: int  # held-out attacks, and as many look-alikes
+    max_new_tokens: int
+
+
+SIZES = {
+    "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
+                     block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
+                     sft_steps=600, sft_batch=32, sft_lr=1e-3, eval_per_level=50, eval_safety=40,
+                     max_new_tokens=96),
+    "quick": Sizes(world="quick", model=dict(arch="llama", dim=64, n_layers=2, n_heads=4, n_kv_heads=4),
+                   block_size=128, pretrain_steps=200, pretrain_batch=16, pretrain_lr=3e-3,
+                   sft_steps=300, sft_batch=16, sft_lr=2e-3, eval_per_level=10, eval_safety=10,
+                   max_new_tokens=64),
+}
+
+
+@dataclass
+class Stage:
+    name: str
+    help: str
+    run: Callable[[Run], dict]  # does the work, returns the metrics shown in the report
+    makes_model: bool = True  # writes <stage>/model, which later stages and the evaluation use
+
+
+class Run:
+    """One pipeline run directory: its settings, its world, and which stages are done."""
+
+    def __init__(self, out: str | Path, seed: int, quick: bool):
+        self.out, self.seed, self.quick = Path(out), seed, quick
+        self.sizes = SIZES["quick" if quick else "default"]
+        self.world = TinyWorld(seed=seed, size=self.sizes.world)
+
+    def dir(self, stage: str) -> Path:
+        return self.out / stage
+
+    def model_dir(self, stage: str) -> Path:
+        return self.dir(stage) / "model"
+
+    def done(self, stage: str) -> dict | None:
+        path = self.dir(stage) / "stage.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def check_settings(self) -> None:
+        """A run directory belongs to one (seed, size); reusing its stages under other settings would mix runs."""
+        path = self.out / "pipeline.json"
+        settings = {"seed": self.seed, "size": "quick" if self.quick else "default", "sizes": asdict(self.sizes)}
+        if path.exists():
+            old = json.loads(path.read_text())
+            if {k: old.get(k) for k in settings} != settings:
+                raise ValueError(f"{self.out} holds a pipeline run with other settings (seed {old.get('seed')}, "
+                                 f"size {old.get('size')}); choose another --out, or delete that directory")
+        self.out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+# ------------------------------------------------------------------------------------------------
+# The stages
+
+
+def stage_tokenizer(run: Run) -> dict:
+    d = run.dir("tokenizer")
+    tok = run.world.tokenizer()
+    tok.save(d)
+    text = run.world.pretraining_text()
+    (d / "corpus.txt").write_text(text)  # the pretraining stage's input, kept next to its tokenizer
+    n = len(tok.encode(text, add_special_tokens=False))
+    return {"vocab_size": tok.vocab_size, "corpus_chars": len(text), "corpus_tokens": n,
+            "chars_per_token": round(len(text) / n, 2)}
+
+
+def _train_config(run: Run, steps: int, lr: float, warmup: int) -> TrainConfig:
+    return TrainConfig(max_steps=steps, lr=lr, warmup_steps=warmup, min_lr_ratio=0.1, weight_decay=0.1,
+                       beta2=0.99, eval_every=max(1, steps // 5), save_every=max(1, steps // 5), keep_last=1,
+                       seed=run.seed, device="cpu", overwrite=True)
+
+
+def stage_pretrain(run: Run) -> dict:
+    from alignlab.recipes import pretrain
+
+    s = run.sizes
+    cfg = PretrainConfig(
+        out_dir=str(run.dir("pretrain")),
+        data=DataConfig(source=str(run.dir("tokenizer") / "corpus.txt"), tokenizer=str(run.dir("tokenizer")),
+                        val_fraction=0.05, cache_dir=str(run.out / "cache")),
+        model={**s.model, "max_seq_len": 2 * s.block_size},  # room for a prompt and a reply after SFT
+        block_size=s.block_size, batch_size=s.pretrain_batch, eval_batches=10, sample_prompt="What is",
+        sample_tokens=48, train=_train_config(run, s.pretrain_steps, s.pretrain_lr, s.pretrain_steps // 20))
+    result = pretrain.run(cfg, resume=True)
+    return _training_metrics(result)
+
+
+def stage_sft(run: Run) -> dict:
+    from alignlab.recipes import sft
+
+    s = run.sizes
+    cfg = SFTConfig(out_dir=str(run.dir("sft")), model=str(run.model_dir("pretrain")), max_len=2 * s.block_size,
+                    batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
+                    train=_train_config(run, s.sft_steps, s.sft_lr, s.sft_steps // 20))
+    result = sft.run(cfg, resume=True, train_records=run.world.sft_conversations("train"),
+                     val_records=run.world.sft_conversations("test"))
+    metrics = _training_metrics(result)
+    metrics["conversations"] = result["data"]["train"]["kept"]
+    return metrics
+
+
+def stage_eval(run: Run) -> dict:
+    from alignlab.eval.world_suite import evaluate_on_world
+    from alignlab.model.hf import load_model
+    from alignlab.text import load_tokenizer
+
+    s, d = run.sizes, run.dir("eval")
+    d.mkdir(parents=True, exist_ok=True)
+    evals = {}
+    for name, stage in _evaluated_models(run):
+        model_dir = run.model_dir(stage)
+        model, tok = load_model(model_dir, dtype=torch.float32), load_tokenizer(model_dir)
+        t0 = time.perf_counter()
+        metrics, rows = evaluate_on_world(model, tok, run.world, per_level=s.eval_per_level, safety=s.eval_safety,
+                                          max_new_tokens=s.max_new_tokens)
+        with open(d / f"replies_{name}.jsonl", "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        evals[name] = metrics
+        print(f"eval {name}: format {metrics['format_rate']:.1%}, level-1 accuracy {metrics['accuracy_L1']:.1%}, "
+              f"accuracy {metrics['accuracy']:.1%}, attacks refused {metrics['attack_refusal_rate']:.1%}, "
+              f"look-alikes refused {metrics['over_refusal_rate']:.1%} ({time.perf_counter() - t0:.0f} s)")
+    (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
+    last = evals[list(evals)[-1]]
+    return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
+
+
+STAGES = [
+    Stage("tokenizer", "a BPE fitted to TinyWorld, and the pretraining text", stage_tokenizer, makes_model=False),
+    Stage("pretrain", "a small Llama learns TinyWorld's text from random weights", stage_pretrain),
+    Stage("sft", "full-parameter SFT on TinyWorld chats, assistant tokens only", stage_sft),
+    Stage("eval", "every model on held-out prompts, then the report", stage_eval, makes_model=False),
+]
+MODEL_NAMES = {"pretrain": "base"}  # how the report calls a stage's model
+
+
+def _evaluated_models(run: Run) -> list[tuple[str, str]]:
+    return [(MODEL_NAMES.get(s.name, s.name), s.name) for s in STAGES if s.makes_model and run.done(s.name)]
+
+
+def _training_metrics(result: dict) -> dict:
+    if result["status"] != "finished":
+        raise KeyboardInterrupt(result["status"])  # interrupted: stage.json is not written; the next run resumes
+    keep = ("step", "val_loss", "train_seconds")
+    return {k: (round(result[k], 4) if isinstance(result[k], float) else result[k]) for k in keep if k in result}
+
+
+# ------------------------------------------------------------------------------------------------
+# Running the stages, and the report
+
+
+def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool = False,
+                 start: str | None = None, until: str | None = None) -> Path:
+    names = [s.name for s in STAGES]
+    for name in (start, until):
+        if name is not None and name not in names:
+            raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(names)}")
+    run = Run(out, seed, quick)
+    run.check_settings()
+    first = names.index(start) if start else len(names)
+    last = names.index(until) if until else len(names) - 1
+    t_start = time.perf_counter()
+    for i, stage in enumerate(STAGES[:last + 1]):
+        d = run.dir(stage.name)
+        if i >= first and d.exists():  # --from: this stage and every later one start over
+            shutil.rmtree(d)
+        if run.done(stage.name):
+            print(f"== {stage.name}: done already, reused ({d})")
+            continue
+        print(f"== {stage.name}: {stage.help}", flush=True)
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        metrics = stage.run(run)
+        record = {"stage": stage.name, "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics}
+        (d / "stage.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(f"== {stage.name}: finished in {record['seconds']:.0f} s")
+    report = write_pipeline_report(run)
+    print(f"pipeline: {time.perf_counter() - t_start:.0f} s this run; report: {report}")
+    return report
+
+
+def write_pipeline_report(run: Run) -> Path:
+    from alignlab.eval.report import write_report
+
+    stages = [run.done(s.name) for s in STAGES if run.done(s.name)]
+    evals_path = run.dir("eval") / "metrics.json"
+    evals = json.loads(evals_path.read_text()) if evals_path.exists() and run.done("eval") else {}
+    curves = {s.name: run.dir(s.name) / "metrics.jsonl" for s in STAGES if (run.dir(s.name) / "metrics.jsonl").exists()}
+    total = sum(s["seconds"] for s in stages)
+    notes = [f"TinyWorld seed {run.seed}, size {'quick' if run.quick else 'default'}; {total:.0f} s of stage time",
+             f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows"]
+    return write_report(run.out, "alignlab pipeline on TinyWorld", stages, evals, curves, _samples(run, evals),
+                        notes)[0]
+
+
+def _samples(run: Run, evals: dict) -> list[dict]:
+    """The same few held-out prompts answered by every model: two level-1 sums, a level-3 problem,
+    an attack and a benign look-alike."""
+    rows = {}
+    for name in evals:
+        path = run.dir("eval") / f"replies_{name}.jsonl"
+        rows[name] = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not rows or not all(rows.values()):
+        return []
+    first = next(iter(rows.values()))
+    picks = [("level 1", lambda r: r["task"] == "math" and r["level"] == 1, 2),
+             ("level 3", lambda r: r["task"] == "math" and r["level"] == 3, 1),
+             ("attack on the secret", lambda r: r["task"] == "safety" and r["label"] == "attack", 1),
+             ("benign look-alike", lambda r: r["task"] == "safety" and r["label"] == "benign", 1)]
+    samples = []
+    for note, keep, n in picks:
+        for idx in [i for i, r in enumerate(first) if keep(r)][:n]:
+            r = first[idx]
+            samples.append({"note": note + (f" (answer {r['answer']})" if "answer" in r else ""), "prompt": r["prompt"],
+                            "replies": {name: rs[idx]["reply"] for name, rs in rows.items()}})
+    return samples

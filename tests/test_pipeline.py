@@ -1,0 +1,80 @@
+"""`alignlab pipeline --quick` end to end: SFT beats the base model, a killed stage resumes, finished stages
+are reused, and the report is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alignlab.cli import main
+from alignlab.pipeline import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pipeline_process(out: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "alignlab.cli", "pipeline", "--quick", "--out", str(out), *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
+    out = tmp_path / "run"
+    # 1. start, and stop it with SIGTERM once SFT has written a checkpoint
+    proc = pipeline_process(out)
+    deadline = time.time() + 300
+    while not list((out / "sft" / "checkpoints").glob("step_*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the pipeline ended before SFT wrote a checkpoint:\n" + proc.stdout.read()
+    proc.send_signal(signal.SIGTERM)
+    first = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and "interrupted by SIGTERM" in first, first
+    assert (out / "pretrain" / "stage.json").exists() and not (out / "sft" / "stage.json").exists()
+
+    # 2. run again: pretraining is reused, SFT resumes from its checkpoint, evaluation and the report follow
+    proc = pipeline_process(out)
+    second = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, second
+    assert "pretrain: done already" in second
+    assert "resumed from" in second and "/sft/checkpoints/step_" in second, second
+    for stage in STAGES:
+        assert (out / stage.name / "stage.json").exists(), stage.name
+    evals = json.loads((out / "eval" / "metrics.json").read_text())
+    assert list(evals) == ["base", "sft"]
+    assert evals["sft"]["format_rate"] > evals["base"]["format_rate"] + 0.3, evals
+    report_md, report_html = out / "report.md", out / "report.html"
+    assert f"report: {report_md}" in second
+    md, page = report_md.read_text(), report_html.read_text()
+    assert "format rate" in md and "| base | sft |" in md.replace("| metric ", "")
+    assert "data:image/png;base64," in page and (out / "plots" / "metrics.png").exists()
+    assert (out / "plots" / "training.png").exists()
+
+    # 3. a third run reuses everything and only rewrites the report
+    assert main(["pipeline", "--quick", "--out", str(out)]) == 0
+    # --from eval redoes the evaluation only
+    before = (out / "sft" / "stage.json").stat().st_mtime
+    assert main(["pipeline", "--quick", "--out", str(out), "--from", "eval"]) == 0
+    assert (out / "sft" / "stage.json").stat().st_mtime == before
+
+
+def test_pipeline_refuses_a_directory_of_other_settings(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["pipeline", "--quick", "--out", str(out), "--until", "tokenizer"]) == 0
+    assert (out / "tokenizer" / "tokenizer.json").exists() and (out / "tokenizer" / "corpus.txt").exists()
+    assert main(["pipeline", "--quick", "--seed", "1", "--out", str(out), "--until", "tokenizer"]) == 2
+    assert "other settings (seed 0" in capsys.readouterr().err
+
+
+def test_pipeline_help_lists_every_stage_and_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["pipeline", "--help"])
+    text = capsys.readouterr().out
+    for word in [s.name for s in STAGES] + ["--out", "--seed", "--quick", "--from", "--until", "report.html"]:
+        assert word in text
