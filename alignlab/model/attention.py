@@ -15,7 +15,14 @@ the new tokens are the last rows of the causal mask). Query at slot s sees key s
     j <= s                          (causal)
     and key_valid[b, j]             (not padding)
     and s - j < window              (sliding window, if any)
+    and doc[b, j] == doc[b, s]      (packed rows: only keys of the query's own document)
 A query always sees its own slot, so a padding row is never empty (its output is ignored anyway).
+
+Packed rows ("padding-free" training): several documents laid side by side in one row, positions
+restarting at 0 for each. Attention is then block-diagonal causal: each document attends to itself alone,
+exactly as if it were run by itself. `documents(position_ids)` reads the boundaries off the positions;
+`naive` and `tiled` add doc[b, j] == doc[b, s] to their mask, `sdpa` runs each document on its own
+(`per_document`), so a packed row costs sum(len_i^2) instead of T^2 and takes the CPU training path too.
 
 Shapes: q [B, Hq, Tq, d]; k, v [B, Hkv, Tk, d] with Hq a multiple of Hkv (grouped-query attention:
 query head h reads kv head h // (Hq / Hkv)).
@@ -24,13 +31,37 @@ query head h reads kv head h // (Hq / Hkv)).
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 
+class Documents(NamedTuple):
+    """The documents of packed rows. For a row holding documents of 3, 2 and 1 tokens:
+    ids [[0, 0, 0, 1, 1, 2]] and spans [[(0, 3), (3, 5), (5, 6)]]."""
+
+    ids: torch.Tensor  # [B, T] the document of each token, numbered within its row
+    spans: list[list[tuple[int, int]]]  # per row, the [start, end) of each document
+
+
+def documents(position_ids: torch.Tensor) -> Documents | None:
+    """Document boundaries of packed rows, read off position_ids [B, T]: a new document starts wherever the
+    position does not go up by one (it restarts at 0), as transformers reads packed position_ids. None when
+    every row is a single document, so unpacked inputs keep the ordinary path."""
+    new = position_ids[:, 1:] != position_ids[:, :-1] + 1  # [B, T - 1]: a document starts at t + 1
+    if not bool(new.any()):
+        return None
+    ids = F.pad(new.long().cumsum(-1), (1, 0))
+    T, spans = position_ids.shape[1], []
+    for row in new:
+        starts = [0] + (row.nonzero().flatten() + 1).tolist() + [T]
+        spans.append(list(zip(starts[:-1], starts[1:])))
+    return Documents(ids, spans)
+
+
 def visible(q_slots: torch.Tensor, k_slots: torch.Tensor, key_valid: torch.Tensor | None,
-            window: int | None) -> torch.Tensor:
+            window: int | None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Boolean mask [B or 1, 1, Tq, Tk]: True where a query may attend to a key."""
     s, j = q_slots[:, None], k_slots[None, :]
     allowed = j <= s
@@ -39,20 +70,23 @@ def visible(q_slots: torch.Tensor, k_slots: torch.Tensor, key_valid: torch.Tenso
     allowed = allowed[None, None]
     if key_valid is not None:
         allowed = allowed & key_valid[:, None, None, :]
+    if doc_ids is not None:  # packed rows: the query's own document only
+        allowed = allowed & (doc_ids[:, q_slots, None] == doc_ids[:, None, k_slots])[:, None]
     return allowed | (s == j)[None, None]
 
 
-def naive_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None) -> torch.Tensor:
+def naive_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, docs=None) -> torch.Tensor:
     n_rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, H, Tq, Tk]
     q_slots = torch.arange(q_offset, q_offset + q.shape[2], device=q.device)
-    mask = visible(q_slots, torch.arange(k.shape[2], device=q.device), key_valid, window)
+    doc_ids = None if docs is None else docs.ids
+    mask = visible(q_slots, torch.arange(k.shape[2], device=q.device), key_valid, window, doc_ids)
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
-def tiled_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, block: int = 64):
+def tiled_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, docs=None, block: int = 64):
     B, Hq, Tq, d = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     # group query heads by the kv head they read: [B, Hkv, n_rep * Tq, d] rows share one K, V
@@ -71,7 +105,8 @@ def tiled_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, blo
             s = qb @ kb.transpose(-2, -1)
             kv_slots = torch.arange(ks, ks + kb.shape[2], device=q.device)
             kvalid = None if key_valid is None else key_valid[:, ks:ks + block]
-            s = s.masked_fill(~visible(slots, kv_slots, kvalid, window), float("-inf"))
+            mask = visible(slots, kv_slots, kvalid, window, None if docs is None else docs.ids)
+            s = s.masked_fill(~mask, float("-inf"))
             m_new = torch.maximum(m, s.amax(dim=-1))
             m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # all-masked so far
             p = torch.exp(s - m_safe[..., None])
@@ -89,7 +124,9 @@ def tiled_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, blo
 TRAIN_ATTENTION_MAX_LEN = 1024
 
 
-def sdpa_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None) -> torch.Tensor:
+def sdpa_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, docs=None) -> torch.Tensor:
+    if docs is not None:  # packed rows: each document alone, through the paths below
+        return per_document(sdpa_attention, q, k, v, docs, window)
     Tq, Tk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
     plain = key_valid is None and (window is None or Tk <= window)
@@ -102,6 +139,18 @@ def sdpa_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None) -> t
     q_slots = torch.arange(q_offset, q_offset + Tq, device=q.device)
     mask = visible(q_slots, torch.arange(Tk, device=q.device), key_valid, window)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+
+
+def per_document(attn, q, k, v, docs: Documents, window=None) -> torch.Tensor:
+    """Attention over packed rows (no cache, no padding), one document at a time: each [start, end) slice
+    of q, k, v is an ordinary causal problem, so `attn` takes its fast unpacked path on it. Work is
+    sum(len_i^2) rather than T^2, and no [T, T] mask is ever built."""
+    rows = []
+    for b, spans in enumerate(docs.spans):
+        outs = [attn(q[b:b + 1, :, s:e], k[b:b + 1, :, s:e], v[b:b + 1, :, s:e], 0, None, window) for s, e in spans]
+        rows.append(torch.cat([o.transpose(1, 2) for o in outs], dim=1))  # [1, T, H, d]
+    # laid out [B, T, H, d] in memory, like the projections: the caller's transpose back is free
+    return torch.cat(rows).transpose(1, 2)
 
 
 def causal_attention_train(q, k, v, block: int = 64) -> torch.Tensor:

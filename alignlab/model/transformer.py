@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from alignlab.model.attention import ATTENTION
+from alignlab.model.attention import ATTENTION, documents
 from alignlab.model.config import ModelConfig
 from alignlab.model.kv_cache import KVCache
 from alignlab.model.linear import Linear
@@ -114,7 +114,7 @@ class Attention(nn.Module):
         self.window = config.sliding_window
         self.config = config
 
-    def forward(self, x, rope, cache: KVCache | None, q_offset: int, key_valid):
+    def forward(self, x, rope, cache: KVCache | None, q_offset: int, key_valid, docs=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -125,7 +125,7 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        y = ATTENTION[self.config.attn_impl](q, k, v, q_offset, key_valid, self.window)
+        y = ATTENTION[self.config.attn_impl](q, k, v, q_offset, key_valid, self.window, docs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -137,8 +137,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, rope, cache, q_offset, key_valid):
-        x = x + self.self_attn(self.input_layernorm(x), rope, cache, q_offset, key_valid)
+    def forward(self, x, rope, cache, q_offset, key_valid, docs=None):
+        x = x + self.self_attn(self.input_layernorm(x), rope, cache, q_offset, key_valid, docs)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -195,6 +195,9 @@ class CausalLM(nn.Module):
         attention_mask: [B, past + T], 1 for real tokens and 0 for padding, covering the cached slots
             too (as in Hugging Face). Positions default to "count of real tokens before this one", so
             left-padded rows get the same positions as unpadded ones.
+        position_ids: [B or 1, T]. Given without attention_mask and cache, it may describe packed rows
+            (padding-free training, as in transformers): positions restart at 0 where a new document
+            begins, and each document attends only to its own earlier tokens, as if it ran alone.
         cache: a KVCache; the new tokens are written at slots [cache.pos, cache.pos + T).
         head: False returns the final hidden states [B, T, dim] instead of logits (see `hidden_states`);
             training uses this so the loss can apply the head chunk by chunk, through the same call
@@ -218,6 +221,9 @@ class CausalLM(nn.Module):
             key_valid = attention_mask.bool()
             if bool(key_valid.all()):
                 key_valid = None  # no padding anywhere: take the fast path
+        docs = None  # packed rows: the documents side by side in each row (attention.documents)
+        if position_ids is not None and attention_mask is None and cache is None:
+            docs = documents(position_ids.expand(B, T))
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
@@ -233,9 +239,9 @@ class CausalLM(nn.Module):
         for block in self.model.layers:
             if self.gradient_checkpointing and self.training and cache is None:
                 # keep only each block's input; recompute its activations during backward
-                x = checkpoint(block, x, rope, cache, past, key_valid, use_reentrant=False)
+                x = checkpoint(block, x, rope, cache, past, key_valid, docs, use_reentrant=False)
             else:
-                x = block(x, rope, cache, past, key_valid)
+                x = block(x, rope, cache, past, key_valid, docs)
         if cache is not None:
             cache.advance(T)
         if last_only:
