@@ -227,12 +227,17 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
         print(f"== {stage.name}: {stage.help}", flush=True)
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        metrics = stage.run(run)
+        try:
+            metrics = stage.run(run)
+        except KeyboardInterrupt:
+            print(f"== {stage.name}: interrupted; run the same command again to resume it from its last checkpoint")
+            raise
         record = {"stage": stage.name, "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics}
         (d / "stage.json").write_text(json.dumps(record, indent=2) + "\n")
         print(f"== {stage.name}: finished in {record['seconds']:.0f} s")
     report = write_pipeline_report(run)
-    print(f"pipeline: {time.perf_counter() - t_start:.0f} s this run; report: {report}")
+    print(f"pipeline: {time.perf_counter() - t_start:.0f} s this run; report: {report} "
+          f"(and {report.with_suffix('.html')})")
     return report
 
 

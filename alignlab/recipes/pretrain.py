@@ -82,8 +82,10 @@ def lm_step(model, batch: dict, normaliser: float) -> torch.Tensor:
 
     The same as lm_loss(model(x), y, normaliser), computed without the [B, T, vocab] logits tensor:
     the model returns hidden states and linear_cross_entropy applies the output head chunk by chunk.
+    Packed batches (alignlab.data.packing) carry position_ids that restart at each document, and the
+    model's attention then stays inside each document.
     """
-    hidden = model(batch["input_ids"], head=False)
+    hidden = model(batch["input_ids"], position_ids=batch.get("position_ids"), head=False)
     return linear_cross_entropy(hidden, unwrap(model).lm_head.weight, batch["labels"], normaliser)
 
 
