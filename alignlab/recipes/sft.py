@@ -1,18 +1,22 @@
-"""Supervised fine-tuning: a model learns to answer in conversations, trained on the assistant's tokens only.
+"""Supervised fine-tuning: a model learns to answer, trained on the tokens it must produce only.
 
     alignlab sft --config configs/sft/tinyworld.yaml [key=value ...] [--resume]
 
-1. data      conversations ({"messages": [...], "tools": [...]}) from a .jsonl file (or a list, when a
-             pipeline calls `run`) -> the chat template -> token ids and an assistant mask
-             (alignlab.text.render_chat: the reply and its end-of-turn token are trained, nothing else)
+1. data      records in any of TRL's SFT formats (alignlab.data.sft): {"messages": [...], "tools": [...]},
+             {"prompt", "completion"} (strings or message lists), or {"text"}; from a .jsonl, .json,
+             .csv or .parquet file or hf:NAME[:SPLIT] (or a list, when a pipeline calls `run`), optionally
+             converted first (convert=alpaca | gsm8k | gsm8k_think | sharegpt ...) and always validated
+             (an error names the file, the line and the field) -> token ids and labels: the assistant's
+             replies and their end-of-turn token, the completion and eos, or all of the text
 2. model     the model directory `model` (a pretrained base, in Hugging Face format) and its tokenizer
-3. train     shuffled batches of whole conversations, padded on the right; loss = next-token
-             cross-entropy on assistant tokens, divided by the global count of assistant tokens
-4. evaluate  loss on held-out conversations, plus greedy replies to a few held-out prompts
+3. train     shuffled batches of whole examples, padded on the right; loss = next-token
+             cross-entropy on the trained tokens, divided by their global count
+4. evaluate  loss on held-out examples, plus greedy replies to a few held-out prompts
 5. save      <out_dir>/model, a Hugging Face model directory with the tokenizer and chat template
 
-Full-parameter fine-tuning of every weight. Conversations longer than `max_len` are truncated and
-those left with no assistant token are dropped; both counts are printed and saved in result.json.
+Full-parameter fine-tuning of every weight. Examples longer than `max_len` are truncated (`truncation`:
+keep_start, TRL's default, or keep_end) and those left with no trained token are dropped; both counts
+are printed and saved in result.json. `alignlab inspect-data` shows what one example trains on.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from pathlib import Path
 
 import torch
 
+from alignlab.data.sft import Example, format_counts, is_conversational, load_sft_data, prompt_ids, tokenize_records
 from alignlab.infer import Engine, SamplingParams
-from alignlab.model.hf import load_model, save_model
+from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives import IGNORE_INDEX
 from alignlab.recipes.pretrain import lm_step
-from alignlab.text import load_tokenizer, render_chat
+from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
 
 
@@ -36,10 +41,13 @@ from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_see
 class SFTConfig:
     out_dir: str = "runs/sft"
     model: str = ""  # the model directory (or Hub id) to fine-tune
-    data: str = ""  # a .jsonl file of conversations ({"messages": [...], "tools": [...] optional})
-    val_data: str = ""  # held-out conversations (.jsonl); empty = no evaluation loss
-    max_len: int = 512  # tokens per conversation; longer ones are truncated
-    batch_size: int = 16  # conversations per micro-batch
+    data: str = ""  # SFT records: a .jsonl/.json/.csv/.parquet file or hf:NAME[:SPLIT] (see alignlab.data.sft)
+    val_data: str = ""  # held-out records, the same way; empty = no evaluation loss
+    convert: str = ""  # convert records first: alpaca, gsm8k, gsm8k_think, sharegpt, ... (data.converters)
+    chat_template: str = ""  # a template name (chatml, llama3) or jinja to use instead of the model's; saved
+    max_len: int = 512  # tokens per example; longer ones are truncated
+    truncation: str = "keep_start"  # keep_start (TRL's default) or keep_end
+    batch_size: int = 16  # examples per micro-batch
     eval_batches: int = 8
     sample_prompts: int = 3  # held-out prompts answered (greedily) at each evaluation
     sample_tokens: int = 128
@@ -47,48 +55,17 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-4, warmup_steps=20, min_lr_ratio=0.1))
 
 
-@dataclass
-class Example:
-    input_ids: list[int]
-    labels: list[int]  # labels[t] = input_ids[t + 1] where that token is the assistant's, else IGNORE_INDEX
+def read_jsonl(path: str | Path, convert: str = "") -> list[dict]:
+    """SFT records from a file (any format alignlab.data.loaders reads); a bad record is an error naming
+    the file, the line and the field."""
+    return load_sft_data(str(path), convert)[0]
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Conversations from a .jsonl file; a bad line is an error naming the file, the line and the field."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            messages = record.get("messages") if isinstance(record, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise ValueError(f"{path}:{n}: field 'messages' must be a non-empty list of messages")
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                    raise ValueError(f"{path}:{n}: messages[{i}] needs a 'role' (and 'content')")
-            records.append(record)
-    return records
-
-
-def tokenize_conversations(tokenizer, records: list[dict], max_len: int) -> tuple[list[Example], dict]:
-    """Each conversation -> an Example, with next-token labels on assistant tokens only.
-    Returns the examples and the counts {"kept", "truncated", "dropped"}."""
-    examples, counts = [], {"kept": 0, "truncated": 0, "dropped": 0}
-    for record in records:
-        ids, mask = render_chat(tokenizer, record["messages"], tools=record.get("tools"))
-        if len(ids) > max_len:
-            ids, mask = ids[:max_len], mask[:max_len]
-            counts["truncated"] += 1
-        labels = [y if m else IGNORE_INDEX for y, m in zip(ids[1:], mask[1:], strict=True)] + [IGNORE_INDEX]
-        if all(y == IGNORE_INDEX for y in labels):
-            counts["dropped"] += 1
-            continue
-        examples.append(Example(ids, labels))
-        counts["kept"] += 1
+def tokenize_conversations(tokenizer, records: list[dict], max_len: int, truncation: str = "keep_start",
+                           where: list[str] | None = None, chat_template: str | None = None):
+    """Each record -> an Example (labels on the trained tokens only); returns the examples and the
+    counts {"kept", "truncated", "dropped"} (see alignlab.data.sft.tokenize_records)."""
+    examples, counts, _ = tokenize_records(tokenizer, records, max_len, truncation, where, chat_template)
     return examples, counts
 
 
@@ -135,15 +112,6 @@ class ConversationBatches:
         self.epoch, self.order, self.pos = state["epoch"], list(state["order"]), state["pos"]
 
 
-def prompt_of(record: dict) -> tuple[list[dict], str | None]:
-    """The messages before the first assistant reply, and that reply (the reference)."""
-    messages = record.get("messages") or record.get("prompt")
-    for i, m in enumerate(messages):
-        if m["role"] == "assistant":
-            return messages[:i], m.get("content")
-    return messages, None
-
-
 def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None = None,
         val_records: list[dict] | None = None) -> dict:
     if cfg.threads:
@@ -153,30 +121,42 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
     device = resolve_device(cfg.train.device)
     out = Path(cfg.out_dir)
 
-    # 1-2. model, tokenizer, data
-    tok = load_tokenizer(cfg.model)
-    if tok.chat_template is None:
-        raise ValueError(f"{cfg.model}: the tokenizer has no chat template; SFT renders conversations with it")
-    train_records = read_jsonl(cfg.data) if train_records is None else train_records
-    val_records = (read_jsonl(cfg.val_data) if cfg.val_data else []) if val_records is None else val_records
-    train, counts = tokenize_conversations(tok, train_records, cfg.max_len)
-    val, val_counts = tokenize_conversations(tok, val_records, cfg.max_len)
-    n_targets = sum(sum(y != IGNORE_INDEX for y in e.labels) for e in train)
-    print(f"sft data: {counts['kept']:,} conversations kept, {counts['truncated']} truncated to {cfg.max_len} "
-          f"tokens, {counts['dropped']} dropped (no assistant token left); {n_targets:,} assistant tokens; "
-          f"{val_counts['kept']} held out")
+    # 1-2. tokenizer, data, model
+    model_dir = resolve_model_dir(cfg.model)
+    tok = load_tokenizer(model_dir)
+    if cfg.chat_template:
+        tok.chat_template = cfg.chat_template  # a name becomes its text; saved with the model
+    train_where = val_where = None
+    if train_records is None:
+        train_records, train_where = load_sft_data(cfg.data, cfg.convert)
+    if val_records is None:
+        val_records, val_where = load_sft_data(cfg.val_data, cfg.convert) if cfg.val_data else ([], None)
+    if tok.chat_template is None and any(is_conversational(r) for r in train_records + val_records):
+        raise ValueError(f"{cfg.model}: the tokenizer has no chat template, needed for conversations; "
+                         "set chat_template= (e.g. chatml)")
+    train, counts, dropped = tokenize_records(tok, train_records, cfg.max_len, cfg.truncation, train_where)
+    val, val_counts, _ = tokenize_records(tok, val_records, cfg.max_len, cfg.truncation, val_where)
+    n_targets = sum(e.n_targets for e in train)
+    formats = format_counts(train_records)
+    print(f"sft data: {len(train_records):,} examples ({', '.join(f'{n:,} {f}' for f, n in formats.items())}): "
+          f"{counts['kept']:,} kept, {counts['truncated']} truncated to {cfg.max_len} tokens ({cfg.truncation}), "
+          f"{counts['dropped']} dropped (no trained token left); {n_targets:,} trained tokens; "
+          f"{val_counts['kept']} held out ({val_counts['truncated']} truncated, {val_counts['dropped']} dropped)")
+    if dropped:
+        more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
+        print(f"sft data: dropped {', '.join(dropped[:5])}{more}")
     set_seed(cfg.train.seed)
-    model = load_model(cfg.model, dtype=torch.float32).to(device)
+    model = load_model(model_dir, dtype=torch.float32).to(device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
     out.mkdir(parents=True, exist_ok=True)
     from alignlab.config import save_config
 
     save_config(cfg, out / "config.yaml")
 
-    # 3-4. train; evaluate on the held-out conversations and answer a few of their prompts
+    # 3-4. train; evaluate on the held-out examples and answer a few of their prompts
     val_batches = [collate(val[i:i + cfg.batch_size], pad_id)
                    for i in range(0, min(len(val), cfg.eval_batches * cfg.batch_size), cfg.batch_size)]
-    prompts = [prompt_of(r) for r in val_records[:cfg.sample_prompts]]
+    prompts = [p for p in (prompt_ids(tok, r) for r in val_records[:cfg.sample_prompts]) if p is not None]
 
     def evaluate(m) -> dict:
         total = sum(float(lm_step(m, {k: v.to(device) for k, v in b.items()}, 1.0)) for b in val_batches)
@@ -185,15 +165,15 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
 
     def sample(m) -> list[str]:
         params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.0)
-        ids = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p, _ in prompts]
-        return [c.text for c in Engine(m, tok).generate(ids, params)]
+        return [c.text for c in Engine(m, tok).generate(prompts, params)]
 
     data = ConversationBatches(train, cfg.batch_size, pad_id, cfg.train.seed)
     trainer = Trainer(cfg.train, model, data, lm_step, out, evaluate=evaluate if val_batches else None,
                       sample=sample if prompts else None, run_config=asdict(cfg),
                       flops_per_token=model.config.flops_per_token(cfg.max_len, training=True))
     result = trainer.fit(resume=resume)
-    result["data"] = {"train": counts, "val": val_counts, "assistant_tokens": n_targets}
+    result["data"] = {"train": counts, "val": val_counts, "formats": formats, "truncation": cfg.truncation,
+                      "trained_tokens": n_targets, "dropped": dropped}
 
     # 5. the model directory
     if result["status"] == "finished":

@@ -1,0 +1,572 @@
+"""SFT data: record formats, validation, tokenization with loss masks, and `alignlab inspect-data`.
+
+The record formats are TRL's, one dict per example (extra fields are ignored):
+
+    language modelling   {"text": "The whole document."}                     trained: all of it
+                         {"messages": [{"role", "content"}, ...]}            the assistant's replies
+    prompt-completion    {"prompt": "Q: 2+2?\\nA:", "completion": " 4"}       the completion
+                         {"prompt": [messages], "completion": [messages]}    the completion's replies
+    + "tools": [...]     JSON schemas on a conversational record, handed to the chat template
+
+A message is {"role": system|user|assistant|tool, "content": str}; an assistant message may carry
+"tool_calls" ([{"type": "function", "function": {"name", "arguments"}}], content then optional) and
+its reasoning ("reasoning_content" / "thinking"). Prompt-only data (GRPO) and preference pairs (DPO)
+are named as such in the error, and so are alpaca/GSM8K/ShareGPT layouts (convert them:
+alignlab.data.converters).
+
+    records, where = load_sft_data("chats.jsonl")                 # read, convert, validate
+    examples, counts, dropped = tokenize_records(tok, records, max_len=1024, where=where)
+    print(inspect_example(tok, records[0]))                       # trained tokens in green
+
+Masks come from rendered segments, never from searching the tokens for a response template:
+
+- conversations: the chat template renders the whole conversation once; each assistant reply is
+  located by rendering the prefix before it with add_generation_prompt=True (where generation
+  starts) and the prefix ending with it (where it ends). The text is tokenized piece by piece at
+  those cuts, so the prompt's tokens are exactly those the model is given at inference and the
+  reply's are exactly those it must produce. This works for any template, with or without
+  `{% generation %}` markers. Templates that rewrite earlier turns (Qwen3 and DeepSeek-R1 drop
+  the <think> of past replies) or that write a user turn only together with the reply are refused
+  with an error that says so: they cannot be trained on faithfully turn by turn (`split_replies`
+  makes one example per reply, which they can).
+- prompt-completion: the prompt is tokenized on its own, the completion after it.
+- text: every token.
+
+The end of every reply is trained: the template's end-of-turn token (<|im_end|>, <|eot_id|>,
+<|end|>, ...) when it writes one, else the tokenizer's eos, appended as TRL appends it to text.
+Padding never touches labels (the collator pads with IGNORE_INDEX), so pad == eos is harmless.
+
+TRL pitfalls this avoids (reference §7): completion masks from a response-template search that
+fails when the template tokenizes differently in context, dropping examples silently (trl#1820,
+#588, #1183); `assistant_only_loss` giving all-zero masks on stock templates without
+`{% generation %}` (trl#4879, marin#7237); a model that never stops because EOS was masked as
+padding or never appended (trl#1623, #2059, alignment-handbook#127).
+
+Truncation keeps the first `max_len` tokens (TRL's `keep_start`; `keep_end` keeps the last). A
+reply cut short keeps its remaining tokens as targets and gets no end-of-turn token invented; an
+example left with no target token is dropped. Both are counted and returned, never silent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jinja2
+
+from alignlab.data.converters import get_converter
+from alignlab.data.errors import DataError
+from alignlab.data.loaders import read_rows
+from alignlab.text.chat import get_chat_template, render_template
+
+IGNORE_INDEX = -100  # the label of an untrained position (= alignlab.objectives.IGNORE_INDEX, torch's default)
+ROLES = ("system", "user", "assistant", "tool")
+FORMATS = ("text", "messages", "prompt_completion", "conversational_prompt_completion")
+TRUNCATION = ("keep_start", "keep_end")
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+
+# ----------------------------------------------------------------------------------------------
+# 1. Formats and validation
+
+
+def _fail(where: str, path: str, reason: str):
+    raise DataError(f"{where}: field {path}: {reason}")
+
+
+def detect_format(record: dict, where: str = "record") -> str:
+    """Which of FORMATS a record is, from its fields (a field holding None counts as absent)."""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: expected an object of fields (a record), got {type(record).__name__}")
+    has = {k for k, v in record.items() if v is not None}
+    both = [k for k in ("text", "messages", "prompt") if k in has]
+    if len(both) > 1:
+        raise DataError(f"{where}: has both {both[0]!r} and {both[1]!r}: one record is one format")
+    if "text" in has or "messages" in has:
+        if "completion" in has:
+            raise DataError(f"{where}: 'completion' goes with 'prompt', not with {both[0]!r}")
+        return "text" if "text" in has else "messages"
+    if "prompt" in has and "completion" in has:
+        conversational = isinstance(record["prompt"], list), isinstance(record["completion"], list)
+        if conversational[0] != conversational[1]:
+            raise DataError(f"{where}: 'prompt' and 'completion' must both be strings or both be message lists")
+        return "conversational_prompt_completion" if conversational[0] else "prompt_completion"
+    if "chosen" in has or "rejected" in has:
+        raise DataError(f"{where}: a preference pair ('chosen'/'rejected') is for DPO or a reward model; "
+                        "SFT needs 'text', 'messages', or 'prompt' + 'completion'")
+    if "prompt" in has:
+        raise DataError(f"{where}: 'prompt' without 'completion' is prompt-only data (for GRPO/RLOO); "
+                        "SFT needs a 'completion' to learn")
+    if "completion" in has:
+        raise DataError(f"{where}: 'completion' without 'prompt'")
+    hints = {"instruction": "alpaca", "question": "gsm8k", "conversations": "sharegpt"}
+    hint = next((f" -- it looks like {name} data: convert it (convert={name})" for k, name in hints.items()
+                 if k in has), "")
+    raise DataError(f"{where}: no SFT fields: expected 'text', 'messages', or 'prompt' + 'completion' "
+                    f"(fields: {', '.join(sorted(has)) or 'none'}){hint}")
+
+
+def _check_message(m: Any, where: str, path: str) -> None:
+    if not isinstance(m, dict):
+        _fail(where, path, f"must be a message {{'role': ..., 'content': ...}}, got {type(m).__name__}")
+    role, content, calls = m.get("role"), m.get("content"), m.get("tool_calls")
+    if role not in ROLES:
+        _fail(where, f"{path}.role", f"must be one of {'/'.join(ROLES)}, got {role!r}")
+    if calls is not None:
+        if role != "assistant":
+            _fail(where, f"{path}.tool_calls", f"only assistant messages call tools, this one is {role!r}")
+        if not isinstance(calls, list) or not calls:
+            _fail(where, f"{path}.tool_calls", "must be a non-empty list of calls")
+        for j, call in enumerate(calls):
+            f = call.get("function", call) if isinstance(call, dict) else None
+            if not isinstance(f, dict) or not isinstance(f.get("name"), str) or not f["name"]:
+                _fail(where, f"{path}.tool_calls[{j}]", "must be {'function': {'name': str, 'arguments': ...}}")
+            if not isinstance(f.get("arguments", {}), (dict, str)):
+                _fail(where, f"{path}.tool_calls[{j}].arguments", "must be an object or a JSON string")
+    if content is None:
+        if not calls:
+            _fail(where, f"{path}.content", "missing (only an assistant message with tool_calls may omit it)")
+    elif not isinstance(content, str):
+        parts = " (content-part lists, as in multimodal data, are not supported)" if isinstance(content, list) else ""
+        _fail(where, f"{path}.content", f"must be a string, got {type(content).__name__}{parts}")
+    for key in REASONING_KEYS:
+        if m.get(key) is not None and not isinstance(m[key], str):
+            _fail(where, f"{path}.{key}", f"must be a string, got {type(m[key]).__name__}")
+
+
+def _check_messages(messages: Any, where: str, field: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        _fail(where, f"'{field}'", "must be a non-empty list of messages")
+    for i, m in enumerate(messages):
+        _check_message(m, where, f"'{field}'[{i}]")
+
+
+def _check_tools(tools: Any, where: str) -> None:
+    if not isinstance(tools, list):
+        _fail(where, "'tools'", f"must be a list of tool schemas, got {type(tools).__name__}")
+    for i, tool in enumerate(tools):
+        f = tool.get("function", tool) if isinstance(tool, dict) else None
+        path = f"'tools'[{i}]" + (".function" if isinstance(tool, dict) and "function" in tool else "")
+        if not isinstance(f, dict):
+            _fail(where, path, "must be a JSON schema {'name': ..., 'parameters': ...}")
+        if not isinstance(f.get("name"), str) or not f["name"]:
+            _fail(where, f"{path}.name", "must be a non-empty string")
+
+
+def validate_record(record: dict, where: str = "record") -> str:
+    """Check a record field by field and return its format; a DataError names where and what:
+    `data.jsonl:17: field 'messages'[2].role: must be one of system/user/assistant/tool, got 'bot'`."""
+    fmt = detect_format(record, where)
+    if fmt == "text":
+        if not isinstance(record["text"], str) or not record["text"]:
+            _fail(where, "'text'", "must be a non-empty string")
+    elif fmt == "prompt_completion":
+        for key in ("prompt", "completion"):
+            if not isinstance(record[key], str):
+                _fail(where, f"'{key}'", f"must be a string, got {type(record[key]).__name__}")
+    else:
+        fields = ("messages",) if fmt == "messages" else ("prompt", "completion")
+        for key in fields:  # (no assistant message at all is allowed: no target, so dropped and counted)
+            _check_messages(record[key], where, key)
+    if record.get("tools") is not None:
+        if fmt in ("text", "prompt_completion"):
+            _fail(where, "'tools'", "only conversational records (message lists) can have tools")
+        _check_tools(record["tools"], where)
+    return fmt
+
+
+def load_sft_data(source: str, convert: str = "", limit: int | None = None) -> tuple[list[dict], list[str]]:
+    """Records of a file or hf: dataset (see alignlab.data.loaders), each converted (`convert`, a
+    name in alignlab.data.converters.CONVERTERS) and validated. Returns (records, where): where[i]
+    is "file:LINE" of records[i], for later messages. Any bad record is an error, nothing is skipped."""
+    converter = get_converter(convert) if convert else None
+    rows = read_rows(source)[:limit]
+    records = []
+    for where, record in rows:
+        if converter is not None:
+            try:
+                record = converter(record)
+            except DataError as e:
+                raise DataError(f"{where}: {e} (converting with {convert})") from None
+        validate_record(record, where)
+        records.append(record)
+    if not records:
+        raise DataError(f"{source}: no records")
+    return records, [r.where for r in rows]
+
+
+def split_replies(record: dict) -> list[dict]:
+    """A `messages` record -> one conversational prompt-completion record per assistant reply, the
+    conversation before it as the prompt. With a template that rewrites earlier turns (Qwen3 and
+    DeepSeek-R1 drop past <think> reasoning) each reply is then trained on exactly as the model
+    writes it at inference, after the history as the template shows it."""
+    messages, extra = record["messages"], {"tools": record["tools"]} if record.get("tools") is not None else {}
+    if messages and messages[0].get("role") == "assistant":
+        raise DataError("field 'messages'[0]: a reply that opens the conversation has no prompt to split on")
+    return [{"prompt": messages[:i], "completion": [m], **extra}
+            for i, m in enumerate(messages) if m.get("role") == "assistant"]
+
+
+def is_conversational(record: dict) -> bool:
+    return detect_format(record) in ("messages", "conversational_prompt_completion")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Conversations -> segments of rendered text, each trained or not
+
+
+class Segment(NamedTuple):
+    text: str
+    trained: bool
+
+
+class ChatTemplateError(DataError):
+    """A chat template whose rendering can't be split into prompt and reply segments."""
+
+
+def _context(text: str, at: int, width: int = 40) -> str:
+    return repr(("..." if at > width else "") + text[max(0, at - width):at + width])
+
+
+def _common_prefix(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _own_text(message: dict) -> str:
+    """What an assistant message itself says: content, reasoning, tool calls (for the user-turn check)."""
+    parts = [message.get("content") or ""] + [message.get(k) or "" for k in REASONING_KEYS]
+    parts += [json.dumps(c, ensure_ascii=False) for c in message.get("tool_calls") or []]
+    return "\n".join(parts)
+
+
+def chat_segments(tokenizer, messages: list[dict], tools: list[dict] | None = None, train_from: int = 0,
+                  chat_template: str | None = None, **kwargs: Any) -> list[Segment]:
+    """The rendered conversation cut into segments: each assistant reply at index >= train_from
+    (from where generation starts to its end of turn) is trained, everything else is not.
+
+    For assistant message i, with render(...) the template's text:
+        full   = render(messages)                                   what is trained on
+        prompt = render(messages[:i], add_generation_prompt=True)   must be how `full` begins
+        reply  = render(messages[:i + 1])                           `full` continues with it
+    The reply segment is full[len(prompt):len(reply)]. A template may close a conversation that
+    ends on a reply with an extra eos (Phi-3 does); that suffix, absent from `full` when more turns
+    follow, is left out. Anything else that differs means the template rewrites earlier turns, and
+    a ChatTemplateError says where.
+    """
+    template = get_chat_template(chat_template, tools, tokenizer.chat_template)
+    variables = {**tokenizer.special_tokens_map, **kwargs}
+
+    def render(msgs, generation_prompt=False):
+        return render_template(template, msgs, tools=tools, add_generation_prompt=generation_prompt, **variables)
+
+    full = render(messages)
+    end_tokens = [t for t in (tokenizer.id_to_token(i) for i in tokenizer.eos_token_ids) if t]
+    cuts: list[tuple[int, int]] = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant" or i < train_from:
+            continue
+        prompt = render(messages[:i], generation_prompt=True) if i else _opening(render, full)
+        if not full.startswith(prompt):
+            k = _common_prefix(prompt, full)
+            raise ChatTemplateError(
+                f"chat template is not prefix-stable: the prompt before messages[{i}] (rendered with "
+                f"add_generation_prompt=True) is not how the whole conversation begins; at character {k} the "
+                f"prompt has {_context(prompt, k)} where the conversation has {_context(full, k)}. The template "
+                "renders earlier turns differently depending on what follows (Qwen3 and DeepSeek-R1 drop the "
+                "<think> of past replies), or its generation prompt differs from how it opens a reply, so the "
+                "text trained on is not what the model sees when it generates. Use a template that keeps "
+                "earlier turns unchanged (e.g. TRL's *_training.jinja variants) or one example per reply "
+                "(alignlab.data.sft.split_replies).")
+        reply = render(messages[:i + 1])
+        end = _reply_end(reply, full, end_tokens)
+        if end is None:
+            k = _common_prefix(reply, full)
+            raise ChatTemplateError(
+                f"chat template is not prefix-stable: messages[{i}] (assistant) renders as {_context(reply, k)} "
+                f"when the conversation ends with it but as {_context(full, k)} when more turns follow "
+                f"(character {k}). The template rewrites past replies (Qwen3 and DeepSeek-R1 drop their "
+                "<think> reasoning), so this reply can't be trained on as it is written. Use a template that "
+                "keeps earlier turns unchanged (e.g. TRL's *_training.jinja variants) or one example per reply "
+                "(alignlab.data.sft.split_replies).")
+        start = len(prompt)
+        if end <= start or (cuts and start < cuts[-1][1]):
+            raise ChatTemplateError(f"chat template renders messages[{i}] (assistant) as nothing (or before the "
+                                    "previous reply ends): can't find its text")
+        _check_no_other_turn(messages, i, full, start, end)
+        cuts.append((start, end))
+
+    segments, at = [], 0
+    for start, end in cuts:
+        segments += [Segment(full[at:start], False), Segment(full[start:end], True)]
+        at = end
+    segments.append(Segment(full[at:], False))
+    return [s for s in segments if s.text]
+
+
+def _opening(render, full: str) -> str:
+    """What comes before a reply that opens the conversation: the template's generation prompt for no
+    messages (a bos, a default system prompt, the assistant header), if it renders and begins `full`."""
+    try:
+        prompt = render([], generation_prompt=True)
+    except jinja2.TemplateError:  # e.g. a template reading messages[0]
+        return ""
+    return prompt if full.startswith(prompt) else ""
+
+
+def _reply_end(reply: str, full: str, end_tokens: list[str]) -> int | None:
+    """Where the reply ends in `full`: all of `reply`, or `reply` minus a trailing run of eos-like
+    tokens and whitespace that the template adds only at the very end of a conversation."""
+    text = reply
+    while not full.startswith(text):
+        token = next((t for t in end_tokens if text.endswith(t)), None)
+        if token is not None:
+            text = text[:-len(token)]
+        elif text[-1:].isspace():
+            text = text[:-1]
+        else:
+            return None
+    return len(text)
+
+
+def _check_no_other_turn(messages: list[dict], i: int, full: str, start: int, end: int) -> None:
+    """A template that writes a user turn only once the reply follows (and not in the generation
+    prompt) would put that turn inside the reply's segment: the model would be trained to say it."""
+    span, own = full[start:end], _own_text(messages[i])
+    for j, m in enumerate(messages[:i]):
+        content = (m.get("content") or "").strip() if m.get("role") != "assistant" else ""
+        if content and content not in full[:start] and content in span and content not in own:
+            raise ChatTemplateError(
+                f"chat template writes messages[{j}] ({m['role']}) inside the reply of messages[{i}]: it is not "
+                f"in the prompt rendered with add_generation_prompt=True (which ends {_context(full[:start], start)}) "
+                "but appears after it, so it would be trained as if the model had said it")
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Records -> token ids and a mask of targets -> (input_ids, labels)
+
+
+def _stop_ids(tokenizer) -> set[int]:
+    return set(tokenizer.eos_token_ids)
+
+
+def _eos(tokenizer) -> int:
+    if tokenizer.eos_token_id is None:
+        raise DataError("the tokenizer has no eos_token: SFT appends it to each example so that the model learns "
+                        "to stop; give the tokenizer one")
+    return tokenizer.eos_token_id
+
+
+def _bos(tokenizer) -> list[int]:
+    return [tokenizer.bos_token_id] if tokenizer.add_bos_token and tokenizer.bos_token_id is not None else []
+
+
+def encode_chat(tokenizer, messages: list[dict], tools: list[dict] | None = None, train_from: int = 0,
+                chat_template: str | None = None, **kwargs: Any) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a conversation: mask[t] = 1 where token t is trained (an assistant reply at
+    index >= train_from and its end of turn). Each segment is tokenized on its own. A reply whose
+    tokens hold no stop token (eos or an end-of-turn token) gets the one that follows it, if the
+    template writes one next, else the tokenizer's eos: the model must learn to stop."""
+    segments = chat_segments(tokenizer, messages, tools, train_from, chat_template, **kwargs)
+    pieces = [tokenizer.encode(s.text, add_special_tokens=False) for s in segments]
+    stop = _stop_ids(tokenizer)
+    ids: list[int] = []
+    mask: list[int] = []
+    for k, (segment, piece) in enumerate(zip(segments, pieces)):
+        if segment.trained and not stop.intersection(piece):
+            after = pieces[k + 1] if k + 1 < len(pieces) else []
+            if after and after[0] in stop:
+                piece, pieces[k + 1] = piece + after[:1], after[1:]
+            else:
+                piece = piece + [_eos(tokenizer)]
+        ids += piece
+        mask += [int(segment.trained)] * len(piece)
+    return ids, mask
+
+
+def encode_record(tokenizer, record: dict, chat_template: str | None = None) -> tuple[list[int], list[int]]:
+    """(ids, mask) of any SFT record, before truncation; mask[t] = 1 where token t is a target."""
+    fmt = detect_format(record)
+    if fmt == "text":
+        ids = _bos(tokenizer) + tokenizer.encode(record["text"], add_special_tokens=False)
+        ids = ids[1:] if ids[:2] == _bos(tokenizer) * 2 else ids  # the text began with bos itself
+        ids += [] if ids[-1:] == [_eos(tokenizer)] else [_eos(tokenizer)]
+        return ids, [1] * len(ids)
+    if fmt == "prompt_completion":
+        prompt = _bos(tokenizer) + tokenizer.encode(record["prompt"], add_special_tokens=False)
+        completion = tokenizer.encode(record["completion"], add_special_tokens=False)
+        completion += [] if completion[-1:] == [_eos(tokenizer)] else [_eos(tokenizer)]
+        return prompt + completion, [0] * len(prompt) + [1] * len(completion)
+    if fmt == "messages":
+        return encode_chat(tokenizer, record["messages"], record.get("tools"), 0, chat_template)
+    prompt = record["prompt"]
+    return encode_chat(tokenizer, prompt + record["completion"], record.get("tools"), len(prompt), chat_template)
+
+
+def truncate(ids: list[int], mask: list[int], max_len: int | None, mode: str = "keep_start"):
+    """Cut to max_len tokens: the first ones (keep_start, TRL's default) or the last (keep_end)."""
+    if mode not in TRUNCATION:
+        raise ValueError(f"truncation={mode!r}: expected one of {', '.join(TRUNCATION)}")
+    if max_len is None or len(ids) <= max_len:
+        return ids, mask
+    return (ids[:max_len], mask[:max_len]) if mode == "keep_start" else (ids[-max_len:], mask[-max_len:])
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # labels[t] = input_ids[t + 1] where that token is trained, else IGNORE_INDEX
+    length: int = 0  # tokens before truncation (0: not recorded)
+
+    @property
+    def truncated(self) -> bool:
+        return self.length > len(self.input_ids)
+
+    @property
+    def n_targets(self) -> int:
+        return sum(y != IGNORE_INDEX for y in self.labels)
+
+
+def to_labels(ids: list[int], mask: list[int]) -> list[int]:
+    """Next-token labels: position t predicts token t + 1 if that token is trained."""
+    return [y if m else IGNORE_INDEX for y, m in zip(ids[1:], mask[1:], strict=True)] + [IGNORE_INDEX]
+
+
+def tokenize_record(tokenizer, record: dict, max_len: int | None = None, truncation: str = "keep_start",
+                    chat_template: str | None = None) -> Example:
+    ids, mask = encode_record(tokenizer, record, chat_template)
+    length = len(ids)
+    ids, mask = truncate(ids, mask, max_len, truncation)
+    return Example(ids, to_labels(ids, mask), length)
+
+
+class Tokenized(NamedTuple):
+    examples: list[Example]
+    counts: dict  # {"kept", "truncated", "dropped"}: kept + dropped = records; truncated counts both
+    dropped: list[str]  # where each dropped record came from
+
+
+def tokenize_records(tokenizer, records: list[dict], max_len: int | None, truncation: str = "keep_start",
+                     where: list[str] | None = None, chat_template: str | None = None) -> Tokenized:
+    """Validate and tokenize every record. Longer than max_len: truncated (and counted); no target
+    token left: dropped (counted, and where it was is returned). Errors name the record."""
+    examples, dropped = [], []
+    counts = {"kept": 0, "truncated": 0, "dropped": 0}
+    for i, record in enumerate(records):
+        at = where[i] if where is not None else f"record {i}"
+        validate_record(record, at)
+        try:
+            example = tokenize_record(tokenizer, record, max_len, truncation, chat_template)
+        except DataError as e:
+            raise type(e)(f"{at}: {e}") from None
+        counts["truncated"] += example.truncated
+        if example.n_targets == 0:
+            counts["dropped"] += 1
+            dropped.append(at)
+            continue
+        examples.append(example)
+        counts["kept"] += 1
+    return Tokenized(examples, counts, dropped)
+
+
+def format_counts(records: list[dict]) -> dict[str, int]:
+    return dict(Counter(detect_format(r) for r in records))
+
+
+def prompt_ids(tokenizer, record: dict, chat_template: str | None = None) -> list[int] | None:
+    """The tokens a model is given to generate the completion (or a conversation's first reply); None for text."""
+    fmt = detect_format(record)
+    if fmt == "text":
+        return None
+    if fmt == "prompt_completion":
+        return _bos(tokenizer) + tokenizer.encode(record["prompt"], add_special_tokens=False)
+    messages = record["prompt"] if fmt == "conversational_prompt_completion" else record["messages"]
+    if fmt == "messages":
+        messages = messages[:next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))]
+    return tokenizer.apply_chat_template(messages, tools=record.get("tools"), add_generation_prompt=True,
+                                         tokenize=True, chat_template=chat_template)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. inspect-data: one example, trained tokens highlighted
+
+TRAINED, UNTRAINED, RESET = "\x1b[30;42m", "\x1b[2m", "\x1b[0m"  # black on green; dim
+
+
+def _paint(text: str, trained: bool, color: bool) -> str:
+    text = text.replace("\n", "\u21b5\n")  # a visible newline: it is a token too
+    if not color:
+        return f"[[{text}]]" if trained else text
+    style = TRAINED if trained else UNTRAINED
+    return "\n".join(f"{style}{line}{RESET}" if line else "" for line in text.split("\n"))
+
+
+def inspect_example(tokenizer, record: dict, color: bool = True, max_len: int | None = None,
+                    truncation: str = "keep_start", chat_template: str | None = None) -> str:
+    """One example as the trainer sees it: trained tokens on green (or [[in brackets]] without
+    color), the rest dim, then a summary line (tokens, trained tokens, truncated or not)."""
+    fmt = validate_record(record)
+    example = tokenize_record(tokenizer, record, max_len, truncation, chat_template)
+    ids = example.input_ids
+    target = [0] + [int(y != IGNORE_INDEX) for y in example.labels[:-1]]  # token t is trained iff label t-1 is set
+    runs, start = [], 0
+    for t in range(1, len(ids) + 1):
+        if t == len(ids) or target[t] != target[start]:
+            runs.append(_paint(tokenizer.decode(ids[start:t]), bool(target[start]), color))
+            start = t
+    legend = _paint("trained", True, color) + " / " + _paint("not trained", False, color)
+    cut = (f"yes ({example.length} tokens, cut to {len(ids)}, {truncation})" if example.truncated else "no")
+    summary = f"{fmt}: {len(ids)} tokens, {example.n_targets} trained, truncated: {cut}"
+    if example.n_targets == 0:
+        summary += " -- dropped: no target token left"
+    return f"{legend}\n{''.join(runs)}\n{summary}"
+
+
+def add_inspect_parser(subparsers) -> None:
+    """`alignlab inspect-data --data FILE --model DIR [--index N] [--max-len N] [--no-color]`."""
+    p = subparsers.add_parser("inspect-data", help="show one SFT example with its trained tokens highlighted")
+    p.add_argument("--data", required=True, help="a .jsonl/.json/.csv/.parquet file or hf:NAME[:SPLIT]")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="a model directory (or Hub id): its tokenizer and chat template")
+    who.add_argument("--tokenizer", help="a tokenizer directory")
+    p.add_argument("--index", type=int, default=0, help="which record (0-based)")
+    p.add_argument("--max-len", type=int, default=None, help="truncate as training would (default: no limit)")
+    p.add_argument("--truncation", choices=TRUNCATION, default="keep_start")
+    p.add_argument("--convert", default="", help="convert records first: alpaca, gsm8k, gsm8k_think, sharegpt, ...")
+    p.add_argument("--chat-template", default=None, help="a template name (chatml, llama3) or jinja file instead")
+    p.add_argument("--no-color", action="store_true", help="mark trained tokens [[like this]] instead of green")
+    p.set_defaults(fn=cmd_inspect_data)
+
+
+def cmd_inspect_data(args) -> None:
+    from alignlab.text import load_tokenizer
+
+    if args.model:
+        from alignlab.model.hf import resolve_model_dir
+
+        tokenizer = load_tokenizer(resolve_model_dir(args.model))
+    else:
+        tokenizer = load_tokenizer(args.tokenizer)
+    template = args.chat_template
+    if template and os.path.isfile(template):
+        with open(template, encoding="utf-8") as f:
+            template = f.read()
+    rows = read_rows(args.data)
+    if not -len(rows) <= args.index < len(rows):
+        raise DataError(f"--index {args.index}: {args.data} has {len(rows)} records")
+    where, record = rows[args.index]
+    if args.convert:
+        try:
+            record = get_converter(args.convert)(record)
+        except DataError as e:
+            raise DataError(f"{where}: {e} (converting with {args.convert})") from None
+    fmt = validate_record(record, where)
+    print(f"{where}: record {args.index % len(rows)} of {len(rows)}, {fmt}")
+    try:
+        text = inspect_example(tokenizer, record, color=not args.no_color and "NO_COLOR" not in os.environ,
+                               max_len=args.max_len, truncation=args.truncation, chat_template=template)
+    except DataError as e:
+        raise type(e)(f"{where}: {e}") from None
+    print(text)
