@@ -194,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model=runs/x/model")
     p.set_defaults(fn=cmd_sft)
 
+    from alignlab.data.sft import add_inspect_parser
+
+    add_inspect_parser(sub)
+
     from alignlab import pipeline
 
     stages = "\n".join(f"  {s.name:<10} {s.help}" for s in pipeline.STAGES)

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 from alignlab.data.world import TinyWorld
+from alignlab.lora import load_adapter
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import load_model, save_model
 from alignlab.objectives import IGNORE_INDEX
 from alignlab.recipes.pretrain import lm_step
 from alignlab.recipes.sft import (
     ConversationBatches,
+    LoraOptions,
     SFTConfig,
     collate,
     read_jsonl,
@@ -91,7 +93,9 @@ def test_read_jsonl_names_file_line_and_field(tmp_path):
         read_jsonl(path)
 
 
-def test_sft_run_lowers_the_held_out_loss_and_saves_a_model(tmp_path, world):
+@pytest.mark.parametrize("method, packing, drop", [("full", False, 0.8), ("full", True, 0.8), ("lora", False, 0.97),
+                                                    ("qlora", True, 0.97)])
+def test_sft_run_lowers_the_held_out_loss_and_saves_a_model(tmp_path, world, method, packing, drop):
     tok = world.tokenizer()
     torch.manual_seed(0)
     base = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256,
@@ -101,11 +105,14 @@ def test_sft_run_lowers_the_held_out_loss_and_saves_a_model(tmp_path, world):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"messages": r["messages"]}) + "\n" for r in train))
     cfg = SFTConfig(out_dir=str(tmp_path / "sft"), model=str(tmp_path / "base"), data=str(data), max_len=256,
-                    batch_size=8, eval_batches=2, sample_prompts=1, sample_tokens=16,
-                    train=TrainConfig(max_steps=30, lr=3e-3, warmup_steps=3, eval_every=15, save_every=15,
-                                      peak_flops=1e11, plot=False))
+                    method=method, packing=packing, batch_size=2 if packing else 8, eval_batches=2, sample_prompts=1,
+                    sample_tokens=16, lora=LoraOptions(r=8, alpha=16),
+                    train=TrainConfig(max_steps=30, lr=3e-3 if method == "full" else 1e-2, warmup_steps=3,
+                                      eval_every=15, save_every=15, peak_flops=1e11, plot=False))
     result = run(cfg, val_records=val)
     assert result["status"] == "finished" and result["data"]["train"]["kept"] == len(train)
+    if packing:
+        assert result["data"]["packing"]["rows"] < len(train) / 2  # ~80-token chats, several per 256-token row
     model = load_model(tmp_path / "sft" / "model")
     assert json.loads((tmp_path / "sft" / "model" / "alignlab.json").read_text())["stage"] == "sft"
     examples, _ = tokenize_conversations(tok, val[:32], max_len=256)
@@ -113,4 +120,20 @@ def test_sft_run_lowers_the_held_out_loss_and_saves_a_model(tmp_path, world):
     n = int((batch["labels"] != IGNORE_INDEX).sum())
     with torch.no_grad():
         before, after = (float(lm_step(m.eval(), batch, n)) for m in (base, model))
-    assert after < 0.8 * before, (before, after)  # held-out assistant tokens, before and after SFT
+    assert after < drop * before, (before, after)  # held-out assistant tokens, before and after SFT
+    if method != "full":  # the adapter, in PEFT's format, applied to the base gives the merged model's logits
+        adapter = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
+        assert adapter["peft_type"] == "LORA" and adapter["r"] == 8
+        fresh = load_adapter(load_model(tmp_path / "base"), tmp_path / "sft" / "adapter")
+        x = batch["input_ids"][:2]
+        with torch.no_grad():
+            torch.testing.assert_close(fresh.eval()(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_sft_config_rejects_an_unknown_method(tmp_path, world):
+    tok = world.tokenizer()
+    save_model(CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=16, n_layers=1, n_heads=2, max_seq_len=64)),
+               tmp_path / "base", tokenizer=tok)
+    cfg = SFTConfig(out_dir=str(tmp_path / "sft"), model=str(tmp_path / "base"), method="prefix")
+    with pytest.raises(ValueError, match="method must be one of full, lora, qlora"):
+        run(cfg, train_records=world.sft_conversations("train")[:4])

@@ -14,7 +14,13 @@
 4. evaluate  loss on held-out examples, plus greedy replies to a few held-out prompts
 5. save      <out_dir>/model, a Hugging Face model directory with the tokenizer and chat template
 
-Full-parameter fine-tuning of every weight. Examples longer than `max_len` are truncated (`truncation`:
+`method` chooses what trains: full (every weight), lora (low-rank adapters on the `lora.targets` Linears,
+the base frozen; alignlab/lora) or qlora (the same adapters over a base quantised to NF4; alignlab/quant).
+LoRA runs also write <out_dir>/adapter in PEFT's format; model/ then holds the adapter merged into the
+full-precision base. `packing=true` packs examples into rows of `max_len` tokens without padding, each
+example attending only to itself (alignlab/data/packing.py); `batch_size` then counts rows.
+
+Examples longer than `max_len` are truncated (`truncation`:
 keep_start, TRL's default, or keep_end) and those left with no trained token are dropped; both counts
 are printed and saved in result.json. `alignlab inspect-data` shows what one example trains on.
 """
@@ -25,16 +31,38 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from alignlab.data.packing import PackedBatches
 from alignlab.data.sft import Example, format_counts, is_conversational, load_sft_data, prompt_ids, tokenize_records
 from alignlab.infer import Engine, SamplingParams
+from alignlab.lora import LoraConfig, apply_lora, count_parameters, lora_state_dict, merge_and_unload, save_adapter
+from alignlab.lora.inject import load_lora_state_dict
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives import IGNORE_INDEX
 from alignlab.recipes.pretrain import lm_step
 from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
+
+
+@dataclass
+class LoraOptions:
+    r: int = 16
+    alpha: float = 32  # scale = alpha / r (alpha / sqrt(r) with rslora)
+    dropout: float = 0.0
+    targets: Any = "all-linear"  # a list of module names, a regex, or all-linear (every Linear but the head)
+    rslora: bool = False
+    dora: bool = False
+    init: Any = True  # True (PEFT's default: B = 0), gaussian, pissa
+
+    def to_config(self) -> LoraConfig:
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=self.targets, lora_dropout=self.dropout,
+                          use_rslora=self.rslora, use_dora=self.dora, init_lora_weights=self.init)
+
+
+METHODS = ("full", "lora", "qlora")
 
 
 @dataclass
@@ -45,9 +73,12 @@ class SFTConfig:
     val_data: str = ""  # held-out records, the same way; empty = no evaluation loss
     convert: str = ""  # convert records first: alpaca, gsm8k, gsm8k_think, sharegpt, ... (data.converters)
     chat_template: str = ""  # a template name (chatml, llama3) or jinja to use instead of the model's; saved
-    max_len: int = 512  # tokens per example; longer ones are truncated
+    method: str = "full"  # full | lora | qlora
+    lora: LoraOptions = field(default_factory=LoraOptions)  # lora and qlora
+    max_len: int = 512  # tokens per example (per packed row); longer examples are truncated
+    packing: bool = False  # pack examples into rows of max_len tokens, no padding
     truncation: str = "keep_start"  # keep_start (TRL's default) or keep_end
-    batch_size: int = 16  # examples per micro-batch
+    batch_size: int = 16  # examples per micro-batch (packed rows with packing)
     eval_batches: int = 8
     sample_prompts: int = 3  # held-out prompts answered (greedily) at each evaluation
     sample_tokens: int = 128
@@ -145,8 +176,10 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
     if dropped:
         more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
         print(f"sft data: dropped {', '.join(dropped[:5])}{more}")
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     set_seed(cfg.train.seed)
-    model = load_model(model_dir, dtype=torch.float32).to(device)
+    model = build_model(cfg, model_dir, device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
     out.mkdir(parents=True, exist_ok=True)
     from alignlab.config import save_config
@@ -167,20 +200,62 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
         params = SamplingParams(max_new_tokens=cfg.sample_tokens, temperature=0.0)
         return [c.text for c in Engine(m, tok).generate(prompts, params)]
 
-    data = ConversationBatches(train, cfg.batch_size, pad_id, cfg.train.seed)
+    if cfg.packing:
+        data = PackedBatches(train, cfg.max_len, cfg.batch_size, cfg.train.seed, pad_id)
+        st = data.stats
+        print(f"sft packing: {st.examples:,} examples in {st.rows:,} rows of {cfg.max_len} tokens, "
+              f"{st.fill:.1%} full")
+    else:
+        data = ConversationBatches(train, cfg.batch_size, pad_id, cfg.train.seed)
+    # a frozen weight needs no gradient of its own: 4 of the 6 FLOPs per parameter and token remain
+    flops = model.config.flops_per_token(cfg.max_len, training=True) * (1.0 if cfg.method == "full" else 2 / 3)
     trainer = Trainer(cfg.train, model, data, lm_step, out, evaluate=evaluate if val_batches else None,
-                      sample=sample if prompts else None, run_config=asdict(cfg),
-                      flops_per_token=model.config.flops_per_token(cfg.max_len, training=True))
+                      sample=sample if prompts else None, run_config=asdict(cfg), flops_per_token=flops)
     result = trainer.fit(resume=resume)
     result["data"] = {"train": counts, "val": val_counts, "formats": formats, "truncation": cfg.truncation,
                       "trained_tokens": n_targets, "dropped": dropped}
+    if cfg.packing:
+        result["data"]["packing"] = data.stats.as_dict()
 
     # 5. the model directory
     if result["status"] == "finished":
         meta = {"stage": "sft", "parent": cfg.model, "config": asdict(cfg),
                 "metrics": {k: v for k, v in result.items() if k != "last_checkpoint"}}
-        result["model_dir"] = str(save_model(trainer.export_model(), out / "model", tokenizer=tok, meta=meta))
+        final = trainer.export_model()
+        if cfg.method != "full":
+            result["adapter_dir"] = str(save_adapter(final, out / "adapter", final.lora_config,
+                                                     base_model_name_or_path=cfg.model))
+            final = merged_model(cfg, model_dir, final)
+        result["model_dir"] = str(save_model(final, out / "model", tokenizer=tok, meta=meta))
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"sft: {result['step']} steps ({result['train_seconds']:.0f} s), val loss "
               f"{result.get('val_loss', float('nan')):.4f}; model: {result['model_dir']}")
     return result
+
+
+def build_model(cfg: SFTConfig, model_dir, device):
+    """The model to train: the base as it is (full), with LoRA adapters (lora), or quantised to NF4 with
+    adapters on top (qlora). Only the adapters train in the last two."""
+    model = load_model(model_dir, dtype=torch.float32)
+    if cfg.method == "qlora":
+        from alignlab.quant import quant_stats, quantize_model
+
+        quantize_model(model)
+        q = quant_stats(model)
+        print(f"qlora: {q['n_linear4bit']} Linears in NF4, {q['bytes_total'] / 2**20:.1f} MB of weights "
+              f"instead of {q['bytes_fp32'] / 2**20:.1f} MB")
+    if cfg.method != "full":
+        apply_lora(model, cfg.lora.to_config())
+        trainable, total = count_parameters(model)
+        print(f"{cfg.method}: {trainable:,} trainable parameters of {total:,} ({trainable / total:.2%})")
+    return model.to(device)
+
+
+def merged_model(cfg: SFTConfig, model_dir, trained):
+    """The adapter folded into the full-precision base (W + s B A), as a plain model to save. A QLoRA base
+    is only an approximation of the original weights, so the adapter goes onto a fresh fp32 copy."""
+    if cfg.method == "qlora":
+        base = apply_lora(load_model(model_dir, dtype=torch.float32), trained.lora_config)
+        load_lora_state_dict(base, {k: v.detach().cpu() for k, v in lora_state_dict(trained).items()})
+        trained = base
+    return merge_and_unload(trained)
