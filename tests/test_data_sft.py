@@ -589,3 +589,13 @@ def test_recipe_reads_converted_json(tok, tmp_path):
     assert result["status"] == "finished" and data["formats"] == {"messages": 6}
     assert data["train"] == {"kept": 5, "truncated": 1, "dropped": 1}
     assert data["dropped"] == [f"{tmp_path / 'alpaca.json'}:1 (row 5)"]
+
+
+def test_tinyworld_sources_load_the_world_on_the_fly():
+    from alignlab.data.sft import load_sft_data
+    from alignlab.data.world import TinyWorld
+
+    records, where = load_sft_data("tinyworld:sft:test@3")
+    assert records == TinyWorld(seed=3).sft_conversations("test") and where[0] == "tinyworld:sft:test@3: record 0"
+    with pytest.raises(ValueError, match="tinyworld:KIND"):
+        load_sft_data("tinyworld:preferences")

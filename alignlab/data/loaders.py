@@ -53,6 +53,8 @@ def read_rows(source: str | Path) -> list[Row]:
     source = str(source)
     if source.startswith("hf:"):
         return _read_hf(source)
+    if source.startswith("tinyworld:"):
+        return _read_world(source)
     path = Path(source)
     if not path.is_file():
         raise DataNotFoundError(f"{source}: no such data file")
@@ -67,6 +69,23 @@ def read_rows(source: str | Path) -> list[Row]:
     if suffix == ".parquet" and not path.name.endswith(".gz"):
         return _check_objects(_read_parquet(path, source))
     raise DataError(f"{source}: unknown data file type; expected one of {', '.join(SUFFIXES)} (or hf:NAME)")
+
+
+WORLD_KINDS = {"sft": "sft_conversations", "tools": "tool_conversations"}
+
+
+def _read_world(source: str) -> list[Row]:
+    """`tinyworld:KIND[:SPLIT][@SEED]`: TinyWorld's SFT chats (sft) or calculator chats (tools), made on the
+    fly (alignlab.data.world); SPLIT train (default) or test, SEED 0 by default."""
+    from alignlab.data.world import TinyWorld
+
+    spec, _, seed = source.removeprefix("tinyworld:").partition("@")
+    kind, _, split = spec.partition(":")
+    if kind not in WORLD_KINDS or split not in ("", "train", "test") or not (seed or "0").isdigit():
+        raise DataError(f"{source}: expected tinyworld:KIND[:SPLIT][@SEED] with KIND one of {', '.join(WORLD_KINDS)}, "
+                        "SPLIT train or test, SEED an integer")
+    records = getattr(TinyWorld(seed=int(seed or 0)), WORLD_KINDS[kind])(split or "train")
+    return [Row(f"{source}: record {i}", r) for i, r in enumerate(records)]
 
 
 def _read_text(path: Path) -> str:
