@@ -13,8 +13,10 @@ Stages, in order:
     sft        full-parameter SFT on TinyWorld chats (math with <think> and "Answer: N", refusals of
                attacks on the secret, benign look-alikes, questions about the town); loss on assistant
                tokens only
-    eval       every model so far (base = after pretrain, sft) on held-out prompts: format rate, accuracy
-               per level, attacks refused, look-alikes refused, secret leaks; then the report
+    sft_lora   the same SFT with LoRA adapters (rank 16 on every Linear) instead, from the same base: a
+               side branch that shows which of the two the SFT stage should be (the report says which won)
+    eval       every model so far (base = after pretrain, sft, sft_lora) on held-out prompts: format rate,
+               accuracy per level, attacks refused, look-alikes refused, secret leaks; then the report
 
 The run directory: tokenizer/, pretrain/, sft/ (each with model/, metrics.jsonl, plots/, checkpoints/),
 eval/ (metrics.json, the scored replies of each model), report.md, report.html, plots/.
@@ -74,6 +76,7 @@ class Stage:
     help: str
     run: Callable[[Run], dict]  # does the work, returns the metrics shown in the report
     makes_model: bool = True  # writes <stage>/model, which later stages and the evaluation use
+    side: bool = False  # a comparison branch: evaluated, but later stages build on the main line
 
 
 class Run:
@@ -93,6 +96,10 @@ class Run:
     def done(self, stage: str) -> dict | None:
         path = self.dir(stage) / "stage.json"
         return json.loads(path.read_text()) if path.exists() else None
+
+    def finished_at(self, stage: str) -> float:
+        path = self.dir(stage) / "stage.json"
+        return path.stat().st_mtime if path.exists() else 0.0
 
     def check_settings(self) -> None:
         """A run directory belongs to one (seed, size); reusing its stages under other settings would mix runs."""
@@ -157,6 +164,19 @@ def stage_sft(run: Run) -> dict:
     return metrics
 
 
+def stage_sft_lora(run: Run) -> dict:
+    from alignlab.recipes import sft
+
+    s = run.sizes
+    cfg = SFTConfig(out_dir=str(run.dir("sft_lora")), model=str(run.model_dir("pretrain")), method="lora",
+                    lora=sft.LoraOptions(r=16, alpha=32, targets="all-linear"), max_len=2 * s.block_size,
+                    batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
+                    train=_train_config(run, s.sft_steps, 3 * s.sft_lr, s.sft_steps // 20))  # LoRA wants a higher lr
+    result = sft.run(cfg, resume=True, train_records=run.world.sft_conversations("train"),
+                     val_records=run.world.sft_conversations("test"))
+    return {**_training_metrics(result), "trainable": result["trainable_params"]}
+
+
 def stage_eval(run: Run) -> dict:
     from alignlab.eval.world_suite import evaluate_on_world
     from alignlab.model.hf import load_model
@@ -178,7 +198,7 @@ def stage_eval(run: Run) -> dict:
               f"accuracy {metrics['accuracy']:.1%}, attacks refused {metrics['attack_refusal_rate']:.1%}, "
               f"look-alikes refused {metrics['over_refusal_rate']:.1%} ({time.perf_counter() - t0:.0f} s)")
     (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
-    last = evals[list(evals)[-1]]
+    last = evals[[MODEL_NAMES.get(s.name, s.name) for s in STAGES if s.makes_model and not s.side][-1]]
     return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
 
 
@@ -186,9 +206,16 @@ STAGES = [
     Stage("tokenizer", "a BPE fitted to TinyWorld, and the pretraining text", stage_tokenizer, makes_model=False),
     Stage("pretrain", "a small Llama learns TinyWorld's text from random weights", stage_pretrain),
     Stage("sft", "full-parameter SFT on TinyWorld chats, assistant tokens only", stage_sft),
+    Stage("sft_lora", "the same SFT with LoRA (rank 16, every Linear), for comparison", stage_sft_lora, side=True),
     Stage("eval", "every model on held-out prompts, then the report", stage_eval, makes_model=False),
 ]
-MODEL_NAMES = {"pretrain": "base"}  # how the report calls a stage's model
+MODEL_NAMES = {"pretrain": "base", "sft_lora": "sft (LoRA)"}  # how the report calls a stage's model
+
+
+def _inputs(stage: Stage) -> list[Stage]:
+    """The stages whose output this one uses: the earlier main-line stages (the evaluation: all earlier ones)."""
+    earlier = STAGES[:STAGES.index(stage)]
+    return [s for s in earlier if not s.side or stage.name == "eval"]
 
 
 def _evaluated_models(run: Run) -> list[tuple[str, str]]:
@@ -219,7 +246,10 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
     t_start = time.perf_counter()
     for i, stage in enumerate(STAGES[:last + 1]):
         d = run.dir(stage.name)
-        if i >= first and d.exists():  # --from: this stage and every later one start over
+        newer = [s.name for s in _inputs(stage) if run.finished_at(s.name) > run.finished_at(stage.name) > 0]
+        if newer and i < first:
+            print(f"== {stage.name}: {', '.join(newer)} finished after it; redoing it")
+        if (i >= first or newer) and d.exists():  # --from: this stage and every later one start over
             shutil.rmtree(d)
         if run.done(stage.name):
             print(f"== {stage.name}: done already, reused ({d})")
@@ -251,6 +281,8 @@ def write_pipeline_report(run: Run) -> Path:
     total = sum(s["seconds"] for s in stages)
     notes = [f"TinyWorld seed {run.seed}, size {'quick' if run.quick else 'default'}; {total:.0f} s of stage time",
              f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows"]
+    if "sft" in evals and "sft (LoRA)" in evals:
+        notes.append(sft_choice(evals["sft"], evals["sft (LoRA)"], run.done("sft_lora")))
     return write_report(run.out, "alignlab pipeline on TinyWorld", stages, evals, curves, _samples(run, evals),
                         notes)[0]
 
@@ -276,3 +308,18 @@ def _samples(run: Run, evals: dict) -> list[dict]:
             samples.append({"note": note + (f" (answer {r['answer']})" if "answer" in r else ""), "prompt": r["prompt"],
                             "replies": {name: rs[idx]["reply"] for name, rs in rows.items()}})
     return samples
+
+
+def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:
+    """Why the SFT stage trains all parameters, in this run's numbers (accuracy first, then format rate)."""
+    a, b = (full["accuracy"], full["format_rate"]), (lora["accuracy"], lora["format_rate"])
+    share = ""
+    if lora_stage and "trainable" in lora_stage.get("metrics", {}):
+        share = f" ({lora_stage['metrics']['trainable']:,} trainable parameters)"
+    verdict = ("full-parameter SFT is better here: a model this small, trained from scratch, has little spare "
+               "capacity for a low-rank update to redirect, and memory is no constraint" if a > b else
+               "LoRA matched or beat full-parameter SFT here; full stays the main line that later stages build "
+               "on, but LoRA would be the cheaper choice")
+    return (f"SFT stage: full parameters. Held-out accuracy (levels 1-4): full {a[0]:.1%}, LoRA rank 16{share} "
+            f"{b[0]:.1%}; format rate {a[1]:.1%} vs {b[1]:.1%}. So {verdict}. On a 7B model the trade reverses: "
+            f"LoRA trains under 1% of the weights and fits one GPU.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,21 +48,53 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
     for stage in STAGES:
         assert (out / stage.name / "stage.json").exists(), stage.name
     evals = json.loads((out / "eval" / "metrics.json").read_text())
-    assert list(evals) == ["base", "sft"]
+    assert list(evals) == ["base", "sft", "sft (LoRA)"]
     assert evals["sft"]["format_rate"] > evals["base"]["format_rate"] + 0.3, evals
     report_md, report_html = out / "report.md", out / "report.html"
     assert f"report: {report_md}" in second
     md, page = report_md.read_text(), report_html.read_text()
-    assert "format rate" in md and "| base | sft |" in md.replace("| metric ", "")
+    assert "format rate" in md and "| base | sft | sft (LoRA) |" in md.replace("| metric ", "")
+    assert "SFT stage: full parameters. Held-out accuracy" in md
     assert "data:image/png;base64," in page and (out / "plots" / "metrics.png").exists()
     assert (out / "plots" / "training.png").exists()
 
     # 3. a third run reuses everything and only rewrites the report
+    before = {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES}
     assert main(["pipeline", "--quick", "--out", str(out)]) == 0
+    assert before == {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES}
     # --from eval redoes the evaluation only
-    before = (out / "sft" / "stage.json").stat().st_mtime
     assert main(["pipeline", "--quick", "--out", str(out), "--from", "eval"]) == 0
-    assert (out / "sft" / "stage.json").stat().st_mtime == before
+    assert (out / "sft" / "stage.json").stat().st_mtime == before["sft"]
+    assert (out / "eval" / "stage.json").stat().st_mtime > before["eval"]
+
+
+def test_a_stage_redone_makes_the_stages_that_use_it_stale(tmp_path, monkeypatch, capsys):
+    import alignlab.pipeline as pl
+
+    ran = []
+
+    def stage(name):
+        def work(run):
+            ran.append(name)
+            return {}
+        return work
+
+    stages = [pl.Stage("a", "", stage("a"), makes_model=False), pl.Stage("side", "", stage("side"), side=True),
+              pl.Stage("b", "", stage("b"), makes_model=False), pl.Stage("eval", "", stage("eval"), makes_model=False)]
+    monkeypatch.setattr(pl, "STAGES", stages)
+    monkeypatch.setattr(pl, "write_pipeline_report", lambda run: run.out / "report.md")
+    out = tmp_path / "run"
+    pl.run_pipeline(out, quick=True)
+    assert ran == ["a", "side", "b", "eval"]
+    ran.clear()
+    shutil.rmtree(out / "side")  # a side branch redone: only the evaluation uses it
+    pl.run_pipeline(out, quick=True)
+    assert ran == ["side", "eval"] and "eval: side finished after it; redoing it" in capsys.readouterr().out
+    ran.clear()
+    time.sleep(0.01)
+    (out / "a" / "stage.json").write_text((out / "a" / "stage.json").read_text())  # the main line changed
+    pl.run_pipeline(out, quick=True)
+    assert ran == ["side", "b", "eval"]  # everything built on it
 
 
 def test_pipeline_refuses_a_directory_of_other_settings(tmp_path, capsys):

@@ -212,6 +212,7 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
     trainer = Trainer(cfg.train, model, data, lm_step, out, evaluate=evaluate if val_batches else None,
                       sample=sample if prompts else None, run_config=asdict(cfg), flops_per_token=flops)
     result = trainer.fit(resume=resume)
+    result["trainable_params"] = count_parameters(model)[0]
     result["data"] = {"train": counts, "val": val_counts, "formats": formats, "truncation": cfg.truncation,
                       "trained_tokens": n_targets, "dropped": dropped}
     if cfg.packing:
