@@ -246,3 +246,20 @@ def test_train_config_validation():
         TrainConfig(schedule="exp")
     with pytest.raises(ValueError, match="grad_accum"):
         TrainConfig(grad_accum=0)
+
+
+def test_overfit_warning_needs_two_rises_of_the_held_out_loss_while_training_loss_falls():
+    from alignlab.train.trainer import overfit_warning
+
+    class Bar:
+        lines = []
+
+        def write(self, s):
+            self.lines.append(s)
+
+    bar = Bar()
+    assert not overfit_warning([(2.0, 2.0), (1.9, 1.8)], 10, bar)
+    assert not overfit_warning([(2.0, 2.0), (2.1, 1.8), (2.05, 1.7)], 10, bar)  # one rise only
+    assert not overfit_warning([(2.0, 2.0), (2.1, 2.1), (2.2, 2.2)], 10, bar)  # training loss rose too: diverging
+    assert overfit_warning([(2.0, 2.0), (2.1, 1.8), (2.2, 1.6)], 30, bar)
+    assert "step 30: held-out loss rose at two evaluations in a row (2.0000 -> 2.1000 -> 2.2000)" in bar.lines[0]

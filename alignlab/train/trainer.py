@@ -336,6 +336,7 @@ class Trainer:
                    dynamic_ncols=True, mininterval=0.5)
         self.raw_model.train()
         status, metrics, t_start = "finished", {}, time.perf_counter()
+        train_avg, history, warned = None, [], False  # smoothed train loss; (val, train) at each evaluation
         with self._handle_signals():
             while self.step < c.max_steps:
                 t0 = time.perf_counter()
@@ -353,10 +354,14 @@ class Trainer:
                                **{k: v for k, v in out.items() if k not in ("loss", "lr", "grad_norm", "tokens")})
                 done = self.step == c.max_steps
                 is_best = False
+                train_avg = out["loss"] if train_avg is None else 0.9 * train_avg + 0.1 * out["loss"]
                 if (c.eval_every and self.step % c.eval_every == 0) or done:
                     metrics = self.run_eval(logger, bar)
                     if metrics.get("val_loss", math.inf) < self.best:
                         self.best, is_best = metrics["val_loss"], True
+                    if "val_loss" in metrics and d.main:
+                        history.append((metrics["val_loss"], train_avg))
+                        warned = warned or overfit_warning(history, self.step, bar)
                 periodic = (c.save_every and self.step % c.save_every == 0) or done or self.stop_signal is not None
                 self.save(periodic=periodic, best=is_best)
                 if periodic and self.on_checkpoint is not None:
@@ -374,6 +379,21 @@ class Trainer:
             if c.plot:
                 plot_curves(self.out_dir / "metrics.jsonl", self.out_dir / "plots" / "loss.png")
         return result
+
+
+def overfit_warning(history: list[tuple[float, float]], step: int, bar) -> bool:
+    """Say so (once) when the held-out loss has risen at two evaluations in a row while the smoothed training
+    loss kept falling: the model is memorising its training data. Returns whether it warned."""
+    if len(history) < 3:
+        return False
+    (v0, t0), (v1, _), (v2, t2) = history[-3:]
+    if not (v0 < v1 < v2 and t2 < t0):
+        return False
+    bar.write(f"step {step}: held-out loss rose at two evaluations in a row ({v0:.4f} -> {v1:.4f} -> {v2:.4f}) "
+              f"while the training loss fell ({t0:.4f} -> {t2:.4f}): the model is memorising its training data. "
+              "checkpoints/best keeps the weights with the lowest held-out loss; fewer steps, more data or more "
+              "weight decay would help")
+    return True
 
 
 def keep_samples(path: Path, up_to_step: int) -> None:
