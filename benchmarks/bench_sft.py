@@ -7,9 +7,10 @@ What is compared. The 999 Alpaca records of /work/shared/data/instructions/alpac
 conversational prompt-completion records ({"prompt": [user], "completion": [assistant]},
 alignlab.data.converters.alpaca_to_prompt_completion); the last 100 are held out. A byte-level BPE with 8192
 ids (alignlab.text.train_bpe on the training text, ChatML template, eos <|im_end|>, pad <|pad|>) and a random
-~5M-parameter Llama (transformers' LlamaConfig with MODELS["5M"] of bench_generate.py, seed 0) are saved to one
-directory that both sides load: trl through AutoTokenizer / LlamaForCausalLM.from_pretrained, alignlab through
-alignlab.text.load_tokenizer / alignlab.model.hf.load_model. Four runs of --steps optimizer steps, fp32 on CPU:
+Llama (transformers' LlamaConfig with MODELS["5M"] of bench_generate.py, seed 0; 7.1M parameters with its
+untied 8192-token embedding and head) are saved to one directory that both sides load: trl through
+AutoTokenizer / LlamaForCausalLM.from_pretrained, alignlab through alignlab.text.load_tokenizer /
+alignlab.model.hf.load_model. Four runs of --steps optimizer steps, fp32 on CPU:
 
     trl              SFTTrainer with its defaults (packing=False: --batch padded examples a step)
     trl packed       SFTTrainer(packing=True): best-fit-decreasing rows, padding-free (position_ids, no mask);
