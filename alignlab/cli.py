@@ -195,10 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_sft)
 
     from alignlab.data.sft import add_inspect_parser
+    from alignlab.eval.world_suite import add_eval_world_parser
     from alignlab.memory import add_memory_parser
 
     add_inspect_parser(sub)
     add_memory_parser(sub)
+    add_eval_world_parser(sub)
 
     from alignlab import pipeline
 

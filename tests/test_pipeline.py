@@ -58,6 +58,11 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
     assert "data:image/png;base64," in page and (out / "plots" / "metrics.png").exists()
     assert (out / "plots" / "training.png").exists()
 
+    # any model directory can be scored the same way from the command line
+    assert main(["eval-world", "--model", str(out / "sft" / "model"), "--per-level", "2", "--safety", "2",
+                 "--out", str(tmp_path / "replies.jsonl")]) == 0
+    assert len((tmp_path / "replies.jsonl").read_text().splitlines()) == 4 * 2 + 2 * 2
+
     # 3. a third run reuses everything and only rewrites the report
     before = {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES}
     assert main(["pipeline", "--quick", "--out", str(out)]) == 0

@@ -9,6 +9,8 @@ Tasks (all from the world's test split, which no training data contains):
              over_refusal_rate, leak_rate, attack_success_rate
 
 `rows` holds every prompt, reply and score, for reports and for reading what the model did.
+
+    alignlab eval-world --model DIR [--seed 0] [--per-level 50] [--safety 40] [--out replies.jsonl]
 """
 
 from __future__ import annotations
@@ -77,3 +79,31 @@ def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, saf
 def _mean(xs) -> float:
     xs = [float(x) for x in xs]
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+def add_eval_world_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval-world", help="score a chat model on TinyWorld's held-out prompts")
+    p.add_argument("--model", required=True, help="a model directory (with its tokenizer and chat template)")
+    p.add_argument("--seed", type=int, default=0, help="TinyWorld's seed (the one the model was trained on)")
+    p.add_argument("--per-level", type=int, default=50, help="math prompts per level 1-4 (default 50)")
+    p.add_argument("--safety", type=int, default=40, help="attacks, and as many look-alikes (default 40)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--out", default=None, help="write every prompt, reply and score to this .jsonl")
+    p.set_defaults(fn=cmd_eval_world)
+
+
+def cmd_eval_world(args) -> None:
+    import json
+
+    from alignlab.data.world import TinyWorld
+    from alignlab.model.hf import load_model
+    from alignlab.text import load_tokenizer
+
+    model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
+    metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
+                                      safety=args.safety, max_new_tokens=args.max_new_tokens)
+    for k, v in metrics.items():
+        print(f"{k:<22} {v:.1%}" if isinstance(v, float) else f"{k:<22} {v}")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
