@@ -65,7 +65,8 @@ def add_lora(model, r: int, targets=None, dropout: float = 0.0) -> None:
 
 # --- the child process -------------------------------------------------------------------------------
 
-def _status(key: str) -> int:
+def proc_status(key: str) -> int:
+    """A field of /proc/self/status (VmRSS, VmHWM: the peak resident set) in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -124,7 +125,7 @@ def child(spec: dict) -> dict:
     del warm, warm_opt
     gc.collect()
     x = torch.randint(0, spec["config"]["vocab_size"], (spec["batch"], spec["seq"]))
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     t0 = time.perf_counter()
     model, opt = _build(spec["config"], spec["method"], spec["rank"], spec["grad_ckpt"])
     gc.collect()
@@ -132,7 +133,7 @@ def child(spec: dict) -> dict:
         f.write("5")  # reset VmHWM to the current RSS: the model is built (and quantised), nothing trained yet
     for _ in range(spec["steps"]):
         _train_step(model, opt, x)
-    out = {"rss_peak": _status("VmHWM") - base, "seconds": time.perf_counter() - t0}
+    out = {"rss_peak": proc_status("VmHWM") - base, "seconds": time.perf_counter() - t0}
     if spec.get("profile", True):
         out["allocator_peak"] = _allocator_peak(model, opt, x)
     return out
@@ -145,13 +146,20 @@ def measure(config: dict, method: str, batch: int, seq: int, rank: int = RANK, g
     """Run one measurement in a fresh process; returns rss_peak (and allocator_peak) in bytes."""
     spec = dict(config=config, method=method, batch=batch, seq=seq, rank=rank, grad_ckpt=grad_ckpt, steps=steps,
                 profile=profile)
+    return run_child(__file__, "--child", spec, timeout=600)
+
+
+def run_child(script: str, flag: str, spec: dict, timeout: float) -> dict:
+    """Run `script flag <spec as JSON>` in a fresh Python process and return the JSON its last line prints.
+    glibc is told to return freed blocks over 64 KB to the system at once (MALLOC_MMAP_THRESHOLD_), so the
+    child's peak resident memory reflects the tensors alive together, not freed memory malloc kept."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run([sys.executable, os.path.abspath(script), flag, json.dumps(spec)],
+                       capture_output=True, text=True, env=env, timeout=timeout)
     if r.returncode:
-        raise RuntimeError(f"measurement failed:\n{r.stderr[-2000:]}")
+        raise RuntimeError(f"measurement {spec.get('method', '')} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 

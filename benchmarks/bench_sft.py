@@ -61,8 +61,6 @@ import gc
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -265,15 +263,9 @@ def run_alignlab(model_dir: str, train: list[dict], examples, pad_id: int, args,
 
 # --- peak memory, LoRA vs full (a fresh process each) -------------------------------------------------------
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    raise KeyError(key)
-
-
 def memory_child(spec: dict) -> dict:
+    from bench_memory import proc_status
+
     from alignlab.model.config import ModelConfig
     from alignlab.model.transformer import CausalLM
     from alignlab.recipes.sft import build_model
@@ -295,7 +287,7 @@ def memory_child(spec: dict) -> dict:
     model = build_model(cfg, spec["model_dir"], torch.device("cpu"))
     data = PackedBatches(examples, spec["max_len"], spec["rows"], SEED, pad_id)
     gc.collect()
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
@@ -305,7 +297,7 @@ def memory_child(spec: dict) -> dict:
         trainer = Trainer(cfg.train, model, data, lm_step, tmp)
         for _ in range(spec["steps"]):
             trainer.train_step()
-    out = {"peak_mb": (_status("VmHWM") - base) / 2**20, "tokens_per_step": spec["rows"] * spec["max_len"]}
+    out = {"peak_mb": (proc_status("VmHWM") - base) / 2**20, "tokens_per_step": spec["rows"] * spec["max_len"]}
     try:
         from alignlab.memory import estimate_memory
     except ImportError:
@@ -318,14 +310,9 @@ def memory_child(spec: dict) -> dict:
 
 
 def measure_memory(spec: dict) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--memory-child", json.dumps(spec)],
-                       capture_output=True, text=True, env=env, timeout=1800)
-    if r.returncode:
-        raise RuntimeError(f"memory measurement ({spec['method']}) failed:\n{r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    from bench_memory import run_child
+
+    return run_child(__file__, "--memory-child", spec, timeout=1800)
 
 
 # --- main ------------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from alignlab.data.errors import DataError, DataNotFoundError, MissingDependencyError
-from alignlab.data.sources import SPLIT_NAME, parse_hf
+from alignlab.data.sources import SPLIT_NAME, open_hf_dataset, parse_hf
 
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 CSV_JSON_FIELDS = ("messages", "tools")  # always JSON in a CSV cell
@@ -225,13 +225,5 @@ def parse_hf_records(spec: str) -> tuple[str, str | None, str]:
 def _read_hf(spec: str) -> list[Row]:
     name, config, split = parse_hf_records(spec)
     label = f"hf:{name}" + (f":{config}" if config else "") + f"/{split}"
-    try:
-        import datasets
-    except ImportError as e:
-        raise MissingDependencyError(f"{spec}: needs the datasets package: pip install 'alignlab[hf]'") from e
-    try:
-        dataset = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # the library's own errors (not found, no such split, offline...), made one line
-        lines = str(e).strip().splitlines()
-        raise DataError(f"{spec}: {type(e).__name__}: {lines[0] if lines else ''}") from e
+    dataset = open_hf_dataset(name, config, split, spec)
     return [Row(f"{label}: row {i}", dict(r)) for i, r in enumerate(dataset)]

@@ -185,19 +185,24 @@ def parse_hf(spec: str) -> tuple[str, str | None, str]:
     return name, config, split
 
 
-def load_hf(name: str, config: str | None = None, split: str = "train", column: str = "text") -> Corpus:
-    """One document per row of a Hugging Face dataset's text column (downloaded and cached by
-    `datasets` itself, in its own cache)."""
-    spec = f"hf:{name}" + (f":{config}" if config else "") + f"/{split}"
+def open_hf_dataset(name: str, config: str | None, split: str, spec: str):
+    """A Hugging Face dataset split (downloaded and cached by `datasets` itself, in its own cache); its
+    errors (not found, no such split, offline, ...) become one-line DataErrors that start with `spec`."""
     try:
         import datasets
     except ImportError as e:
         raise MissingDependencyError(f"{spec}: needs the datasets package: pip install 'alignlab[hf]'") from e
     try:
-        dataset = datasets.load_dataset(name, config, split=split)
-    except Exception as e:  # the library's own errors (not found, no such split, offline...), made one line
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as e:
         lines = str(e).strip().splitlines()
         raise DataError(f"{spec}: {type(e).__name__}: {lines[0] if lines else ''}") from e
+
+
+def load_hf(name: str, config: str | None = None, split: str = "train", column: str = "text") -> Corpus:
+    """One document per row of a Hugging Face dataset's text column."""
+    spec = f"hf:{name}" + (f":{config}" if config else "") + f"/{split}"
+    dataset = open_hf_dataset(name, config, split, spec)
     if column not in dataset.column_names:
         raise DataError(
             f"{spec}: no column {column!r} (it has {', '.join(dataset.column_names)}); "
