@@ -248,6 +248,8 @@ def build_model(cfg: SFTConfig, model_dir, device):
     if cfg.method != "full":
         apply_lora(model, cfg.lora.to_config())
         trainable, total = count_parameters(model)
+        if cfg.method == "qlora":
+            total += q["params_4bit"]  # the 4-bit weights are buffers, not parameters
         print(f"{cfg.method}: {trainable:,} trainable parameters of {total:,} ({trainable / total:.2%})")
     return model.to(device)
 
