@@ -141,6 +141,13 @@ finishes, OUT/<stage>/stage.json. A second run reuses finished stages and resume
 one from its last checkpoint. The report is OUT/report.md and OUT/report.html."""
 
 
+def cmd_dpo(args):
+    from alignlab.config import load_config
+    from alignlab.recipes.dpo import DPOConfig, run
+
+    run(load_config(DPOConfig, args.config, args.overrides), resume=args.resume)
+
+
 def cmd_pipeline(args):
     from alignlab.pipeline import run_pipeline
 
@@ -193,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model=runs/x/model")
     p.set_defaults(fn=cmd_sft)
+
+    p = sub.add_parser("dpo", help="preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, SafeDPO (loss=...)")
+    p.add_argument("--config", default=None, help="a YAML config of alignlab.recipes.dpo.DPOConfig")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. loss=ipo beta=0.1")
+    p.set_defaults(fn=cmd_dpo)
 
     from alignlab.data.sft import add_inspect_parser
     from alignlab.eval.world_suite import add_eval_world_parser

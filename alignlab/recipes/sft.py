@@ -123,7 +123,7 @@ class ConversationBatches:
         self.rng = random.Random(seed)
         self.epoch, self.order, self.pos = 0, [], 0
 
-    def next_batch(self) -> dict:
+    def next_indices(self) -> list[int]:
         picked = []
         while len(picked) < self.batch_size:
             if self.pos >= len(self.order):
@@ -133,7 +133,10 @@ class ConversationBatches:
             take = self.order[self.pos:self.pos + self.batch_size - len(picked)]
             picked += take
             self.pos += len(take)
-        return collate([self.examples[i] for i in picked], self.pad_id)
+        return picked
+
+    def next_batch(self) -> dict:
+        return collate([self.examples[i] for i in self.next_indices()], self.pad_id)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate(), "epoch": self.epoch, "order": self.order, "pos": self.pos}

@@ -1,0 +1,109 @@
+"""`alignlab dpo`: every loss trains, the three references agree, the cache is reused, bad pairs are counted."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from alignlab.data.world import TinyWorld
+from alignlab.lora import apply_lora
+from alignlab.model import CausalLM, preset
+from alignlab.model.hf import load_model, save_model
+from alignlab.recipes.dpo import LOSSES, DPOConfig, Reference, make_batch, pair_logps, preference_step, run
+from alignlab.train.trainer import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def world():
+    return TinyWorld(seed=0, size="quick")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, world):
+    tok = world.tokenizer()
+    torch.manual_seed(0)
+    model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256,
+                            eos_token_id=tok.eos_token_id))
+    return save_model(model, tmp_path_factory.mktemp("base"), tokenizer=tok)
+
+
+def pairs(world, split, n=None):
+    out = [{**r, "chosen_unsafe": False, "rejected_unsafe": r["kind"] == "safety"}
+           for r in world.preference_pairs(split, kinds=("correctness", "safety"))]
+    return out[:n]
+
+
+def config(tmp_path, base, **kw):
+    train = TrainConfig(max_steps=4, lr=1e-3, warmup_steps=1, eval_every=2, save_every=2, plot=False,
+                        peak_flops=1e11)
+    return DPOConfig(out_dir=str(tmp_path / "dpo"), model=str(base), max_len=256, batch_size=4, eval_batches=2,
+                     train=train, **kw)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_every_loss_trains_and_logs_trl_metrics(tmp_path, base, world, loss):
+    result = run(config(tmp_path, base, loss=loss), train_records=pairs(world, "train", 24),
+                 val_records=pairs(world, "test", 8))
+    assert result["status"] == "finished" and math.isfinite(result["val_loss"])
+    logged = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert {"rewards/accuracies", "rewards/margins", "logps/chosen", "logps/rejected"} <= set(logged[0])
+    assert "val/rewards/accuracies" in logged[-1]
+    assert load_model(tmp_path / "dpo" / "model").config.vocab_size == world.tokenizer().vocab_size
+
+
+def test_at_the_start_dpo_is_ln2_and_the_three_references_agree(tmp_path, base, world):
+    from alignlab.data.preference import tokenize_pairs
+    from alignlab.recipes.dpo import precompute_reference
+
+    tok = world.tokenizer()
+    examples = tokenize_pairs(tok, pairs(world, "train", 6), 256).examples
+    model = load_model(base).eval()
+    cfg = config(tmp_path, base)
+    batch = make_batch(examples, {}, list(range(6)), tok.pad_token_id)
+    copy_ref = Reference("copy", model).logps(model, batch)
+    cached = precompute_reference(model, examples, tok.pad_token_id, cfg, tmp_path / "ref.pt", base)
+    torch.testing.assert_close(cached["ref_chosen"], copy_ref[0], atol=1e-5, rtol=1e-5)
+    lora_model = apply_lora(load_model(base), cfg.lora.to_config()).eval()
+    with torch.no_grad():  # a fresh adapter changes nothing; with it disabled the policy is the base exactly
+        for p in (q for n, q in lora_model.named_parameters() if "lora_B" in n):
+            p.normal_()
+    lora_ref = Reference("lora", lora_model).logps(lora_model, batch)
+    torch.testing.assert_close(lora_ref[0], copy_ref[0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        loss, metrics = preference_step(cfg, Reference("copy", model))(model, batch, 6.0)
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-6) and metrics["rewards/margins"] == 0.0
+    # a second precompute with the same model and pairs reuses the cache
+    again = precompute_reference(model, examples, tok.pad_token_id, cfg, tmp_path / "ref.pt", base)
+    assert torch.equal(again["ref_chosen"], cached["ref_chosen"])
+
+
+def test_policy_logps_are_the_sums_over_completion_tokens(base, world):
+    from alignlab.data.preference import tokenize_pairs
+
+    tok = world.tokenizer()
+    ex = tokenize_pairs(tok, pairs(world, "train", 2), 256).examples
+    model = load_model(base).eval()
+    batch = make_batch(ex, {}, [0, 1], tok.pad_token_id)
+    with torch.no_grad():
+        chosen, rejected, n_c, n_r = pair_logps(model, batch)
+        logp = torch.log_softmax(model(batch["input_ids"]), -1)
+    mask = batch["labels"] != -100
+    direct = (logp.gather(-1, batch["labels"].clamp(min=0)[..., None])[..., 0] * mask).sum(1)
+    torch.testing.assert_close(torch.cat([chosen, rejected]), direct, atol=1e-4, rtol=1e-5)
+    assert torch.equal(torch.cat([n_c, n_r]), mask.sum(1))
+
+
+def test_bad_pairs_are_counted_not_fatal(tmp_path, base, world):
+    data = tmp_path / "pairs.jsonl"
+    good = pairs(world, "train", 8)
+    rows = [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in good]
+    rows.append({"prompt": good[0]["prompt"], "chosen": good[0]["chosen"]})  # no rejected
+    rows.append({"prompt": good[0]["prompt"], "chosen": good[0]["chosen"], "rejected": good[0]["chosen"]})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = run(config(tmp_path, base, data=str(data)))
+    assert result["data"]["train"]["kept"] == 8
+    with pytest.raises(ValueError, match="loss must be one of"):
+        run(config(tmp_path, base, data=str(data), loss="dpo++"))
