@@ -28,11 +28,9 @@ from alignlab.recipes.reward_model import (
     add_reward_model_parser,
     collate_reward_pairs,
     count_pairs,
-    read_preference_records,
     reward_step,
     run,
     tokenize_reward_pairs,
-    validate_preference_record,
 )
 from alignlab.train.trainer import TrainConfig
 
@@ -227,19 +225,25 @@ def test_reward_step_is_a_mean_over_the_global_batch_of_pairs():
     assert metrics["min_reward"] == pytest.approx(r.min().item(), abs=1e-6)
 
 
-def test_preference_records_are_validated_with_where():
-    assert validate_preference_record({"prompt": "Hi", "chosen": " a", "rejected": " b"}) == "standard"
-    assert validate_preference_record({"chosen": [{"role": "user", "content": "x"}],
-                                       "rejected": [{"role": "user", "content": "y"}]}) == "conversational"
-    with pytest.raises(DataError, match=r"pairs.jsonl:3: missing field 'rejected'"):
-        validate_preference_record({"prompt": "Hi", "chosen": "a"}, "pairs.jsonl:3")
-    with pytest.raises(DataError, match=r"record 0: field 'rejected' must be a non-empty list of messages"):
-        validate_preference_record({"chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}, "record 0")
-    with pytest.raises(DataError, match=r"field 'chosen'\[0\] must be a message"):
-        validate_preference_record({"chosen": [{"text": "a"}], "rejected": [{"role": "assistant", "content": "b"}]})
+def test_implicit_prompts_and_bad_records(world):
+    """Records are validated by alignlab.data.preference (errors name the record and field); an implicit prompt
+    (each side the whole conversation) gives the same tokens as the explicit pair."""
+    tok = world.tokenizer()
+    pair = world.preference_pairs("test", kinds=("safety",))[0]
+    implicit = {"chosen": pair["prompt"] + pair["chosen"], "rejected": pair["prompt"] + pair["rejected"]}
+    (a,), _, _ = tokenize_reward_pairs(tok, [pair], 512, tok.pad_token_id)
+    (b,), _, _ = tokenize_reward_pairs(tok, [implicit], 512, tok.pad_token_id)
+    assert (a.chosen, a.rejected) == (b.chosen, b.rejected)
+    assert a.chosen == tok.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True)
+    with pytest.raises(DataError, match=r"pairs.jsonl:3: field 'rejected': missing"):
+        tokenize_reward_pairs(tok, [{"prompt": "Hi", "chosen": "a"}], 64, 0, ["pairs.jsonl:3"])
+    with pytest.raises(DataError, match=r"record 0: field 'rejected'"):
+        tokenize_reward_pairs(tok, [{"chosen": [{"role": "assistant", "content": "a"}], "rejected": "b"}], 64, 0)
+    with pytest.raises(DataError, match=r"record 0: field 'margin' must be a number"):
+        tokenize_reward_pairs(tok, [{"prompt": "Q", "chosen": " a", "rejected": " b", "margin": "big"}], 64, 0)
 
 
-def test_tokenize_pairs_drops_long_pairs_and_reads_margins(world, tmp_path):
+def test_tokenize_pairs_drops_long_pairs_and_reads_margins(world):
     tok = world.tokenizer()
     records = [{"prompt": "Q:", "chosen": " yes", "rejected": " no", "margin": 1},
                {"prompt": "Q:", "chosen": " yes " * 50, "rejected": " no", "margin": 0.5}]
@@ -251,14 +255,6 @@ def test_tokenize_pairs_drops_long_pairs_and_reads_margins(world, tmp_path):
     batch = collate_reward_pairs([RewardPair([5, 6, 7], [8]), RewardPair([9], [10, 11])], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0], [8, 0, 0], [10, 11, 0]]  # chosen rows, then rejected
     assert batch["attention_mask"].sum(-1).tolist() == [3, 1, 1, 2] and "margin" not in batch
-    path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps(records[0]) + "\n" + json.dumps({"prompt": "Q:", "chosen": " a"}) + "\n")
-    loaded, where = read_preference_records(str(path))
-    assert len(loaded) == 2
-    with pytest.raises(DataError, match="pairs.jsonl:2: missing field 'rejected'"):
-        tokenize_reward_pairs(tok, loaded, 64, tok.pad_token_id, where)
-    with pytest.raises(DataError, match="tinyworld:preferences"):
-        read_preference_records("tinyworld:preferences:dev")
 
 
 def test_pair_batches_resume_exactly():
@@ -277,7 +273,8 @@ def test_command_line_run_on_standard_pairs_with_margins(tmp_path, world):
     save_model(CausalLM(tiny_config(vocab=tok.vocab_size)), tmp_path / "base", tokenizer=tok)
     pairs = [{"prompt": f"{a} + {a} =", "chosen": f" {2 * a}", "rejected": f" {2 * a + 1}", "margin": 0.5}
              for a in range(12)]
-    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    bad = {"prompt": "1 + 1 =", "chosen": " 2"}  # no rejected side: dropped and counted by the loader
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in [*pairs, bad]))
     parser = argparse.ArgumentParser()
     add_reward_model_parser(parser.add_subparsers())
     args = parser.parse_args(["reward-model", f"out_dir={tmp_path / 'rm'}", f"model={tmp_path / 'base'}",
@@ -288,6 +285,7 @@ def test_command_line_run_on_standard_pairs_with_margins(tmp_path, world):
     args.fn(args)
     result = json.loads((tmp_path / "rm" / "result.json").read_text())
     assert result["data"]["margins"] and result["data"]["train"] == {"kept": 12, "dropped": 0}
+    assert result["data"]["read"]["train"]["dropped"] == {"missing field": 1}
     assert result["step"] == 3 and "val_accuracy" in result and "val_accuracy" in result["before"]
     assert json.loads((tmp_path / "rm" / "model" / "config.json").read_text())["pad_token_id"] == tok.pad_token_id
 

@@ -6,9 +6,10 @@
 1. data      preference pairs in trl's formats: {"prompt", "chosen", "rejected"} as message lists
              (conversational) or strings (standard), or without "prompt" (implicit: each side is the whole
              conversation); optionally a per-pair "margin". From a .jsonl/.json/.csv/.parquet file, hf:NAME,
-             or tinyworld:preferences[:SPLIT][@SEED]. Each side -> token ids (model/reward.py:reward_input_ids:
-             the chat template for conversations, bos + text + eos for strings); pairs with a side longer than
-             max_len are dropped, as trl does (truncating would cut the very reply being judged).
+             or tinyworld:preferences[:SPLIT][@SEED], read and validated by alignlab.data.preference. Each side
+             -> token ids (model/reward.py:reward_input_ids: the chat template for conversations, bos + text + eos
+             for strings); pairs with a side longer than max_len are dropped, as trl does (truncating would cut
+             the very reply being judged).
 2. model     RewardModel.from_causal_lm(model): the backbone of the model directory `model` (usually the SFT
              model) with a new scalar head, Linear(dim, 1), read at each sequence's last token
 3. train     one batch = B chosen rows then their B rejected rows, padded on the right, scored in one forward:
@@ -41,7 +42,7 @@ from pathlib import Path
 import torch
 
 from alignlab.data.errors import DataError
-from alignlab.data.loaders import read_rows
+from alignlab.data.preference import load_preference_data, normalize_record, summarize
 from alignlab.model.hf import resolve_model_dir
 from alignlab.model.reward import RewardModel, pad_right, reward_input_ids, reward_pad_id, save_reward_model
 from alignlab.objectives.preference import bradley_terry_loss
@@ -55,6 +56,7 @@ class RewardModelConfig:
     model: str = ""  # the model directory (or Hub id) whose backbone becomes the reward model: usually the SFT model
     data: str = ""  # preference pairs: .jsonl/.json/.csv/.parquet, hf:NAME[:SPLIT], tinyworld:preferences[:SPLIT]
     val_data: str = ""  # held-out pairs, the same way; empty = no evaluation
+    convert: str = ""  # convert records first: hh_rlhf (Anthropic's transcripts), see alignlab.data.preference
     chat_template: str = ""  # a template name (chatml, llama3) or jinja to use instead of the model's; saved
     max_len: int = 1024  # tokens per side; longer pairs are dropped (trl's max_length)
     batch_size: int = 8  # pairs per micro-batch (2 * batch_size rows)
@@ -70,51 +72,6 @@ class RewardModelConfig:
 # 1. Preference pairs
 
 
-def read_preference_records(source: str) -> tuple[list[dict], list[str]]:
-    """Records and where each came from. `tinyworld:preferences[:SPLIT][@SEED]` makes TinyWorld's pairs (every
-    kind; SPLIT train or test, SEED 0 by default); anything else is read by alignlab.data.loaders."""
-    if source.startswith("tinyworld:preferences"):
-        from alignlab.data.world import TinyWorld
-
-        spec, _, seed = source.removeprefix("tinyworld:preferences").partition("@")
-        split = spec.removeprefix(":") or "train"
-        if spec not in ("", ":train", ":test") or not (seed or "0").isdigit():
-            raise DataError(f"{source}: expected tinyworld:preferences[:SPLIT][@SEED], SPLIT train or test, "
-                            "SEED an integer")
-        records = TinyWorld(seed=int(seed or 0)).preference_pairs(split)
-        return records, [f"{source}: record {i}" for i in range(len(records))]
-    rows = read_rows(source)
-    if not rows:
-        raise DataError(f"{source}: no records")
-    return [r.record for r in rows], [r.where for r in rows]
-
-
-def _check_side(value, where: str, name: str, conversational: bool) -> None:
-    if conversational:
-        if not isinstance(value, list) or not value:
-            raise DataError(f"{where}: field '{name}' must be a non-empty list of messages, as chosen is")
-        for i, m in enumerate(value):
-            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-                raise DataError(f"{where}: field '{name}'[{i}] must be a message {{'role': ..., 'content': ...}}, "
-                                f"got {m!r}"[:300])
-    elif not isinstance(value, str):
-        raise DataError(f"{where}: field '{name}' must be a string (as the other fields), got {type(value).__name__}")
-
-
-def validate_preference_record(record: dict, where: str = "record") -> str:
-    """'conversational' or 'standard'; a DataError naming the record and field otherwise."""
-    for name in ("chosen", "rejected"):
-        if name not in record:
-            raise DataError(f"{where}: missing field '{name}' (a preference pair has chosen and rejected, "
-                            "and optionally prompt)")
-    conversational = isinstance(record["chosen"], list)
-    if record.get("prompt") not in (None, "", []):
-        _check_side(record["prompt"], where, "prompt", conversational)
-    for name in ("chosen", "rejected"):
-        _check_side(record[name], where, name, conversational)
-    return "conversational" if conversational else "standard"
-
-
 @dataclass
 class RewardPair:
     chosen: list[int]
@@ -125,12 +82,13 @@ class RewardPair:
 def tokenize_reward_pairs(tokenizer, records: list[dict], max_len: int, pad_id: int, where: list[str] | None = None,
                           margin_column: str = "margin", chat_template: str | None = None):
     """Records -> RewardPairs (each side as `reward_input_ids`); returns (pairs, counts {"kept", "dropped"}, where the
-    dropped ones came from). A pair with a side longer than max_len is dropped."""
+    dropped ones came from). A pair with a side longer than max_len is dropped. A record that is not a valid pair
+    (alignlab.data.preference.normalize_record) is an error naming it."""
     use_margin = bool(margin_column) and bool(records) and all(margin_column in r for r in records)
     pairs, dropped = [], []
     for i, r in enumerate(records):
         at = where[i] if where is not None else f"record {i}"
-        validate_preference_record(r, at)
+        r = normalize_record(r, at)  # validated (an error names the record and field), the prompt made explicit
         sides = [reward_input_ids(tokenizer, r.get("prompt"), r[k], pad_id, tools=r.get("tools"),
                                   chat_template=chat_template) for k in ("chosen", "rejected")]
         if max(len(s) for s in sides) > max_len:
@@ -252,12 +210,20 @@ def run(cfg: RewardModelConfig, resume: bool = False, train_records: list[dict] 
         tok.chat_template = cfg.chat_template  # a name becomes its text; saved with the model
     pad_id = reward_pad_id(tok)
     train_where = val_where = None
+    read = {}  # what the loader read and dropped, per split
     if train_records is None:
         if not cfg.data:
             raise ValueError("data: no preference pairs (data=pairs.jsonl or data=tinyworld:preferences)")
-        train_records, train_where = read_preference_records(cfg.data)
-    if val_records is None:
-        val_records, val_where = read_preference_records(cfg.val_data) if cfg.val_data else ([], None)
+        loaded = load_preference_data(cfg.data, cfg.convert)  # invalid rows are dropped, counted and shown
+        print(summarize(loaded, cfg.data))
+        read["train"] = loaded.counts
+        train_records, train_where = loaded.records, loaded.where
+    if val_records is None and cfg.val_data:
+        loaded = load_preference_data(cfg.val_data, cfg.convert)
+        print(summarize(loaded, cfg.val_data))
+        read["val"] = loaded.counts
+        val_records, val_where = loaded.records, loaded.where
+    val_records = val_records or []
     conversational = any(isinstance(r.get("chosen"), list) for r in train_records + val_records)
     if tok.chat_template is None and conversational:
         raise ValueError(f"{cfg.model}: the tokenizer has no chat template, needed for conversational pairs; "
@@ -306,7 +272,8 @@ def run(cfg: RewardModelConfig, resume: bool = False, train_records: list[dict] 
     trainer = Trainer(cfg.train, model, data, loss_fn, out, evaluate=evaluate if val_batches else None,
                       run_config=asdict(cfg), flops_per_token=flops, weight_fn=count_pairs)
     result = trainer.fit(resume=resume)
-    result["data"] = {"train": counts, "val": val_counts, "dropped": dropped, "margins": bool(with_margin)}
+    result["data"] = {"train": counts, "val": val_counts, "dropped": dropped, "margins": bool(with_margin),
+                      "read": read}
     if before:
         result["before"] = before
 
