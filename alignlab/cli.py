@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. loss=ipo beta=0.1")
     p.set_defaults(fn=cmd_dpo)
 
+    from alignlab.recipes.reward_model import add_reward_model_parser
+
+    add_reward_model_parser(sub)
+
     from alignlab.data.sft import add_inspect_parser
     from alignlab.eval.world_suite import add_eval_world_parser
     from alignlab.memory import add_memory_parser
