@@ -165,6 +165,16 @@ def _add_sampling(p, temperature=0.0):
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
 
 
+def add_recipe(sub, name: str, fn, help: str, config_example: str, override_example: str):
+    """A training command: `alignlab NAME [--config YAML] [--resume] [key=value ...]`."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--config", default=None, help=f"a YAML config (e.g. {config_example})")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {override_example}")
+    p.set_defaults(fn=fn)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,23 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling(p, temperature=0.7)
     p.set_defaults(fn=cmd_chat)
 
-    p = sub.add_parser("pretrain", help="train a language model on raw text (from scratch or a checkpoint)")
-    p.add_argument("--config", default=None, help="a YAML config (e.g. configs/pretrain/shakespeare_char.yaml)")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-3")
-    p.set_defaults(fn=cmd_pretrain)
-
-    p = sub.add_parser("sft", help="supervised fine-tuning on conversations (assistant tokens only)")
-    p.add_argument("--config", default=None, help="a YAML config of alignlab.recipes.sft.SFTConfig")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. model=runs/x/model")
-    p.set_defaults(fn=cmd_sft)
-
-    p = sub.add_parser("dpo", help="preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, SafeDPO (loss=...)")
-    p.add_argument("--config", default=None, help="a YAML config of alignlab.recipes.dpo.DPOConfig")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. loss=ipo beta=0.1")
-    p.set_defaults(fn=cmd_dpo)
+    add_recipe(sub, "pretrain", cmd_pretrain, "train a language model on raw text (from scratch or a checkpoint)",
+               "configs/pretrain/shakespeare_char.yaml", "train.lr=3e-3")
+    add_recipe(sub, "sft", cmd_sft, "supervised fine-tuning: full, LoRA or QLoRA, on the tokens each answer trains",
+               "configs/sft/tinyworld.yaml", "method=lora")
+    add_recipe(sub, "dpo", cmd_dpo, "preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, SafeDPO (loss=...)",
+               "configs/dpo/tinyworld.yaml", "loss=ipo beta=0.1")
 
     from alignlab.recipes.reward_model import add_reward_model_parser
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from alignlab.data.sampler import EpochSampler
 from alignlab.lora import apply_lora, disable_lora, merge_and_unload, save_adapter
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives.preference import (
@@ -146,26 +147,16 @@ def reference_cache_key(model_dir: Path, examples) -> str:
     return h.hexdigest()[:16]
 
 
-class PairBatches:
-    """Epochs over the pairs in a seeded random order, `batch_size` pairs at a time, as [chosen; rejected] rows.
-    Extra per-pair tensors (cached reference log-probs, safety labels) ride along. Resumable."""
+class PairBatches(EpochSampler):
+    """Shuffled epochs over the pairs (alignlab.data.sampler), `batch_size` pairs at a time, as [chosen; rejected]
+    rows. Extra per-pair tensors (cached reference log-probs, safety labels) ride along. Resumable."""
 
     def __init__(self, examples: list, extras: dict[str, torch.Tensor], batch_size: int, pad_id: int, seed: int):
-        from alignlab.recipes.sft import ConversationBatches
-
-        self.extras, self.pad_id = extras, pad_id
-        self.order = ConversationBatches(list(range(len(examples))), batch_size, pad_id, seed)  # only the order
-        self.examples = examples
+        super().__init__(len(examples), batch_size, seed, what="pairs")
+        self.examples, self.extras, self.pad_id = examples, extras, pad_id
 
     def next_batch(self) -> dict:
-        idx = self.order.next_indices()
-        return make_batch(self.examples, self.extras, idx, self.pad_id)
-
-    def state_dict(self) -> dict:
-        return self.order.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.order.load_state_dict(state)
+        return make_batch(self.examples, self.extras, self.next_indices(), self.pad_id)
 
 
 def make_batch(examples: list, extras: dict[str, torch.Tensor], idx: list[int], pad_id: int) -> dict:

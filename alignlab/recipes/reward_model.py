@@ -35,7 +35,6 @@ Defaults follow trl's RewardConfig (lr 1e-4, max_length 1024, center_rewards_coe
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import torch
 
 from alignlab.data.errors import DataError
 from alignlab.data.preference import load_preference_data, normalize_record, summarize
+from alignlab.data.sampler import EpochSampler
 from alignlab.model.hf import resolve_model_dir
 from alignlab.model.reward import RewardModel, pad_right, reward_input_ids, reward_pad_id, save_reward_model
 from alignlab.objectives.preference import bradley_terry_loss
@@ -113,35 +113,16 @@ def collate_reward_pairs(pairs: list[RewardPair], pad_id: int) -> dict:
     return batch
 
 
-class PairBatches:
-    """Epochs over the pairs in a seeded random order, `batch_size` pairs at a time; the order and position are
-    checkpointed, so a resumed run sees the batches an uninterrupted one would."""
+class PairBatches(EpochSampler):
+    """Shuffled epochs over the pairs (alignlab.data.sampler), `batch_size` pairs at a time; resumable, so a
+    resumed run sees the batches an uninterrupted one would."""
 
     def __init__(self, pairs: list[RewardPair], batch_size: int, pad_id: int, seed: int):
-        if not pairs:
-            raise ValueError("no training pairs left (every one was dropped: raise max_len?)")
-        self.pairs, self.batch_size, self.pad_id = pairs, batch_size, pad_id
-        self.rng = random.Random(seed)
-        self.epoch, self.order, self.pos = 0, [], 0
+        super().__init__(len(pairs), batch_size, seed, what="pairs")
+        self.pairs, self.pad_id = pairs, pad_id
 
     def next_batch(self) -> dict:
-        picked = []
-        while len(picked) < self.batch_size:
-            if self.pos >= len(self.order):
-                self.order = list(range(len(self.pairs)))
-                self.rng.shuffle(self.order)
-                self.epoch, self.pos = self.epoch + 1, 0
-            take = self.order[self.pos:self.pos + self.batch_size - len(picked)]
-            picked += take
-            self.pos += len(take)
-        return collate_reward_pairs([self.pairs[i] for i in picked], self.pad_id)
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "epoch": self.epoch, "order": self.order, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.setstate(state["rng"])
-        self.epoch, self.order, self.pos = state["epoch"], list(state["order"]), state["pos"]
+        return collate_reward_pairs([self.pairs[i] for i in self.next_indices()], self.pad_id)
 
 
 def count_pairs(batch: dict) -> int:

@@ -28,7 +28,6 @@ are printed and saved in result.json. `alignlab inspect-data` shows what one exa
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from alignlab.data.packing import PackedBatches
+from alignlab.data.sampler import EpochSampler
 from alignlab.data.sft import Example, format_counts, is_conversational, load_sft_data, prompt_ids, tokenize_records
 from alignlab.infer import Engine, SamplingParams
 from alignlab.lora import LoraConfig, apply_lora, count_parameters, lora_state_dict, merge_and_unload, save_adapter
@@ -112,38 +112,16 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     return {"input_ids": x, "labels": y}
 
 
-class ConversationBatches:
-    """Epochs over the examples in a seeded random order, `batch_size` at a time. The order and the
-    position are checkpointed, so a resumed run sees the batches an uninterrupted one would."""
+class ConversationBatches(EpochSampler):
+    """Shuffled epochs over the examples (alignlab.data.sampler), `batch_size` at a time, collated with right
+    padding. Resumable: a resumed run sees the batches an uninterrupted one would."""
 
     def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int):
-        if not examples:
-            raise ValueError("no training conversations left (every one was dropped)")
-        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
-        self.rng = random.Random(seed)
-        self.epoch, self.order, self.pos = 0, [], 0
-
-    def next_indices(self) -> list[int]:
-        picked = []
-        while len(picked) < self.batch_size:
-            if self.pos >= len(self.order):
-                self.order = list(range(len(self.examples)))
-                self.rng.shuffle(self.order)
-                self.epoch, self.pos = self.epoch + 1, 0
-            take = self.order[self.pos:self.pos + self.batch_size - len(picked)]
-            picked += take
-            self.pos += len(take)
-        return picked
+        super().__init__(len(examples), batch_size, seed, what="conversations")
+        self.examples, self.pad_id = examples, pad_id
 
     def next_batch(self) -> dict:
         return collate([self.examples[i] for i in self.next_indices()], self.pad_id)
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "epoch": self.epoch, "order": self.order, "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.setstate(state["rng"])
-        self.epoch, self.order, self.pos = state["epoch"], list(state["order"]), state["pos"]
 
 
 def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None = None,
