@@ -107,3 +107,10 @@ def test_bad_pairs_are_counted_not_fatal(tmp_path, base, world):
     assert result["data"]["train"]["kept"] == 8
     with pytest.raises(ValueError, match="loss must be one of"):
         run(config(tmp_path, base, data=str(data), loss="dpo++"))
+
+
+def test_precomputed_reference_without_held_out_pairs(tmp_path, base, world):
+    result = run(config(tmp_path, base, reference="precomputed"), train_records=pairs(world, "train", 8),
+                 val_records=[])
+    assert result["status"] == "finished" and (tmp_path / "dpo" / "reference_logps.pt").exists()
+    assert not (tmp_path / "dpo" / "reference_logps_val.pt").exists()

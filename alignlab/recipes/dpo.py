@@ -205,8 +205,8 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
         return toks, unsafe
 
     train, train_unsafe = pairs(cfg.data, train_records)
-    val, val_unsafe = (pairs(cfg.val_data, val_records) if (val_records is not None or cfg.val_data)
-                       else (None, None))
+    has_val = bool(val_records) if val_records is not None else bool(cfg.val_data)
+    val, val_unsafe = pairs(cfg.val_data, val_records) if has_val else (None, None)
     print(f"dpo data: {train.counts['kept']:,} pairs kept, {train.counts['truncated']} truncated, "
           f"{sum(train.counts['dropped'].values())} dropped {dict(train.counts['dropped']) or ''}".rstrip()
           + (f"; {val.counts['kept']} held out" if val else ""))
