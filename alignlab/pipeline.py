@@ -263,7 +263,9 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
             print(f"== {stage.name}: interrupted; run the same command again to resume it from its last checkpoint")
             raise
         record = {"stage": stage.name, "seconds": round(time.perf_counter() - t0, 1), "metrics": metrics}
-        (d / "stage.json").write_text(json.dumps(record, indent=2) + "\n")
+        tmp = d / "stage.json.tmp"  # written whole, then renamed: a kill never leaves half a stage.json
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(d / "stage.json")
         print(f"== {stage.name}: finished in {record['seconds']:.0f} s")
     report = write_pipeline_report(run)
     print(f"pipeline: {time.perf_counter() - t_start:.0f} s this run; report: {report} "
