@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=2 python benchmarks/bench_dpo.py [--steps 30] [--batch 4] [--pairs 512] [--max-len 512]
 
-What is compared. The first --pairs rows of /work/shared/data/preferences/hh_rlhf_harmless_base_test.jsonl
+What is compared. The first --pairs rows of ../shared/data/preferences/hh_rlhf_harmless_base_test.jsonl
 (--data), read in place with alignlab.data.preference.load_preference_data(convert="hh_rlhf"): conversational
 pairs {"prompt": [messages], "chosen": [assistant], "rejected": [assistant]}. A byte-level BPE with 8192 ids
 (alignlab.text.train_bpe on the pairs' text, ChatML template, eos <|im_end|>, pad <|pad|>) and a random Llama
@@ -55,21 +55,21 @@ from pathlib import Path
 
 import torch
 from bench_generate import MODELS, wait_for_idle
+from bench_sft import VOCAB, build_model_dir
 from bench_train import CpuWatch
 
 from alignlab.data.preference import load_preference_data, tokenize_pairs
 from alignlab.data.sampler import EpochSampler
 from alignlab.recipes import dpo
-from alignlab.text import load_tokenizer, train_bpe
+from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig
 
-DATA = "/work/shared/data/preferences/hh_rlhf_harmless_base_test.jsonl"
-VOCAB = 8192
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
+DATA = str(SHARED_DATA / "preferences/hh_rlhf_harmless_base_test.jsonl")
 WARMUP_STEPS = 3
 SEED = 0
 LR = 1e-6
 BETA = 0.1
-EOS, PAD = "<|im_end|>", "<|pad|>"
 
 
 # --- data, tokenizer, model ------------------------------------------------------------------------------
@@ -77,19 +77,6 @@ EOS, PAD = "<|im_end|>", "<|pad|>"
 def load_records(path: str, n: int) -> list[dict]:
     data = load_preference_data(path, convert="hh_rlhf")
     return data.records[:n]
-
-
-def build_model_dir(records: list[dict], model: str, max_len: int, directory: str) -> None:
-    """Tokenizer (BPE trained on the pairs' text) + random Llama, one Hugging Face directory."""
-    import transformers as tf
-
-    text = "\n".join(m["content"] for r in records for m in r["prompt"] + r["chosen"] + r["rejected"])
-    tok = train_bpe(text, VOCAB, eos_token=EOS, pad_token=PAD, progress=False, chat_template="chatml")
-    tok.save(directory)
-    torch.manual_seed(SEED)
-    cfg = tf.LlamaConfig(vocab_size=VOCAB, max_position_embeddings=max(1024, max_len), bos_token_id=None,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **MODELS[model])
-    tf.LlamaForCausalLM(cfg).float().save_pretrained(directory)
 
 
 def alignlab_pairs(model_dir: str, records: list[dict], max_len: int):
@@ -284,7 +271,8 @@ def main():
           f"batch {args.batch} pairs, max_len {args.max_len}, lr {LR:g}, beta {BETA}")
     with tempfile.TemporaryDirectory() as work:
         model_dir = os.path.join(work, "base")
-        build_model_dir(records, args.model, args.max_len, model_dir)
+        text = "\n".join(m["content"] for r in records for m in r["prompt"] + r["chosen"] + r["rejected"])
+        build_model_dir(text, args.model, args.max_len, model_dir)
         records, examples, pad_id, counts = alignlab_pairs(model_dir, records, args.max_len)
         # trl gets the pairs in the order alignlab's sampler visits them in its first epoch, and reads them in
         # that order (a SequentialSampler), so both sides train on the same batches (while steps x batch <= pairs)

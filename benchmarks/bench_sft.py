@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=2 python benchmarks/bench_sft.py [--steps 40] [--batch 8] [--max-len 512] [--lr 3e-4]
                                                      [--skip-trl-packing] [--no-memory]
 
-What is compared. The 999 Alpaca records of /work/shared/data/instructions/alpaca_en_demo.json (--data) become
+What is compared. The 999 Alpaca records of ../shared/data/instructions/alpaca_en_demo.json (--data) become
 conversational prompt-completion records ({"prompt": [user], "completion": [assistant]},
 alignlab.data.converters.alpaca_to_prompt_completion); the last 100 are held out. A byte-level BPE with 8192
 ids (alignlab.text.train_bpe on the training text, ChatML template, eos <|im_end|>, pad <|pad|>) and a random
@@ -79,7 +79,8 @@ from alignlab.recipes.sft import ConversationBatches, LoraOptions, SFTConfig, co
 from alignlab.text import load_tokenizer, train_bpe
 from alignlab.train.trainer import TrainConfig
 
-DATA = "/work/shared/data/instructions/alpaca_en_demo.json"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared beside the checkout
+DATA = str(SHARED_DATA / "instructions/alpaca_en_demo.json")
 VOCAB = 8192
 HELD_OUT = 100
 WARMUP_STEPS = 3
@@ -97,11 +98,11 @@ def load_records(path: str) -> tuple[list[dict], list[dict]]:
     return records[:-HELD_OUT], records[-HELD_OUT:]
 
 
-def build_model_dir(train: list[dict], model: str, max_len: int, directory: str) -> None:
-    """Tokenizer (BPE trained on the training text) + random Llama, one Hugging Face directory."""
+def build_model_dir(text: str, model: str, max_len: int, directory: str) -> None:
+    """Tokenizer (a BPE trained on `text`, ChatML) + a random Llama of MODELS[model], one Hugging Face
+    directory that both alignlab and transformers load."""
     import transformers as tf
 
-    text = "\n".join(m["content"] for r in train for m in r["prompt"] + r["completion"])
     tok = train_bpe(text, VOCAB, eos_token=EOS, pad_token=PAD, progress=False, chat_template="chatml")
     tok.save(directory)
     torch.manual_seed(SEED)
@@ -349,7 +350,8 @@ def main():
           f"{args.steps} steps ({WARMUP_STEPS} untimed), batch {args.batch}, max_len {args.max_len}, lr {args.lr:g}")
     with tempfile.TemporaryDirectory() as work:
         model_dir = os.path.join(work, "base")
-        build_model_dir(train, args.model, args.max_len, model_dir)
+        text = "\n".join(m["content"] for r in train for m in r["prompt"] + r["completion"])
+        build_model_dir(text, args.model, args.max_len, model_dir)
         examples, pad_id = alignlab_examples(model_dir, train, args.max_len)
         held_examples, _ = alignlab_examples(model_dir, held, args.max_len)
         rows = rows_per_step(examples, args.batch, args.max_len)
