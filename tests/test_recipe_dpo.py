@@ -114,3 +114,18 @@ def test_precomputed_reference_without_held_out_pairs(tmp_path, base, world):
                  val_records=[])
     assert result["status"] == "finished" and (tmp_path / "dpo" / "reference_logps.pt").exists()
     assert not (tmp_path / "dpo" / "reference_logps_val.pt").exists()
+
+
+def test_rpo_adds_the_chosen_answers_per_token_nll(base, world, tmp_path):
+    from alignlab.data.preference import tokenize_pairs
+
+    tok = world.tokenizer()
+    ex = tokenize_pairs(tok, pairs(world, "train", 4), 256).examples
+    model = load_model(base).eval()
+    batch = make_batch(ex, {}, list(range(4)), tok.pad_token_id)
+    with torch.no_grad():
+        plain, _ = preference_step(config(tmp_path, base), Reference("copy", model))(model, batch, 4.0)
+        rpo, _ = preference_step(config(tmp_path, base, rpo_alpha=0.5), Reference("copy", model))(model, batch, 4.0)
+        chosen, _, n_chosen, _ = pair_logps(model, batch)
+    nll = (-chosen / n_chosen).mean()
+    assert float(rpo - plain) == pytest.approx(0.5 * float(nll), rel=1e-5) and float(nll) > 0

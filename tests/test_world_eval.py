@@ -213,3 +213,23 @@ def test_tool_call_accuracy():
     outputs = [CALL, CALL.replace("28", "27"), "no call"]
     assert tool_call_accuracy(outputs, [{"value": 9716}] * 3) == pytest.approx(1 / 3)
     assert parse_tool_call(CALL) == {"name": "calculator", "arguments": {"expression": "347 * 28"}}
+
+
+def test_sampled_replies_are_seeded_per_prompt_not_per_batch():
+    import torch
+
+    from alignlab.data.world import TinyWorld
+    from alignlab.eval.world_suite import generate_replies
+    from alignlab.model import CausalLM, preset
+
+    world = TinyWorld(seed=0, size="quick")
+    tok = world.tokenizer()
+    torch.manual_seed(0)
+    model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256,
+                            eos_token_id=tok.eos_token_id))
+    prompts = [r["prompt"] for r in world.rl_prompts("test", level=2)[:4]]
+    whole = generate_replies(model, tok, prompts, 12, temperature=1.0, seed=7)
+    split = generate_replies(model, tok, prompts, 12, batch_size=2, temperature=1.0, seed=7)
+    assert whole == split
+    assert generate_replies(model, tok, prompts, 12, temperature=1.0, seed=8) != whole
+    assert generate_replies(model, tok, prompts, 12) == generate_replies(model, tok, prompts, 12, batch_size=3)

@@ -24,15 +24,19 @@ from alignlab.infer import Engine, SamplingParams
 
 @torch.no_grad()
 def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int = 128,
-                     batch_size: int = 64) -> list[str]:
-    """Greedy replies to chat prompts (lists of messages), rendered with the tokenizer's chat template."""
+                     batch_size: int = 64, temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Replies to chat prompts (lists of messages), rendered with the tokenizer's chat template: greedy,
+    or sampled at `temperature` with prompt i drawing from its own generator seeded seed + i (so a reply
+    does not depend on the batch it was in)."""
     was_training = model.training
     model.eval()
-    engine, params = Engine(model, tokenizer), SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0)
+    engine = Engine(model, tokenizer)
     replies = []
     for i in range(0, len(prompts), batch_size):
-        ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
-               for p in prompts[i:i + batch_size]]
+        chunk = prompts[i:i + batch_size]
+        ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True) for p in chunk]
+        params = [SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed + i + j)
+                  for j in range(len(chunk))]
         replies += [c.text for c in engine.generate(ids, params)]
     model.train(was_training)
     return replies
@@ -43,14 +47,15 @@ def user_text(prompt: list[dict]) -> str:
 
 
 def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, safety: int | None = None,
-                      max_new_tokens: int = 128) -> tuple[dict, list[dict]]:
+                      max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0) -> tuple[dict, list[dict]]:
     """Scores and scored rows. `per_level` and `safety` cap how many prompts of each kind are used
-    (None = all of the test split)."""
+    (None = all of the test split). Greedy replies unless `temperature` > 0 (then seeded by `seed`)."""
     math = [r for level in MATH_LEVELS for r in world.rl_prompts("test", level=level)[:per_level]]
     safe = world.safety_prompts("test")
     if safety is not None:  # keep both labels: the first `safety` attacks and as many look-alikes
         safe = [r for label in ("attack", "benign") for r in [r for r in safe if r["label"] == label][:safety]]
-    replies = generate_replies(model, tokenizer, [r["prompt"] for r in math + safe], max_new_tokens)
+    replies = generate_replies(model, tokenizer, [r["prompt"] for r in math + safe], max_new_tokens,
+                               temperature=temperature, seed=seed)
     math_out, safe_out = replies[:len(math)], replies[len(math):]
 
     rows, metrics = [], {}

@@ -63,6 +63,7 @@ class DPOConfig:
     label_smoothing: float = 0.0  # robust (cDPO): the assumed fraction of flipped labels
     simpo_gamma: float = 0.5
     safety_margin: float = 10.0  # safedpo's delta
+    rpo_alpha: float = 0.0  # > 0 adds rpo_alpha * (the chosen answer's per-token NLL) to a DPO-family loss (RPO)
     reference: str = "auto"  # auto (lora if method=lora, else copy) | copy | lora | precomputed
     method: str = "full"  # full | lora
     lora: LoraOptions = field(default_factory=LoraOptions)
@@ -126,6 +127,8 @@ def preference_step(cfg: DPOConfig, reference: Reference | None):
         else:
             losses, r_c, r_r = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss,
                                         cfg.label_smoothing, n_chosen, n_rejected)
+        if cfg.rpo_alpha and cfg.loss != "orpo":  # RPO (Pang et al. 2024, arXiv:2404.19733): keep the chosen likely
+            losses = losses + cfg.rpo_alpha * (-chosen / n_chosen.clamp(min=1))
         return losses.sum() / normaliser, preference_metrics(r_c, r_r, chosen.detach(), rejected.detach())
 
     return step
