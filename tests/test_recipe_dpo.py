@@ -1,4 +1,5 @@
-"""`alignlab dpo`: every loss trains, the three references agree, the cache is reused, bad pairs are counted."""
+"""`alignlab dpo`: every loss trains, the three references agree, the cache is reused, bad pairs are counted;
+KTO trains on unpaired and on paired data."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def config(tmp_path, base, **kw):
                      train=train, **kw)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", [loss for loss in LOSSES if loss != "kto"])  # (kto: below)
 def test_every_loss_trains_and_logs_trl_metrics(tmp_path, base, world, loss):
     result = run(config(tmp_path, base, loss=loss), train_records=pairs(world, "train", 24),
                  val_records=pairs(world, "test", 8))
@@ -129,3 +130,114 @@ def test_rpo_adds_the_chosen_answers_per_token_nll(base, world, tmp_path):
         chosen, _, n_chosen, _ = pair_logps(model, batch)
     nll = (-chosen / n_chosen).mean()
     assert float(rpo - plain) == pytest.approx(0.5 * float(nll), rel=1e-5) and float(nll) > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# KTO: unpaired examples, each with a KL row (its prompt, another example's completion)
+
+
+def unpaired(world, split, n):
+    from alignlab.data.preference import unpair
+
+    return [u for r in world.preference_pairs(split, kinds=("correctness", "safety"))[:n] for u in unpair(r)]
+
+
+def kto_batch(world, n_pairs=3, max_len=256, take=None):
+    from alignlab.data.preference import tokenize_unpaired
+    from alignlab.recipes.dpo import kto_examples
+
+    tok = world.tokenizer()
+    examples = kto_examples(tokenize_unpaired(tok, unpaired(world, "train", n_pairs), max_len).examples, max_len)
+    return examples, make_batch(examples, {}, list(range(take or len(examples))), tok.pad_token_id)
+
+
+@pytest.mark.parametrize("data", ["unpaired", "paired"])
+def test_kto_trains_on_unpaired_and_on_paired_data(tmp_path, base, world, data):
+    records = unpaired(world, "train", 12) if data == "unpaired" else pairs(world, "train", 12)
+    result = run(config(tmp_path, base, loss="kto", undesirable_weight=1.5), train_records=records,
+                 val_records=unpaired(world, "test", 4))
+    assert result["status"] == "finished" and math.isfinite(result["val_loss"])
+    counts = result["data"]["train"]
+    assert counts["kept"] == 24 and counts["desirable"] == counts["undesirable"] == 12  # pairs count as both
+    logged = [json.loads(line) for line in (tmp_path / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*logged)
+    assert {"rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "kl"} <= keys
+    assert "rewards/accuracies" not in keys
+    assert {"val/kl", "val/rewards/chosen", "val/rewards/rejected", "val/rewards/margins"} <= set(logged[-1])
+    assert all(math.isfinite(r["loss"]) and r["kl"] >= 0 for r in logged if "kl" in r)
+    assert result["step"] == 4 and (tmp_path / "dpo" / "model").is_dir()
+
+
+def test_kto_at_the_start_is_the_formula_at_zero_rewards(tmp_path, base, world):
+    from alignlab.objectives.preference import kto_loss
+
+    _, batch = kto_batch(world, take=5)  # 3 desirable, 2 undesirable
+    model = load_model(base).eval()
+    cfg = config(tmp_path, base, loss="kto", beta=0.3, desirable_weight=1.0, undesirable_weight=1.5)
+    with torch.no_grad():
+        loss, metrics = preference_step(cfg, Reference("copy", model))(model, batch, 5.0)
+    zeros = torch.zeros(5)
+    expected = kto_loss(zeros, zeros, batch["label"], 0.0, 0.3, 1.0, 1.5)[0].mean()
+    assert batch["label"].tolist() == [True, False, True, False, True]
+    assert float(loss) == pytest.approx(float(expected), abs=1e-6) and float(expected) == pytest.approx(0.6)
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-6) and metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_kto_kl_rows_pair_each_prompt_with_another_prompts_completion():
+    from alignlab.data.preference import UnpairedExample
+    from alignlab.recipes.dpo import kto_examples
+
+    # three pairs unpaired, as unpair orders them: both answers to one prompt side by side
+    prompts = [[1, 2], [1, 3], [4]]
+    ex = [UnpairedExample(prompts[i // 2], [10 + i] * (i + 1), [1] * (i + 1), i % 2 == 0) for i in range(6)]
+    out = kto_examples(ex, max_len=4)
+    donor = {tuple(e.completion_ids[:2]): i for i, e in enumerate(ex)}
+    for i, k in enumerate(out):
+        assert k.example is ex[i] and k.kl.prompt_ids == ex[i].prompt_ids and k.kl.label == ex[i].label
+        j = donor[tuple(k.kl.completion_ids[:2])]
+        assert ex[j].prompt_ids != ex[i].prompt_ids  # another prompt's completion
+        assert len(k.kl.prompt_ids) + len(k.kl.completion_ids) <= 4  # cut to max_len
+    assert sorted(donor[tuple(k.kl.completion_ids[:2])] for k in out) == list(range(6))  # each completion once
+    assert kto_examples(ex[:1], 4)[0].kl.completion_ids == ex[0].completion_ids  # alone: its own partner
+
+
+def test_kto_references_agree(tmp_path, base, world):
+    from alignlab.recipes.dpo import precompute_reference
+
+    tok = world.tokenizer()
+    examples, batch = kto_batch(world)
+    b = len(examples)
+    assert batch["input_ids"].shape[0] == 2 * b and batch["label"].tolist() == [e.example.label for e in examples]
+
+    model = load_model(base).eval()
+    cfg = config(tmp_path, base, loss="kto")
+    copy_ref = Reference("copy", model).logps(model, batch)
+    cached = precompute_reference(model, examples, tok.pad_token_id, cfg, tmp_path / "ref.pt", base)
+    torch.testing.assert_close(cached["ref_logps"], copy_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cached["ref_KL_logps"], copy_ref[1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(copy_ref[0], copy_ref[1])  # the KL rows are other sequences
+    lora_model = apply_lora(load_model(base), cfg.lora.to_config()).eval()
+    with torch.no_grad():
+        for p in (q for n, q in lora_model.named_parameters() if "lora_B" in n):
+            p.normal_()
+    lora_ref = Reference("lora", lora_model).logps(lora_model, batch)
+    torch.testing.assert_close(lora_ref[0], copy_ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lora_ref[1], copy_ref[1], atol=1e-5, rtol=1e-5)
+    precomputed = Reference("precomputed", model).logps(model, {**batch, **cached})
+    assert torch.equal(precomputed[0], cached["ref_logps"]) and torch.equal(precomputed[1], cached["ref_KL_logps"])
+
+
+@pytest.mark.parametrize("reference", ["precomputed", "lora"])
+def test_kto_trains_with_a_precomputed_or_lora_reference(tmp_path, base, world, reference):
+    method = "lora" if reference == "lora" else "full"
+    result = run(config(tmp_path, base, loss="kto", reference=reference, method=method),
+                 train_records=unpaired(world, "train", 6), val_records=unpaired(world, "test", 2))
+    assert result["status"] == "finished" and math.isfinite(result["val_loss"])
+    assert (tmp_path / "dpo" / "reference_logps.pt").exists() == (reference == "precomputed")
+
+
+def test_unpaired_data_needs_kto(tmp_path, base, world):
+    with pytest.raises(ValueError, match="KTO is the loss for unpaired data"):
+        run(config(tmp_path, base, loss="sigmoid"), train_records=unpaired(world, "train", 4), val_records=[])
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        run(config(tmp_path, base, loss="kto", rpo_alpha=0.5), train_records=unpaired(world, "train", 4))

@@ -1,23 +1,31 @@
-"""Preference optimisation: DPO and its family, from pairs of a preferred and a dispreferred answer.
+"""Preference optimisation: DPO and its family, from pairs of a preferred and a dispreferred answer; KTO from
+unpaired answers labelled desirable or undesirable.
 
     alignlab dpo --config configs/dpo/tinyworld.yaml [key=value ...] [--resume]
+    alignlab dpo --config configs/dpo/tinyworld.yaml loss=kto [desirable_weight=1.0 undesirable_weight=1.0]
 
 1. data       preference pairs in trl's formats (alignlab.data.preference): {"prompt", "chosen", "rejected"},
               conversational or standard, or implicit-prompt pairs; any file, hf:NAME or tinyworld:preferences;
-              bad pairs (missing or empty answers, identical chosen and rejected) are counted and listed
+              bad pairs (missing or empty answers, identical chosen and rejected) are counted and listed.
+              loss=kto takes unpaired records {"prompt", "completion", "label"} as they are and unpairs pairs
+              (chosen: desirable, rejected: undesirable), as trl does; unpaired data needs loss=kto
 2. model      the policy: a model directory (usually after SFT), all weights or LoRA adapters (method=lora)
 3. reference  pi_ref, the policy at the start, three ways (`reference`):
                 copy         a frozen copy of the model (twice the weights in memory)
                 lora         the same model with its adapters disabled (method=lora; no second copy)
-                precomputed  log pi_ref of every pair computed once before training and cached on disk
-                             (<out_dir>/reference_logps.pt); no reference model during training
+                precomputed  log pi_ref of every pair (KTO: example and its KL row) computed once before
+                             training and cached on disk (<out_dir>/reference_logps.pt); no reference model
+                             during training
 4. train      one batch = [chosen; rejected] rows; per-sequence log-probs summed over completion tokens
               (objectives.linear_sequence_logps); loss by name (`loss`): sigmoid (DPO), hinge, ipo, robust
               (cDPO), simpo, orpo, safedpo (objectives/preference.py has each formula and paper); the mean over
-              the global batch of pairs
+              the global batch of pairs. kto: [completion; KL] rows, the KL row being the example's prompt with
+              another example's completion (kto_examples); KTO's loss against the reference point z estimated
+              from the KL rows; the mean over the global batch of examples
 5. evaluate   on held-out pairs: trl's metrics (rewards/chosen, rewards/rejected, rewards/accuracies,
-              rewards/margins, logps/chosen, logps/rejected); a warning when the chosen and the rejected
-              log-probs both fall (likelihood displacement)
+              rewards/margins, logps/chosen, logps/rejected; KTO: chosen = desirable, rejected = undesirable,
+              no accuracies, and kl = z); a warning when the chosen and the rejected log-probs both fall
+              (likelihood displacement)
 6. save       <out_dir>/model (LoRA: adapter/ and the merged model), result.json
 """
 
@@ -28,6 +36,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -36,6 +45,8 @@ from alignlab.lora import apply_lora, disable_lora, merge_and_unload, save_adapt
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives.preference import (
     dpo_loss,
+    kto_kl_estimate,
+    kto_loss,
     linear_sequence_logps,
     orpo_loss,
     preference_metrics,
@@ -46,20 +57,26 @@ from alignlab.recipes.sft import LoraOptions
 from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed, unwrap
 
-LOSSES = ("sigmoid", "hinge", "ipo", "robust", "simpo", "orpo", "safedpo")
+if TYPE_CHECKING:
+    from alignlab.data.preference import UnpairedExample
+
+LOSSES = ("sigmoid", "hinge", "ipo", "robust", "simpo", "orpo", "safedpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
 REFERENCES = ("auto", "copy", "lora", "precomputed")
+REF_KEYS = {"pairs": ("ref_chosen", "ref_rejected"), "kto": ("ref_logps", "ref_KL_logps")}  # cached, per half
 
 
 @dataclass
 class DPOConfig:
     out_dir: str = "runs/dpo"
     model: str = ""  # the policy's starting point (a model directory, usually after SFT)
-    data: str = ""  # preference pairs (see alignlab.data.preference)
+    data: str = ""  # preference pairs, or unpaired records for kto (see alignlab.data.preference)
     val_data: str = ""  # held-out pairs: the metrics and the implicit reward's accuracy
     convert: str = ""  # e.g. hh-rlhf
-    loss: str = "sigmoid"  # sigmoid | hinge | ipo | robust | simpo | orpo | safedpo
+    loss: str = "sigmoid"  # sigmoid | hinge | ipo | robust | simpo | orpo | safedpo | kto
     beta: float = 0.1
+    desirable_weight: float = 1.0  # kto's lambda_D
+    undesirable_weight: float = 1.0  # kto's lambda_U (trl: lambda_D n_D / (lambda_U n_U) in [1, 4/3])
     label_smoothing: float = 0.0  # robust (cDPO): the assumed fraction of flipped labels
     simpo_gamma: float = 0.5
     safety_margin: float = 10.0  # safedpo's delta
@@ -69,16 +86,22 @@ class DPOConfig:
     lora: LoraOptions = field(default_factory=LoraOptions)
     max_len: int = 512  # prompt + answer tokens
     max_prompt_len: int = 256
-    batch_size: int = 8  # pairs per micro-batch
+    batch_size: int = 8  # pairs (kto: examples) per micro-batch
     eval_batches: int = 8
     threads: int = 0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6, warmup_steps=10, min_lr_ratio=0.1))
 
 
+def row_logps(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs, completion lengths) of every row."""
+    hidden = model(input_ids, head=False)
+    return linear_sequence_logps(hidden, unwrap(model).lm_head.weight, labels)
+
+
 def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(chosen logps, rejected logps, chosen lengths, rejected lengths) of a [chosen; rejected] batch."""
-    hidden = model(batch["input_ids"], head=False)
-    logps, n = linear_sequence_logps(hidden, unwrap(model).lm_head.weight, batch["labels"])
+    """(chosen logps, rejected logps, chosen lengths, rejected lengths) of a [chosen; rejected] batch
+    (of a KTO batch: [completion; KL])."""
+    logps, n = row_logps(model, batch["input_ids"], batch["labels"])
     b = logps.shape[0] // 2
     return logps[:b], logps[b:], n[:b], n[b:]
 
@@ -93,7 +116,8 @@ class Reference:
     @torch.no_grad()
     def logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         if self.kind == "precomputed":
-            return batch["ref_chosen"], batch["ref_rejected"]
+            first, second = REF_KEYS["kto" if "label" in batch else "pairs"]
+            return batch[first], batch[second]
         if self.kind == "copy":
             chosen, rejected, _, _ = pair_logps(self.copy, batch)
             return chosen, rejected
@@ -107,6 +131,8 @@ class Reference:
 
 def preference_step(cfg: DPOConfig, reference: Reference | None):
     """The loss_fn of the Trainer: the batch's summed per-pair losses over the global count of pairs."""
+    if cfg.loss == "kto":
+        return kto_step(cfg, reference)
 
     def step(model, batch: dict, normaliser: float):
         chosen, rejected, n_chosen, n_rejected = pair_logps(model, batch)
@@ -134,8 +160,45 @@ def preference_step(cfg: DPOConfig, reference: Reference | None):
     return step
 
 
+def kto_step(cfg: DPOConfig, reference: Reference):
+    """KTO's loss_fn: the batch's summed per-example losses over the global count of examples. The reference
+    point z comes from the KL rows of the micro-batch (trl also averages it over processes); being detached, the
+    policy's KL rows need no gradient."""
+
+    def step(model, batch: dict, normaliser: float):
+        b = batch["label"].shape[0]
+        logps, _ = row_logps(model, batch["input_ids"][:b], batch["labels"][:b])
+        with torch.no_grad():
+            kl_logps, _ = row_logps(model, batch["input_ids"][b:], batch["labels"][b:])
+        ref_logps, ref_kl_logps = reference.logps(model, batch)
+        z = kto_kl_estimate(kl_logps, ref_kl_logps)
+        losses, rewards = kto_loss(logps, ref_logps, batch["label"], z, cfg.beta, cfg.desirable_weight,
+                                   cfg.undesirable_weight)
+        return losses.sum() / normaliser, kto_metrics(rewards, logps.detach(), batch["label"], z)
+
+    return step
+
+
+@torch.no_grad()
+def kto_metrics(rewards: torch.Tensor, logps: torch.Tensor, desirable: torch.Tensor, z: torch.Tensor) -> dict:
+    """trl's KTO metrics: rewards/ and logps/ of chosen (desirable) and rejected (undesirable) examples, each
+    when the batch has some, rewards/margins when it has both, and kl (z)."""
+    out = {"kl": float(z)}
+    for side, mask in (("chosen", desirable), ("rejected", ~desirable)):
+        if mask.any():
+            out[f"rewards/{side}"] = rewards[mask].double().mean().item()
+            out[f"logps/{side}"] = logps[mask].double().mean().item()
+    if "rewards/chosen" in out and "rewards/rejected" in out:
+        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+    return out
+
+
 def count_pairs(batch: dict) -> int:
     return batch["input_ids"].shape[0] // 2
+
+
+def count_examples(batch: dict) -> int:
+    return batch["label"].shape[0]
 
 
 def reference_cache_key(model_dir: Path, examples) -> str:
@@ -154,18 +217,60 @@ class PairBatches(EpochSampler):
     """Shuffled epochs over the pairs (alignlab.data.sampler), `batch_size` pairs at a time, as [chosen; rejected]
     rows. Extra per-pair tensors (cached reference log-probs, safety labels) ride along. Resumable."""
 
+    what = "pairs"
+
     def __init__(self, examples: list, extras: dict[str, torch.Tensor], batch_size: int, pad_id: int, seed: int):
-        super().__init__(len(examples), batch_size, seed, what="pairs")
+        super().__init__(len(examples), batch_size, seed, what=self.what)
         self.examples, self.extras, self.pad_id = examples, extras, pad_id
 
     def next_batch(self) -> dict:
         return make_batch(self.examples, self.extras, self.next_indices(), self.pad_id)
 
 
-def make_batch(examples: list, extras: dict[str, torch.Tensor], idx: list[int], pad_id: int) -> dict:
-    from alignlab.data.preference import collate_pairs
+class UnpairedBatches(PairBatches):
+    """KTO: shuffled epochs over the unpaired examples, `batch_size` at a time, as [completion; KL] rows with
+    their labels (each example's KL row is fixed by kto_examples). Resumable."""
 
-    batch = collate_pairs([examples[i] for i in idx], pad_id)
+    what = "examples"
+
+
+@dataclass
+class KTOExample:
+    example: UnpairedExample  # prompt + completion, and its label
+    kl: UnpairedExample  # the same prompt + another example's completion: a sample y' for z
+
+
+def kto_examples(examples: list[UnpairedExample], max_len: int) -> list[KTOExample]:
+    """Each unpaired example with its KL row: its prompt and the completion half the data set away in prompt
+    order, so from another prompt unless one prompt holds more than half the examples (a single example is its
+    own partner); cut to max_len. Every completion is used once as a KL completion. The pairing is fixed per
+    example, so the KL rows' reference log-probs can be cached. trl also fixes it before shuffling, rotating the
+    completions by one within each chunk of batch_size examples; here the next example would often be the other
+    half of the same pair, on the same prompt."""
+    from alignlab.data.preference import UnpairedExample
+
+    n = len(examples)
+    order = sorted(range(n), key=lambda i: examples[i].prompt_ids)
+    out: list = [None] * n
+    for k, i in enumerate(order):
+        e, other = examples[i], examples[order[(k + n // 2) % n]]
+        room = max_len - len(e.prompt_ids)  # >= 1: an example whose prompt fills max_len was dropped
+        out[i] = KTOExample(e, UnpairedExample(e.prompt_ids, other.completion_ids[:room],
+                                               other.completion_mask[:room], e.label))
+    return out
+
+
+def make_batch(examples: list, extras: dict[str, torch.Tensor], idx: list[int], pad_id: int) -> dict:
+    """The rows of examples[idx]: pairs as [chosen; rejected], KTO examples as [completion; KL] with their
+    labels; the extras (per-example tensors) ride along."""
+    from alignlab.data.preference import collate_pairs, collate_unpaired
+
+    picked = [examples[i] for i in idx]
+    if isinstance(picked[0], KTOExample):
+        batch = collate_unpaired([e.example for e in picked] + [e.kl for e in picked], pad_id)
+        batch["label"] = batch["label"][:len(picked)]
+    else:
+        batch = collate_pairs(picked, pad_id)
     batch.pop("attention_mask", None)
     batch.pop("lengths", None)
     batch.update({k: v[idx] for k, v in extras.items()})
@@ -174,7 +279,7 @@ def make_batch(examples: list, extras: dict[str, torch.Tensor], idx: list[int], 
 
 def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None = None,
         val_records: list[dict] | None = None) -> dict:
-    from alignlab.data.preference import load_preference_data, summarize, tokenize_pairs
+    from alignlab.data.preference import load_preference_data, summarize
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -184,6 +289,8 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if not cfg.model:
         raise ValueError("model: the model directory to start from is not set (model=path/to/model)")
+    if cfg.rpo_alpha and cfg.loss == "kto":
+        raise ValueError("rpo_alpha adds the chosen answer's NLL to a pairwise loss; KTO has no pairs (rpo_alpha=0)")
     reference = cfg.reference if cfg.reference != "auto" else ("lora" if cfg.method == "lora" else "copy")
     if reference == "lora" and cfg.method != "lora":
         raise ValueError("reference=lora needs method=lora: the reference is the model with its adapters disabled")
@@ -192,29 +299,26 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
     model_dir = resolve_model_dir(cfg.model)
     tok = load_tokenizer(model_dir)
 
-    # 1. data: validated pairs, tokenised; every drop counted and located
-    def pairs(source: str, records: list[dict] | None):
+    # 1. data: validated pairs (kto: unpaired examples), tokenised; every drop counted and located
+    def load(source: str, records: list[dict] | None):
         where = None
         if records is None:
             data = load_preference_data(source, cfg.convert)
             print(summarize(data, source))
             records, where = data.records, data.where
-        where = where or [f"pair {i}" for i in range(len(records))]
-        toks = tokenize_pairs(tok, records, cfg.max_len, cfg.max_prompt_len, where=where)
-        lost = {w for w, _ in toks.dropped}
-        kept = [r for r, w in zip(records, where, strict=True) if w not in lost]
-        unsafe = {side: torch.tensor([bool(r.get(f"{side}_unsafe", False)) for r in kept])
-                  for side in ("chosen", "rejected")}
-        return toks, unsafe
+        where = where or [f"record {i}" for i in range(len(records))]
+        return (kto_data if cfg.loss == "kto" else pair_data)(tok, records, where, cfg, source)
 
-    train, train_unsafe = pairs(cfg.data, train_records)
+    train, examples, extras = load(cfg.data, train_records)
     has_val = bool(val_records) if val_records is not None else bool(cfg.val_data)
-    val, val_unsafe = pairs(cfg.val_data, val_records) if has_val else (None, None)
-    print(f"dpo data: {train.counts['kept']:,} pairs kept, {train.counts['truncated']} truncated, "
-          f"{sum(train.counts['dropped'].values())} dropped {dict(train.counts['dropped']) or ''}".rstrip()
+    val, val_examples, val_extras = load(cfg.val_data, val_records) if has_val else (None, [], {})
+    c, unit = train.counts, "examples" if cfg.loss == "kto" else "pairs"
+    labels = f" ({c['desirable']:,} desirable, {c['undesirable']:,} undesirable)" if cfg.loss == "kto" else ""
+    print(f"dpo data: {c['kept']:,} {unit} kept{labels}, {c['truncated']} truncated, "
+          f"{sum(c['dropped'].values())} dropped {dict(c['dropped']) or ''}".rstrip()
           + (f"; {val.counts['kept']} held out" if val else ""))
-    if not train.examples:
-        raise ValueError(f"{cfg.data or 'data'}: no usable preference pair")
+    if not examples:
+        raise ValueError(f"{cfg.data or 'data'}: no usable preference {unit[:-1]}")
 
     # 2-3. the policy and the reference
     set_seed(cfg.train.seed)
@@ -223,13 +327,11 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
         apply_lora(model, cfg.lora.to_config())
     model.to(device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
-    extras = {"chosen_unsafe": train_unsafe["chosen"], "rejected_unsafe": train_unsafe["rejected"]}
-    val_extras = {"chosen_unsafe": val_unsafe["chosen"], "rejected_unsafe": val_unsafe["rejected"]} if val else {}
     ref = None if cfg.loss in REFERENCE_FREE else Reference(reference, model)
     if reference == "precomputed" and ref is not None:
-        extras.update(precompute_reference(model, train.examples, pad_id, cfg, out / "reference_logps.pt", model_dir))
+        extras.update(precompute_reference(model, examples, pad_id, cfg, out / "reference_logps.pt", model_dir))
         if val:
-            val_extras.update(precompute_reference(model, val.examples, pad_id, cfg,
+            val_extras.update(precompute_reference(model, val_examples, pad_id, cfg,
                                                    out / "reference_logps_val.pt", model_dir))
     out.mkdir(parents=True, exist_ok=True)
     from alignlab.config import save_config
@@ -238,23 +340,26 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
 
     # 4-5. train; evaluate the implicit reward on held-out pairs
     step = preference_step(cfg, ref)
-    val_batches = [make_batch(val.examples, val_extras, list(range(i, min(i + cfg.batch_size, len(val.examples)))),
+    weight = count_examples if cfg.loss == "kto" else count_kept_pairs if cfg.loss == "safedpo" else count_pairs
+    val_batches = [make_batch(val_examples, val_extras, list(range(i, min(i + cfg.batch_size, len(val_examples)))),
                               pad_id)
-                   for i in range(0, min(len(val.examples), cfg.eval_batches * cfg.batch_size), cfg.batch_size)] \
-        if val else []
+                   for i in range(0, min(len(val_examples), cfg.eval_batches * cfg.batch_size), cfg.batch_size)]
     first: dict = {}
 
     def evaluate(m) -> dict:
         sums: dict[str, float] = {}
+        seen: dict[str, int] = {}  # (a KTO batch may hold no desirable or no undesirable example)
         for b in val_batches:
             b = {k: v.to(device) for k, v in b.items()}
-            loss, metrics = step(m, b, float(count_pairs(b)))
+            loss, metrics = step(m, b, float(weight(b)))
             for k, v in {"val_loss": float(loss), **metrics}.items():
-                sums[k] = sums.get(k, 0.0) + v / len(val_batches)
+                sums[k], seen[k] = sums.get(k, 0.0) + v, seen.get(k, 0) + 1
+        sums = {k: v / seen[k] for k, v in sums.items()}
+        logps = ("logps/chosen", "logps/rejected")
         if not first:
             first.update(sums)
-        elif (sums["logps/chosen"] < first["logps/chosen"] - 1.0
-              and sums["logps/rejected"] < first["logps/rejected"] - 1.0 and not first.get("warned")):
+        elif (all(k in sums and k in first and sums[k] < first[k] - 1.0 for k in logps)
+              and not first.get("warned")):
             first["warned"] = True
             print(f"warning: likelihood displacement: the held-out chosen and rejected log-probs both fell "
                   f"({first['logps/chosen']:.2f} -> {sums['logps/chosen']:.2f}, {first['logps/rejected']:.2f} -> "
@@ -262,8 +367,8 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
                   "answers in neither set (lower the learning rate or beta, or add an SFT term: loss=orpo)")
         return {("val/" + k if k != "val_loss" else k): v for k, v in sums.items()}
 
-    data = PairBatches(train.examples, extras, cfg.batch_size, pad_id, cfg.train.seed)
-    weight = count_kept_pairs if cfg.loss == "safedpo" else count_pairs
+    batches = UnpairedBatches if cfg.loss == "kto" else PairBatches
+    data = batches(examples, extras, cfg.batch_size, pad_id, cfg.train.seed)
     trainer = Trainer(cfg.train, model, data, step, out, evaluate=evaluate if val_batches else None,
                       weight_fn=weight, run_config=asdict(cfg))
     if val_batches:  # the starting point of the metrics: the policy equals the reference
@@ -286,10 +391,43 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
             final = merge_and_unload(final)
         result["model_dir"] = str(save_model(final, out / "model", tokenizer=tok, meta=meta))
         (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        shown = {k: result[k] for k in ("val_loss", "val/rewards/accuracies", "val/rewards/margins") if k in result}
+        shown = {k: result[k] for k in ("val_loss", "val/rewards/accuracies", "val/rewards/margins", "val/kl")
+                 if k in result}
         print(f"dpo ({cfg.loss}): {result['step']} steps ({result['train_seconds']:.0f} s); "
               + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"; model: {result['model_dir']}")
     return result
+
+
+def pair_data(tok, records: list[dict], where: list[str], cfg: DPOConfig, source: str):
+    """Pairs -> (tokens and counts, examples, extras: SafeDPO's safety labels of each kept pair)."""
+    from alignlab.data.preference import is_unpaired, tokenize_pairs
+
+    if any(is_unpaired(r) for r in records):
+        raise ValueError(f"{source or 'records'}: unpaired records (prompt, completion, label): KTO is the loss for "
+                         f"unpaired data (loss=kto), loss={cfg.loss} needs pairs (prompt, chosen, rejected)")
+    toks = tokenize_pairs(tok, records, cfg.max_len, cfg.max_prompt_len, where=where)
+    lost = {w for w, _ in toks.dropped}
+    kept = [r for r, w in zip(records, where, strict=True) if w not in lost]
+    unsafe = {f"{side}_unsafe": torch.tensor([bool(r.get(f"{side}_unsafe", False)) for r in kept])
+              for side in ("chosen", "rejected")}
+    return toks, toks.examples, unsafe
+
+
+def kto_data(tok, records: list[dict], where: list[str], cfg: DPOConfig, source: str):
+    """KTO's data -> (tokens and counts, KTOExamples, no extras): unpaired records as they are, each pair as two
+    (chosen: desirable, rejected: undesirable), as trl does."""
+    from alignlab.data.preference import is_unpaired, normalize_record, tokenize_unpaired, unpair
+
+    unpaired, at = [], []
+    for r, w in zip(records, where, strict=True):
+        if is_unpaired(r):
+            unpaired.append(r)
+            at.append(w)
+        else:
+            unpaired += unpair(normalize_record(r, w))
+            at += [f"{w} (chosen)", f"{w} (rejected)"]
+    toks = tokenize_unpaired(tok, unpaired, cfg.max_len, cfg.max_prompt_len, where=at)
+    return toks, kto_examples(toks.examples, cfg.max_len), {}
 
 
 def count_kept_pairs(batch: dict) -> int:
@@ -300,28 +438,31 @@ def count_kept_pairs(batch: dict) -> int:
 
 @torch.no_grad()
 def precompute_reference(model, examples: list, pad_id: int, cfg: DPOConfig, path: Path, model_dir: Path) -> dict:
-    """log pi_ref of every pair, computed once with the starting model and cached at `path` (reused while the
-    model's weights and the pairs are the same)."""
-    key = reference_cache_key(model_dir, [(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
+    """log pi_ref of every pair (of every KTO example and its KL row), computed once with the starting model and
+    cached at `path` (reused while the model's weights and the examples are the same)."""
+    kto = bool(examples) and isinstance(examples[0], KTOExample)
+    keys = REF_KEYS["kto" if kto else "pairs"]
+    key = reference_cache_key(model_dir, [(e.example.sequence(), e.kl.sequence()) if kto
+                                          else (e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
     if path.exists():
         cached = torch.load(path, weights_only=True)
         if cached.get("key") == key:
             print(f"reference log-probs: reused {path}")
-            return {"ref_chosen": cached["ref_chosen"], "ref_rejected": cached["ref_rejected"]}
+            return {k: cached[k] for k in keys}
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
+    halves: tuple[list, list] = ([], [])
     device = next(model.parameters()).device
     for i in range(0, len(examples), cfg.batch_size):
         batch = make_batch(examples, {}, list(range(i, min(i + cfg.batch_size, len(examples)))), pad_id)
-        c, r, _, _ = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
-        chosen.append(c.cpu())
-        rejected.append(r.cpu())
+        first, second, _, _ = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+        halves[0].append(first.cpu())
+        halves[1].append(second.cpu())
     model.train(was_training)
-    result = {"ref_chosen": torch.cat(chosen), "ref_rejected": torch.cat(rejected)}
+    result = {k: torch.cat(h) for k, h in zip(keys, halves, strict=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"key": key, **result}, tmp)
     tmp.replace(path)
-    print(f"reference log-probs: {len(examples):,} pairs computed once, cached in {path}")
+    print(f"reference log-probs: {len(examples):,} {'examples' if kto else 'pairs'} computed once, cached in {path}")
     return result
