@@ -13,7 +13,28 @@ from alignlab.objectives.preference import (
     sequence_logps,
     simpo_loss,
 )
+from alignlab.objectives.rl import (
+    dynamic_sampling_keep,
+    gae,
+    group_advantages,
+    grpo_loss,
+    kl_k3,
+    kl_penalized_rewards,
+    mask_truncated,
+    ppo_policy_loss,
+    ppo_value_loss,
+    reinforce_pp_advantages,
+    rloo_advantages,
+    rloo_loss,
+    token_entropy,
+    token_rewards,
+    whiten,
+    zero_variance_groups,
+)
 
 __all__ = ["IGNORE_INDEX", "linear_cross_entropy", "lm_loss",
            "bradley_terry_loss", "dpo_loss", "kto_kl_estimate", "kto_loss", "linear_sequence_logps", "orpo_loss",
-           "preference_metrics", "safedpo_loss", "sequence_logps", "simpo_loss"]
+           "preference_metrics", "safedpo_loss", "sequence_logps", "simpo_loss",
+           "dynamic_sampling_keep", "gae", "group_advantages", "grpo_loss", "kl_k3", "kl_penalized_rewards",
+           "mask_truncated", "ppo_policy_loss", "ppo_value_loss", "reinforce_pp_advantages", "rloo_advantages",
+           "rloo_loss", "token_entropy", "token_rewards", "whiten", "zero_variance_groups"]
