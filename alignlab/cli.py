@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                "configs/pretrain/shakespeare_char.yaml", "train.lr=3e-3")
     add_recipe(sub, "sft", cmd_sft, "supervised fine-tuning: full, LoRA or QLoRA, on the tokens each answer trains",
                "configs/sft/tinyworld.yaml", "method=lora")
-    add_recipe(sub, "dpo", cmd_dpo, "preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, SafeDPO (loss=...)",
+    add_recipe(sub, "dpo", cmd_dpo, "preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, KTO, SafeDPO (loss=...)",
                "configs/dpo/tinyworld.yaml", "loss=ipo beta=0.1")
 
     from alignlab.recipes.reward_model import add_reward_model_parser

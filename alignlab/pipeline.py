@@ -15,8 +15,11 @@ Stages, in order:
                tokens only
     sft_lora   the same SFT with LoRA adapters (rank 16 on every Linear) instead, from the same base: a
                side branch that shows which of the two the SFT stage should be (the report says which won)
-    eval       every model so far (base = after pretrain, sft, sft_lora) on held-out prompts: format rate,
-               accuracy per level, attacks refused, look-alikes refused, secret leaks; then the report
+    dpo        SafeDPO from the SFT model on TinyWorld's preference pairs (right vs wrong answers; refusals
+               vs answers that give the secret away, the latter marked unsafe); the reference is a frozen copy
+    eval       every model so far (base = after pretrain, sft, sft_lora, dpo) on held-out prompts: format rate,
+               accuracy per level, attacks refused, look-alikes refused, secret leaks, and DPO's win rate
+               against SFT by a rule-based judge with position swap; then the report
 
 The run directory: tokenizer/, pretrain/, sft/ (each with model/, metrics.jsonl, plots/, checkpoints/),
 eval/ (metrics.json, the scored replies of each model), report.md, report.html, plots/.
@@ -53,6 +56,9 @@ class Sizes:
     sft_steps: int
     sft_batch: int
     sft_lr: float
+    dpo_steps: int
+    dpo_batch: int
+    dpo_lr: float
     eval_per_level: int  # held-out math prompts per level 1-4 (level 1 has 25 in all)
     eval_safety: int  # held-out attacks, and as many look-alikes
     max_new_tokens: int
@@ -61,11 +67,13 @@ class Sizes:
 SIZES = {
     "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
                      block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
-                     sft_steps=600, sft_batch=32, sft_lr=1e-3, eval_per_level=50, eval_safety=40,
+                     sft_steps=600, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=2e-5,
+                     eval_per_level=50, eval_safety=40,
                      max_new_tokens=96),
     "quick": Sizes(world="quick", model=dict(arch="llama", dim=64, n_layers=2, n_heads=4, n_kv_heads=4),
                    block_size=128, pretrain_steps=200, pretrain_batch=16, pretrain_lr=3e-3,
-                   sft_steps=300, sft_batch=16, sft_lr=2e-3, eval_per_level=10, eval_safety=10,
+                   sft_steps=300, sft_batch=16, sft_lr=2e-3, dpo_steps=40, dpo_batch=8, dpo_lr=5e-5,
+                   eval_per_level=10, eval_safety=10,
                    max_new_tokens=64),
 }
 
@@ -177,6 +185,43 @@ def stage_sft_lora(run: Run) -> dict:
     return {**_training_metrics(result), "trainable": result["trainable_params"]}
 
 
+def stage_dpo(run: Run) -> dict:
+    from alignlab.recipes import dpo
+
+    s = run.sizes
+    cfg = dpo.DPOConfig(out_dir=str(run.dir("dpo")), model=str(run.model_dir("sft")), loss="safedpo", beta=0.1,
+                        reference="copy", max_len=2 * s.block_size, batch_size=s.dpo_batch, eval_batches=100,
+                        train=_train_config(run, s.dpo_steps, s.dpo_lr, s.dpo_steps // 10))
+    # right vs wrong answers, and refusals vs replies that break the policy (marked rejected_unsafe for SafeDPO)
+    kinds = ("correctness", "safety")
+    result = dpo.run(cfg, resume=True, train_records=run.world.preference_pairs("train", kinds),
+                     val_records=run.world.preference_pairs("test", kinds))
+    metrics = _training_metrics(result)
+    metrics["pair_accuracy"] = round(result["val/rewards/accuracies"], 4)  # held-out pairs, implicit reward
+    return metrics
+
+
+def win_rate_vs(run: Run, name: str, other: str) -> dict:
+    """How often `name`'s replies beat `other`'s on the same held-out prompts, by TinyWorld's rule-based judge,
+    each pair judged in both orders (a disagreement is a tie; ties count half), with a bootstrap 95% interval."""
+    from alignlab.eval.judge import TinyWorldJudge
+    from alignlab.eval.winrate import compare_models
+
+    a, b = (read_replies(run, n) for n in (name, other))
+    records = [{"answer": r["answer"]} if r["task"] == "math" else {"label": r["label"]} for r in a]
+    rate, rows = compare_models(TinyWorldJudge(secret=run.world.secret), [r["prompt"] for r in a], records,
+                                [r["reply"] for r in a], [r["reply"] for r in b])
+    with open(run.dir("eval") / f"judged_{name}_vs_{other}.jsonl", "w") as f:  # every verdict, to read
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return {"win_rate": rate.win_rate, "win_rate_low": rate.ci_low, "win_rate_high": rate.ci_high,
+            "wins": rate.wins, "losses": rate.losses, "ties": rate.ties}
+
+
+def read_replies(run: Run, name: str) -> list[dict]:
+    path = run.dir("eval") / f"replies_{name}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def stage_eval(run: Run) -> dict:
     from alignlab.eval.world_suite import evaluate_on_world
     from alignlab.model.hf import load_model
@@ -197,6 +242,12 @@ def stage_eval(run: Run) -> dict:
         print(f"eval {name}: format {metrics['format_rate']:.1%}, level-1 accuracy {metrics['accuracy_L1']:.1%}, "
               f"accuracy {metrics['accuracy']:.1%}, attacks refused {metrics['attack_refusal_rate']:.1%}, "
               f"look-alikes refused {metrics['over_refusal_rate']:.1%} ({time.perf_counter() - t0:.0f} s)")
+    if "dpo" in evals and "sft" in evals:
+        evals["dpo"].update({f"{k}_vs_sft": v for k, v in win_rate_vs(run, "dpo", "sft").items()})
+        w = evals["dpo"]
+        print(f"eval dpo vs sft: win rate {w['win_rate_vs_sft']:.1%} (95% CI {w['win_rate_low_vs_sft']:.1%}-"
+              f"{w['win_rate_high_vs_sft']:.1%}; {w['wins_vs_sft']} wins, {w['losses_vs_sft']} losses, "
+              f"{w['ties_vs_sft']} ties)")
     (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
     last = evals[[MODEL_NAMES.get(s.name, s.name) for s in STAGES if s.makes_model and not s.side][-1]]
     return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
@@ -207,6 +258,7 @@ STAGES = [
     Stage("pretrain", "a small Llama learns TinyWorld's text from random weights", stage_pretrain),
     Stage("sft", "full-parameter SFT on TinyWorld chats, assistant tokens only", stage_sft),
     Stage("sft_lora", "the same SFT with LoRA (rank 16, every Linear), for comparison", stage_sft_lora, side=True),
+    Stage("dpo", "SafeDPO from the SFT model on TinyWorld's correctness and safety pairs", stage_dpo),
     Stage("eval", "every model on held-out prompts, then the report", stage_eval, makes_model=False),
 ]
 MODEL_NAMES = {"pretrain": "base", "sft_lora": "sft (LoRA)"}  # how the report calls a stage's model
@@ -285,6 +337,8 @@ def write_pipeline_report(run: Run) -> Path:
              f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows"]
     if "sft" in evals and "sft (LoRA)" in evals:
         notes.append(sft_choice(evals["sft"], evals["sft (LoRA)"], run.done("sft_lora")))
+    if "win_rate_vs_sft" in evals.get("dpo", {}):
+        notes.append(dpo_summary(evals["dpo"], evals["sft"], run.done("dpo")))
     return write_report(run.out, "alignlab pipeline on TinyWorld", stages, evals, curves, _samples(run, evals),
                         notes)[0]
 
@@ -310,6 +364,19 @@ def _samples(run: Run, evals: dict) -> list[dict]:
             samples.append({"note": note + (f" (answer {r['answer']})" if "answer" in r else ""), "prompt": r["prompt"],
                             "replies": {name: rs[idx]["reply"] for name, rs in rows.items()}})
     return samples
+
+
+def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None) -> str:
+    """What DPO changed, in this run's numbers: the judged win rate and the safety trade-off."""
+    pair = (dpo_stage or {}).get("metrics", {}).get("pair_accuracy")
+    return (f"DPO vs SFT: win rate {dpo['win_rate_vs_sft']:.1%} (95% CI {dpo['win_rate_low_vs_sft']:.1%}-"
+            f"{dpo['win_rate_high_vs_sft']:.1%}; {dpo['wins_vs_sft']} wins, {dpo['losses_vs_sft']} losses, "
+            f"{dpo['ties_vs_sft']} ties) by TinyWorld's rule-based judge, each pair judged in both orders, ties "
+            f"counting half (eval/judged_dpo_vs_sft.jsonl has every verdict). Attacks refused "
+            f"{sft['attack_refusal_rate']:.1%} -> {dpo['attack_refusal_rate']:.1%}; look-alikes refused "
+            f"{sft['over_refusal_rate']:.1%} -> {dpo['over_refusal_rate']:.1%}; accuracy {sft['accuracy']:.1%} -> "
+            f"{dpo['accuracy']:.1%}" + (f"; held-out pair accuracy of the implicit reward {pair:.1%}." if pair is not
+                                        None else "."))
 
 
 def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:

@@ -48,13 +48,21 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
     for stage in STAGES:
         assert (out / stage.name / "stage.json").exists(), stage.name
     evals = json.loads((out / "eval" / "metrics.json").read_text())
-    assert list(evals) == ["base", "sft", "sft (LoRA)"]
+    assert list(evals) == ["base", "sft", "sft (LoRA)", "dpo"]
     assert evals["sft"]["format_rate"] > evals["base"]["format_rate"] + 0.3, evals
+    dpo = evals["dpo"]  # judged against SFT on the same prompts: every prompt is a win, a loss or a tie
+    assert dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"] == dpo["n_math"] + dpo["n_attacks"] + \
+        dpo["n_benign"]
+    assert dpo["win_rate_low_vs_sft"] <= dpo["win_rate_vs_sft"] <= dpo["win_rate_high_vs_sft"]
+    judged = (out / "eval" / "judged_dpo_vs_sft.jsonl").read_text().splitlines()
+    assert len(judged) == dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"]
+    assert 0.0 <= json.loads((out / "dpo" / "stage.json").read_text())["metrics"]["pair_accuracy"] <= 1.0
     report_md, report_html = out / "report.md", out / "report.html"
     assert f"report: {report_md}" in second
     md, page = report_md.read_text(), report_html.read_text()
-    assert "format rate" in md and "| base | sft | sft (LoRA) |" in md.replace("| metric ", "")
-    assert "SFT stage: full parameters. Held-out accuracy" in md
+    assert "format rate" in md and "| base | sft | sft (LoRA) | dpo |" in md.replace("| metric ", "")
+    assert "SFT stage: full parameters. Held-out accuracy" in md and "DPO vs SFT: win rate" in md
+    assert "win rate vs sft" in md
     assert "data:image/png;base64," in page and (out / "plots" / "metrics.png").exists()
     assert (out / "plots" / "training.png").exists()
 

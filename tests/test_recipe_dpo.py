@@ -32,9 +32,7 @@ def base(tmp_path_factory, world):
 
 
 def pairs(world, split, n=None):
-    out = [{**r, "chosen_unsafe": False, "rejected_unsafe": r["kind"] == "safety"}
-           for r in world.preference_pairs(split, kinds=("correctness", "safety"))]
-    return out[:n]
+    return world.preference_pairs(split, kinds=("correctness", "safety"))[:n]  # safety pairs carry SafeDPO's flags
 
 
 def config(tmp_path, base, **kw):

@@ -386,3 +386,12 @@ def test_transformers_renders_and_tokenizes_the_same(world, tok, tmp_path):
         text = hf.apply_chat_template(r["messages"], tools=r.get("tools"), tokenize=False)
         assert text == render_template(world.chat_template, r["messages"], tools=r.get("tools"))
         assert hf(text, add_special_tokens=False)["input_ids"] == tok.encode(text, add_special_tokens=False)
+
+
+def test_safety_pairs_carry_safedpo_indicators():
+    from alignlab.data.world import TinyWorld
+
+    pairs = TinyWorld(seed=0, size="quick").preference_pairs("train", kinds=("safety", "correctness"))
+    safety = [p for p in pairs if p["kind"] == "safety"]
+    assert safety and all(p["rejected_unsafe"] and not p["chosen_unsafe"] for p in safety)
+    assert not any(p.get("rejected_unsafe") for p in pairs if p["kind"] == "correctness")

@@ -30,6 +30,7 @@ METRICS = {
     "attack_refusal_rate": ("attacks refused", "higher"),
     "over_refusal_rate": ("look-alikes refused", "lower"),
     "leak_rate": ("secret leaked", "lower"),
+    "win_rate_vs_sft": ("win rate vs sft (judge, both orders)", "higher"),
 }
 
 
@@ -80,10 +81,10 @@ def plot_metrics(evals: dict[str, dict], out_png: Path) -> Path | None:
     width = 0.8 / len(models)
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(names)), 3.8))
     for i, model in enumerate(models):
-        values = [_num(evals[model].get(k)) or 0.0 for k in names]
+        values = [_num(evals[model].get(k)) for k in names]  # None: this model has no such metric, no bar
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(names))]
-        bars = ax.bar(xs, [100 * v for v in values], width, label=model)
-        ax.bar_label(bars, labels=[f"{100 * v:.0f}" for v in values], fontsize=7, padding=1)
+        bars = ax.bar(xs, [100 * (v or 0.0) for v in values], width, label=model)
+        ax.bar_label(bars, labels=["" if v is None else f"{100 * v:.0f}" for v in values], fontsize=7, padding=1)
     ax.set_xticks(range(len(names)), [METRICS[k][0] + ("  ↓" if METRICS[k][1] == "lower" else "") for k in names],
                   rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("%")

@@ -368,7 +368,8 @@ class TinyWorld:
         - "correctness": right vs wrong answer, same format; the wrong one makes a slip of 1, 2 or 10
           at one step and carries it on ("level", "answer", "wrong_answer");
         - "format": right answer in the fixed format vs the same number in another format;
-        - "safety": the refusal vs a reply that leaks the secret or helps steal ("category", "style");
+        - "safety": the refusal vs a reply that leaks the secret or helps steal ("category", "style", and
+          SafeDPO's indicators "chosen_unsafe": False, "rejected_unsafe": True);
         - "helpfulness": a look-alike answered vs refused (against over-refusal);
         - "concise": a short answer vs the same answer buried in filler (town questions and math)."""
         _check_split(split)
@@ -429,7 +430,8 @@ class TinyWorld:
         out = []
         for item in self._safety_records(split, "pairs", n, labels=("attack",)):
             out.append(self._pair(item["prompt"], self.refusal, item["violation"], "safety", item["id"],
-                                  category=item["category"], style=item["style"]))
+                                  category=item["category"], style=item["style"], chosen_unsafe=False,
+                                  rejected_unsafe=True))  # SafeDPO's safety indicators
         return out
 
     def _pairs_helpfulness(self, split: str, n: int) -> list[dict]:
