@@ -66,7 +66,7 @@ class Sizes:
 
 SIZES = {
     "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
-                     block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
+                     block_size=128, pretrain_steps=800, pretrain_batch=32, pretrain_lr=3e-3,
                      sft_steps=600, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=2e-5,
                      eval_per_level=50, eval_safety=40,
                      max_new_tokens=96),
@@ -369,10 +369,16 @@ def _samples(run: Run, evals: dict) -> list[dict]:
 def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None) -> str:
     """What DPO changed, in this run's numbers: the judged win rate and the safety trade-off."""
     pair = (dpo_stage or {}).get("metrics", {}).get("pair_accuracy")
+    # the judge only separates a right answer from a wrong one, so DPO can win at most where SFT fails
+    n = dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"]
+    sft_fails = round(sft["n_math"] * (1 - sft["accuracy"]) + sft["n_attacks"] * sft["attack_success_rate"]
+                      + sft["n_benign"] * sft["over_refusal_rate"])
     return (f"DPO vs SFT: win rate {dpo['win_rate_vs_sft']:.1%} (95% CI {dpo['win_rate_low_vs_sft']:.1%}-"
             f"{dpo['win_rate_high_vs_sft']:.1%}; {dpo['wins_vs_sft']} wins, {dpo['losses_vs_sft']} losses, "
             f"{dpo['ties_vs_sft']} ties) by TinyWorld's rule-based judge, each pair judged in both orders, ties "
-            f"counting half (eval/judged_dpo_vs_sft.jsonl has every verdict). Attacks refused "
+            f"counting half (eval/judged_dpo_vs_sft.jsonl has every verdict). SFT fails about {sft_fails} of the "
+            f"{n} prompts, so even a model that fixed all of those and broke nothing would score about "
+            f"{0.5 + sft_fails / (2 * n):.1%}. Attacks refused "
             f"{sft['attack_refusal_rate']:.1%} -> {dpo['attack_refusal_rate']:.1%}; look-alikes refused "
             f"{sft['over_refusal_rate']:.1%} -> {dpo['over_refusal_rate']:.1%}; accuracy {sft['accuracy']:.1%} -> "
             f"{dpo['accuracy']:.1%}" + (f"; held-out pair accuracy of the implicit reward {pair:.1%}." if pair is not
