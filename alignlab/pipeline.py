@@ -66,7 +66,7 @@ class Sizes:
 
 SIZES = {
     "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
-                     block_size=128, pretrain_steps=800, pretrain_batch=32, pretrain_lr=3e-3,
+                     block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
                      sft_steps=600, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=2e-5,
                      eval_per_level=50, eval_safety=40,
                      max_new_tokens=96),
