@@ -148,6 +148,13 @@ def cmd_dpo(args):
     run(load_config(DPOConfig, args.config, args.overrides), resume=args.resume)
 
 
+def cmd_grpo(args, config_class: str = "GRPOConfig"):
+    from alignlab.config import load_config
+    from alignlab.recipes import grpo
+
+    grpo.run(load_config(getattr(grpo, config_class), args.config, args.overrides), resume=args.resume)
+
+
 def cmd_pipeline(args):
     from alignlab.pipeline import run_pipeline
 
@@ -205,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                "configs/sft/tinyworld.yaml", "method=lora")
     add_recipe(sub, "dpo", cmd_dpo, "preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, KTO, SafeDPO (loss=...)",
                "configs/dpo/tinyworld.yaml", "loss=ipo beta=0.1")
+    add_recipe(sub, "grpo", cmd_grpo, "GRPO (and DAPO, Dr. GRPO, GSPO) with verifiable rewards: G answers per prompt",
+               "configs/grpo/tinyworld.yaml", "loss_type=dr_grpo num_generations=8")
+    add_recipe(sub, "rloo", lambda args: cmd_grpo(args, "RLOOConfig"), "RLOO: the GRPO recipe with leave-one-out "
+               "advantages and trl's sequence-level loss", "configs/grpo/tinyworld.yaml", "beta=0.05")
 
     from alignlab.recipes.reward_model import add_reward_model_parser
 

@@ -1,0 +1,171 @@
+"""Rollouts: G completions of every prompt from the current policy, and their per-token log-probs.
+
+    rollout = generate_rollouts(model, tokenizer, prompt_ids, num_generations=8, params=SamplingParams(...),
+                                seeds=[...], pad_id=pad)
+    logps, entropy = completion_logps(model, rollout.input_ids, rollout.prompt_lens, rollout.completion_ids,
+                                      rollout.completion_mask, temperature=1.0, entropy=True)
+
+1. generate   every prompt is repeated G times next to itself (trl's repeat_interleave order: rows i*G .. i*G+G-1
+              answer prompt i), and all B*G requests go to `alignlab.infer.Engine` in ONE call: one prefill, then
+              one batched decode step per token with the KV cache, each request drawing from its own seeded
+              generator (so a completion does not depend on its neighbours, and a resumed run redraws the same
+              ones). The model is in eval mode under no_grad; the weights are the policy's own (no copy).
+2. tensors    sequence = prompt + completion, right-padded: input_ids [N, T] needs no attention mask (attention
+              is causal, so padding at the end changes nothing before it). completion_ids [N, C] and
+              completion_mask [N, C]: 1 on every generated token up to and including the end-of-sequence token
+              that stopped it (trl's mask: EOS is trained, so the model learns to stop), 0 after.
+              truncated [N]: the completion hit max_new_tokens without an EOS (finish_reason "length").
+3. log-probs  `completion_logps`: log pi(o_t | x, o_<t) of every completion token from ONE forward of the whole
+              sequence (the training path, with gradients when enabled), the head applied only to completion
+              positions and a chunk of rows at a time (activation checkpointing), so the [N, T, V] logits are
+              never held -- a 150k vocabulary times G long completions would not fit. Logits are divided by
+              the sampling temperature first, as trl does, so the ratio is against the distribution sampled.
+              The engine can return log-probs too, but of the raw logits (temperature 1) and from the cached
+              decode path; GRPO recomputes pi_old with this function when it needs it (num_iterations > 1),
+              as trl does without vLLM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from alignlab.infer import Engine, SamplingParams
+from alignlab.objectives.rl import token_entropy
+from alignlab.train.trainer import unwrap
+
+CHUNK_ELEMENTS = 2**25  # head logits per chunk: rows * vocab (128 MiB of fp32)
+
+
+@dataclass
+class Rollout:
+    """N = B * G completions, the G of a prompt next to each other."""
+
+    input_ids: torch.Tensor  # [N, T] prompt + completion, right-padded with pad_id
+    prompt_lens: torch.Tensor  # [N] prompt tokens of each row: completion token j sits at prompt_len + j
+    completion_ids: torch.Tensor  # [N, C] generated tokens (EOS included when it stopped), pad after
+    completion_mask: torch.Tensor  # [N, C] 1.0 on generated tokens
+    truncated: torch.Tensor  # bool [N]: ended by the length limit, not by EOS
+    prompt_index: torch.Tensor  # [N] the prompt each completion answers (0 .. B-1)
+    texts: list[str] = field(default_factory=list)  # decoded completions (special tokens and the stop token dropped)
+    seconds: float = 0.0  # generation time
+
+    @property
+    def num_tokens(self) -> int:
+        """Generated tokens."""
+        return int(self.completion_mask.sum())
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.completion_mask.sum(-1)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "prompt_lens": self.prompt_lens, "completion_ids": self.completion_ids,
+                "completion_mask": self.completion_mask, "truncated": self.truncated,
+                "prompt_index": self.prompt_index}
+
+
+@torch.no_grad()
+def generate_rollouts(model, tokenizer, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,
+                      seeds: list[int], pad_id: int, autocast=None) -> Rollout:
+    """G = num_generations completions of each prompt (token ids), sampled with `params` in one batched engine call.
+
+    seeds: one per completion (len B * G), in the rows' order; params.seed is ignored. autocast: a context manager
+    to generate under (bf16 on CUDA), or None.
+    """
+    G = num_generations
+    if len(seeds) != len(prompt_ids) * G:
+        raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} prompts x {G} generations")
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    repeated = [ids for ids in prompt_ids for _ in range(G)]
+    requests = [SamplingParams(**{**params.__dict__, "seed": int(s)}) for s in seeds]
+    try:
+        with autocast or contextlib.nullcontext():
+            outs = Engine(model, tokenizer).generate(repeated, requests)
+    finally:
+        model.train(was_training)
+    seconds = time.perf_counter() - start
+
+    N = len(outs)
+    C = max(1, max(len(o.token_ids) for o in outs))
+    T = max(len(p) + len(o.token_ids) for p, o in zip(repeated, outs))
+    input_ids = torch.full((N, T), pad_id, dtype=torch.long)
+    completion_ids = torch.full((N, C), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros(N, C)
+    for i, (p, o) in enumerate(zip(repeated, outs)):
+        seq = p + o.token_ids
+        input_ids[i, :len(seq)] = torch.tensor(seq)
+        if o.token_ids:
+            completion_ids[i, :len(o.token_ids)] = torch.tensor(o.token_ids)
+            completion_mask[i, :len(o.token_ids)] = 1.0
+    device = next(model.parameters()).device
+    return Rollout(input_ids=input_ids.to(device), prompt_lens=torch.tensor([len(p) for p in repeated], device=device),
+                   completion_ids=completion_ids.to(device), completion_mask=completion_mask.to(device),
+                   truncated=torch.tensor([o.finish_reason == "length" for o in outs], device=device),
+                   prompt_index=torch.arange(len(prompt_ids), device=device).repeat_interleave(G),
+                   texts=[o.text or "" for o in outs], seconds=seconds)
+
+
+def _chunk_logps(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, temperature: float):
+    logits = (h @ weight.t()).float() / temperature  # [rows, V]
+    logp = logits.gather(1, y[:, None]).squeeze(1) - logits.logsumexp(-1)
+    return logp, token_entropy(logits.detach())
+
+
+def completion_logps(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, completion_ids: torch.Tensor,
+                     completion_mask: torch.Tensor, temperature: float = 1.0, entropy: bool = False,
+                     chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log pi(o_t | x, o_<t) of the completions [N, C] (0 where the mask is 0), and their entropies
+    (nats, no gradient) when `entropy`.
+
+    One forward of input_ids [N, T] for the final hidden states; the hidden state at position prompt_len + j - 1
+    predicts completion token j. The head (model.lm_head, through `unwrap`) is applied to the masked positions
+    only, `chunk` rows at a time under activation checkpointing when gradients are on.
+    """
+    hidden = model(input_ids, head=False)  # [N, T, D]
+    N, C = completion_ids.shape
+    T, D = hidden.shape[1], hidden.shape[2]
+    pos = (prompt_lens[:, None] - 1 + torch.arange(C, device=hidden.device)).clamp(max=T - 1)  # [N, C]
+    rows = completion_mask.reshape(-1).nonzero().squeeze(1)
+    h = hidden.gather(1, pos[..., None].expand(N, C, D)).reshape(N * C, D)[rows]
+    y = completion_ids.reshape(-1)[rows]
+    weight = unwrap(model).lm_head.weight
+    chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
+    save_memory = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    logps, entropies = [], []
+    for s in range(0, len(y), chunk) or [0]:  # [0]: one empty chunk when nothing is masked, to keep the graph
+        args = (h[s:s + chunk], weight, y[s:s + chunk], temperature)
+        lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False) if save_memory else _chunk_logps(*args)
+        logps.append(lp)
+        entropies.append(ent)
+    flat = hidden.new_zeros(N * C, dtype=torch.float32).index_put((rows,), torch.cat(logps))
+    ent = None
+    if entropy:
+        ent = torch.zeros(N * C, device=hidden.device).index_put((rows,), torch.cat(entropies)).view(N, C)
+    return flat.view(N, C), ent
+
+
+@torch.no_grad()
+def rollout_logps(model, rollout: Rollout | dict, temperature: float, micro_batch: int, autocast=None) -> torch.Tensor:
+    """completion_logps of a whole rollout without gradients, micro_batch rows at a time, in eval mode (pi_old,
+    pi_ref). Returns [N, C]."""
+    t = rollout.tensors() if isinstance(rollout, Rollout) else rollout
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with autocast or contextlib.nullcontext():
+            for s in range(0, t["input_ids"].shape[0], micro_batch):
+                sl = slice(s, s + micro_batch)
+                lp, _ = completion_logps(model, t["input_ids"][sl], t["prompt_lens"][sl], t["completion_ids"][sl],
+                                         t["completion_mask"][sl], temperature)
+                out.append(lp)
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
