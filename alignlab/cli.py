@@ -155,6 +155,13 @@ def cmd_grpo(args, config_class: str = "GRPOConfig"):
     grpo.run(load_config(getattr(grpo, config_class), args.config, args.overrides), resume=args.resume)
 
 
+def cmd_ppo(args):
+    from alignlab.config import load_config
+    from alignlab.recipes.ppo import PPOConfig, run
+
+    run(load_config(PPOConfig, args.config, args.overrides), resume=args.resume)
+
+
 def cmd_pipeline(args):
     from alignlab.pipeline import run_pipeline
 
@@ -216,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                "configs/grpo/tinyworld.yaml", "loss_type=dr_grpo num_generations=8")
     add_recipe(sub, "rloo", lambda args: cmd_grpo(args, "RLOOConfig"), "RLOO: the GRPO recipe with leave-one-out "
                "advantages and trl's sequence-level loss", "configs/grpo/tinyworld.yaml", "beta=0.05")
+    add_recipe(sub, "ppo", cmd_ppo, "PPO with a value model: GAE(gamma, lambda), clipped policy and value losses, "
+               "verifiable rewards", "configs/ppo/tinyworld.yaml", "kl_coef=0.05 num_ppo_epochs=4")
 
     from alignlab.recipes.reward_model import add_reward_model_parser
 

@@ -1,0 +1,530 @@
+"""PPO with a value model: GAE(gamma, lambda) advantages, clipped policy and value losses, verifiable rewards.
+
+    alignlab ppo --config configs/ppo/tinyworld.yaml [key=value ...] [--resume]
+
+RLHF's PPO (Ziegler et al. 2019, arXiv:1909.08593; Stiennon et al. 2020; Ouyang et al. 2022, arXiv:2203.02155),
+as trl's PPOTrainer runs it (its option names), with the rewards of GRPO's reward functions instead of a reward
+model. Where GRPO needs G answers per prompt to compare them, PPO learns a baseline: a critic V(x, o_<t) that
+predicts, at every token, the score the completion will end with. One prompt, one answer (num_generations=1) is
+enough. Everything before the advantages is GRPO's (alignlab/recipes/grpo.py, imported, not repeated): the prompt
+sources, the batched seeded rollouts, RewardRunner, the reference, the monitors and alarms, the held-out accuracy.
+
+One rollout batch, then num_ppo_epochs x num_mini_batches optimizer steps on it:
+
+1. rollouts    prompts_per_step prompts x num_generations completions from the current policy (grpo.RolloutSource)
+2. scores      every reward function on every completion through RewardRunner; the weighted total is the score
+               s_i (trl's "scores"); missing_eos_penalty is subtracted from completions cut off without EOS (trl).
+               A completion no function could score (total None) leaves both losses.
+3. no-grad     once per batch: log pi_old (the sampling policy, temperature-scaled as in the loss), log pi_ref,
+               and the critic's values V_old at every completion token: the head at the position that predicts
+               that token (the prompt and the completion before it), as trl reads value[:, prompt_len - 1 : -1]
+4. rewards     per token (objectives.rl.token_rewards):  r_t = -kl_coef * KL_t  +  s_i [t = last token]
+               KL_t = log pi_old - log pi_ref (k1, trl's default kl_estimator) or k3; whiten_rewards=true rescales
+               r (trl's masked_whiten without the mean shift)
+5. advantages  GAE (objectives.rl.gae): delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lam A_{t+1},
+               V = 0 after the last token; returns R_t = A_t + V_t (the critic's target); A whitened over the batch's
+               tokens (trl). `ppo_advantages` is this step, a pure function (tests/test_recipe_ppo.py checks it).
+6. update      each epoch shuffles the batch (seeded per rollout and epoch) into num_mini_batches mini-batches,
+               each one optimizer step over train.grad_accum micro-batches:
+                   loss = ppo_policy_loss(cliprange) + vf_coef * ppo_value_loss(cliprange_value)
+               both token means over the mini-batch. The first mini-batch of the first epoch has ratio 1.
+7. save        as GRPO (checkpoints with the rollout buffer, exact resume; metrics.jsonl; plots/rl.png), plus
+               <out_dir>/value_model, the critic as a sequence-classification directory (RewardModel's format: it
+               loads as value_model=... to continue, or in transformers' AutoModelForSequenceClassification)
+
+train.max_steps counts optimizer steps: a rollout batch lasts num_ppo_epochs * num_mini_batches of them (trl
+counts the rollout batches as its "updates"), and the learning-rate schedule runs over optimizer steps.
+
+THE CRITIC (`value_model`). Empty (default): a separate model, the policy's starting weights with a new scalar head
+(RewardModel.from_causal_lm: the language-model head dropped, Linear(dim, 1) drawn N(0, init_std^2) so values
+start near 0). trl initialises it from the reward model; with verifiable rewards there is none, and the SFT
+policy is the network that already reads these prompts. A directory: a reward model or an earlier run's
+value_model (it has score.weight: loaded as it is), or a language model (new head). It is a separate network,
+not a value head on the policy's backbone (trl's old AutoModelForCausalLMWithValueHead): the value loss cannot
+pull the policy's features, vf_coef only balances the two gradients in one optimizer, and each exports cleanly;
+the price is a second model in memory.
+method=lora puts adapters on both backbones; the critic's head is trained in full (PEFT's modules_to_save).
+
+ONE OPTIMIZER. The policy and the critic are one module (ActorCritic, trl's PolicyAndValueWrapper), so the shared
+Trainer's one AdamW (one learning rate), its gradient clipping (one global norm over both), its checkpoints (the
+critic is restored with the policy and the optimizer's moments) and DDP cover both unchanged. FSDP is not
+supported (its wrapping knows one transformer).
+
+METRICS (trl's names, without its _avg suffix; trl's "val/" prefix means the value function, while val/accuracy
+and val/format_* are the held-out evaluation, as in GRPO). Per rollout batch: objective/scores (mean score),
+objective/kl (k1 summed over a completion, mean over completions), objective/non_score_reward (-kl_coef * that),
+objective/rlhf_reward (scores + non-score reward), objective/entropy (-log pi_old summed over a completion),
+objective/returns and objective/values (token means), and all of GRPO's rollout metrics (reward, rewards/<f>/*,
+completions/*, format_rate, accuracy, ...; with num_generations=1 the whole batch is one "group" for reward_std and
+frac_reward_zero_std, so the zero-variance alarm means: every completion got the same score). Per optimizer step:
+loss/policy, loss/value, policy/clipfrac, policy/approxkl, val/clipfrac, val/vpred (mean V), val/error (mean
+(V - R)^2), and the monitors' entropy and kl (k3 per token, as GRPO logs it, so the two compare).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from alignlab.lora import apply_lora, merge_and_unload, save_adapter
+from alignlab.model.hf import load_model, read_config, resolve_model_dir, save_model
+from alignlab.model.reward import RewardModel, load_reward_model, save_reward_model
+from alignlab.objectives.rl import gae, kl_k3, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
+from alignlab.recipes.grpo import (
+    REFERENCES,
+    RLTrainer,
+    RolloutSource,
+    TokenReference,
+    _autocast,
+    _prompt_text,
+    build_reward_funcs,
+    default_val_source,
+    load_prompts,
+    make_task,
+    rollout_metrics,
+    tokenize_prompts,
+)
+from alignlab.recipes.sft import LoraOptions
+from alignlab.rewards import RewardRunner
+from alignlab.rl.monitor import AlarmConfig, RLMonitor, plot_rl_curves
+from alignlab.rl.rollout import completion_logps, generate_rollouts, rollout_logps
+from alignlab.text import load_tokenizer
+from alignlab.train import checkpoint as ckpt
+from alignlab.train.trainer import TrainConfig, resolve_device, set_seed
+
+KL_ESTIMATORS = ("k1", "k3")
+
+
+@dataclass
+class PPOConfig:
+    out_dir: str = "runs/ppo"
+    model: str = ""  # the policy's starting point (a model directory, usually after SFT)
+    value_model: str = ""  # the critic: empty = the policy's starting weights + a new scalar head (module docstring)
+    data: str = "tinyworld:rl"  # prompts, as GRPO's (grpo.py: PROMPT SOURCES)
+    val_data: str = ""  # held-out prompts for accuracy; empty: derived from data (TinyWorld / GSM8K test split)
+    num_generations: int = 1  # completions per prompt (PPO needs one: the critic is the baseline)
+    prompts_per_step: int = 64  # prompts per rollout batch
+    max_prompts: int = 0  # use only the first N prompts of data (0: all)
+    max_prompt_len: int = 256  # longer prompts are dropped (counted)
+    max_completion_length: int = 256
+    temperature: float = 1.0  # sampling; the log-probs divide the logits by it too (trl)
+    top_p: float = 1.0
+    top_k: int = 0
+    kl_coef: float = 0.05  # per-token KL penalty in the reward (trl's default)
+    kl_estimator: str = "k1"  # k1 = log pi_old - log pi_ref (trl's default) | k3
+    gamma: float = 1.0  # discount (trl: 1)
+    lam: float = 0.95  # GAE lambda (trl: 0.95)
+    cliprange: float = 0.2  # the policy ratio's clip range
+    cliprange_value: float = 0.2  # how far a value may move from V_old within one rollout batch
+    vf_coef: float = 0.1  # loss = policy loss + vf_coef * value loss (trl: 0.1)
+    num_ppo_epochs: int = 4  # passes over each rollout batch (trl: 4)
+    num_mini_batches: int = 1  # optimizer steps per pass (trl: 1)
+    whiten_rewards: bool = False  # rescale the per-token rewards to unit variance before GAE (trl: False)
+    missing_eos_penalty: float | None = None  # subtracted from the score of completions without EOS (trl); None: off
+    reward_funcs: dict[str, float] = field(default_factory=lambda: {"format": 1.0, "correctness": 1.0})
+    reward_timeout_s: float = 10.0
+    reward_isolation: str = "thread"  # thread | process (see alignlab.rewards.guard)
+    reference: str = "auto"  # auto | copy | lora | none (none: kl_coef = 0 only)
+    track_kl: bool = True  # compute the KL to the reference for the monitor even when kl_coef = 0
+    method: str = "full"  # full | lora (adapters on the policy and the critic)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    eval_prompts: int = 64  # held-out prompts answered greedily at each evaluation (0: no held-out accuracy)
+    logp_batch: int = 64  # rows per no-grad forward for pi_old, pi_ref and V_old
+    alarms: AlarmConfig = field(default_factory=AlarmConfig)
+    threads: int = 0
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        max_steps=200, lr=1e-6, schedule="constant", warmup_steps=0, weight_decay=0.0, eval_every=40,
+        save_every=40, keep_last=2))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The critic and the policy as one module
+
+
+def completion_values(critic: RewardModel, input_ids: torch.Tensor, prompt_lens: torch.Tensor,
+                      num_completion_tokens: int) -> torch.Tensor:
+    """V at every completion token, [N, C]: the critic's head at position prompt_len + j - 1, the hidden state that
+    has read the prompt and o_<j (the one that predicts token j, as in completion_logps). Float32; positions past a
+    row's completion hold whatever the head says there (the losses mask them)."""
+    values = critic.token_rewards(input_ids).float()  # [N, T]: the head at every position
+    T = values.shape[1]
+    pos = prompt_lens[:, None] - 1 + torch.arange(num_completion_tokens, device=values.device)
+    return values.gather(1, pos.clamp(max=T - 1))
+
+
+class ActorCritic(nn.Module):
+    """The policy (a CausalLM) and the critic (a RewardModel read at every token) as one module, so one optimizer,
+    one gradient clip, one checkpoint and DDP's forward cover both (trl's PolicyAndValueWrapper)."""
+
+    def __init__(self, policy: nn.Module, critic: RewardModel):
+        super().__init__()
+        self.policy, self.critic = policy, critic
+
+    def forward(self, input_ids, prompt_lens, completion_ids, completion_mask, temperature: float = 1.0):
+        """(log pi of each completion token [N, C], its entropy [N, C] (no gradient), V [N, C])."""
+        logps, entropy = completion_logps(self.policy, input_ids, prompt_lens, completion_ids, completion_mask,
+                                          temperature, entropy=True)
+        return logps, entropy, completion_values(self.critic, input_ids, prompt_lens, completion_ids.shape[1])
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.policy.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:  # the Trainer's switch, for both
+        self.policy.gradient_checkpointing = on
+        self.critic.gradient_checkpointing = on
+
+
+def load_critic(cfg: PPOConfig, model_dir: Path, device) -> RewardModel:
+    """The critic per `value_model` (module docstring), in float32, with LoRA on its backbone for method=lora."""
+    source = resolve_model_dir(cfg.value_model) if cfg.value_model else model_dir
+    hf, _ = read_config(source)
+    if any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or []):
+        critic = load_reward_model(source, device=device, dtype=torch.float32).train()
+    else:
+        critic = RewardModel.from_causal_lm(source, device=device, dtype=torch.float32)
+    if cfg.method == "lora":
+        apply_lora(critic.backbone, cfg.lora.to_config())
+        critic.score.requires_grad_(True)
+    return critic
+
+
+@torch.no_grad()
+def rollout_values(critic: RewardModel, batch: dict, micro_batch: int, autocast=None) -> torch.Tensor:
+    """V_old of a whole rollout batch [N, C], without gradients, `micro_batch` rows at a time, in eval mode."""
+    was_training = critic.training
+    critic.eval()
+    C, out = batch["completion_ids"].shape[1], []
+    try:
+        with autocast or contextlib.nullcontext():
+            for s in range(0, batch["input_ids"].shape[0], micro_batch):
+                out.append(completion_values(critic, batch["input_ids"][s:s + micro_batch],
+                                             batch["prompt_lens"][s:s + micro_batch], C))
+    finally:
+        critic.train(was_training)
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Advantages
+
+
+def ppo_advantages(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor | None, values: torch.Tensor,
+                   mask: torch.Tensor, kl_coef: float = 0.05, gamma: float = 1.0, lam: float = 0.95,
+                   whiten_rewards: bool = False, kl_estimator: str = "k1") -> dict[str, torch.Tensor]:
+    """Steps 4-5 of the module docstring on one rollout batch: {"advantages", "returns", "rewards", "kl",
+    "loss_mask"}, all [N, C].
+
+    scores [N] (NaN: unscored), logps / ref_logps [N, C] of the sampling policy and the reference (ref None: no
+    KL term), values [N, C] = V_old, mask [N, C] = the completion mask. Unscored completions get loss_mask 0: no
+    reward, no advantage, no value target.
+    """
+    loss_mask = mask * (~scores.isnan())[:, None].to(mask.dtype)
+    kl = None
+    if ref_logps is not None:
+        kl = (logps - ref_logps) if kl_estimator == "k1" else kl_k3(logps, ref_logps)
+        kl = kl * loss_mask
+    rewards = token_rewards(scores.nan_to_num(0.0), loss_mask, kl, kl_coef)
+    enough = loss_mask.sum() > 1  # whitening needs two tokens for a variance
+    if whiten_rewards and enough:
+        rewards = whiten(rewards, loss_mask, shift_mean=False)
+    advantages, returns = gae(rewards, values, loss_mask, gamma, lam)
+    if enough:
+        advantages = whiten(advantages, loss_mask)
+    return {"advantages": advantages, "returns": returns, "rewards": rewards,
+            "kl": torch.zeros_like(rewards) if kl is None else kl, "loss_mask": loss_mask}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Rollout batches: GRPO's RolloutSource with PPO's no-grad pass and advantages, and epochs of shuffled mini-batches
+
+
+class PPORolloutSource(RolloutSource):
+    """grpo.RolloutSource (prompt sampler, seeded rollouts, reward runner, exact-resume state: the buffer and the
+    position in it) with PPO's `collect` and its order of micro-batches: each epoch over the rollout batch starts
+    by shuffling its rows (seeded by the rollout and the epoch, so a resumed run shuffles alike), then takes
+    num_mini_batches mini-batches of grad_accum micro-batches each, in order."""
+
+    def __init__(self, cfg: PPOConfig, policy, critic: RewardModel, *args, **kwargs):
+        super().__init__(cfg, policy, *args, **kwargs)
+        self.critic = critic
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Micro-batches per pass over the rollout batch."""
+        return self.cfg.num_mini_batches * self.cfg.train.grad_accum
+
+    def next_batch(self) -> dict:
+        per_epoch = self.steps_per_epoch
+        if self.buffer is None or self.cursor >= per_epoch * self.cfg.num_ppo_epochs:
+            self.buffer, self.metrics = self.collect()
+            self.cursor, self.fresh = 0, True
+        if self.cursor % per_epoch == 0:  # a new epoch: a new order of the rows
+            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.rollouts * 1009
+                                              + self.cursor // per_epoch)
+            order = torch.randperm(self.buffer["input_ids"].shape[0], generator=g).to(self.device)
+            self.buffer = {k: v[order] for k, v in self.buffer.items()}
+        part = self.cursor % per_epoch
+        self.cursor += 1
+        return self.micro_batch(part, per_epoch)
+
+    def score(self, records: list[dict], rollout) -> tuple[torch.Tensor, dict]:
+        """Every reward function on every completion (as GRPO's collect): (weighted totals [N], NaN where None;
+        the per-function values)."""
+        G = self.cfg.num_generations
+        prompts = [r["prompt"] for r in records for _ in range(G)]
+        completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}]
+                       for p, t in zip(prompts, rollout.texts)]
+        columns = {k: [r.get(k) for r in records for _ in range(G)] for k in self.columns}
+        lengths = rollout.completion_mask.sum(-1).long().tolist()
+        columns["completion_ids"] = [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths)]
+        per_fn = self.runner(prompts, completions, **columns)
+        totals = self.runner.total(per_fn)
+        return torch.tensor([math.nan if t is None else t for t in totals], dtype=torch.float32), per_fn
+
+    def collect(self) -> tuple[dict, dict]:
+        cfg, G = self.cfg, self.cfg.num_generations
+        idx = self.sampler.next_indices()
+        records = [self.records[i] for i in idx]
+        rollout = generate_rollouts(self.model, self.tok, [self.prompt_ids[i] for i in idx], G, self.params,
+                                    self.seeds(len(idx) * G), self.pad_id, self.autocast)
+        self.rollouts += 1
+        batch = rollout.tensors()
+        rewards, per_fn = self.score(records, rollout)
+        scores = rewards.to(self.device)
+        if cfg.missing_eos_penalty is not None:
+            scores = scores - cfg.missing_eos_penalty * batch["truncated"].float()
+
+        # the no-grad pass: pi_old, pi_ref, V_old
+        mask = batch["completion_mask"]
+        old = rollout_logps(self.model, batch, cfg.temperature, cfg.logp_batch, self.autocast)
+        ref = None
+        if self.reference is not None:
+            ref = self.reference.token_logps(self.model, batch, cfg.temperature, cfg.logp_batch, self.autocast)
+        values = rollout_values(self.critic, batch, cfg.logp_batch, self.autocast)
+        adv = ppo_advantages(scores, old, ref if cfg.kl_coef != 0 else None, values, mask, cfg.kl_coef, cfg.gamma,
+                             cfg.lam, cfg.whiten_rewards, cfg.kl_estimator)
+        batch.update(scores=scores, old_logps=old, old_values=values * adv["loss_mask"],
+                     advantages=adv["advantages"], returns=adv["returns"], loss_mask=adv["loss_mask"])
+        if ref is not None:
+            batch["ref_logps"] = ref
+
+        # metrics: GRPO's rollout metrics (the whole batch one group when G = 1), then trl's objective/*
+        group = G if G > 1 else len(rewards)
+        metrics = rollout_metrics(rewards, per_fn, self.names, group, rollout.lengths.cpu(), rollout.truncated.cpu(),
+                                  rollout.texts, [r.get("answer") for r in records for _ in range(G)], self.task)
+        if metrics["frac_reward_zero_std"] == 1.0:
+            self.zero_variance_batches += 1
+        for name, key in zip(self.names, self.runner.names):
+            s = self.runner.stats[key]
+            metrics.update({f"rewards/{name}/errors": s.errors, f"rewards/{name}/timeouts": s.timeouts,
+                            f"rewards/{name}/nones": s.nones})
+        lm = adv["loss_mask"]
+        k1 = ((old - ref) * mask).sum(-1) if ref is not None else torch.zeros(len(rewards), device=self.device)
+        tokens = lm.sum().clamp(min=1)
+        metrics.update({
+            "objective/scores": scores.nanmean().item(), "objective/kl": k1.mean().item(),
+            "objective/non_score_reward": -cfg.kl_coef * k1.mean().item(),
+            "objective/rlhf_reward": scores.nanmean().item() - cfg.kl_coef * k1.mean().item(),
+            "objective/entropy": (-old * mask).sum(-1).mean().item(),
+            "objective/returns": ((adv["returns"] * lm).sum() / tokens).item(),
+            "objective/values": ((values * lm).sum() / tokens).item(),
+            "zero_variance_batches": self.zero_variance_batches, "rollout_s": rollout.seconds,
+            "rollout_tokens_per_s": rollout.num_tokens / max(rollout.seconds, 1e-9),
+            "num_generated_tokens": rollout.num_tokens})
+        return batch, metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The update: the Trainer's loss_fn
+
+
+def ppo_step(cfg: PPOConfig):
+    """(model, micro-batch, normaliser) -> (loss, metrics). The normaliser is the mini-batch's loss-mask tokens
+    (ppo_weight), so the summed micro-batch losses are the two token means over the whole mini-batch."""
+
+    def step(model, batch: dict, normaliser: float):
+        logps, entropy, values = model(batch["input_ids"], batch["prompt_lens"], batch["completion_ids"],
+                                       batch["completion_mask"], cfg.temperature)
+        mask = batch["loss_mask"]
+        policy_loss, pm = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, cfg.cliprange)
+        value_loss, vm = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, cfg.cliprange_value)
+        share = mask.sum() / normaliser
+        loss = (policy_loss + cfg.vf_coef * value_loss) * share
+        cm = batch["completion_mask"]
+        with torch.no_grad():
+            n, t = cm.sum().clamp(min=1), mask.sum().clamp(min=1)
+            metrics = {"loss/policy": policy_loss.item(), "loss/value": value_loss.item(),
+                       "policy/clipfrac": pm["clipfrac"], "policy/approxkl": pm["approxkl"],
+                       "val/clipfrac": vm["vf_clipfrac"], "val/vpred": ((values * mask).sum() / t).item(),
+                       "val/error": (((values - batch["returns"]) ** 2 * mask).sum() / t).item(),
+                       "entropy": ((entropy * cm).sum() / n).item()}
+            if "ref_logps" in batch:  # the monitor's kl: k3 per token over every completion token, as GRPO's
+                metrics["kl"] = ((kl_k3(logps, batch["ref_logps"]) * cm).sum() / n).item()
+        return loss, metrics
+
+    return step
+
+
+def ppo_weight(batch: dict) -> float:
+    return float(batch["loss_mask"].sum())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe
+
+
+def _check(cfg: PPOConfig) -> str:
+    """Validate the config; returns the resolved reference kind."""
+    for name, value, allowed in (("reference", cfg.reference, REFERENCES), ("method", cfg.method, ("full", "lora")),
+                                 ("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if not cfg.model:
+        raise ValueError("model: the model directory to start from is not set (model=path/to/model)")
+    for name in ("num_generations", "prompts_per_step", "num_ppo_epochs", "num_mini_batches"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    rows, parts = cfg.prompts_per_step * cfg.num_generations, cfg.num_mini_batches * cfg.train.grad_accum
+    if rows < parts:
+        raise ValueError(f"num_mini_batches * train.grad_accum = {parts} micro-batches need at least as many "
+                         f"completions; prompts_per_step * num_generations = {rows}")
+    if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
+        raise ValueError(f"gamma and lam must be in [0, 1], got gamma={cfg.gamma}, lam={cfg.lam}")
+    if cfg.temperature <= 0:
+        raise ValueError("temperature must be > 0: PPO samples (and divides the logits by it)")
+    if cfg.train.distributed == "fsdp":
+        raise ValueError("train.distributed=fsdp: PPO's policy + critic module runs on one process or under DDP")
+    reference = cfg.reference if cfg.reference != "auto" else ("lora" if cfg.method == "lora" else "copy")
+    if reference == "lora" and cfg.method != "lora":
+        raise ValueError("reference=lora needs method=lora: the reference is the model with its adapters disabled")
+    if cfg.kl_coef != 0 and reference == "none":
+        raise ValueError(f"kl_coef={cfg.kl_coef} needs a reference model (reference=copy, or lora with method=lora)")
+    if cfg.kl_coef == 0 and not cfg.track_kl:
+        reference = "none"
+    return reference
+
+
+def run(cfg: PPOConfig, resume: bool = False, train_records: list[dict] | None = None,
+        val_records: list[dict] | None = None) -> dict:
+    from tqdm import tqdm
+
+    from alignlab.config import save_config
+    from alignlab.eval.world_suite import generate_replies
+    from alignlab.rewards import reward_name
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    reference_kind = _check(cfg)
+    device = resolve_device(cfg.train.device)
+    out = Path(cfg.out_dir)
+    model_dir = resolve_model_dir(cfg.model)
+    tok = load_tokenizer(model_dir)
+
+    # prompts (and the task that checks replies to them); held-out prompts for accuracy -- as GRPO
+    if train_records is None:
+        train_records, task_name = load_prompts(cfg.data, cfg.max_prompts)
+    else:
+        task_name = "tinyworld" if cfg.data.startswith("tinyworld:rl") else \
+            "gsm8k" if cfg.data.startswith("gsm8k") else "generic"
+    task = make_task(task_name)
+    records, prompt_ids = tokenize_prompts(tok, train_records, cfg.max_prompt_len, cfg.data or "records")
+    if val_records is None:
+        val_source = cfg.val_data or default_val_source(cfg.data)
+        val_records = load_prompts(val_source)[0] if val_source and cfg.eval_prompts else []
+    if len(val_records) > cfg.eval_prompts:
+        val_records = random.Random(0).sample(val_records, cfg.eval_prompts)
+    val_records = [r for r in val_records if r.get("answer") is not None]
+    steps = cfg.num_ppo_epochs * cfg.num_mini_batches
+    print(f"ppo data: {len(records):,} prompts ({task.name}), {cfg.prompts_per_step} x {cfg.num_generations} "
+          f"completions per rollout batch, {steps} optimizer steps on each; {len(val_records)} held-out prompts")
+
+    # the policy, the critic, the reference
+    set_seed(cfg.train.seed)
+    policy = load_model(model_dir, dtype=torch.float32)
+    if cfg.method == "lora":
+        apply_lora(policy, cfg.lora.to_config())
+    policy.to(device)
+    critic = load_critic(cfg, model_dir, device)
+    if critic.config.vocab_size != policy.config.vocab_size:
+        raise ValueError(f"value_model={cfg.value_model}: vocabulary of {critic.config.vocab_size} tokens, the "
+                         f"policy's has {policy.config.vocab_size}; the critic must read the policy's tokens")
+    model = ActorCritic(policy, critic)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
+    reference = None if reference_kind == "none" else TokenReference(reference_kind, policy)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+
+    # rollouts, scores, advantages, monitors
+    fns, weights, names = build_reward_funcs(cfg.reward_funcs, task, cfg.max_completion_length)
+    runner = RewardRunner(fns, weights, timeout_s=cfg.reward_timeout_s, isolation=cfg.reward_isolation,
+                          warn=tqdm.write)
+    monitor = RLMonitor(cfg.alarms, warn=tqdm.write)
+    data = PPORolloutSource(cfg, policy, critic, tok, records, prompt_ids, runner, names, task, reference, pad_id,
+                            monitor)
+    print("reward functions: " + ", ".join(f"{n} ({reward_name(f)}) x {w:g}" for n, f, w in zip(names, fns, weights))
+          + f"; reference: {reference_kind}; critic: {cfg.value_model or 'the policy + a new head'}")
+
+    # held-out accuracy of the policy, greedy
+    shown: list[str] = []
+    trainer: RLTrainer | None = None
+
+    def evaluate(m: ActorCritic) -> dict:
+        replies = generate_replies(m.policy, tok, [r["prompt"] for r in val_records], cfg.max_completion_length)
+        fmt = [task.format_ok(o) for o in replies]
+        right = [task.correct(o, r["answer"]) for o, r in zip(replies, val_records)]
+        n = len(replies)
+        metrics = {"val/accuracy": sum(right) / n, "val/format_rate": sum(fmt) / n,
+                   "val/format_ok_wrong": sum(f and not c for f, c in zip(fmt, right)) / n}
+        shown[:] = [f"{_prompt_text(r['prompt'])} -> {o}" for r, o in zip(val_records[:3], replies)]
+        return {**metrics, **monitor.observe_eval(trainer.step if trainer else 0, metrics)}
+
+    trainer = RLTrainer(cfg.train, model, data, ppo_step(cfg), out, evaluate=evaluate if val_records else None,
+                        sample=(lambda m: list(shown)) if val_records else None, weight_fn=ppo_weight,
+                        run_config=asdict(cfg), monitor=monitor)
+    start: dict = {}
+    resuming = bool(resume) and ckpt.latest_checkpoint(out / "checkpoints") is not None
+    if val_records and not resuming:
+        model.eval()
+        with torch.no_grad(), _autocast(cfg.train, device):
+            start = {k: v for k, v in evaluate(model).items() if k.startswith("val/")}
+        model.train()
+        print("at the start: " + ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
+    result = trainer.fit(resume=resume)
+    if not start and monitor.evals and monitor.evals[0]["step"] == 0:
+        start = {k: v for k, v in monitor.evals[0].items() if k != "step"}
+    result.update(start=start, alarms=dict(monitor.raised), prompts=len(records), rollouts=data.rollouts,
+                  reward_failures={n: asdict(runner.stats[k]) for n, k in zip(names, runner.names)})
+    if cfg.train.plot:
+        plot_rl_curves(out / "metrics.jsonl", out / "plots" / "rl.png", title=f"ppo {out.name}", start=start)
+
+    # the model directories: the policy, and the critic
+    if result["status"] == "finished":
+        final = trainer.export_model()
+        meta = {"stage": "ppo", "parent": cfg.model, "config": asdict(cfg),
+                "metrics": {k: v for k, v in result.items() if k not in ("last_checkpoint", "reward_failures")}}
+        policy, critic = final.policy, final.critic
+        if cfg.method == "lora":
+            result["adapter_dir"] = str(save_adapter(policy, out / "adapter", policy.lora_config,
+                                                     base_model_name_or_path=cfg.model))
+            policy = merge_and_unload(policy)
+            merge_and_unload(critic.backbone)
+        result["model_dir"] = str(save_model(policy, out / "model", tokenizer=tok, meta=meta))
+        result["value_model_dir"] = str(save_reward_model(critic, out / "value_model", tokenizer=tok,
+                                                          meta={**meta, "stage": "ppo value model"},
+                                                          pad_token_id=pad_id))
+        (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        acc = (f"held-out accuracy {start.get('val/accuracy', math.nan):.1%} -> {result['val/accuracy']:.1%}"
+               if "val/accuracy" in result else "no held-out prompts")
+        alarms = f"; alarms: {', '.join(monitor.raised)}" if monitor.raised else ""
+        print(f"ppo: {result['step']} steps on {data.rollouts} rollout batches ({result['train_seconds']:.0f} s), "
+              f"{acc}{alarms}; model: {result['model_dir']}, critic: {result['value_model_dir']}")
+    return result
