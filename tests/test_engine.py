@@ -368,3 +368,16 @@ def test_kv_cache_is_uninitialised_but_never_read_unwritten(models, monkeypatch)
 
     monkeypatch.setattr(model, "new_cache", poisoned)
     assert [c.token_ids for c in Engine(model).generate(ps, params)] == want
+
+
+def test_sample_draws_from_the_distribution_and_never_a_filtered_token():
+    from alignlab.infer.sampling import sample
+
+    probs = torch.tensor([0.5, 0.0, 0.2, 0.3])
+    logits = probs.log().expand(4000, 4).clone()  # log 0 = -inf: a filtered token
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    counts = torch.bincount(sample(logits, gens), minlength=4).float() / 4000
+    assert counts[1] == 0 and torch.allclose(counts, probs, atol=0.03), counts
+    # row b's draw depends on its own generator only
+    again = sample(logits[:3], [torch.Generator().manual_seed(i) for i in range(3)])
+    assert torch.equal(again, sample(logits[:4000], [torch.Generator().manual_seed(i) for i in range(4000)])[:3])
