@@ -71,6 +71,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from alignlab.data.sampler import EpochSampler
 from alignlab.infer import SamplingParams
@@ -91,7 +92,7 @@ from alignlab.recipes.dpo import Reference
 from alignlab.recipes.sft import LoraOptions
 from alignlab.rewards import RewardRunner, RewardStats
 from alignlab.rl.monitor import AlarmConfig, RLMonitor, plot_rl_curves
-from alignlab.rl.rollout import completion_logps, generate_rollouts, rollout_logps
+from alignlab.rl.rollout import Rollout, completion_logps, generate_rollouts, rollout_logps
 from alignlab.text import load_tokenizer
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed, unwrap
@@ -255,9 +256,10 @@ def prompt_token_ids(tok, prompt) -> list[int]:
     return tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
 
 
-def tokenize_prompts(tok, records: list[dict], max_prompt_len: int, source: str) -> tuple[list[dict], list[list[int]]]:
+def tokenize_prompts(tok, records: list[dict], max_prompt_len: int, source: str,
+                     recipe: str = "grpo") -> tuple[list[dict], list[list[int]]]:
     """Chat-template (or encode) every prompt; prompts longer than max_prompt_len are dropped and counted (a chat
-    prompt cut short is not the question any more)."""
+    prompt cut short is not the question any more). `recipe` names the run in the message."""
     kept, ids = [], []
     for r in records:
         p = prompt_token_ids(tok, r["prompt"]) if not r.get("tools") else tok.apply_chat_template(
@@ -266,11 +268,34 @@ def tokenize_prompts(tok, records: list[dict], max_prompt_len: int, source: str)
             kept.append(r)
             ids.append(p)
     if len(kept) < len(records):
-        print(f"grpo data: {len(records) - len(kept)} of {len(records)} prompts of {source} are longer than "
+        print(f"{recipe} data: {len(records) - len(kept)} of {len(records)} prompts of {source} are longer than "
               f"max_prompt_len={max_prompt_len} tokens and were dropped")
     if not kept:
         raise ValueError(f"{source}: no prompt fits max_prompt_len={max_prompt_len}")
     return kept, ids
+
+
+def load_prompt_sets(cfg: GRPOConfig, tok, train_records: list[dict] | None = None,
+                     val_records: list[dict] | None = None,
+                     recipe: str = "grpo") -> tuple[Task, list[dict], list[list[int]], list[dict]]:
+    """Step 1 of a run (GRPO's and PPO's): (task, records, prompt_ids, val_records) -- the training prompts of
+    cfg.data (or the given records) that fit max_prompt_len, their token ids, and up to eval_prompts held-out
+    prompts with an answer (the given ones, cfg.val_data, or the test split that goes with cfg.data; a seeded
+    sample)."""
+    if train_records is None:
+        train_records, task_name = load_prompts(cfg.data, cfg.max_prompts)
+    else:
+        task_name = "tinyworld" if cfg.data.startswith("tinyworld:rl") else \
+            "gsm8k" if cfg.data.startswith("gsm8k") else "generic"
+    task = make_task(task_name)
+    records, prompt_ids = tokenize_prompts(tok, train_records, cfg.max_prompt_len, cfg.data or "records", recipe)
+    if val_records is None:
+        val_source = cfg.val_data or default_val_source(cfg.data)
+        val_records = load_prompts(val_source)[0] if val_source and cfg.eval_prompts else []
+    if len(val_records) > cfg.eval_prompts:
+        val_records = random.Random(0).sample(val_records, cfg.eval_prompts)
+    val_records = [r for r in val_records if r.get("answer") is not None]
+    return task, records, prompt_ids, val_records
 
 
 def build_reward_funcs(spec: dict[str, float], task: Task, max_completion_length: int) -> tuple[list, list, list]:
@@ -302,6 +327,21 @@ def build_reward_funcs(spec: dict[str, float], task: Task, max_completion_length
     if not fns:
         raise ValueError("reward_funcs is empty: GRPO needs at least one reward function")
     return fns, weights, names
+
+
+def reward_runner(cfg: GRPOConfig, task: Task, warn: Callable[[str], None]) -> tuple[RewardRunner, list[str]]:
+    """(runner, names): cfg.reward_funcs behind a RewardRunner (reward_timeout_s, reward_isolation; failures warned
+    about through `warn` and counted)."""
+    fns, weights, names = build_reward_funcs(cfg.reward_funcs, task, cfg.max_completion_length)
+    return RewardRunner(fns, weights, timeout_s=cfg.reward_timeout_s, isolation=cfg.reward_isolation,
+                        warn=warn), names
+
+
+def describe_rewards(runner: RewardRunner, names: list[str]) -> str:
+    """"format (format_reward[tinyworld]) x 1, ...": each reward function, what it is, its weight."""
+    from alignlab.rewards import reward_name
+
+    return ", ".join(f"{n} ({reward_name(f)}) x {w:g}" for n, f, w in zip(names, runner.fns, runner.weights))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,16 +439,10 @@ class RolloutSource:
         base = (self.cfg.train.seed * 1_000_003 + self.rollouts) * 65_537
         return [(base + i) % 2**62 for i in range(n)]
 
-    def collect(self) -> tuple[dict, dict]:
-        cfg, G = self.cfg, self.cfg.num_generations
-        idx = self.sampler.next_indices()
-        records = [self.records[i] for i in idx]
-        rollout = generate_rollouts(self.model, self.tok, [self.prompt_ids[i] for i in idx], G, self.params,
-                                    self.seeds(len(idx) * G), self.pad_id, self.autocast)
-        self.rollouts += 1
-        batch = rollout.tensors()
-
-        # rewards: every function on every completion, failures counted and turned into None
+    def score(self, records: list[dict], rollout: Rollout) -> tuple[torch.Tensor, dict[str, list]]:
+        """Every reward function on every completion of the rollout (G per record), failures counted and turned
+        into None: (the weighted totals [N], float32, NaN where None; the per-function values)."""
+        G = self.cfg.num_generations
         prompts = [r["prompt"] for r in records for _ in range(G)]
         completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}]
                        for p, t in zip(prompts, rollout.texts)]
@@ -417,7 +451,44 @@ class RolloutSource:
         columns["completion_ids"] = [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths)]
         per_fn = self.runner(prompts, completions, **columns)
         totals = self.runner.total(per_fn)
-        rewards = torch.tensor([math.nan if t is None else t for t in totals], dtype=torch.float32)
+        return torch.tensor([math.nan if t is None else t for t in totals], dtype=torch.float32), per_fn
+
+    def batch_metrics(self, rewards: torch.Tensor, per_fn: dict[str, list], group: int, rollout: Rollout,
+                      records: list[dict], extra: dict | None = None) -> dict[str, float]:
+        """What the rollout batch did: rollout_metrics (groups of `group` completions), the reward functions'
+        failure counts, `extra` (a recipe's own), the zero-variance batches so far and the rollout's speed."""
+        G = self.cfg.num_generations
+        metrics = rollout_metrics(rewards, per_fn, self.names, group, rollout.lengths.cpu(), rollout.truncated.cpu(),
+                                  rollout.texts, [r.get("answer") for r in records for _ in range(G)], self.task)
+        if metrics["frac_reward_zero_std"] == 1.0:
+            self.zero_variance_batches += 1
+        for name, key in zip(self.names, self.runner.names):
+            s = self.runner.stats[key]
+            metrics.update({f"rewards/{name}/errors": s.errors, f"rewards/{name}/timeouts": s.timeouts,
+                            f"rewards/{name}/nones": s.nones})
+        metrics.update(extra or {})
+        metrics.update({"zero_variance_batches": self.zero_variance_batches, "rollout_s": rollout.seconds,
+                        "rollout_tokens_per_s": rollout.num_tokens / max(rollout.seconds, 1e-9),
+                        "num_generated_tokens": rollout.num_tokens})
+        return metrics
+
+    def sample_rollout(self) -> tuple[list[dict], Rollout, dict]:
+        """The next prompts_per_step prompts, num_generations completions of each from the current policy, seeded
+        by the rollout: (the prompts' records, the rollout, its tensors)."""
+        G = self.cfg.num_generations
+        idx = self.sampler.next_indices()
+        records = [self.records[i] for i in idx]
+        rollout = generate_rollouts(self.model, self.tok, [self.prompt_ids[i] for i in idx], G, self.params,
+                                    self.seeds(len(idx) * G), self.pad_id, self.autocast)
+        self.rollouts += 1
+        return records, rollout, rollout.tensors()
+
+    def collect(self) -> tuple[dict, dict]:
+        cfg, G = self.cfg, self.cfg.num_generations
+        records, rollout, batch = self.sample_rollout()
+
+        # rewards: every function on every completion, failures counted and turned into None
+        rewards, per_fn = self.score(records, rollout)
 
         # log-probs of the sampling policy (pi_old) and of the reference, once per rollout batch, without gradients
         mask = batch["completion_mask"]
@@ -446,18 +517,7 @@ class RolloutSource:
         if ref is not None:
             batch["ref_logps"] = ref
 
-        metrics = rollout_metrics(rewards, per_fn, self.names, G, rollout.lengths.cpu(), rollout.truncated.cpu(),
-                                  rollout.texts, [r.get("answer") for r in records for _ in range(G)], self.task)
-        if metrics["frac_reward_zero_std"] == 1.0:
-            self.zero_variance_batches += 1
-        for name, key in zip(self.names, self.runner.names):
-            s = self.runner.stats[key]
-            metrics.update({f"rewards/{name}/errors": s.errors, f"rewards/{name}/timeouts": s.timeouts,
-                            f"rewards/{name}/nones": s.nones})
-        metrics.update({"zero_variance_batches": self.zero_variance_batches, "rollout_s": rollout.seconds,
-                        "rollout_tokens_per_s": rollout.num_tokens / max(rollout.seconds, 1e-9),
-                        "num_generated_tokens": rollout.num_tokens})
-        return batch, metrics
+        return batch, self.batch_metrics(rewards, per_fn, G, rollout, records)
 
     # --- the Trainer's interface ------------------------------------------------------------------------------
 
@@ -583,127 +643,172 @@ def _check(cfg: GRPOConfig) -> str:
                          f"prompts_per_step * num_generations = {cfg.prompts_per_step * cfg.num_generations}")
     if cfg.temperature <= 0:
         raise ValueError("temperature must be > 0: GRPO samples (and divides the logits by it)")
-    reference = cfg.reference if cfg.reference != "auto" else ("lora" if cfg.method == "lora" else "copy")
-    if reference == "lora" and cfg.method != "lora":
-        raise ValueError("reference=lora needs method=lora: the reference is the model with its adapters disabled")
-    if cfg.beta != 0 and reference == "none":
-        raise ValueError(f"beta={cfg.beta} needs a reference model (reference=copy, or lora with method=lora)")
-    if cfg.beta == 0 and not cfg.track_kl:
-        reference = "none"
-    return reference
+    return resolve_reference(cfg.reference, cfg.method, cfg.track_kl, "beta", cfg.beta)
 
 
 def run(cfg: GRPOConfig, resume: bool = False, train_records: list[dict] | None = None,
         val_records: list[dict] | None = None) -> dict:
-    from tqdm import tqdm
-
     from alignlab.config import save_config
-    from alignlab.eval.world_suite import generate_replies
-    from alignlab.rewards import reward_name
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     reference_kind = _check(cfg)
-    device = resolve_device(cfg.train.device)
-    out = Path(cfg.out_dir)
-    model_dir = resolve_model_dir(cfg.model)
-    tok = load_tokenizer(model_dir)
+    device, out, model_dir, tok = open_run(cfg)
 
     # 1. prompts (and the task that checks replies to them); held-out prompts for accuracy
-    if train_records is None:
-        train_records, task_name = load_prompts(cfg.data, cfg.max_prompts)
-    else:
-        task_name = "tinyworld" if cfg.data.startswith("tinyworld:rl") else \
-            "gsm8k" if cfg.data.startswith("gsm8k") else "generic"
-    task = make_task(task_name)
-    records, prompt_ids = tokenize_prompts(tok, train_records, cfg.max_prompt_len, cfg.data or "records")
-    if val_records is None:
-        val_source = cfg.val_data or default_val_source(cfg.data)
-        val_records = load_prompts(val_source)[0] if val_source and cfg.eval_prompts else []
-    if len(val_records) > cfg.eval_prompts:
-        val_records = random.Random(0).sample(val_records, cfg.eval_prompts)
-    val_records = [r for r in val_records if r.get("answer") is not None]
+    task, records, prompt_ids, val_records = load_prompt_sets(cfg, tok, train_records, val_records)
     print(f"grpo data: {len(records):,} prompts ({task.name}), {cfg.prompts_per_step} x {cfg.num_generations} "
           f"completions per step; {len(val_records)} held-out prompts"
           + ("" if val_records else " (no held-out accuracy: the reward-hacking alarms need it)"))
 
     # 2-3. the policy and the reference
     set_seed(cfg.train.seed)
-    model = load_model(model_dir, dtype=torch.float32)
-    if cfg.method == "lora":
-        apply_lora(model, cfg.lora.to_config())
-    model.to(device)
+    model = load_policy(cfg, model_dir, device)
     longest = max(map(len, prompt_ids)) + cfg.max_completion_length
     if longest > model.config.max_seq_len:
         print(f"warning: prompts of up to {max(map(len, prompt_ids))} tokens + max_completion_length="
               f"{cfg.max_completion_length} exceed the model's {model.config.max_seq_len} positions")
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
+    pad_id = pad_token_id(tok)
     reference = None if reference_kind == "none" else TokenReference(reference_kind, model)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
     # 4-6. rollouts, rewards, advantages, monitors
-    fns, weights, names = build_reward_funcs(cfg.reward_funcs, task, cfg.max_completion_length)
-    runner = RewardRunner(fns, weights, timeout_s=cfg.reward_timeout_s, isolation=cfg.reward_isolation,
-                          warn=tqdm.write)
+    runner, names = reward_runner(cfg, task, warn=tqdm.write)
     monitor = RLMonitor(cfg.alarms, warn=tqdm.write)
     data = RolloutSource(cfg, model, tok, records, prompt_ids, runner, names, task, reference, pad_id, monitor)
-    print("reward functions: " + ", ".join(f"{n} ({reward_name(f)}) x {w:g}" for n, f, w in zip(names, fns, weights))
-          + f"; reference: {reference_kind}")
+    print(f"reward functions: {describe_rewards(runner, names)}; reference: {reference_kind}")
 
-    # 7. held-out accuracy, greedy
-    shown: list[str] = []
+    # 7. held-out accuracy, greedy: before the first step, every train.eval_every steps
     trainer: RLTrainer | None = None
+    evaluate, sample = held_out_evaluator(tok, task, val_records, cfg.max_completion_length, monitor,
+                                          step=lambda: trainer.step if trainer else 0)
+    trainer = RLTrainer(cfg.train, model, data, rl_step(cfg), out, evaluate=evaluate, sample=sample,
+                        weight_fn=rl_weight(cfg), run_config=asdict(cfg), monitor=monitor)
+    start = start_metrics(model, evaluate, cfg.train, device, out, resume)
+    result = trainer.fit(resume=resume)
+    finish_run(result, cfg, out, start, monitor, runner, names, records, title=f"{cfg.algorithm} {out.name}")
+
+    # 8. the model directory
+    if result["status"] == "finished":
+        save_policy(trainer.export_model(), cfg, out, tok, model_meta(cfg.algorithm, cfg, result), result)
+        summary = write_result(out, result, monitor)
+        print(f"{cfg.algorithm}: {result['step']} steps ({result['train_seconds']:.0f} s), {summary}; "
+              f"model: {result['model_dir']}")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pieces of a run that PPO's (alignlab/recipes/ppo.py) shares
+
+
+def resolve_reference(reference: str, method: str, track_kl: bool, penalty: str, coef: float) -> str:
+    """The reference kind (copy | lora | none): auto is lora for method=lora, else copy; none when the KL penalty
+    (`penalty` = coef: beta, kl_coef) is 0 and track_kl is off."""
+    reference = reference if reference != "auto" else ("lora" if method == "lora" else "copy")
+    if reference == "lora" and method != "lora":
+        raise ValueError("reference=lora needs method=lora: the reference is the model with its adapters disabled")
+    if coef != 0 and reference == "none":
+        raise ValueError(f"{penalty}={coef} needs a reference model (reference=copy, or lora with method=lora)")
+    if coef == 0 and not track_kl:
+        reference = "none"
+    return reference
+
+
+def open_run(cfg: GRPOConfig) -> tuple[torch.device, Path, Path, object]:
+    """(device, out_dir, the starting model's directory, its tokenizer); torch's threads per cfg.threads."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model_dir = resolve_model_dir(cfg.model)
+    return resolve_device(cfg.train.device), Path(cfg.out_dir), model_dir, load_tokenizer(model_dir)
+
+
+def load_policy(cfg: GRPOConfig, model_dir: Path, device: torch.device) -> torch.nn.Module:
+    """The policy's starting point in float32 on `device`, with LoRA adapters for method=lora."""
+    model = load_model(model_dir, dtype=torch.float32)
+    if cfg.method == "lora":
+        apply_lora(model, cfg.lora.to_config())
+    return model.to(device)
+
+
+def pad_token_id(tok) -> int:
+    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
+
+
+def held_out_evaluator(tok, task: Task, val_records: list[dict], max_new_tokens: int, monitor: RLMonitor,
+                       step: Callable[[], int],
+                       policy: Callable = lambda m: m) -> tuple[Callable | None, Callable | None]:
+    """The Trainer's (evaluate, sample) for the held-out prompts, (None, None) without any. evaluate(model): greedy
+    replies of policy(model) to every held-out prompt; val/accuracy, val/format_rate, val/format_ok_wrong, plus
+    what the monitor's evaluation alarms say at step(). sample: the last evaluation's first three replies."""
+    from alignlab.eval.world_suite import generate_replies
+
+    if not val_records:
+        return None, None
+    shown: list[str] = []
 
     def evaluate(m) -> dict:
-        replies = generate_replies(m, tok, [r["prompt"] for r in val_records], cfg.max_completion_length)
+        replies = generate_replies(policy(m), tok, [r["prompt"] for r in val_records], max_new_tokens)
         fmt = [task.format_ok(o) for o in replies]
         right = [task.correct(o, r["answer"]) for o, r in zip(replies, val_records)]
         n = len(replies)
         metrics = {"val/accuracy": sum(right) / n, "val/format_rate": sum(fmt) / n,
                    "val/format_ok_wrong": sum(f and not c for f, c in zip(fmt, right)) / n}
         shown[:] = [f"{_prompt_text(r['prompt'])} -> {o}" for r, o in zip(val_records[:3], replies)]
-        return {**metrics, **monitor.observe_eval(trainer.step if trainer else 0, metrics)}
+        return {**metrics, **monitor.observe_eval(step(), metrics)}
 
-    trainer = RLTrainer(cfg.train, model, data, rl_step(cfg), out, evaluate=evaluate if val_records else None,
-                        sample=(lambda m: list(shown)) if val_records else None, weight_fn=rl_weight(cfg),
-                        run_config=asdict(cfg), monitor=monitor)
-    start: dict = {}
-    resuming = bool(resume) and ckpt.latest_checkpoint(out / "checkpoints") is not None
-    if val_records and not resuming:
-        model.eval()
-        with torch.no_grad(), _autocast(cfg.train, device):
-            start = {k: v for k, v in evaluate(model).items() if k.startswith("val/")}
-        model.train()
-        print("at the start: " + ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
-    result = trainer.fit(resume=resume)
+    return evaluate, lambda m: list(shown)
+
+
+def start_metrics(model, evaluate: Callable | None, train: TrainConfig, device: torch.device, out: Path,
+                  resume: bool) -> dict:
+    """The held-out metrics before the first step, printed; {} without held-out prompts or when resuming from a
+    checkpoint (finish_run then takes them from the monitor's step-0 evaluation)."""
+    if evaluate is None or (resume and ckpt.latest_checkpoint(out / "checkpoints") is not None):
+        return {}
+    model.eval()
+    with torch.no_grad(), _autocast(train, device):
+        start = {k: v for k, v in evaluate(model).items() if k.startswith("val/")}
+    model.train()
+    print("at the start: " + ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
+    return start
+
+
+def finish_run(result: dict, cfg: GRPOConfig, out: Path, start: dict, monitor: RLMonitor, runner: RewardRunner,
+               names: list[str], records: list[dict], title: str, **extra) -> dict:
+    """After the training loop: into result the start metrics (the monitor's step-0 evaluation when this process
+    did not measure them), the alarms raised, the reward functions' failures, the number of prompts and `extra`;
+    plots/rl.png with train.plot."""
     if not start and monitor.evals and monitor.evals[0]["step"] == 0:
         start = {k: v for k, v in monitor.evals[0].items() if k != "step"}
-    result["start"] = start
-    result["alarms"] = dict(monitor.raised)
-    result["reward_failures"] = {n: asdict(runner.stats[k]) for n, k in zip(names, runner.names)}
-    result["prompts"] = len(records)
+    result.update(start=start, alarms=dict(monitor.raised),
+                  reward_failures={n: asdict(runner.stats[k]) for n, k in zip(names, runner.names)},
+                  prompts=len(records), **extra)
     if cfg.train.plot:
-        plot_rl_curves(out / "metrics.jsonl", out / "plots" / "rl.png", title=f"{cfg.algorithm} {out.name}",
-                       start=start)
-
-    # 8. the model directory
-    if result["status"] == "finished":
-        final = trainer.export_model()
-        meta = {"stage": cfg.algorithm, "parent": cfg.model, "config": asdict(cfg),
-                "metrics": {k: v for k, v in result.items() if k not in ("last_checkpoint", "reward_failures")}}
-        if cfg.method == "lora":
-            result["adapter_dir"] = str(save_adapter(final, out / "adapter", final.lora_config,
-                                                     base_model_name_or_path=cfg.model))
-            final = merge_and_unload(final)
-        result["model_dir"] = str(save_model(final, out / "model", tokenizer=tok, meta=meta))
-        (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        acc = (f"held-out accuracy {start.get('val/accuracy', math.nan):.1%} -> {result['val/accuracy']:.1%}"
-               if "val/accuracy" in result else "no held-out prompts")
-        alarms = f"; alarms: {', '.join(monitor.raised)}" if monitor.raised else ""
-        print(f"{cfg.algorithm}: {result['step']} steps ({result['train_seconds']:.0f} s), {acc}{alarms}; "
-              f"model: {result['model_dir']}")
+        plot_rl_curves(out / "metrics.jsonl", out / "plots" / "rl.png", title=title, start=start)
     return result
+
+
+def model_meta(stage: str, cfg: GRPOConfig, result: dict) -> dict:
+    """The exported model's provenance: its stage, parent, the run's config and its result."""
+    return {"stage": stage, "parent": cfg.model, "config": asdict(cfg),
+            "metrics": {k: v for k, v in result.items() if k not in ("last_checkpoint", "reward_failures")}}
+
+
+def save_policy(policy, cfg: GRPOConfig, out: Path, tok, meta: dict, result: dict) -> None:
+    """<out>/model: the trained policy (for method=lora: its adapters to <out>/adapter, then merged into it); the
+    directories into result (adapter_dir, model_dir)."""
+    if cfg.method == "lora":
+        result["adapter_dir"] = str(save_adapter(policy, out / "adapter", policy.lora_config,
+                                                 base_model_name_or_path=cfg.model))
+        policy = merge_and_unload(policy)
+    result["model_dir"] = str(save_model(policy, out / "model", tokenizer=tok, meta=meta))
+
+
+def write_result(out: Path, result: dict, monitor: RLMonitor) -> str:
+    """<out>/result.json; returns the run's summary: the held-out accuracy from the start to the end, the alarms."""
+    (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    acc = (f"held-out accuracy {result['start'].get('val/accuracy', math.nan):.1%} -> {result['val/accuracy']:.1%}"
+           if "val/accuracy" in result else "no held-out prompts")
+    return acc + (f"; alarms: {', '.join(monitor.raised)}" if monitor.raised else "")
 
 
 def _prompt_text(prompt) -> str:

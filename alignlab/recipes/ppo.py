@@ -64,17 +64,15 @@ loss/policy, loss/value, policy/clipfrac, policy/approxkl, val/clipfrac, val/vpr
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
-from alignlab.lora import apply_lora, merge_and_unload, save_adapter
-from alignlab.model.hf import load_model, read_config, resolve_model_dir, save_model
+from alignlab.lora import apply_lora, merge_and_unload
+from alignlab.model.hf import read_config, resolve_model_dir
 from alignlab.model.reward import RewardModel, load_reward_model, save_reward_model
 from alignlab.objectives.rl import gae, kl_k3, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
 from alignlab.recipes.grpo import (
@@ -82,22 +80,24 @@ from alignlab.recipes.grpo import (
     RLTrainer,
     RolloutSource,
     TokenReference,
-    _autocast,
-    _prompt_text,
-    build_reward_funcs,
-    default_val_source,
-    load_prompts,
-    make_task,
-    rollout_metrics,
-    tokenize_prompts,
+    describe_rewards,
+    finish_run,
+    held_out_evaluator,
+    load_policy,
+    load_prompt_sets,
+    model_meta,
+    open_run,
+    pad_token_id,
+    resolve_reference,
+    reward_runner,
+    save_policy,
+    start_metrics,
+    write_result,
 )
 from alignlab.recipes.sft import LoraOptions
-from alignlab.rewards import RewardRunner
-from alignlab.rl.monitor import AlarmConfig, RLMonitor, plot_rl_curves
-from alignlab.rl.rollout import completion_logps, generate_rollouts, rollout_logps
-from alignlab.text import load_tokenizer
-from alignlab.train import checkpoint as ckpt
-from alignlab.train.trainer import TrainConfig, resolve_device, set_seed
+from alignlab.rl.monitor import AlarmConfig, RLMonitor
+from alignlab.rl.rollout import completion_logps, rollout_logps
+from alignlab.train.trainer import TrainConfig, set_seed
 
 KL_ESTIMATORS = ("k1", "k3")
 
@@ -276,28 +276,9 @@ class PPORolloutSource(RolloutSource):
         self.cursor += 1
         return self.micro_batch(part, per_epoch)
 
-    def score(self, records: list[dict], rollout) -> tuple[torch.Tensor, dict]:
-        """Every reward function on every completion (as GRPO's collect): (weighted totals [N], NaN where None;
-        the per-function values)."""
-        G = self.cfg.num_generations
-        prompts = [r["prompt"] for r in records for _ in range(G)]
-        completions = [t if isinstance(p, str) else [{"role": "assistant", "content": t}]
-                       for p, t in zip(prompts, rollout.texts)]
-        columns = {k: [r.get(k) for r in records for _ in range(G)] for k in self.columns}
-        lengths = rollout.completion_mask.sum(-1).long().tolist()
-        columns["completion_ids"] = [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths)]
-        per_fn = self.runner(prompts, completions, **columns)
-        totals = self.runner.total(per_fn)
-        return torch.tensor([math.nan if t is None else t for t in totals], dtype=torch.float32), per_fn
-
     def collect(self) -> tuple[dict, dict]:
         cfg, G = self.cfg, self.cfg.num_generations
-        idx = self.sampler.next_indices()
-        records = [self.records[i] for i in idx]
-        rollout = generate_rollouts(self.model, self.tok, [self.prompt_ids[i] for i in idx], G, self.params,
-                                    self.seeds(len(idx) * G), self.pad_id, self.autocast)
-        self.rollouts += 1
-        batch = rollout.tensors()
+        records, rollout, batch = self.sample_rollout()
         rewards, per_fn = self.score(records, rollout)
         scores = rewards.to(self.device)
         if cfg.missing_eos_penalty is not None:
@@ -317,30 +298,18 @@ class PPORolloutSource(RolloutSource):
         if ref is not None:
             batch["ref_logps"] = ref
 
-        # metrics: GRPO's rollout metrics (the whole batch one group when G = 1), then trl's objective/*
-        group = G if G > 1 else len(rewards)
-        metrics = rollout_metrics(rewards, per_fn, self.names, group, rollout.lengths.cpu(), rollout.truncated.cpu(),
-                                  rollout.texts, [r.get("answer") for r in records for _ in range(G)], self.task)
-        if metrics["frac_reward_zero_std"] == 1.0:
-            self.zero_variance_batches += 1
-        for name, key in zip(self.names, self.runner.names):
-            s = self.runner.stats[key]
-            metrics.update({f"rewards/{name}/errors": s.errors, f"rewards/{name}/timeouts": s.timeouts,
-                            f"rewards/{name}/nones": s.nones})
+        # metrics: trl's objective/*, within GRPO's rollout metrics (the whole batch one group when G = 1)
         lm = adv["loss_mask"]
         k1 = ((old - ref) * mask).sum(-1) if ref is not None else torch.zeros(len(rewards), device=self.device)
         tokens = lm.sum().clamp(min=1)
-        metrics.update({
+        objective = {
             "objective/scores": scores.nanmean().item(), "objective/kl": k1.mean().item(),
             "objective/non_score_reward": -cfg.kl_coef * k1.mean().item(),
             "objective/rlhf_reward": scores.nanmean().item() - cfg.kl_coef * k1.mean().item(),
             "objective/entropy": (-old * mask).sum(-1).mean().item(),
             "objective/returns": ((adv["returns"] * lm).sum() / tokens).item(),
-            "objective/values": ((values * lm).sum() / tokens).item(),
-            "zero_variance_batches": self.zero_variance_batches, "rollout_s": rollout.seconds,
-            "rollout_tokens_per_s": rollout.num_tokens / max(rollout.seconds, 1e-9),
-            "num_generated_tokens": rollout.num_tokens})
-        return batch, metrics
+            "objective/values": ((values * lm).sum() / tokens).item()}
+        return batch, self.batch_metrics(rewards, per_fn, G if G > 1 else len(rewards), rollout, records, objective)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -403,128 +372,66 @@ def _check(cfg: PPOConfig) -> str:
         raise ValueError("temperature must be > 0: PPO samples (and divides the logits by it)")
     if cfg.train.distributed == "fsdp":
         raise ValueError("train.distributed=fsdp: PPO's policy + critic module runs on one process or under DDP")
-    reference = cfg.reference if cfg.reference != "auto" else ("lora" if cfg.method == "lora" else "copy")
-    if reference == "lora" and cfg.method != "lora":
-        raise ValueError("reference=lora needs method=lora: the reference is the model with its adapters disabled")
-    if cfg.kl_coef != 0 and reference == "none":
-        raise ValueError(f"kl_coef={cfg.kl_coef} needs a reference model (reference=copy, or lora with method=lora)")
-    if cfg.kl_coef == 0 and not cfg.track_kl:
-        reference = "none"
-    return reference
+    return resolve_reference(cfg.reference, cfg.method, cfg.track_kl, "kl_coef", cfg.kl_coef)
 
 
 def run(cfg: PPOConfig, resume: bool = False, train_records: list[dict] | None = None,
         val_records: list[dict] | None = None) -> dict:
-    from tqdm import tqdm
-
     from alignlab.config import save_config
-    from alignlab.eval.world_suite import generate_replies
-    from alignlab.rewards import reward_name
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     reference_kind = _check(cfg)
-    device = resolve_device(cfg.train.device)
-    out = Path(cfg.out_dir)
-    model_dir = resolve_model_dir(cfg.model)
-    tok = load_tokenizer(model_dir)
+    device, out, model_dir, tok = open_run(cfg)
 
     # prompts (and the task that checks replies to them); held-out prompts for accuracy -- as GRPO
-    if train_records is None:
-        train_records, task_name = load_prompts(cfg.data, cfg.max_prompts)
-    else:
-        task_name = "tinyworld" if cfg.data.startswith("tinyworld:rl") else \
-            "gsm8k" if cfg.data.startswith("gsm8k") else "generic"
-    task = make_task(task_name)
-    records, prompt_ids = tokenize_prompts(tok, train_records, cfg.max_prompt_len, cfg.data or "records")
-    if val_records is None:
-        val_source = cfg.val_data or default_val_source(cfg.data)
-        val_records = load_prompts(val_source)[0] if val_source and cfg.eval_prompts else []
-    if len(val_records) > cfg.eval_prompts:
-        val_records = random.Random(0).sample(val_records, cfg.eval_prompts)
-    val_records = [r for r in val_records if r.get("answer") is not None]
+    task, records, prompt_ids, val_records = load_prompt_sets(cfg, tok, train_records, val_records, recipe="ppo")
     steps = cfg.num_ppo_epochs * cfg.num_mini_batches
     print(f"ppo data: {len(records):,} prompts ({task.name}), {cfg.prompts_per_step} x {cfg.num_generations} "
           f"completions per rollout batch, {steps} optimizer steps on each; {len(val_records)} held-out prompts")
 
     # the policy, the critic, the reference
     set_seed(cfg.train.seed)
-    policy = load_model(model_dir, dtype=torch.float32)
-    if cfg.method == "lora":
-        apply_lora(policy, cfg.lora.to_config())
-    policy.to(device)
+    policy = load_policy(cfg, model_dir, device)
     critic = load_critic(cfg, model_dir, device)
     if critic.config.vocab_size != policy.config.vocab_size:
         raise ValueError(f"value_model={cfg.value_model}: vocabulary of {critic.config.vocab_size} tokens, the "
                          f"policy's has {policy.config.vocab_size}; the critic must read the policy's tokens")
     model = ActorCritic(policy, critic)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
+    pad_id = pad_token_id(tok)
     reference = None if reference_kind == "none" else TokenReference(reference_kind, policy)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
     # rollouts, scores, advantages, monitors
-    fns, weights, names = build_reward_funcs(cfg.reward_funcs, task, cfg.max_completion_length)
-    runner = RewardRunner(fns, weights, timeout_s=cfg.reward_timeout_s, isolation=cfg.reward_isolation,
-                          warn=tqdm.write)
+    runner, names = reward_runner(cfg, task, warn=tqdm.write)
     monitor = RLMonitor(cfg.alarms, warn=tqdm.write)
     data = PPORolloutSource(cfg, policy, critic, tok, records, prompt_ids, runner, names, task, reference, pad_id,
                             monitor)
-    print("reward functions: " + ", ".join(f"{n} ({reward_name(f)}) x {w:g}" for n, f, w in zip(names, fns, weights))
-          + f"; reference: {reference_kind}; critic: {cfg.value_model or 'the policy + a new head'}")
+    print(f"reward functions: {describe_rewards(runner, names)}; reference: {reference_kind}; "
+          f"critic: {cfg.value_model or 'the policy + a new head'}")
 
-    # held-out accuracy of the policy, greedy
-    shown: list[str] = []
+    # held-out accuracy of the policy, greedy: before the first step, every train.eval_every steps
     trainer: RLTrainer | None = None
-
-    def evaluate(m: ActorCritic) -> dict:
-        replies = generate_replies(m.policy, tok, [r["prompt"] for r in val_records], cfg.max_completion_length)
-        fmt = [task.format_ok(o) for o in replies]
-        right = [task.correct(o, r["answer"]) for o, r in zip(replies, val_records)]
-        n = len(replies)
-        metrics = {"val/accuracy": sum(right) / n, "val/format_rate": sum(fmt) / n,
-                   "val/format_ok_wrong": sum(f and not c for f, c in zip(fmt, right)) / n}
-        shown[:] = [f"{_prompt_text(r['prompt'])} -> {o}" for r, o in zip(val_records[:3], replies)]
-        return {**metrics, **monitor.observe_eval(trainer.step if trainer else 0, metrics)}
-
-    trainer = RLTrainer(cfg.train, model, data, ppo_step(cfg), out, evaluate=evaluate if val_records else None,
-                        sample=(lambda m: list(shown)) if val_records else None, weight_fn=ppo_weight,
-                        run_config=asdict(cfg), monitor=monitor)
-    start: dict = {}
-    resuming = bool(resume) and ckpt.latest_checkpoint(out / "checkpoints") is not None
-    if val_records and not resuming:
-        model.eval()
-        with torch.no_grad(), _autocast(cfg.train, device):
-            start = {k: v for k, v in evaluate(model).items() if k.startswith("val/")}
-        model.train()
-        print("at the start: " + ", ".join(f"{k} {v:.3f}" for k, v in start.items()))
+    evaluate, sample = held_out_evaluator(tok, task, val_records, cfg.max_completion_length, monitor,
+                                          step=lambda: trainer.step if trainer else 0, policy=lambda m: m.policy)
+    trainer = RLTrainer(cfg.train, model, data, ppo_step(cfg), out, evaluate=evaluate, sample=sample,
+                        weight_fn=ppo_weight, run_config=asdict(cfg), monitor=monitor)
+    start = start_metrics(model, evaluate, cfg.train, device, out, resume)
     result = trainer.fit(resume=resume)
-    if not start and monitor.evals and monitor.evals[0]["step"] == 0:
-        start = {k: v for k, v in monitor.evals[0].items() if k != "step"}
-    result.update(start=start, alarms=dict(monitor.raised), prompts=len(records), rollouts=data.rollouts,
-                  reward_failures={n: asdict(runner.stats[k]) for n, k in zip(names, runner.names)})
-    if cfg.train.plot:
-        plot_rl_curves(out / "metrics.jsonl", out / "plots" / "rl.png", title=f"ppo {out.name}", start=start)
+    finish_run(result, cfg, out, start, monitor, runner, names, records, title=f"ppo {out.name}",
+               rollouts=data.rollouts)
 
     # the model directories: the policy, and the critic
     if result["status"] == "finished":
         final = trainer.export_model()
-        meta = {"stage": "ppo", "parent": cfg.model, "config": asdict(cfg),
-                "metrics": {k: v for k, v in result.items() if k not in ("last_checkpoint", "reward_failures")}}
-        policy, critic = final.policy, final.critic
+        meta = model_meta("ppo", cfg, result)
+        save_policy(final.policy, cfg, out, tok, meta, result)
+        critic = final.critic
         if cfg.method == "lora":
-            result["adapter_dir"] = str(save_adapter(policy, out / "adapter", policy.lora_config,
-                                                     base_model_name_or_path=cfg.model))
-            policy = merge_and_unload(policy)
             merge_and_unload(critic.backbone)
-        result["model_dir"] = str(save_model(policy, out / "model", tokenizer=tok, meta=meta))
         result["value_model_dir"] = str(save_reward_model(critic, out / "value_model", tokenizer=tok,
                                                           meta={**meta, "stage": "ppo value model"},
                                                           pad_token_id=pad_id))
-        (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        acc = (f"held-out accuracy {start.get('val/accuracy', math.nan):.1%} -> {result['val/accuracy']:.1%}"
-               if "val/accuracy" in result else "no held-out prompts")
-        alarms = f"; alarms: {', '.join(monitor.raised)}" if monitor.raised else ""
+        summary = write_result(out, result, monitor)
         print(f"ppo: {result['step']} steps on {data.rollouts} rollout batches ({result['train_seconds']:.0f} s), "
-              f"{acc}{alarms}; model: {result['model_dir']}, critic: {result['value_model_dir']}")
+              f"{summary}; model: {result['model_dir']}, critic: {result['value_model_dir']}")
     return result
