@@ -11,9 +11,7 @@ import math
 import pytest
 import torch
 
-from alignlab.data.world import TinyWorld
-from alignlab.model import CausalLM, preset
-from alignlab.model.hf import load_model, save_model
+from alignlab.model.hf import load_model
 from alignlab.model.reward import RewardModel, load_reward_model, save_reward_model
 from alignlab.objectives.rl import gae, whiten
 from alignlab.recipes.ppo import PPOConfig, completion_values, ppo_advantages, run
@@ -43,20 +41,6 @@ def always_raises(prompts, completions, **kwargs):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def world():
-    return TinyWorld(seed=0, size="quick")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, world):
-    tok = world.tokenizer()
-    torch.manual_seed(0)
-    model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256,
-                            eos_token_id=tok.eos_token_id))
-    return save_model(model, tmp_path_factory.mktemp("base"), tokenizer=tok)
 
 
 @pytest.fixture(scope="module")
