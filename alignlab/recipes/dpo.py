@@ -326,7 +326,7 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
     if cfg.method == "lora":
         apply_lora(model, cfg.lora.to_config())
     model.to(device)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
+    pad_id = tok.padding_id
     ref = None if cfg.loss in REFERENCE_FREE else Reference(reference, model)
     if reference == "precomputed" and ref is not None:
         extras.update(precompute_reference(model, examples, pad_id, cfg, out / "reference_logps.pt", model_dir))

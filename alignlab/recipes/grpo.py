@@ -666,7 +666,7 @@ def run(cfg: GRPOConfig, resume: bool = False, train_records: list[dict] | None 
     if longest > model.config.max_seq_len:
         print(f"warning: prompts of up to {max(map(len, prompt_ids))} tokens + max_completion_length="
               f"{cfg.max_completion_length} exceed the model's {model.config.max_seq_len} positions")
-    pad_id = pad_token_id(tok)
+    pad_id = tok.padding_id
     reference = None if reference_kind == "none" else TokenReference(reference_kind, model)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
@@ -727,10 +727,6 @@ def load_policy(cfg: GRPOConfig, model_dir: Path, device: torch.device) -> torch
     if cfg.method == "lora":
         apply_lora(model, cfg.lora.to_config())
     return model.to(device)
-
-
-def pad_token_id(tok) -> int:
-    return tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
 
 
 def held_out_evaluator(tok, task: Task, val_records: list[dict], max_new_tokens: int, monitor: RLMonitor,

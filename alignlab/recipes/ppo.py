@@ -87,7 +87,6 @@ from alignlab.recipes.grpo import (
     load_prompt_sets,
     model_meta,
     open_run,
-    pad_token_id,
     resolve_reference,
     reward_runner,
     save_policy,
@@ -396,7 +395,7 @@ def run(cfg: PPOConfig, resume: bool = False, train_records: list[dict] | None =
         raise ValueError(f"value_model={cfg.value_model}: vocabulary of {critic.config.vocab_size} tokens, the "
                          f"policy's has {policy.config.vocab_size}; the critic must read the policy's tokens")
     model = ActorCritic(policy, critic)
-    pad_id = pad_token_id(tok)
+    pad_id = tok.padding_id
     reference = None if reference_kind == "none" else TokenReference(reference_kind, policy)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")

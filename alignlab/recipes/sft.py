@@ -161,7 +161,7 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
         raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     set_seed(cfg.train.seed)
     model = build_model(cfg, model_dir, device)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_ids or [0])[0]
+    pad_id = tok.padding_id
     out.mkdir(parents=True, exist_ok=True)
     from alignlab.config import save_config
 

@@ -116,6 +116,12 @@ class Tokenizer(ABC):
         return self._id(self.pad_token)
 
     @property
+    def padding_id(self) -> int:
+        """The id batches are right-padded with: the pad token, else the first id that ends generation, else 0
+        (padding is masked out of attention and labels, so any id serves)."""
+        return self.pad_token_id if self.pad_token_id is not None else (self.eos_token_ids or [0])[0]
+
+    @property
     def unk_token_id(self) -> int | None:
         return self._id(self.unk_token)
 
