@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from alignlab.train.metrics import ema, read_metrics
+from alignlab.train.metrics import ema, read_metrics, save_figure
 
 # metric -> (label, "higher" | "lower" is better); the order of the table and of the bar chart
 METRICS = {
@@ -60,11 +60,7 @@ def plot_training(curves: dict[str, Path], out_png: Path) -> Path | None:
         ax.set_ylabel("loss (nats/token)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def plot_metrics(evals: dict[str, dict], out_png: Path) -> Path | None:
@@ -92,11 +88,7 @@ def plot_metrics(evals: dict[str, dict], out_png: Path) -> Path | None:
     ax.set_title("TinyWorld held-out metrics by stage (↓: lower is better)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)
 
 
 def _num(v):

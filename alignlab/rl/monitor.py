@@ -207,7 +207,7 @@ def plot_rl_curves(metrics_path: str | Path, out_png: str | Path, title: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from alignlab.train.metrics import ema, read_metrics
+    from alignlab.train.metrics import ema, read_metrics, save_figure
 
     records = read_metrics(Path(metrics_path))
     if start:
@@ -238,9 +238,4 @@ def plot_rl_curves(metrics_path: str | Path, out_png: str | Path, title: str = "
     for ax in axes[-1]:
         ax.set_xlabel("step")
     fig.suptitle(title or Path(metrics_path).parent.name)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png)

@@ -97,10 +97,17 @@ def plot_curves(metrics_path: Path, out_png: Path, title: str = "") -> Path | No
     ax_lr.set_ylabel("lr")
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
+    return save_figure(fig, out_png, dpi=110)
+
+
+def save_figure(fig, out_png: str | Path, dpi: int = 100) -> Path:
+    """Lay the figure out, write it as a PNG (making its directory) and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=dpi)
     plt.close(fig)
     return out_png
 
