@@ -201,13 +201,13 @@ def stage_dpo(run: Run) -> dict:
     return metrics
 
 
-def win_rate_vs(run: Run, name: str, other: str) -> dict:
-    """How often `name`'s replies beat `other`'s on the same held-out prompts, by TinyWorld's rule-based judge,
-    each pair judged in both orders (a disagreement is a tie; ties count half), with a bootstrap 95% interval."""
+def win_rate_vs(run: Run, name: str, other: str, a: list[dict], b: list[dict]) -> dict:
+    """How often `name`'s replies `a` beat `other`'s `b` (scored rows of the same held-out prompts), by
+    TinyWorld's rule-based judge, each pair judged in both orders (a disagreement is a tie; ties count half),
+    with a bootstrap 95% interval."""
     from alignlab.eval.judge import TinyWorldJudge
     from alignlab.eval.winrate import compare_models
 
-    a, b = (read_replies(run, n) for n in (name, other))
     records = [{"answer": r["answer"]} if r["task"] == "math" else {"label": r["label"]} for r in a]
     rate, rows = compare_models(TinyWorldJudge(secret=run.world.secret), [r["prompt"] for r in a], records,
                                 [r["reply"] for r in a], [r["reply"] for r in b])
@@ -217,11 +217,6 @@ def win_rate_vs(run: Run, name: str, other: str) -> dict:
             "wins": rate.wins, "losses": rate.losses, "ties": rate.ties}
 
 
-def read_replies(run: Run, name: str) -> list[dict]:
-    path = run.dir("eval") / f"replies_{name}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def stage_eval(run: Run) -> dict:
     from alignlab.eval.world_suite import evaluate_on_world
     from alignlab.model.hf import load_model
@@ -229,7 +224,7 @@ def stage_eval(run: Run) -> dict:
 
     s, d = run.sizes, run.dir("eval")
     d.mkdir(parents=True, exist_ok=True)
-    evals = {}
+    evals, replies = {}, {}
     for name, stage in _evaluated_models(run):
         model_dir = run.model_dir(stage)
         model, tok = load_model(model_dir, dtype=torch.float32), load_tokenizer(model_dir)
@@ -238,12 +233,13 @@ def stage_eval(run: Run) -> dict:
                                           max_new_tokens=s.max_new_tokens)
         with open(d / f"replies_{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        evals[name] = metrics
+        evals[name], replies[name] = metrics, rows
         print(f"eval {name}: format {metrics['format_rate']:.1%}, level-1 accuracy {metrics['accuracy_L1']:.1%}, "
               f"accuracy {metrics['accuracy']:.1%}, attacks refused {metrics['attack_refusal_rate']:.1%}, "
               f"look-alikes refused {metrics['over_refusal_rate']:.1%} ({time.perf_counter() - t0:.0f} s)")
     if "dpo" in evals and "sft" in evals:
-        evals["dpo"].update({f"{k}_vs_sft": v for k, v in win_rate_vs(run, "dpo", "sft").items()})
+        evals["dpo"].update({f"{k}_vs_sft": v for k, v in
+                             win_rate_vs(run, "dpo", "sft", replies["dpo"], replies["sft"]).items()})
         w = evals["dpo"]
         print(f"eval dpo vs sft: win rate {w['win_rate_vs_sft']:.1%} (95% CI {w['win_rate_low_vs_sft']:.1%}-"
               f"{w['win_rate_high_vs_sft']:.1%}; {w['wins_vs_sft']} wins, {w['losses_vs_sft']} losses, "
