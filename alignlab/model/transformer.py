@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from alignlab.model.attention import ATTENTION, documents
 from alignlab.model.config import ModelConfig
-from alignlab.model.kv_cache import KVCache
+from alignlab.model.kv_cache import KVCache, SharedPrefix
 from alignlab.model.linear import Linear
 from alignlab.model.rope import apply_rope, inv_frequencies, rope_cos_sin
 
@@ -189,7 +189,8 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False, head: bool = True) -> torch.Tensor:
+                last_only: bool = False, head: bool = True, continuations: torch.Tensor | None = None,
+                group_sizes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with last_only) for input_ids [B, T].
 
         attention_mask: [B, past + T], 1 for real tokens and 0 for padding, covering the cached slots
@@ -202,7 +203,13 @@ class CausalLM(nn.Module):
         head: False returns the final hidden states [B, T, dim] instead of logits (see `hidden_states`);
             training uses this so the loss can apply the head chunk by chunk, through the same call
             that DDP/FSDP wrap.
+        continuations, group_sizes: input_ids are B prompts, left-padded (attention_mask), each continued by
+            group_sizes[i] rows of continuations [N, C]; returns [N, 1 + C, ...], computing each prompt once
+            (see `shared_prefix_hidden_states`).
         """
+        if continuations is not None:
+            hidden = self.shared_prefix_hidden_states(input_ids, attention_mask, continuations, group_sizes)
+            return self.lm_head(hidden) if head else hidden
         hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache, last_only)
         return self.lm_head(hidden) if head else hidden
 
@@ -237,7 +244,7 @@ class CausalLM(nn.Module):
         else:
             rope = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
         for block in self.model.layers:
-            if self.gradient_checkpointing and self.training and cache is None:
+            if self.gradient_checkpointing and self.training and (cache is None or cache.differentiable):
                 # keep only each block's input; recompute its activations during backward
                 x = checkpoint(block, x, rope, cache, past, key_valid, docs, use_reentrant=False)
             else:
@@ -247,6 +254,39 @@ class CausalLM(nn.Module):
         if last_only:
             x = x[:, -1:]
         return self.model.norm(x)
+
+    def shared_prefix_hidden_states(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None,
+                                    continuations: torch.Tensor, group_sizes: torch.Tensor) -> torch.Tensor:
+        """Hidden states of N rows [prompt i, continuation] that share B prompts, each prompt computed once.
+
+        GRPO samples G completions of every prompt, so its N = B * G rows repeat each prompt G times, and a plain
+        forward of them computes every prompt G times. Here the B prompts run once, as a batch left-padded so that
+        they all end at slot P (prompt_ids [B, P], prompt_mask [B, P] 0 on padding, None when there is none); each
+        layer keeps their K and V (`SharedPrefix`). Then the continuations [N, C] run alone at slots P .. P + C - 1,
+        row r attending to its prompt's K, V, repeated for the group_sizes[i] rows that continue prompt i (rows in
+        order: the first group_sizes[0] rows continue prompt 0, ...), and causally to its own tokens.
+
+        Every token sees the same keys at the same positions as in the plain forward of the row [prompt,
+        continuation] (positions count real tokens, so the left padding moves nothing), so the hidden states are
+        the same. The repeats are part of the graph: in backward the rows' gradients add up into their prompt's
+        activations, which gives the plain forward's parameter gradients.
+
+        Returns [N, 1 + C, dim], final-normed: at the prompt's last token (it predicts the first continuation
+        token), then at each continuation token.
+        """
+        N = continuations.shape[0]
+        if prompt_mask is None:
+            prompt_mask = torch.ones_like(prompt_ids)
+        cache = SharedPrefix()
+        last = self.hidden_states(prompt_ids, prompt_mask, cache=cache, last_only=True)  # [B, 1, dim]
+        last = last.repeat_interleave(group_sizes, dim=0, output_size=N)
+        if continuations.shape[1] == 0:
+            return last
+        # the rows' mask over [prompt slots, continuation slots]: the prompt's padding, then every token
+        mask = torch.cat([prompt_mask.repeat_interleave(group_sizes, dim=0, output_size=N),
+                          prompt_mask.new_ones(continuations.shape)], dim=1)
+        hidden = self.hidden_states(continuations, mask, cache=cache.for_rows(group_sizes))  # [N, C, dim]
+        return torch.cat([last, hidden], dim=1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.lm_head.weight

@@ -25,7 +25,9 @@ One optimizer step:
                grpo_loss (loss_type dapo | grpo | bnpo | dr_grpo; clip epsilon / epsilon_high; k3 KL times beta)
                or rloo_loss (sequence-level ratio). With mu = 1 the ratio is exactly 1 (pi_old = pi_theta
                detached) and the loss logged is ~0 by design (trl#2703) while its gradient is not; with mu > 1 pi_old
-               is recomputed once per rollout, before the first update.
+               is recomputed once per rollout, before the first update. Every log-prob forward (the update's,
+               pi_old's, pi_ref's) computes each prompt once for its G completions (completion_logps with the rows'
+               prompt_index): the same log-probs and gradients for about B*P + B*G*C tokens instead of B*G*(P + C).
 6. monitors    per step (trl's names): reward, reward_std, rewards/<f>/mean|std, frac_reward_zero_std, kl, entropy,
                clip_ratio/*, completions/{mean,min,max}_length, completions/{mean,max}_terminated_length,
                completions/clipped_ratio, format_rate, format_ok_wrong, rollout_s; the held-out accuracy (greedy)
@@ -531,7 +533,8 @@ class RolloutSource:
         return self.micro_batch(part, ga)
 
     def micro_batch(self, part: int, parts: int) -> dict:
-        """Rows part/parts of the rollout batch, trimmed to their own longest sequence and completion."""
+        """Rows part/parts of the rollout batch, trimmed to their own longest sequence and completion. A part may
+        cut a group of G; the rows of it that the part holds still share their prompt's forward."""
         b = self.buffer
         rows = torch.tensor_split(torch.arange(b["input_ids"].shape[0], device=self.device), parts)[part]
         lengths = b["completion_mask"][rows].sum(-1).long()
@@ -576,7 +579,8 @@ def rl_step(cfg: GRPOConfig):
 
     def step(model, batch: dict, normaliser: float):
         logps, entropy = completion_logps(model, batch["input_ids"], batch["prompt_lens"], batch["completion_ids"],
-                                          batch["completion_mask"], cfg.temperature, entropy=True)
+                                          batch["completion_mask"], cfg.temperature, entropy=True,
+                                          prompt_index=batch.get("prompt_index"))  # each prompt once per group
         old, ref, mask = batch.get("old_logps"), batch.get("ref_logps"), batch["loss_mask"]
         if cfg.algorithm == "grpo":
             loss, metrics = grpo_loss(logps, old, ref if cfg.beta != 0 else None, batch["advantages"], mask,

@@ -23,6 +23,9 @@
               The engine can return log-probs too, but of the raw logits (temperature 1) and from the cached
               decode path; GRPO recomputes pi_old with this function when it needs it (num_iterations > 1),
               as trl does without vLLM.
+              Given `prompt_index`, rows that answer the same prompt (consecutive rows with the same index) share
+              it: the prompt runs once and its keys and values serve the group's rows (CausalLM.forward with
+              continuations), the same log-probs and gradients for about B*P + N*C tokens instead of N*(P + C).
 """
 
 from __future__ import annotations
@@ -118,22 +121,63 @@ def _chunk_logps(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, tempera
     return logp, token_entropy(logits.detach())
 
 
+def prompt_groups(prompt_index: torch.Tensor | None) -> torch.Tensor | None:
+    """The sizes of the runs of consecutive rows with the same prompt_index ([N] -> [groups]), or None when no
+    two neighbouring rows share a prompt (nothing to share: the plain forward is cheaper)."""
+    if prompt_index is None or prompt_index.numel() == 0:
+        return None
+    _, sizes = torch.unique_consecutive(prompt_index, return_counts=True)
+    return sizes if len(sizes) < len(prompt_index) else None
+
+
+def _shared_prompt_hidden(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, completion_ids: torch.Tensor,
+                          group_sizes: torch.Tensor) -> torch.Tensor:
+    """[N, C, D]: the hidden states that predict each completion token, each group's prompt computed once (the
+    model's shared-prefix forward). The prompts are read from the group's first row, left-padded to end together;
+    completion token j is predicted by the prompt's last position (j = 0) or by completion token j - 1."""
+    first = group_sizes.cumsum(0) - group_sizes  # each group's first row
+    lens = prompt_lens[first]
+    group_of_row = torch.arange(len(group_sizes), device=input_ids.device).repeat_interleave(group_sizes)
+    in_prompt = torch.arange(input_ids.shape[1], device=input_ids.device) < prompt_lens[:, None]
+    differs = (input_ids != input_ids[first][group_of_row]) & in_prompt
+    if bool((prompt_lens != lens[group_of_row]).any() | differs.any()):
+        raise ValueError("prompt_index: rows of a group do not hold the same prompt")
+    P = int(lens.max())
+    # left padding: token t of prompt i goes to slot P - len_i + t
+    src = torch.arange(P, device=input_ids.device) - (P - lens)[:, None]  # [B, P]
+    prompt_mask = src >= 0
+    prompts = torch.where(prompt_mask, input_ids[first].gather(1, src.clamp(min=0)), 0)
+    return model(prompts, prompt_mask.long(), head=False, continuations=completion_ids[:, :-1],
+                 group_sizes=group_sizes)
+
+
 def completion_logps(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, completion_ids: torch.Tensor,
                      completion_mask: torch.Tensor, temperature: float = 1.0, entropy: bool = False,
-                     chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     chunk: int | None = None, prompt_index: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log pi(o_t | x, o_<t) of the completions [N, C] (0 where the mask is 0), and their entropies
     (nats, no gradient) when `entropy`.
 
     One forward of input_ids [N, T] for the final hidden states; the hidden state at position prompt_len + j - 1
     predicts completion token j. The head (model.lm_head, through `unwrap`) is applied to the masked positions
     only, `chunk` rows at a time under activation checkpointing when gradients are on.
+
+    prompt_index [N] (Rollout.prompt_index): consecutive rows with the same index answer the same prompt, which
+    is then computed once for all of them (`_shared_prompt_hidden`); the result is the same. A group may be cut
+    (a micro-batch that starts or ends inside it): it is shared by the rows present. Without it, or when no two
+    neighbouring rows share a prompt, the plain forward of input_ids.
     """
-    hidden = model(input_ids, head=False)  # [N, T, D]
     N, C = completion_ids.shape
-    T, D = hidden.shape[1], hidden.shape[2]
-    pos = (prompt_lens[:, None] - 1 + torch.arange(C, device=hidden.device)).clamp(max=T - 1)  # [N, C]
     rows = completion_mask.reshape(-1).nonzero().squeeze(1)
-    h = hidden.gather(1, pos[..., None].expand(N, C, D)).reshape(N * C, D)[rows]
+    group_sizes = prompt_groups(prompt_index)
+    if group_sizes is not None:
+        hidden = _shared_prompt_hidden(model, input_ids, prompt_lens, completion_ids, group_sizes)  # [N, C, D]
+        h = hidden.reshape(N * C, -1)[rows]
+    else:
+        hidden = model(input_ids, head=False)  # [N, T, D]
+        T, D = hidden.shape[1], hidden.shape[2]
+        pos = (prompt_lens[:, None] - 1 + torch.arange(C, device=hidden.device)).clamp(max=T - 1)  # [N, C]
+        h = hidden.gather(1, pos[..., None].expand(N, C, D)).reshape(N * C, D)[rows]
     y = completion_ids.reshape(-1)[rows]
     weight = unwrap(model).lm_head.weight
     chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
@@ -154,17 +198,18 @@ def completion_logps(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, 
 @torch.no_grad()
 def rollout_logps(model, rollout: Rollout | dict, temperature: float, micro_batch: int, autocast=None) -> torch.Tensor:
     """completion_logps of a whole rollout without gradients, micro_batch rows at a time, in eval mode (pi_old,
-    pi_ref). Returns [N, C]."""
+    pi_ref), each prompt computed once per group when the rollout has its prompt_index. Returns [N, C]."""
     t = rollout.tensors() if isinstance(rollout, Rollout) else rollout
     was_training = model.training
     model.eval()
-    out = []
+    out, index = [], t.get("prompt_index")
     try:
         with autocast or contextlib.nullcontext():
             for s in range(0, t["input_ids"].shape[0], micro_batch):
                 sl = slice(s, s + micro_batch)
                 lp, _ = completion_logps(model, t["input_ids"][sl], t["prompt_lens"][sl], t["completion_ids"][sl],
-                                         t["completion_mask"][sl], temperature)
+                                         t["completion_mask"][sl], temperature,
+                                         prompt_index=None if index is None else index[sl])
                 out.append(lp)
     finally:
         model.train(was_training)
