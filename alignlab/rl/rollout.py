@@ -160,7 +160,8 @@ def completion_logps(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, 
 
     One forward of input_ids [N, T] for the final hidden states; the hidden state at position prompt_len + j - 1
     predicts completion token j. The head (model.lm_head, through `unwrap`) is applied to the masked positions
-    only, `chunk` rows at a time under activation checkpointing when gradients are on.
+    only, `chunk` rows at a time; with gradients on and more than one chunk, each chunk under activation
+    checkpointing (its logits are recomputed in the backward instead of kept).
 
     prompt_index [N] (Rollout.prompt_index): consecutive rows with the same index answer the same prompt, which
     is then computed once for all of them (`_shared_prompt_hidden`); the result is the same. A group may be cut
@@ -181,7 +182,7 @@ def completion_logps(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, 
     y = completion_ids.reshape(-1)[rows]
     weight = unwrap(model).lm_head.weight
     chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    save_memory = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    save_memory = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad) and len(y) > chunk
     logps, entropies = [], []
     for s in range(0, len(y), chunk) or [0]:  # [0]: one empty chunk when nothing is masked, to keep the graph
         args = (h[s:s + chunk], weight, y[s:s + chunk], temperature)
