@@ -116,6 +116,29 @@ def test_seed_reproduces_regardless_of_batch(models):
     assert engine.generate([p], other_seed)[0].token_ids != alone
 
 
+def test_repeated_prompts_are_prefilled_once_with_the_same_results(models, monkeypatch):
+    _, model = models
+    engine = Engine(model)
+    a, b = prompts([9, 30], seed=6)
+    params = [SamplingParams(max_new_tokens=12, temperature=1.0, seed=s, logprobs=True, ignore_eos=True)
+              for s in range(5)]
+    alone = [engine.generate([p], q)[0] for p, q in zip([a, b, a, b, a], params)]
+    prefilled = []
+    forward = type(model).forward
+
+    def spy(self, ids, *args, **kwargs):
+        if ids.shape[1] > 1:
+            prefilled.append(ids.shape[0])
+        return forward(self, ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    grouped = engine.generate([a, b, a, b, a], params)  # a three times, b twice: 2 rows to prefill
+    assert prefilled == [2]
+    for want, got in zip(alone, grouped):
+        assert got.token_ids == want.token_ids
+        torch.testing.assert_close(torch.tensor(got.logprobs), torch.tensor(want.logprobs), atol=1e-5, rtol=0)
+
+
 def test_logprobs_are_raw_model_logprobs(models):
     _, model = models
     ps = prompts([6, 13], seed=4)

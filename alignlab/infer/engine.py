@@ -7,6 +7,7 @@ Left padding puts the last prompt token of every row in the same cache slot, so 
 single [B, 1] forward for the whole batch. Padding slots are masked out of attention and positions count
 real tokens only, so a padded row computes what it would alone. Rows that finish keep riding along until
 enough of them have finished; then the batch is compacted (KVCache.reorder) so they stop costing compute.
+A prompt asked for several times (n samples, GRPO's groups) is prefilled once and its cache rows copied.
 
 Stopping: a request ends with finish_reason "stop" on an end-of-sequence id (the tokenizer's and the
 model config's, unless ignore_eos), one of its stop_token_ids, or one of its stop strings appearing in the
@@ -248,8 +249,21 @@ class Engine:
         pos = real.sum(dim=1, keepdim=True)  # position of each row's first new token
         batch = _Batch(rows, mask, pos, seen)
         attn = None if mask is None else mask[:, :L]
-        logits = self.model(ids, attention_mask=attn, cache=cache, last_only=True)
-        return batch, logits[:, -1]
+        order: dict[tuple[int, ...], int] = {}  # each distinct prompt -> its number
+        where = [order.setdefault(tuple(r.prompt), len(order)) for r in rows]
+        if len(order) == B:
+            logits = self.model(ids, attention_mask=attn, cache=cache, last_only=True)
+            return batch, logits[:, -1]
+        # repeated prompts (n samples of one prompt, GRPO's groups): prefill each once, then copy its cache rows
+        once = torch.tensor([where.index(j) for j in range(len(order))], device=dev)  # a row of each
+        small = self.model.new_cache(len(order), L)
+        logits = self.model(ids[once], attention_mask=None if attn is None else attn[once], cache=small,
+                            last_only=True)
+        where = torch.tensor(where, device=dev)
+        cache.k[:, :, :, :L] = small.k[:, where]
+        cache.v[:, :, :, :L] = small.v[:, where]
+        cache.advance(L)
+        return batch, logits[where, -1]
 
     @torch.inference_mode()
     def _compact(self, tokens: torch.Tensor, batch: _Batch, cache):
