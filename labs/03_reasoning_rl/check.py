@@ -1,0 +1,267 @@
+"""Grade Lab 03's exercises (labs/03_reasoning_rl/exercises.py), and summarise RL runs for exercise 8.
+
+    python labs/03_reasoning_rl/check.py                    # every exercise: PASS, FAIL (with why) or TODO
+    python labs/03_reasoning_rl/check.py 1 4                # some of them
+    python labs/03_reasoning_rl/check.py --module my.py     # grade another file with the same functions
+    python labs/03_reasoning_rl/check.py --runs runs/grpo_tinyworld runs/drgrpo_tinyworld
+
+Each check compares the learner's function with alignlab's on seeded random inputs, or runs it through alignlab's
+own machinery. The exit status is 0 when every selected exercise passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from alignlab.objectives.rl import gae, group_advantages, grpo_loss, kl_k3, rloo_advantages
+from alignlab.rewards import RewardRunner
+from alignlab.rl.monitor import ALARMS, check_alarms
+
+HERE = Path(__file__).parent
+
+
+def close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 1e-6) -> None:
+    got = torch.as_tensor(got, dtype=want.dtype)
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    if not torch.allclose(got, want, atol=atol, rtol=1e-5, equal_nan=True):
+        i = (got - want).abs().nan_to_num(math.inf).argmax()
+        raise AssertionError(f"{what}: differs, e.g. at flat index {int(i)}: {got.flatten()[i]:.6g} vs expected "
+                             f"{want.flatten()[i]:.6g}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The checks, one per exercise
+
+
+def check_1(ex) -> str:
+    g = torch.Generator().manual_seed(1)
+    r = torch.randint(0, 3, (6, 8), generator=g).double()
+    r[0] = 1.0  # a zero-variance group
+    r[1, [2, 5]] = math.nan  # unscored completions
+    r[2, 1:] = math.nan  # a single scored completion
+    r[3] = math.nan  # nothing scored
+    r[4] = torch.rand(8, generator=g, dtype=torch.float64)  # continuous rewards
+    for scale in ("group", "batch", "none"):
+        close(ex.group_advantages_by_hand(r.clone(), scale), group_advantages(r, scale=scale), f"scale={scale}")
+    return "group, batch and none, with NaN, zero-variance and single-completion groups"
+
+
+def check_2(ex) -> str:
+    g = torch.Generator().manual_seed(2)
+    N, T = 6, 9
+    for loss_type in ("grpo", "bnpo", "dapo", "dr_grpo"):
+        for eps_high in (0.2, 0.28):
+            base = -torch.rand(N, T, generator=g, dtype=torch.float64) * 3
+            old = base + torch.randn(N, T, generator=g, dtype=torch.float64) * 0.3  # ratios inside and outside
+            adv = torch.randn(N, generator=g, dtype=torch.float64)
+            lengths = torch.randint(1, T + 1, (N,), generator=g)
+            mask = (torch.arange(T)[None] < lengths[:, None]).double()
+            mine, ref = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+            got = ex.grpo_loss_by_hand(mine, old, adv, mask, loss_type, 0.2, eps_high, max_completion_length=T)
+            want, _ = grpo_loss(ref, old, None, adv, mask, loss_type, 0.2, eps_high, max_completion_length=T)
+            what = f"loss_type={loss_type}, epsilon_high={eps_high}"
+            close(got.detach(), want.detach(), f"{what}: loss")
+            got.backward()
+            want.backward()
+            if mine.grad is None:
+                raise AssertionError(f"{what}: no gradient reached logps")
+            close(mine.grad * mask, ref.grad * mask, f"{what}: gradient")
+    return "grpo, bnpo, dapo, dr_grpo x symmetric and clip-higher: values and gradients"
+
+
+def check_3(ex) -> str:
+    g = torch.Generator().manual_seed(3)
+    for G in (2, 4, 8):
+        r = torch.randn(5, G, generator=g, dtype=torch.float64)
+        close(ex.rloo_by_hand(r.clone()), rloo_advantages(r), f"G={G}")
+        want = G / (G - 1) * (r - r.mean(1, keepdim=True))
+        close(ex.rloo_by_hand(r.clone()), want, f"G={G}: G/(G-1) (r - mean)")
+    return "G = 2, 4, 8; equal to G/(G-1) (r - mean)"
+
+
+def check_4(ex) -> str:
+    g = torch.Generator().manual_seed(4)
+    a, b = -torch.rand(7, 5, generator=g, dtype=torch.float64) * 4, -torch.rand(7, 5, generator=g, dtype=torch.float64)
+    close(ex.k3_by_hand(a, b), kl_k3(a, b), "k3 on random log-probs")
+    # Monte Carlo: tokens sampled from p, scored under p and q; both estimators average to KL(p || q)
+    p = torch.softmax(torch.randn(10, generator=g, dtype=torch.float64), 0)
+    q = torch.softmax(torch.randn(10, generator=g, dtype=torch.float64) * 0.5 + p.log(), 0)
+    n = 200_000
+    tokens = torch.multinomial(p, n, replacement=True, generator=g)
+    logp, ref = p.log()[tokens], q.log()[tokens]
+    k1, k3 = logp - ref, torch.as_tensor(ex.k3_by_hand(logp, ref), dtype=torch.float64)
+    kl = float((p * (p / q).log()).sum())
+    if (k3 < 0).any():
+        raise AssertionError("k3 is negative somewhere; it never should be (e^x >= 1 + x)")
+    for name, est in (("k1", k1), ("k3", k3)):
+        if abs(float(est.mean()) - kl) > 4 * float(est.std()) / math.sqrt(n):
+            raise AssertionError(f"mean {name} = {float(est.mean()):.5f}, KL = {kl:.5f}: biased")
+    return (f"KL(p||q) = {kl:.5f}; over {n:,} samples: mean k1 = {float(k1.mean()):.5f} (variance "
+            f"{float(k1.var()):.5f}, {float((k1 < 0).float().mean()):.1%} negative), mean k3 = {float(k3.mean()):.5f} "
+            f"(variance {float(k3.var()):.5f})")
+
+
+def check_5(ex) -> str:
+    g = torch.Generator().manual_seed(5)
+    N, T = 5, 8
+    lengths = torch.tensor([8, 5, 1, 3, 7])
+    mask = (torch.arange(T)[None] < lengths[:, None]).double()
+    for gamma, lam in ((1.0, 0.95), (0.99, 1.0), (1.0, 0.0), (0.9, 0.5)):
+        rewards = torch.randn(N, T, generator=g, dtype=torch.float64)  # garbage past each row's end, on purpose
+        values = torch.randn(N, T, generator=g, dtype=torch.float64)
+        got_a, got_r = ex.gae_by_hand(rewards.clone(), values.clone(), mask, gamma, lam)
+        want_a, want_r = gae(rewards, values, mask, gamma, lam)
+        close(got_a, want_a, f"gamma={gamma}, lam={lam}: advantages")
+        close(got_r, want_r, f"gamma={gamma}, lam={lam}: returns")
+    return "four (gamma, lambda) pairs, rows of unequal length with garbage in the padding"
+
+
+BOXED_CASES = [  # (completion, gold, expected)
+    ("So she makes \\boxed{18} dollars.", "Janet sells 9 eggs.\n#### 18", 1.0),
+    ("First \\boxed{16}, no wait: \\boxed{18}", "18", 1.0),
+    ("\\boxed{1,000}", "1000", 1.0),
+    ("\\boxed{\\frac{1}{2}}", "0.5", 1.0),
+    ("\\boxed{ 72 }.", "#### 72", 1.0),
+    ([{"role": "assistant", "content": "\\boxed{72}"}], "72", 1.0),
+    ("The answer is 72.", "72", 0.0),
+    ("\\boxed{71}", "72", 0.0),
+    ("\\boxed{72", "72", 0.0),
+    ("\\boxed{}", "72", 0.0),
+    ("\\boxed{72}", None, None),
+    ("\\boxed{72}", "", None),
+    ("\\boxed{72}", "####", None),
+]
+
+
+def check_6(ex) -> str:
+    completions, golds, expected = zip(*BOXED_CASES)
+    got = ex.boxed_correctness(None, list(completions), answer=list(golds))
+    if len(got) != len(completions):
+        raise AssertionError(f"{len(got)} rewards for {len(completions)} completions")
+    for c, gold, want, value in zip(completions, golds, expected, got):
+        if value != want:
+            raise AssertionError(f"completion {c!r}, gold {gold!r}: got {value!r}, expected {want!r}")
+    # what a policy might write: it must never raise or hang
+    g = torch.Generator().manual_seed(6)
+    alphabet = list("0123456789{}\\$,./-+ x") + ["\\boxed{", "\\frac{", "</think>", "<think>", "}}", "####"]
+    fuzz = ["".join(alphabet[i] for i in torch.randint(0, len(alphabet), (int(n),), generator=g))
+            for n in torch.randint(0, 60, (300,), generator=g)]
+    fuzz += ["", "\\boxed{" * 50, "}" * 50, "\\boxed{9" + "9" * 400 + "}", [], [{"role": "assistant", "content": None}],
+             [{"role": "assistant", "content": [{"type": "text", "text": "\\boxed{72}"}]}]]
+    runner = RewardRunner([ex.boxed_correctness], timeout_s=10, warn=lambda message: None)
+    values = list(runner(None, fuzz, answer=["72"] * len(fuzz)).values())[0]
+    stats = runner.stats[runner.names[0]]
+    if stats.errors or stats.timeouts:
+        raise AssertionError(f"on {len(fuzz)} malformed completions it failed: {stats.last_error}")
+    if any(v not in (0.0, 1.0) for v in values):
+        raise AssertionError(f"malformed completions got rewards other than 0 or 1: {sorted(set(values), key=str)}")
+    return f"{len(BOXED_CASES)} cases right; {len(fuzz)} malformed completions, no error, no hang"
+
+
+def check_7(ex) -> str:
+    for alarm in ALARMS:
+        history, evals = ex.alarm_history(alarm)
+        raised = set(check_alarms(history, evals))
+        if raised != {alarm}:
+            raise AssertionError(f"alarm_history({alarm!r}) raises {sorted(raised) or 'nothing'}, expected exactly "
+                                 f"[{alarm!r}]")
+    return "each of " + ", ".join(ALARMS) + " alone"
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7}
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exercise 8: summaries of run directories
+
+
+def _ends(values: list[float], k: int = 10) -> str:
+    if not values:
+        return "-"
+    k = max(1, min(k, len(values) // 2))
+    return f"{sum(values[:k]) / k:.3g} -> {sum(values[-k:]) / k:.3g}"
+
+
+def summarise(run: Path) -> dict[str, str]:
+    """A run's held-out accuracy at the start and the end, its minutes and alarms (result.json), and the first
+    and last ten logged values of the RL monitors (metrics.jsonl)."""
+    row = {"run": str(run)}
+    result_path, metrics_path = run / "result.json", run / "metrics.jsonl"
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        start = result.get("start", {})
+        acc0, acc1 = start.get("val/accuracy"), result.get("val/accuracy")
+        row["val/accuracy"] = (f"{acc0:.1%} -> {acc1:.1%}" if acc0 is not None and acc1 is not None else "-")
+        fmt = result.get("val/format_rate")
+        row["val/format_rate"] = f"{fmt:.1%}" if fmt is not None else "-"
+        row["minutes"] = f"{result.get('train_seconds', math.nan) / 60:.1f}"
+        row["alarms"] = ", ".join(result.get("alarms", {})) or "none"
+    if metrics_path.exists():
+        lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+        for key in ("reward", "completions/mean_length", "entropy", "kl", "frac_reward_zero_std"):
+            row[key] = _ends([r[key] for r in lines if isinstance(r.get(key), (int, float))])
+    if len(row) == 1:
+        row["error"] = "no result.json or metrics.jsonl here"
+    return row
+
+
+def print_runs(runs: list[str]) -> None:
+    rows = [summarise(Path(r)) for r in runs]
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    for r in rows:
+        print("\n".join(f"{k:24s} {r.get(k, '-')}" for k in keys))
+        print()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location("lab03_exercises", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Grade Lab 03's exercises, or summarise RL run directories.")
+    p.add_argument("exercises", nargs="*", type=int, help=f"exercise numbers (default: all of {sorted(CHECKS)})")
+    p.add_argument("--module", type=Path, default=HERE / "exercises.py", help="the file to grade")
+    p.add_argument("--runs", nargs="+", metavar="DIR", help="summarise these run directories instead (exercise 8)")
+    args = p.parse_args(argv)
+    if args.runs:
+        print_runs(args.runs)
+        return 0
+    torch.set_num_threads(1)
+    ex = load_module(args.module)
+    failed = 0
+    for n in args.exercises or sorted(CHECKS):
+        if n not in CHECKS:
+            print(f"exercise {n}: no automatic check (exercise 8: check.py --runs DIR ...)")
+            continue
+        try:
+            detail = CHECKS[n](ex)
+        except NotImplementedError:
+            print(f"exercise {n}: TODO (not implemented yet)")
+            failed += 1
+        except AssertionError as e:
+            print(f"exercise {n}: FAIL: {e}")
+            failed += 1
+        except Exception:
+            print(f"exercise {n}: FAIL: your code raised\n{traceback.format_exc(limit=-2)}")
+            failed += 1
+        else:
+            print(f"exercise {n}: PASS ({detail})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
