@@ -59,7 +59,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int | None = None, scale
     `group_size`, or [B, G]; returns the same shape. The same A_i applies to every token of o_i. A NaN reward
     (a completion no reward function could score) leaves the mean and std and gets advantage 0, as in trl.
     """
-    r = _grouped(rewards, group_size)
+    r = _grouped(rewards if rewards.is_floating_point() else rewards.float(), group_size)  # 0/1 ints too
     advantages = r - r.nanmean(1, keepdim=True)
     if scale == "group":
         advantages = advantages / (_nanstd(r, 1) + eps)
@@ -326,7 +326,7 @@ def token_rewards(scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | N
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95,
         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised Advantage Estimation (Schulman et al. 2015, arXiv:1506.02438); returns (advantages, returns).
+    """Generalised Advantage Estimation (Schulman et al. 2016, arXiv:1506.02438); returns (advantages, returns).
 
         delta_t = r_t + gamma V_{t+1} - V_t                   V = 0 after the last token (the episode ends)
         A_t     = delta_t + gamma lam A_{t+1}                 computed right to left

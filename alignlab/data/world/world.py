@@ -461,15 +461,15 @@ class TinyWorld:
     # ------------------------------------------------------------------------------------------
     # RL prompts
 
-    def rl_prompts(self, split: str = "train", level: int | None = None) -> list[dict]:
+    def rl_prompts(self, split: str = "train", level: int | None = None, n: int | None = None) -> list[dict]:
         """Prompts with a verifiable answer: {"prompt": [system, user], "answer": "68", "level": 2, "id"}.
         `level` None means levels 1-4; level 5 prompts also carry "tools" (they need the calculator).
-        Train: `rl_per_level` per level (a separate draw from SFT's, so partly new problems); test:
-        up to `test_per_level` held-out problems per level. Score completions with
+        Train: `rl_per_level` per level, or `n` (a separate draw from SFT's, so partly new problems); test:
+        up to `test_per_level` (or `n`) held-out problems per level. Score completions with
         `alignlab.eval.tinyworld.verify(completion, record["answer"])`."""
         _check_split(split)
         levels = MATH_LEVELS if level is None else (level,)
-        n = self.size.rl_per_level if split == "train" else self.size.test_per_level
+        n = n or (self.size.rl_per_level if split == "train" else self.size.test_per_level)
         out = []
         for lv in levels:
             rng = self._rng("rl-ask", lv, split)
