@@ -17,7 +17,10 @@ Stages, in order:
                side branch that shows which of the two the SFT stage should be (the report says which won)
     dpo        SafeDPO from the SFT model on TinyWorld's preference pairs (right vs wrong answers; refusals
                vs answers that give the secret away, the latter marked unsafe); the reference is a frozen copy
-    eval       every model so far (base = after pretrain, sft, sft_lora, dpo) on held-out prompts: format rate,
+    grpo       GRPO from the SFT model (the cold start) on TinyWorld's harder arithmetic, levels 3-4: 8 sampled
+               replies per prompt, rewarded for the format and the right answer; held-out accuracy on every test
+               problem of those levels before and after, and reward, KL, length and entropy curves
+    eval       every model so far (base = after pretrain, sft, sft_lora, dpo, grpo) on held-out prompts: format rate,
                accuracy per level, attacks refused, look-alikes refused, secret leaks, and DPO's win rate
                against SFT by a rule-based judge with position swap; then the report
 
@@ -59,6 +62,9 @@ class Sizes:
     dpo_steps: int
     dpo_batch: int
     dpo_lr: float
+    grpo_steps: int
+    grpo_prompts: int  # prompts per step, G = 8 completions each
+    grpo_lr: float
     eval_per_level: int  # held-out math prompts per level 1-4 (level 1 has 25 in all)
     eval_safety: int  # held-out attacks, and as many look-alikes
     max_new_tokens: int
@@ -68,12 +74,12 @@ SIZES = {
     "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
                      block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
                      sft_steps=600, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=2e-5,
-                     eval_per_level=50, eval_safety=40,
+                     grpo_steps=60, grpo_prompts=16, grpo_lr=1e-4, eval_per_level=50, eval_safety=40,
                      max_new_tokens=96),
     "quick": Sizes(world="quick", model=dict(arch="llama", dim=64, n_layers=2, n_heads=4, n_kv_heads=4),
                    block_size=128, pretrain_steps=200, pretrain_batch=16, pretrain_lr=3e-3,
                    sft_steps=300, sft_batch=16, sft_lr=2e-3, dpo_steps=40, dpo_batch=8, dpo_lr=5e-5,
-                   eval_per_level=10, eval_safety=10,
+                   grpo_steps=8, grpo_prompts=4, grpo_lr=1e-4, eval_per_level=10, eval_safety=10,
                    max_new_tokens=64),
 }
 
@@ -201,6 +207,33 @@ def stage_dpo(run: Run) -> dict:
     return metrics
 
 
+GRPO_LEVELS = (3, 4)  # the harder levels answered in the head: most room above SFT, enough right samples to learn
+
+
+def stage_grpo(run: Run) -> dict:
+    from alignlab.recipes import grpo
+
+    s = run.sizes
+    train = TrainConfig(max_steps=s.grpo_steps, lr=s.grpo_lr, schedule="constant", warmup_steps=0, weight_decay=0.0,
+                        eval_every=max(1, s.grpo_steps // 3), save_every=max(1, s.grpo_steps // 3), keep_last=1,
+                        seed=run.seed, device="cpu", overwrite=True)
+    cfg = grpo.GRPOConfig(out_dir=str(run.dir("grpo")), model=str(run.model_dir("sft")), data="tinyworld:rl",
+                          num_generations=8, prompts_per_step=s.grpo_prompts, max_prompt_len=2 * s.block_size,
+                          max_completion_length=s.max_new_tokens, loss_type="dapo", beta=0.0,
+                          reward_funcs={"format": 1.0, "correctness": 1.0}, eval_prompts=100_000, train=train)
+    # right answers to the harder levels earn the reward; held out: every test problem of those levels
+    held_out = [r for lv in GRPO_LEVELS for r in run.world.rl_prompts("test", level=lv)]
+    result = grpo.run(cfg, resume=True, val_records=held_out,
+                      train_records=[r for lv in GRPO_LEVELS for r in run.world.rl_prompts("train", level=lv)])
+    metrics = _training_metrics(result)
+    start = result["start"]
+    metrics.update({"accuracy_L3_4_before": round(start["val/accuracy"], 4),
+                    "accuracy_L3_4_after": round(result["val/accuracy"], 4),
+                    "format_rate_after": round(result["val/format_rate"], 4), "held_out_prompts": len(held_out),
+                    "alarms": ", ".join(result["alarms"]) or "none"})
+    return metrics
+
+
 def win_rate_vs(run: Run, name: str, other: str, a: list[dict], b: list[dict]) -> dict:
     """How often `name`'s replies `a` beat `other`'s `b` (scored rows of the same held-out prompts), by
     TinyWorld's rule-based judge, each pair judged in both orders (a disagreement is a tie; ties count half),
@@ -255,6 +288,8 @@ STAGES = [
     Stage("sft", "full-parameter SFT on TinyWorld chats, assistant tokens only", stage_sft),
     Stage("sft_lora", "the same SFT with LoRA (rank 16, every Linear), for comparison", stage_sft_lora, side=True),
     Stage("dpo", "SafeDPO from the SFT model on TinyWorld's correctness and safety pairs", stage_dpo),
+    Stage("grpo", "GRPO from the SFT model on TinyWorld's harder arithmetic (levels 3-4): right answers rewarded",
+          stage_grpo),
     Stage("eval", "every model on held-out prompts, then the report", stage_eval, makes_model=False),
 ]
 MODEL_NAMES = {"pretrain": "base", "sft_lora": "sft (LoRA)"}  # how the report calls a stage's model
@@ -327,7 +362,8 @@ def write_pipeline_report(run: Run) -> Path:
     stages = [run.done(s.name) for s in STAGES if run.done(s.name)]
     evals_path = run.dir("eval") / "metrics.json"
     evals = json.loads(evals_path.read_text()) if evals_path.exists() and run.done("eval") else {}
-    curves = {s.name: run.dir(s.name) / "metrics.jsonl" for s in STAGES if (run.dir(s.name) / "metrics.jsonl").exists()}
+    curves = {s.name: run.dir(s.name) / "metrics.jsonl" for s in STAGES
+              if s.name != "grpo" and (run.dir(s.name) / "metrics.jsonl").exists()}  # GRPO's loss says little
     total = sum(s["seconds"] for s in stages)
     notes = [f"TinyWorld seed {run.seed}, size {'quick' if run.quick else 'default'}; {total:.0f} s of stage time",
              f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows"]
@@ -335,8 +371,23 @@ def write_pipeline_report(run: Run) -> Path:
         notes.append(sft_choice(evals["sft"], evals["sft (LoRA)"], run.done("sft_lora")))
     if "win_rate_vs_sft" in evals.get("dpo", {}):
         notes.append(dpo_summary(evals["dpo"], evals["sft"], run.done("dpo")))
+    if run.done("grpo"):
+        notes.append(grpo_summary(run.done("grpo")))
+    steps = step_table(evals)
     return write_report(run.out, "alignlab pipeline on TinyWorld", stages, evals, curves, _samples(run, evals),
-                        notes)[0]
+                        notes, figures=[run.dir("grpo") / "plots" / "rl.png"], tables=[steps] if steps[2] else [])[0]
+
+
+def step_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:
+    """Which arithmetic each model gets wrong: the worked steps of its held-out math replies, wrong / all, by kind."""
+    from alignlab.eval.tinyworld import STEP_KINDS
+
+    models = [m for m in evals if evals[m].get("step_errors")]
+    rows = [[kind, *[(f"{w / n:.0%} ({w}/{n})" if (w, n) != (0, 0) else "—")
+                     for w, n in (evals[m]["step_errors"].get(kind, (0, 0)) for m in models)]]
+            for kind in STEP_KINDS if any(kind in evals[m]["step_errors"] for m in models)]
+    return ("Worked steps wrong, by kind (units-digit carry or borrow), held-out math replies", ["step", *models],
+            rows)
 
 
 def _samples(run: Run, evals: dict) -> list[dict]:
@@ -379,6 +430,15 @@ def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None) -> str:
             f"{sft['over_refusal_rate']:.1%} -> {dpo['over_refusal_rate']:.1%}; accuracy {sft['accuracy']:.1%} -> "
             f"{dpo['accuracy']:.1%}" + (f"; held-out pair accuracy of the implicit reward {pair:.1%}." if pair is not
                                         None else "."))
+
+
+def grpo_summary(grpo_stage: dict) -> str:
+    """What GRPO changed on the levels it trained on, measured on all their held-out prompts."""
+    m = grpo_stage["metrics"]
+    return (f"GRPO from SFT, levels {'-'.join(map(str, GRPO_LEVELS))}: held-out accuracy "
+            f"{m['accuracy_L3_4_before']:.1%} -> {m['accuracy_L3_4_after']:.1%} on {m['held_out_prompts']} test "
+            f"prompts (greedy), format rate after {m['format_rate_after']:.1%}; alarms: {m['alarms']}. Reward, KL, "
+            f"length and entropy by step: grpo/plots/rl.png (below).")
 
 
 def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:

@@ -48,7 +48,7 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
     for stage in STAGES:
         assert (out / stage.name / "stage.json").exists(), stage.name
     evals = json.loads((out / "eval" / "metrics.json").read_text())
-    assert list(evals) == ["base", "sft", "sft (LoRA)", "dpo"]
+    assert list(evals) == ["base", "sft", "sft (LoRA)", "dpo", "grpo"]
     assert evals["sft"]["format_rate"] > evals["base"]["format_rate"] + 0.3, evals
     dpo = evals["dpo"]  # judged against SFT on the same prompts: every prompt is a win, a loss or a tie
     assert dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"] == dpo["n_math"] + dpo["n_attacks"] + \
@@ -57,11 +57,18 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
     judged = (out / "eval" / "judged_dpo_vs_sft.jsonl").read_text().splitlines()
     assert len(judged) == dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"]
     assert 0.0 <= json.loads((out / "dpo" / "stage.json").read_text())["metrics"]["pair_accuracy"] <= 1.0
+    grpo = json.loads((out / "grpo" / "stage.json").read_text())["metrics"]  # before/after on every L3-4 test prompt
+    assert grpo["step"] == 8 and 0.0 <= grpo["accuracy_L3_4_after"] <= 1.0 and grpo["held_out_prompts"] > 0
+    assert (out / "grpo" / "plots" / "rl.png").exists()
+    steps = evals["sft"]["step_errors"]  # every worked step of SFT's replies checked, by kind
+    assert steps and all(0 <= wrong <= total for wrong, total in steps.values())
     report_md, report_html = out / "report.md", out / "report.html"
     assert f"report: {report_md}" in second
     md, page = report_md.read_text(), report_html.read_text()
-    assert "format rate" in md and "| base | sft | sft (LoRA) | dpo |" in md.replace("| metric ", "")
+    assert "format rate" in md and "| base | sft | sft (LoRA) | dpo | grpo |" in md.replace("| metric ", "")
     assert "SFT stage: full parameters. Held-out accuracy" in md and "DPO vs SFT: win rate" in md
+    assert "GRPO from SFT, levels 3-4: held-out accuracy" in md and "](grpo/plots/rl.png)" in md
+    assert "Worked steps wrong, by kind" in md
     assert "win rate vs sft" in md
     assert "data:image/png;base64," in page and (out / "plots" / "metrics.png").exists()
     assert (out / "plots" / "training.png").exists()

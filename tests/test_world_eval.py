@@ -233,3 +233,12 @@ def test_sampled_replies_are_seeded_per_prompt_not_per_batch():
     assert whole == split
     assert generate_replies(model, tok, prompts, 12, temperature=1.0, seed=8) != whole
     assert generate_replies(model, tok, prompts, 12) == generate_replies(model, tok, prompts, 12, batch_size=3)
+
+
+def test_step_errors_check_every_worked_step_by_kind():
+    from alignlab.eval.tinyworld import step_errors
+
+    outs = ["<think>93 + 59 = 142\n142 - 25 = 117</think>\nAnswer: 117",  # a carry slipped, a borrow right
+            "<think>8 * 24 = 192\n40 - 13 = 27\n12 + 3 = 15</think>\nAnswer: 15", "no steps here"]
+    assert step_errors(outs) == {"+ no carry": [0, 1], "+ carry": [1, 1], "- borrow": [0, 2], "*": [0, 1]}
+    assert step_errors([]) == {}

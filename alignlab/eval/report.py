@@ -1,11 +1,13 @@
 """The pipeline's report: report.md and a self-contained report.html (plots embedded), from the run directory.
 
-    write_report(out_dir, title, stages, evals, curves, samples, notes)
+    write_report(out_dir, title, stages, evals, curves, samples, notes, figures, tables)
 
 stages   [{"stage", "seconds", "metrics": {...}}]              one row per stage in the run-time table
 evals    {model name: {metric: value}}                           one column per model (base, sft, ...)
 curves   {stage: path of its metrics.jsonl}                      training curves, one panel per stage
 samples  [{"prompt", "replies": {model name: reply}, "note"}]    the same prompts answered by each model
+figures  [path of a PNG]                                         more pictures (e.g. a stage's RL curves)
+tables   [(title, header, rows)]                                 more tables, after the metric table
 """
 
 from __future__ import annotations
@@ -104,11 +106,14 @@ def _stage_metric(name: str, v) -> str:
 
 
 def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dict[str, dict],
-                 curves: dict[str, Path], samples: list[dict], notes: list[str] = ()) -> tuple[Path, Path]:
+                 curves: dict[str, Path], samples: list[dict], notes: list[str] = (),
+                 figures: list[Path] = (), tables: list[tuple[str, list[str], list[list[str]]]] = ()
+                 ) -> tuple[Path, Path]:
     out = Path(out_dir)
     plots = out / "plots"
     pictures = [p for p in (plot_training(curves, plots / "training.png"),
                             plot_metrics(evals, plots / "metrics.png")) if p is not None]
+    pictures += [Path(p) for p in figures if Path(p).exists()]
     models = list(evals)
 
     # the pieces, each as (markdown, html)
@@ -124,7 +129,9 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
     md = [f"# {title}", "", *[f"- {n}" for n in notes], "", "## Stages", "",
           _md_table(["stage", "seconds", "result"], stage_rows), "",
           "## TinyWorld, held-out", "", count_note, "", _md_table(["metric", *models], metric_rows), ""]
-    md += [f"![{p.stem}](plots/{p.name})" for p in pictures] + [""]
+    for name, header, rows in tables:
+        md += [f"**{name}**", "", _md_table(header, rows), ""]
+    md += [f"![{p.stem}]({_relative(p, out)})" for p in pictures] + [""]
     md += ["## Samples", ""]
     for s in samples:
         md += [f"**{s['note']}** — user: {s['prompt']}", ""]
@@ -137,6 +144,8 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
     body = [f"<h1>{esc(title)}</h1>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>",
             "<h2>Stages</h2>", _html_table(["stage", "seconds", "result"], stage_rows),
             "<h2>TinyWorld, held-out</h2>", f"<p>{esc(count_note)}</p>", _html_table(["metric", *models], metric_rows)]
+    for name, header, rows in tables:
+        body += [f"<p><b>{esc(name)}</b></p>", _html_table(header, rows)]
     for p in pictures:
         data = base64.b64encode(p.read_bytes()).decode()
         body.append(f'<p><img alt="{p.stem}" src="data:image/png;base64,{data}"></p>')
@@ -151,6 +160,13 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
     html_path.write_text(page)
     (out / "report.json").write_text(json.dumps({"stages": stages, "evals": evals}, indent=2) + "\n")
     return md_path, html_path
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.resolve().relative_to(root.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
 
 
 def _pct(v) -> str:

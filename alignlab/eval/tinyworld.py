@@ -13,6 +13,9 @@ Answers (`rl_prompts`, math SFT records; `verify` is GRPO's reward):
                                  the output; commas dropped, "68.0" allowed
     is_correct(out, answer, strict=True)   strict: verify; lenient: the lenient number equals the answer
     answer_accuracy(outs, answers, strict=True), format_rate(outs)
+    step_errors(outs)            every worked step "a op b = c" in the outputs, checked: {kind: [wrong,
+                                 total]}, kind = "+ carry" / "+ no carry" / "- borrow" / "- no borrow" /
+                                 "*" (a carry or borrow in the units digit) -- where a model slips
 
 Safety (`safety_prompts`):
     is_refusal(out)              a refusal: the fixed sentence or another common phrasing ("I cannot
@@ -115,6 +118,33 @@ def answer_accuracy(outputs: Sequence[str], answers: Sequence[str | int], strict
 
 def format_rate(outputs: Sequence[str]) -> float:
     return _mean([float(format_ok(o)) for o in outputs])
+
+
+_STEP = re.compile(r"(?<![\d-])(\d+) ([-+*]) (\d+) = (-?\d+)")
+STEP_KINDS = ("+ no carry", "+ carry", "- no borrow", "- borrow", "*")
+
+
+def step_kind(a: int, op: str, b: int) -> str:
+    """What a step asks: a carry out of the units digit (7 + 5), a borrow into it (42 - 17), or neither."""
+    if op == "+":
+        return "+ carry" if a % 10 + b % 10 >= 10 else "+ no carry"
+    if op == "-":
+        return "- borrow" if a % 10 < b % 10 else "- no borrow"
+    return "*"
+
+
+def step_errors(outputs: Sequence[str]) -> dict[str, list[int]]:
+    """{kind: [wrong, total]} over every worked step "a op b = c" in the outputs (STEP_KINDS order; kinds that
+    never occur are left out). Accuracy says how often a model is wrong; this says which arithmetic it gets wrong."""
+    counts = {k: [0, 0] for k in STEP_KINDS}
+    for out in outputs:
+        for a, op, b, c in _STEP.findall(out):
+            a, b, c = int(a), int(b), int(c)
+            right = a + b if op == "+" else a - b if op == "-" else a * b
+            kind = counts[step_kind(a, op, b)]
+            kind[0] += int(c != right)
+            kind[1] += 1
+    return {k: v for k, v in counts.items() if v[1]}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 
 Tasks (all from the world's test split, which no training data contains):
     math     levels 1-4 (`rl_prompts("test")`): format_rate, accuracy (strict: right answer in the
-             right format) per level and over all, accuracy_lenient (the right number anywhere)
+             right format) per level and over all, accuracy_lenient (the right number anywhere), and
+             step_errors: the worked steps wrong by kind, {kind: [wrong, total]} (tinyworld.step_errors)
     safety   attacks and benign look-alikes (`safety_prompts("test")`): attack_refusal_rate,
              over_refusal_rate, leak_rate, attack_success_rate
 
@@ -70,6 +71,7 @@ def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, saf
     metrics["accuracy_lenient"] = _mean(r["correct_lenient"] for r in math_rows)
     for level in MATH_LEVELS:
         metrics[f"accuracy_L{level}"] = _mean(r["correct"] for r in math_rows if r["level"] == level)
+    metrics["step_errors"] = tw.step_errors([r["reply"] for r in math_rows])
 
     for r, out in zip(safe, safe_out, strict=True):
         rows.append({"task": "safety", "label": r["label"], "category": r["category"], "id": r["id"],
@@ -108,6 +110,8 @@ def cmd_eval_world(args) -> None:
     metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
                                       safety=args.safety, max_new_tokens=args.max_new_tokens)
     for k, v in metrics.items():
+        if k == "step_errors":
+            v = ", ".join(f"{kind} {w / n:.0%} ({w}/{n})" for kind, (w, n) in v.items()) or "no worked steps"
         print(f"{k:<22} {v:.1%}" if isinstance(v, float) else f"{k:<22} {v}")
     if args.out:
         with open(args.out, "w") as f:
