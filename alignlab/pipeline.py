@@ -380,11 +380,11 @@ def write_pipeline_report(run: Run) -> Path:
 
 def step_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:
     """Which arithmetic each model gets wrong: the worked steps of its held-out math replies, wrong / all, by kind."""
-    from alignlab.eval.tinyworld import STEP_KINDS
+    from alignlab.eval.tinyworld import STEP_KINDS, step_error_text
 
     models = [m for m in evals if evals[m].get("step_errors")]
-    rows = [[kind, *[(f"{w / n:.0%} ({w}/{n})" if (w, n) != (0, 0) else "—")
-                     for w, n in (evals[m]["step_errors"].get(kind, (0, 0)) for m in models)]]
+    rows = [[kind, *[step_error_text(*evals[m]["step_errors"][kind]) if kind in evals[m]["step_errors"] else "—"
+                     for m in models]]
             for kind in STEP_KINDS if any(kind in evals[m]["step_errors"] for m in models)]
     return ("Worked steps wrong, by kind (units-digit carry or borrow), held-out math replies", ["step", *models],
             rows)

@@ -147,6 +147,11 @@ def step_errors(outputs: Sequence[str]) -> dict[str, list[int]]:
     return {k: v for k, v in counts.items() if v[1]}
 
 
+def step_error_text(wrong: int, total: int) -> str:
+    """One kind's count from step_errors, as "48% (58/122)"."""
+    return f"{wrong / total:.0%} ({wrong}/{total})"
+
+
 # ----------------------------------------------------------------------------------------------
 # Refusals and the secret
 

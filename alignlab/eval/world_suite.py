@@ -111,7 +111,7 @@ def cmd_eval_world(args) -> None:
                                       safety=args.safety, max_new_tokens=args.max_new_tokens)
     for k, v in metrics.items():
         if k == "step_errors":
-            v = ", ".join(f"{kind} {w / n:.0%} ({w}/{n})" for kind, (w, n) in v.items()) or "no worked steps"
+            v = ", ".join(f"{kind} {tw.step_error_text(*wn)}" for kind, wn in v.items()) or "no worked steps"
         print(f"{k:<22} {v:.1%}" if isinstance(v, float) else f"{k:<22} {v}")
     if args.out:
         with open(args.out, "w") as f:
