@@ -214,7 +214,9 @@ def stage_grpo(run: Run) -> dict:
     from alignlab.recipes import grpo
 
     s = run.sizes
-    train = TrainConfig(max_steps=s.grpo_steps, lr=s.grpo_lr, schedule="constant", warmup_steps=0, weight_decay=0.0,
+    # a short warm-up and Adam's usual beta2 (0.999): the first steps' noisy gradients move the policy less
+    train = TrainConfig(max_steps=s.grpo_steps, lr=s.grpo_lr, schedule="constant",
+                        warmup_steps=min(10, s.grpo_steps // 4), beta2=0.999, weight_decay=0.0,
                         eval_every=max(1, s.grpo_steps // 3), save_every=max(1, s.grpo_steps // 3), keep_last=1,
                         seed=run.seed, device="cpu", overwrite=True)
     cfg = grpo.GRPOConfig(out_dir=str(run.dir("grpo")), model=str(run.model_dir("sft")), data="tinyworld:rl",
