@@ -374,7 +374,7 @@ def write_pipeline_report(run: Run) -> Path:
     if "win_rate_vs_sft" in evals.get("dpo", {}):
         notes.append(dpo_summary(evals["dpo"], evals["sft"], run.done("dpo")))
     if run.done("grpo"):
-        notes.append(grpo_summary(run.done("grpo")))
+        notes.append(grpo_summary(run.done("grpo"), run.sizes.eval_per_level))
     steps = step_table(evals)
     return write_report(run.out, "alignlab pipeline on TinyWorld", stages, evals, curves, _samples(run, evals),
                         notes, figures=[run.dir("grpo") / "plots" / "rl.png"], tables=[steps] if steps[2] else [])[0]
@@ -434,13 +434,15 @@ def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None) -> str:
                                         None else "."))
 
 
-def grpo_summary(grpo_stage: dict) -> str:
-    """What GRPO changed on the levels it trained on, measured on all their held-out prompts."""
+def grpo_summary(grpo_stage: dict, per_level: int) -> str:
+    """What GRPO changed on the levels it trained on, measured on all their held-out prompts (the report's
+    table asks only `per_level` prompts of each level)."""
     m = grpo_stage["metrics"]
     return (f"GRPO from SFT, levels {'-'.join(map(str, GRPO_LEVELS))}: held-out accuracy "
             f"{m['accuracy_L3_4_before']:.1%} -> {m['accuracy_L3_4_after']:.1%} on {m['held_out_prompts']} test "
-            f"prompts (greedy), format rate after {m['format_rate_after']:.1%}; alarms: {m['alarms']}. Reward, KL, "
-            f"length and entropy by step: grpo/plots/rl.png (below).")
+            f"prompts (greedy), format rate after {m['format_rate_after']:.1%}; alarms: {m['alarms']}. The table "
+            f"below asks {per_level} prompts per level, so its level 3 and 4 rows can differ from this by several "
+            f"points by chance. Reward, KL, length and entropy by step: grpo/plots/rl.png (below).")
 
 
 def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:
