@@ -63,6 +63,27 @@ def test_at_the_start_dpo_is_ln2_and_the_three_references_agree(tmp_path, base, 
     assert torch.equal(again["ref_chosen"], cached["ref_chosen"])
 
 
+def test_held_out_metrics_count_every_pair_once(tmp_path, base, world):
+    # 7 held-out pairs in batches of 4: a batch of 4 and a short one of 3. The logged val/* metrics must be the
+    # means over the 7 pairs, as one batch of all of them gives, not the mean of the two batch means.
+    from alignlab.data.preference import tokenize_pairs
+
+    val = pairs(world, "test", 7)
+    result = run(config(tmp_path, base, loss="sigmoid"), train_records=pairs(world, "train", 24), val_records=val)
+    assert result["status"] == "finished"
+    tok = world.tokenizer()
+    examples = tokenize_pairs(tok, val, 256).examples
+    batch = make_batch(examples, {}, list(range(7)), tok.pad_token_id)
+    cfg = config(tmp_path, base, loss="sigmoid")
+    policy, reference = load_model(tmp_path / "dpo" / "model").eval(), load_model(base).eval()
+    with torch.no_grad():
+        loss, metrics = preference_step(cfg, Reference("copy", reference))(policy, batch, 7.0)
+    assert result["val_loss"] == pytest.approx(float(loss), rel=1e-4)
+    for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/rejected"):
+        assert result[f"val/{k}"] == pytest.approx(metrics[k], rel=1e-4, abs=1e-5), k
+    assert result["val/rewards/accuracies"] * 7 == pytest.approx(round(result["val/rewards/accuracies"] * 7))
+
+
 def test_policy_logps_are_the_sums_over_completion_tokens(base, world):
     from alignlab.data.preference import tokenize_pairs
 

@@ -17,15 +17,16 @@ unpaired answers labelled desirable or undesirable.
                              training and cached on disk (<out_dir>/reference_logps.pt); no reference model
                              during training
 4. train      one batch = [chosen; rejected] rows; per-sequence log-probs summed over completion tokens
-              (objectives.linear_sequence_logps); loss by name (`loss`): sigmoid (DPO), hinge, ipo, robust
-              (cDPO), simpo, orpo, safedpo (objectives/preference.py has each formula and paper); the mean over
-              the global batch of pairs. kto: [completion; KL] rows, the KL row being the example's prompt with
-              another example's completion (kto_examples); KTO's loss against the reference point z estimated
-              from the KL rows; the mean over the global batch of examples
+              (objectives.linear_sequence_logps); loss by name (`loss`): sigmoid (DPO; with label_smoothing,
+              cDPO), hinge, ipo, robust (robust DPO), simpo, orpo, safedpo (objectives/preference.py has each
+              formula and paper); the mean over the global batch of pairs. kto: [completion; KL] rows, the KL
+              row being the example's prompt with another example's completion (kto_examples); KTO's loss
+              against the reference point z estimated from the KL rows; the mean over the global batch of
+              examples
 5. evaluate   on held-out pairs: trl's metrics (rewards/chosen, rewards/rejected, rewards/accuracies,
               rewards/margins, logps/chosen, logps/rejected; KTO: chosen = desirable, rejected = undesirable,
               no accuracies, and kl = z); a warning when the chosen and the rejected log-probs both fall
-              (likelihood displacement)
+              (likelihood displacement); each pair counts once, however the batches fall
 6. save       <out_dir>/model (LoRA: adapter/ and the merged model), result.json
 """
 
@@ -72,12 +73,12 @@ class DPOConfig:
     model: str = ""  # the policy's starting point (a model directory, usually after SFT)
     data: str = ""  # preference pairs, or unpaired records for kto (see alignlab.data.preference)
     val_data: str = ""  # held-out pairs: the metrics and the implicit reward's accuracy
-    convert: str = ""  # e.g. hh-rlhf
+    convert: str = ""  # e.g. hh_rlhf
     loss: str = "sigmoid"  # sigmoid | hinge | ipo | robust | simpo | orpo | safedpo | kto
     beta: float = 0.1
     desirable_weight: float = 1.0  # kto's lambda_D
     undesirable_weight: float = 1.0  # kto's lambda_U (trl: lambda_D n_D / (lambda_U n_U) in [1, 4/3])
-    label_smoothing: float = 0.0  # robust (cDPO): the assumed fraction of flipped labels
+    label_smoothing: float = 0.0  # cDPO (sigmoid) and robust DPO: the assumed fraction of flipped labels
     simpo_gamma: float = 0.5
     safety_margin: float = 10.0  # safedpo's delta
     rpo_alpha: float = 0.0  # > 0 adds rpo_alpha * (the chosen answer's per-token NLL) to a DPO-family loss (RPO)
@@ -199,6 +200,19 @@ def count_pairs(batch: dict) -> int:
 
 def count_examples(batch: dict) -> int:
     return batch["label"].shape[0]
+
+
+def metric_count(name: str, batch: dict, kto: bool) -> int:
+    """How many items a batch's metric `name` is the mean of: its pairs; for KTO, its desirable examples
+    (*/chosen), its undesirable ones (*/rejected) or all of them (kl)."""
+    if not kto:
+        return count_pairs(batch)
+    label = batch["label"].bool()
+    if name.endswith("/chosen"):
+        return int(label.sum())
+    if name.endswith("/rejected"):
+        return int((~label).sum())
+    return count_examples(batch)
 
 
 def reference_cache_key(model_dir: Path, examples) -> str:
@@ -347,14 +361,22 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
     first: dict = {}
 
     def evaluate(m) -> dict:
+        """Held-out loss and metrics with every pair (KTO: example) counted once: each batch's means are weighted
+        by how many pairs or examples they average over, so a short last batch weighs what it holds."""
+        loss_sum, loss_count = 0.0, 0
         sums: dict[str, float] = {}
-        seen: dict[str, int] = {}  # (a KTO batch may hold no desirable or no undesirable example)
+        counts: dict[str, int] = {}  # (a KTO batch may hold no desirable or no undesirable example)
         for b in val_batches:
             b = {k: v.to(device) for k, v in b.items()}
-            loss, metrics = step(m, b, float(weight(b)))
-            for k, v in {"val_loss": float(loss), **metrics}.items():
-                sums[k], seen[k] = sums.get(k, 0.0) + v, seen.get(k, 0) + 1
-        sums = {k: v / seen[k] for k, v in sums.items()}
+            loss, metrics = step(m, b, 1.0)  # the batch's summed loss
+            loss_sum, loss_count = loss_sum + float(loss), loss_count + weight(b)
+            for k, v in metrics.items():
+                n = metric_count(k, b, cfg.loss == "kto")
+                sums[k], counts[k] = sums.get(k, 0.0) + v * n, counts.get(k, 0) + n
+        sums = {k: v / counts[k] for k, v in sums.items() if counts[k]}
+        if cfg.loss == "kto" and "rewards/chosen" in sums and "rewards/rejected" in sums:
+            sums["rewards/margins"] = sums["rewards/chosen"] - sums["rewards/rejected"]
+        sums["val_loss"] = loss_sum / max(loss_count, 1)
         logps = ("logps/chosen", "logps/rejected")
         if not first:
             first.update(sums)
@@ -364,7 +386,8 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
             print(f"warning: likelihood displacement: the held-out chosen and rejected log-probs both fell "
                   f"({first['logps/chosen']:.2f} -> {sums['logps/chosen']:.2f}, {first['logps/rejected']:.2f} -> "
                   f"{sums['logps/rejected']:.2f}); DPO only widens their gap, and probability mass is going to "
-                  "answers in neither set (lower the learning rate or beta, or add an SFT term: loss=orpo)")
+                  "answers in neither set (lower the learning rate, raise beta, or add an SFT term: rpo_alpha=1.0 or "
+                  "loss=orpo)")
         return {("val/" + k if k != "val_loss" else k): v for k, v in sums.items()}
 
     batches = UnpairedBatches if cfg.loss == "kto" else PairBatches
