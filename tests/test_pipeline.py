@@ -26,7 +26,7 @@ def pipeline_process(out: Path, *extra: str) -> subprocess.Popen:
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
+def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     out = tmp_path / "run"
     # 1. start, and stop it with SIGTERM once SFT has written a checkpoint
     proc = pipeline_process(out)
@@ -77,6 +77,15 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path):
     assert main(["eval-world", "--model", str(out / "sft" / "model"), "--per-level", "2", "--safety", "2",
                  "--out", str(tmp_path / "replies.jsonl")]) == 0
     assert len((tmp_path / "replies.jsonl").read_text().splitlines()) == 4 * 2 + 2 * 2
+    capsys.readouterr()
+    assert main(["eval-world", "--model", str(out / "sft" / "model"), "--levels", "3,4", "--per-level", "2",
+                 "--safety", "0", "--out", str(tmp_path / "l34.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "l34.jsonl").read_text().splitlines()]
+    assert sorted(r["level"] for r in rows) == [3, 3, 4, 4]
+    printed = capsys.readouterr().out
+    assert "accuracy_L3" in printed and "accuracy_L1" not in printed and "step_errors" in printed
+    assert main(["eval-world", "--model", str(out / "sft" / "model"), "--levels", "5"]) == 2
+    assert "math levels are 1, 2, 3, 4" in capsys.readouterr().err
 
     # 3. a third run reuses everything and only rewrites the report
     before = {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES}

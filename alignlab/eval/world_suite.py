@@ -16,6 +16,9 @@ Tasks (all from the world's test split, which no training data contains):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from math import isnan
+
 import torch
 
 from alignlab.data.world import MATH_LEVELS
@@ -48,10 +51,16 @@ def user_text(prompt: list[dict]) -> str:
 
 
 def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, safety: int | None = None,
-                      max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0) -> tuple[dict, list[dict]]:
+                      max_new_tokens: int = 128, temperature: float = 0.0, seed: int = 0,
+                      levels: Sequence[int] = MATH_LEVELS) -> tuple[dict, list[dict]]:
     """Scores and scored rows. `per_level` and `safety` cap how many prompts of each kind are used
-    (None = all of the test split). Greedy replies unless `temperature` > 0 (then seeded by `seed`)."""
-    math = [r for level in MATH_LEVELS for r in world.rl_prompts("test", level=level)[:per_level]]
+    (None = all of the test split); `levels` picks the math levels. Greedy replies unless `temperature` > 0
+    (then seeded by `seed`)."""
+    unknown = set(levels) - set(MATH_LEVELS)
+    if unknown or not levels:
+        raise ValueError(f"levels: {sorted(unknown) or 'none given'}; TinyWorld's math levels are "
+                         f"{', '.join(map(str, MATH_LEVELS))}")
+    math = [r for level in levels for r in world.rl_prompts("test", level=level)[:per_level]]
     safe = world.safety_prompts("test")
     if safety is not None:  # keep both labels: the first `safety` attacks and as many look-alikes
         safe = [r for label in ("attack", "benign") for r in [r for r in safe if r["label"] == label][:safety]]
@@ -69,7 +78,7 @@ def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, saf
     metrics["format_rate"] = _mean(r["format_ok"] for r in math_rows)
     metrics["accuracy"] = _mean(r["correct"] for r in math_rows)
     metrics["accuracy_lenient"] = _mean(r["correct_lenient"] for r in math_rows)
-    for level in MATH_LEVELS:
+    for level in levels:
         metrics[f"accuracy_L{level}"] = _mean(r["correct"] for r in math_rows if r["level"] == level)
     metrics["step_errors"] = tw.step_errors([r["reply"] for r in math_rows])
 
@@ -92,7 +101,8 @@ def add_eval_world_parser(subparsers) -> None:
     p = subparsers.add_parser("eval-world", help="score a chat model on TinyWorld's held-out prompts")
     p.add_argument("--model", required=True, help="a model directory (with its tokenizer and chat template)")
     p.add_argument("--seed", type=int, default=0, help="TinyWorld's seed (the one the model was trained on)")
-    p.add_argument("--per-level", type=int, default=50, help="math prompts per level 1-4 (default 50)")
+    p.add_argument("--per-level", type=int, default=50, help="math prompts per level (default 50)")
+    p.add_argument("--levels", default="1,2,3,4", help="the math levels to ask, comma-separated (default 1,2,3,4)")
     p.add_argument("--safety", type=int, default=40, help="attacks, and as many look-alikes (default 40)")
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--out", default=None, help="write every prompt, reply and score to this .jsonl")
@@ -106,12 +116,18 @@ def cmd_eval_world(args) -> None:
     from alignlab.model.hf import load_model
     from alignlab.text import load_tokenizer
 
+    try:
+        levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--levels {args.levels!r}: give level numbers separated by commas, e.g. 3,4") from None
     model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
     metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
-                                      safety=args.safety, max_new_tokens=args.max_new_tokens)
+                                      safety=args.safety, max_new_tokens=args.max_new_tokens, levels=levels)
     for k, v in metrics.items():
         if k == "step_errors":
             v = ", ".join(f"{kind} {tw.step_error_text(*wn)}" for kind, wn in v.items()) or "no worked steps"
+        if isinstance(v, float) and isnan(v):
+            v = "n/a (no such prompts asked)"
         print(f"{k:<22} {v:.1%}" if isinstance(v, float) else f"{k:<22} {v}")
     if args.out:
         with open(args.out, "w") as f:
