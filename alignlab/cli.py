@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe(sub, "dpo", cmd_dpo, "preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, KTO, SafeDPO (loss=...)",
                "configs/dpo/tinyworld.yaml", "loss=ipo beta=0.1")
     add_recipe(sub, "grpo", cmd_grpo, "GRPO (and DAPO, Dr. GRPO, GSPO) with verifiable rewards: G answers per prompt",
-               "configs/grpo/tinyworld.yaml", "loss_type=dr_grpo num_generations=8")
+               "configs/grpo/tinyworld.yaml", "beta=0 loss_type=dr_grpo scale_rewards=none")
     add_recipe(sub, "rloo", lambda args: cmd_grpo(args, "RLOOConfig"), "RLOO: the GRPO recipe with leave-one-out "
                "advantages and trl's sequence-level loss", "configs/grpo/tinyworld.yaml", "beta=0.05")
     add_recipe(sub, "ppo", cmd_ppo, "PPO with a value model: GAE(gamma, lambda), clipped policy and value losses, "

@@ -84,6 +84,7 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     assert sorted(r["level"] for r in rows) == [3, 3, 4, 4]
     printed = capsys.readouterr().out
     assert "accuracy_L3" in printed and "accuracy_L1" not in printed and "step_errors" in printed
+    assert "attack_refusal_rate    n/a" in printed and "nan" not in printed  # --safety 0: no attacks asked
     assert main(["eval-world", "--model", str(out / "sft" / "model"), "--levels", "5"]) == 2
     assert "math levels are 1, 2, 3, 4" in capsys.readouterr().err
 

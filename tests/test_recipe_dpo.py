@@ -11,7 +11,16 @@ import torch
 
 from alignlab.lora import apply_lora
 from alignlab.model.hf import load_model
-from alignlab.recipes.dpo import LOSSES, DPOConfig, Reference, make_batch, pair_logps, preference_step, run
+from alignlab.recipes.dpo import (
+    LOSSES,
+    DPOConfig,
+    Reference,
+    count_kept_pairs,
+    make_batch,
+    pair_logps,
+    preference_step,
+    run,
+)
 from alignlab.train.trainer import TrainConfig
 
 
@@ -63,22 +72,26 @@ def test_at_the_start_dpo_is_ln2_and_the_three_references_agree(tmp_path, base, 
     assert torch.equal(again["ref_chosen"], cached["ref_chosen"])
 
 
-def test_held_out_metrics_count_every_pair_once(tmp_path, base, world):
+@pytest.mark.parametrize("loss", ["sigmoid", "safedpo"])
+def test_held_out_metrics_count_every_pair_once(tmp_path, base, world, loss):
     # 7 held-out pairs in batches of 4: a batch of 4 and a short one of 3. The logged val/* metrics must be the
     # means over the 7 pairs, as one batch of all of them gives, not the mean of the two batch means.
     from alignlab.data.preference import tokenize_pairs
 
     val = pairs(world, "test", 7)
-    result = run(config(tmp_path, base, loss="sigmoid"), train_records=pairs(world, "train", 24), val_records=val)
+    result = run(config(tmp_path, base, loss=loss), train_records=pairs(world, "train", 24), val_records=val)
     assert result["status"] == "finished"
     tok = world.tokenizer()
     examples = tokenize_pairs(tok, val, 256).examples
-    batch = make_batch(examples, {}, list(range(7)), tok.pad_token_id)
-    cfg = config(tmp_path, base, loss="sigmoid")
+    flags = {f"{side}_unsafe": torch.tensor([bool(r.get(f"{side}_unsafe", False)) for r in val])
+             for side in ("chosen", "rejected")}  # SafeDPO's safety labels, as the recipe passes them
+    batch = make_batch(examples, flags if loss == "safedpo" else {}, list(range(7)), tok.pad_token_id)
+    cfg = config(tmp_path, base, loss=loss)
     policy, reference = load_model(tmp_path / "dpo" / "model").eval(), load_model(base).eval()
     with torch.no_grad():
-        loss, metrics = preference_step(cfg, Reference("copy", reference))(policy, batch, 7.0)
-    assert result["val_loss"] == pytest.approx(float(loss), rel=1e-4)
+        total, metrics = preference_step(cfg, Reference("copy", reference))(policy, batch, 1.0)
+    kept = count_kept_pairs(batch) if loss == "safedpo" else 7
+    assert result["val_loss"] == pytest.approx(float(total) / kept, rel=1e-4)
     for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/rejected"):
         assert result[f"val/{k}"] == pytest.approx(metrics[k], rel=1e-4, abs=1e-5), k
     assert result["val/rewards/accuracies"] * 7 == pytest.approx(round(result["val/rewards/accuracies"] * 7))
@@ -133,6 +146,16 @@ def test_rpo_adds_the_chosen_answers_per_token_nll(base, world, tmp_path):
         chosen, _, n_chosen, _ = pair_logps(model, batch)
     nll = (-chosen / n_chosen).mean()
     assert float(rpo - plain) == pytest.approx(0.5 * float(nll), rel=1e-5) and float(nll) > 0
+
+    # SafeDPO drops a pair whose two answers are both unsafe: RPO's term leaves it out too
+    both = torch.tensor([True, False, False, False])
+    batch.update(chosen_unsafe=both, rejected_unsafe=both)
+    with torch.no_grad():
+        plain, _ = preference_step(config(tmp_path, base, loss="safedpo"), Reference("copy", model))(model, batch, 3.0)
+        rpo, _ = preference_step(config(tmp_path, base, loss="safedpo", rpo_alpha=0.5),
+                                 Reference("copy", model))(model, batch, 3.0)
+    kept_nll = (-chosen / n_chosen)[1:].sum() / 3
+    assert float(rpo - plain) == pytest.approx(0.5 * float(kept_nll), rel=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -148,7 +148,7 @@ def step_errors(outputs: Sequence[str]) -> dict[str, list[int]]:
 
 
 def step_error_text(wrong: int, total: int) -> str:
-    """One kind's count from step_errors, as "48% (58/122)"."""
+    """One kind's count from step_errors, as "47% (58/123)"."""
     return f"{wrong / total:.0%} ({wrong}/{total})"
 
 

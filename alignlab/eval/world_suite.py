@@ -11,7 +11,7 @@ Tasks (all from the world's test split, which no training data contains):
 
 `rows` holds every prompt, reply and score, for reports and for reading what the model did.
 
-    alignlab eval-world --model DIR [--seed 0] [--per-level 50] [--safety 40] [--out replies.jsonl]
+    alignlab eval-world --model DIR [--seed 0] [--levels 1,2,3,4] [--per-level 50] [--safety 40] [--out replies.jsonl]
 """
 
 from __future__ import annotations
@@ -56,10 +56,7 @@ def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, saf
     """Scores and scored rows. `per_level` and `safety` cap how many prompts of each kind are used
     (None = all of the test split); `levels` picks the math levels. Greedy replies unless `temperature` > 0
     (then seeded by `seed`)."""
-    unknown = set(levels) - set(MATH_LEVELS)
-    if unknown or not levels:
-        raise ValueError(f"levels: {sorted(unknown) or 'none given'}; TinyWorld's math levels are "
-                         f"{', '.join(map(str, MATH_LEVELS))}")
+    levels = check_levels(levels)
     math = [r for level in levels for r in world.rl_prompts("test", level=level)[:per_level]]
     safe = world.safety_prompts("test")
     if safety is not None:  # keep both labels: the first `safety` attacks and as many look-alikes
@@ -97,6 +94,15 @@ def _mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def check_levels(levels: Sequence[int]) -> list[int]:
+    """The math levels asked for, each once and in order; a clear error for none or an unknown one."""
+    unknown = sorted(set(levels) - set(MATH_LEVELS))
+    if unknown or not levels:
+        problem = f"unknown math level(s) {unknown}" if unknown else "no math level given"
+        raise ValueError(f"{problem}; TinyWorld's math levels are {', '.join(map(str, MATH_LEVELS))}")
+    return list(dict.fromkeys(levels))
+
+
 def add_eval_world_parser(subparsers) -> None:
     p = subparsers.add_parser("eval-world", help="score a chat model on TinyWorld's held-out prompts")
     p.add_argument("--model", required=True, help="a model directory (with its tokenizer and chat template)")
@@ -120,6 +126,7 @@ def cmd_eval_world(args) -> None:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
         raise ValueError(f"--levels {args.levels!r}: give level numbers separated by commas, e.g. 3,4") from None
+    levels = check_levels(levels)  # before the model loads
     model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
     metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
                                       safety=args.safety, max_new_tokens=args.max_new_tokens, levels=levels)

@@ -78,7 +78,7 @@ class DPOConfig:
     beta: float = 0.1
     desirable_weight: float = 1.0  # kto's lambda_D
     undesirable_weight: float = 1.0  # kto's lambda_U (trl: lambda_D n_D / (lambda_U n_U) in [1, 4/3])
-    label_smoothing: float = 0.0  # cDPO (sigmoid) and robust DPO: the assumed fraction of flipped labels
+    label_smoothing: float = 0.0  # cDPO (sigmoid), robust DPO and SimPO: the assumed fraction of flipped labels
     simpo_gamma: float = 0.5
     safety_margin: float = 10.0  # safedpo's delta
     rpo_alpha: float = 0.0  # > 0 adds rpo_alpha * (the chosen answer's per-token NLL) to a DPO-family loss (RPO)
@@ -148,14 +148,15 @@ def preference_step(cfg: DPOConfig, reference: Reference | None):
             nll = -chosen / n_chosen.clamp(min=1)  # the SFT term on the chosen answer, per token
             losses, r_c, r_r, _ = orpo_loss(chosen, rejected, n_chosen, n_rejected, cfg.beta, nll=nll)
         elif cfg.loss == "safedpo":
-            losses, r_c, r_r, _ = safedpo_loss(chosen, rejected, ref_chosen, ref_rejected,
-                                               batch.get("chosen_unsafe"), batch.get("rejected_unsafe"),
-                                               cfg.beta, cfg.safety_margin)
+            losses, r_c, r_r, kept = safedpo_loss(chosen, rejected, ref_chosen, ref_rejected,
+                                                  batch.get("chosen_unsafe"), batch.get("rejected_unsafe"),
+                                                  cfg.beta, cfg.safety_margin)
         else:
             losses, r_c, r_r = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss,
                                         cfg.label_smoothing, n_chosen, n_rejected)
         if cfg.rpo_alpha and cfg.loss != "orpo":  # RPO (Pang et al. 2024, arXiv:2404.19733): keep the chosen likely
-            losses = losses + cfg.rpo_alpha * (-chosen / n_chosen.clamp(min=1))
+            nll = -chosen / n_chosen.clamp(min=1)
+            losses = losses + cfg.rpo_alpha * (torch.where(kept, nll, 0.0) if cfg.loss == "safedpo" else nll)
         return losses.sum() / normaliser, preference_metrics(r_c, r_r, chosen.detach(), rejected.detach())
 
     return step
@@ -376,7 +377,8 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
         sums = {k: v / counts[k] for k, v in sums.items() if counts[k]}
         if cfg.loss == "kto" and "rewards/chosen" in sums and "rewards/rejected" in sums:
             sums["rewards/margins"] = sums["rewards/chosen"] - sums["rewards/rejected"]
-        sums["val_loss"] = loss_sum / max(loss_count, 1)
+        if loss_count:  # (SafeDPO: none if it dropped every held-out pair)
+            sums["val_loss"] = loss_sum / loss_count
         logps = ("logps/chosen", "logps/rejected")
         if not first:
             first.update(sums)
