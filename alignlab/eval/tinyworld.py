@@ -44,6 +44,7 @@ import math
 import re
 from collections.abc import Sequence
 
+from alignlab.data.world.arithmetic import apply
 from alignlab.data.world.calculator import CalculatorError, calculate
 from alignlab.data.world.safety import secret_pattern
 
@@ -140,9 +141,8 @@ def step_errors(outputs: Sequence[str]) -> dict[str, list[int]]:
     for out in outputs:
         for a, op, b, c in _STEP.findall(out):
             a, b, c = int(a), int(b), int(c)
-            right = a + b if op == "+" else a - b if op == "-" else a * b
             kind = counts[step_kind(a, op, b)]
-            kind[0] += int(c != right)
+            kind[0] += int(c != apply(a, op, b))
             kind[1] += 1
     return {k: v for k, v in counts.items() if v[1]}
 
