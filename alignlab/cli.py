@@ -10,8 +10,7 @@ import argparse
 import sys
 
 
-class UserError(Exception):
-    """An error caused by the user's input, reported as one line without a traceback."""
+from alignlab.errors import UserError
 
 
 def _load(model_dir: str, need_tokenizer: bool = True):

@@ -20,9 +20,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that does not fit the config's fields."""
+from alignlab.errors import ConfigError
 
 
 class Loader(yaml.SafeLoader):

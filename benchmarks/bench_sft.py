@@ -41,7 +41,7 @@ every token is real). tok/s = effective tokens / seconds; ratio = tok/s / trl's 
 "other load" is the fraction of the CPUs other processes used during the run (bench_train.CpuWatch): a run with
 more than a few percent was disturbed and should be repeated on an idle machine.
 Loss: each final model is saved, loaded into alignlab and evaluated on the 100 held-out examples with the same
-completion-only loss (alignlab.recipes.pretrain.lm_step, summed over all their trained tokens / their count);
+completion-only loss (alignlab.objectives.lm_step, summed over all their trained tokens / their count);
 the mean training loss of the last 10 steps is printed too (its batches differ between the runs).
 
 Memory (--memory, the default): alignlab's SFT step (Trainer.train_step) runs --memory-steps steps on the packed
@@ -74,7 +74,7 @@ from alignlab.data.packing import PackedBatches, pack
 from alignlab.data.sft import tokenize_records
 from alignlab.model.hf import load_model
 from alignlab.objectives import IGNORE_INDEX
-from alignlab.recipes.pretrain import lm_step
+from alignlab.objectives import lm_step
 from alignlab.recipes.sft import ConversationBatches, LoraOptions, SFTConfig, collate
 from alignlab.text import load_tokenizer, train_bpe
 from alignlab.train.trainer import TrainConfig

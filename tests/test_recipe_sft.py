@@ -12,7 +12,7 @@ from alignlab.lora import load_adapter
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import load_model, save_model
 from alignlab.objectives import IGNORE_INDEX
-from alignlab.recipes.pretrain import lm_step
+from alignlab.objectives import lm_step
 from alignlab.recipes.sft import (
     ConversationBatches,
     LoraOptions,

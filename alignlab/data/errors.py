@@ -6,8 +6,10 @@ OSError as one line), so `except ValueError` / `except FileNotFoundError` keep w
 
 from __future__ import annotations
 
+from alignlab.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Data that cannot be used as given: a bad source spec, non-UTF-8 text, an empty corpus,
     a split too short for a window, a character the tokenizer cannot encode."""
 
@@ -16,11 +18,11 @@ class ChecksumError(DataError):
     """A download whose sha256 is not the one expected (nothing is kept in the cache)."""
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """A data file, glob or directory that does not exist."""
 
 
-class DownloadError(OSError):
+class DownloadError(UserError, OSError):
     """A URL that could not be fetched (network, HTTP status, ...)."""
 
 

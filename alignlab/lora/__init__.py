@@ -21,8 +21,9 @@ from alignlab.lora.inject import (
     unmerge_lora,
 )
 from alignlab.lora.layer import LoraLinear
+from alignlab.lora.options import LoraOptions
 from alignlab.lora.peft_io import load_adapter, read_adapter_config, save_adapter
 
-__all__ = ["LoraConfig", "LoraLinear", "apply_lora", "count_parameters", "disable_lora", "find_targets",
+__all__ = ["LoraConfig", "LoraLinear", "LoraOptions", "apply_lora", "count_parameters", "disable_lora", "find_targets",
            "load_adapter", "load_lora_state_dict", "lora_layers", "lora_state_dict", "merge_and_unload",
            "merge_lora", "read_adapter_config", "save_adapter", "unmerge_lora"]

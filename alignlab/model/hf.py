@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from alignlab.errors import CheckpointError
 from alignlab.model.config import ModelConfig
 from alignlab.model.transformer import CausalLM
 
@@ -28,10 +29,6 @@ ACT_TO_HF = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
 ACT_TO_GPT2 = {**ACT_TO_HF, "gelu_tanh": "gelu_new"}
 # tensors some checkpoints carry that are recomputed, not learned
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be loaded; the message names the file and what is wrong."""
 
 
 # --- config ----------------------------------------------------------------------------------------

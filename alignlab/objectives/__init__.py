@@ -1,6 +1,6 @@
 """Loss functions as pure functions of tensors (torch only), each with its formula in the docstring."""
 
-from alignlab.objectives.lm import IGNORE_INDEX, linear_cross_entropy, lm_loss
+from alignlab.objectives.lm import IGNORE_INDEX, head_weight, linear_cross_entropy, lm_loss, lm_step
 from alignlab.objectives.preference import (
     bradley_terry_loss,
     dpo_loss,
@@ -32,7 +32,7 @@ from alignlab.objectives.rl import (
     zero_variance_groups,
 )
 
-__all__ = ["IGNORE_INDEX", "linear_cross_entropy", "lm_loss",
+__all__ = ["IGNORE_INDEX", "head_weight", "linear_cross_entropy", "lm_loss", "lm_step",
            "bradley_terry_loss", "dpo_loss", "kto_kl_estimate", "kto_loss", "linear_sequence_logps", "orpo_loss",
            "preference_metrics", "safedpo_loss", "sequence_logps", "simpo_loss",
            "dynamic_sampling_keep", "gae", "group_advantages", "grpo_loss", "kl_k3", "kl_penalized_rewards",

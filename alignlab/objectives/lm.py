@@ -112,3 +112,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = None if grad_h is None else grad_h * grad_out.to(grad_h.dtype)
             grad_w = None if grad_w is None else grad_w * grad_out.to(grad_w.dtype)
         return grad_h, grad_w, None, None, None
+
+
+def head_weight(model: torch.nn.Module) -> torch.Tensor:
+    """The output head's weight [V, D] of a CausalLM, inside DDP (`.module`) and torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model.lm_head.weight
+
+
+def lm_step(model: torch.nn.Module, batch: dict, normaliser: float) -> torch.Tensor:
+    """Next-token cross-entropy of one micro-batch, divided by the global target count (see train/trainer.py).
+
+    The same as lm_loss(model(x), y, normaliser), computed without the [B, T, vocab] logits tensor:
+    the model returns hidden states and linear_cross_entropy applies the output head chunk by chunk.
+    Packed batches (alignlab.data.packing) carry position_ids that restart at each document, and the
+    model's attention then stays inside each document.
+    """
+    hidden = model(batch["input_ids"], position_ids=batch.get("position_ids"), head=False)
+    return linear_cross_entropy(hidden, head_weight(model), batch["labels"], normaliser)

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from alignlab.data.sampler import EpochSampler
-from alignlab.lora import apply_lora, disable_lora, merge_and_unload, save_adapter
+from alignlab.lora import LoraOptions, apply_lora, disable_lora, merge_and_unload, save_adapter
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives.preference import (
     dpo_loss,
@@ -54,7 +54,6 @@ from alignlab.objectives.preference import (
     safedpo_loss,
     simpo_loss,
 )
-from alignlab.recipes.sft import LoraOptions
 from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed, unwrap
 

@@ -77,7 +77,7 @@ from tqdm import tqdm
 
 from alignlab.data.sampler import EpochSampler
 from alignlab.infer import SamplingParams
-from alignlab.lora import apply_lora, disable_lora, merge_and_unload, save_adapter
+from alignlab.lora import LoraOptions, apply_lora, disable_lora, merge_and_unload, save_adapter
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives.rl import (
     dynamic_sampling_keep,
@@ -91,7 +91,6 @@ from alignlab.objectives.rl import (
     zero_variance_groups,
 )
 from alignlab.recipes.dpo import Reference
-from alignlab.recipes.sft import LoraOptions
 from alignlab.rewards import RewardRunner, RewardStats
 from alignlab.rl.monitor import AlarmConfig, RLMonitor, plot_rl_curves
 from alignlab.rl.rollout import Rollout, completion_logps, generate_rollouts, rollout_logps

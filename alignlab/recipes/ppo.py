@@ -71,7 +71,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from alignlab.lora import apply_lora, merge_and_unload
+from alignlab.lora import LoraOptions, apply_lora, merge_and_unload
 from alignlab.model.hf import read_config, resolve_model_dir
 from alignlab.model.reward import RewardModel, load_reward_model, save_reward_model
 from alignlab.objectives.rl import gae, kl_k3, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
@@ -93,7 +93,6 @@ from alignlab.recipes.grpo import (
     start_metrics,
     write_result,
 )
-from alignlab.recipes.sft import LoraOptions
 from alignlab.rl.monitor import AlarmConfig, RLMonitor
 from alignlab.rl.rollout import completion_logps, rollout_logps
 from alignlab.train.trainer import TrainConfig, set_seed

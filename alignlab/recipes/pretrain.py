@@ -26,9 +26,9 @@ from alignlab.data import prepare_pretraining_data
 from alignlab.infer import Engine, SamplingParams
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import load_model, save_model
-from alignlab.objectives import linear_cross_entropy, lm_loss
+from alignlab.objectives import lm_loss, lm_step
 from alignlab.train.distributed import Dist, barrier, cleanup, init_distributed
-from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed, unwrap
+from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
 
 
 @dataclass
@@ -75,18 +75,6 @@ class TrainWindows:
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
-
-
-def lm_step(model, batch: dict, normaliser: float) -> torch.Tensor:
-    """Next-token cross-entropy of one micro-batch, divided by the global target count (see Trainer).
-
-    The same as lm_loss(model(x), y, normaliser), computed without the [B, T, vocab] logits tensor:
-    the model returns hidden states and linear_cross_entropy applies the output head chunk by chunk.
-    Packed batches (alignlab.data.packing) carry position_ids that restart at each document, and the
-    model's attention then stays inside each document.
-    """
-    hidden = model(batch["input_ids"], position_ids=batch.get("position_ids"), head=False)
-    return linear_cross_entropy(hidden, unwrap(model).lm_head.weight, batch["labels"], normaliser)
 
 
 def build_model(cfg: PretrainConfig, vocab_size: int, special: dict) -> CausalLM:

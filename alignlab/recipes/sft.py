@@ -38,28 +38,12 @@ from alignlab.data.packing import PackedBatches
 from alignlab.data.sampler import EpochSampler
 from alignlab.data.sft import Example, format_counts, is_conversational, load_sft_data, prompt_ids, tokenize_records
 from alignlab.infer import Engine, SamplingParams
-from alignlab.lora import LoraConfig, apply_lora, count_parameters, lora_state_dict, merge_and_unload, save_adapter
+from alignlab.lora import LoraOptions, apply_lora, count_parameters, lora_state_dict, merge_and_unload, save_adapter
 from alignlab.lora.inject import load_lora_state_dict
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
-from alignlab.objectives import IGNORE_INDEX
-from alignlab.recipes.pretrain import lm_step
+from alignlab.objectives import IGNORE_INDEX, lm_step
 from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
-
-
-@dataclass
-class LoraOptions:
-    r: int = 16
-    alpha: float = 32  # scale = alpha / r (alpha / sqrt(r) with rslora)
-    dropout: float = 0.0
-    targets: Any = "all-linear"  # a list of module names, a regex, or all-linear (every Linear but the head)
-    rslora: bool = False
-    dora: bool = False
-    init: Any = True  # True (PEFT's default: B = 0), gaussian, pissa
-
-    def to_config(self) -> LoraConfig:
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, target_modules=self.targets, lora_dropout=self.dropout,
-                          use_rslora=self.rslora, use_dora=self.dora, init_lora_weights=self.init)
 
 
 METHODS = ("full", "lora", "qlora")
