@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -44,7 +43,6 @@ from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives import IGNORE_INDEX, lm_step
 from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
-
 
 METHODS = ("full", "lora", "qlora")
 
