@@ -1,10 +1,14 @@
-"""The language-modelling loss and its normalisation under gradient accumulation."""
+"""The language-modelling loss and its normalisation under gradient accumulation, IGNORE_INDEX, and the chunked
+per-token log-probs of the head."""
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
 
 from alignlab.model import CausalLM, preset
-from alignlab.objectives import IGNORE_INDEX, linear_cross_entropy, lm_loss
+from alignlab.objectives import IGNORE_INDEX, chunked_token_logps, linear_cross_entropy, lm_loss, token_entropy
 
 
 def test_equals_mean_cross_entropy_over_targets():
@@ -97,3 +101,68 @@ def test_model_hidden_states_with_linear_cross_entropy_trains_like_the_logits(ar
     assert torch.allclose(got, want, atol=1e-6)
     for name, grad in want_grads.items():
         assert torch.allclose(got_grads[name], grad, atol=1e-6, rtol=1e-5), name
+
+
+def test_ignore_index_is_defined_once():
+    """Labels that no loss learns are IGNORE_INDEX of objectives/lm.py everywhere: no module assigns its own, and
+    no code writes -100 in its place."""
+    package = Path(__file__).resolve().parents[1] / "alignlab"
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        where = str(path.relative_to(package.parent))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, ast.AnnAssign) else []
+            if any(isinstance(t, ast.Name) and t.id == "IGNORE_INDEX" for t in targets):
+                found.append((where, node.lineno, "IGNORE_INDEX ="))
+            if (isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
+                    and isinstance(node.operand, ast.Constant) and node.operand.value == 100):
+                found.append((where, node.lineno, "-100"))
+    assert [(where, what) for where, _, what in found] == [("alignlab/objectives/lm.py", "IGNORE_INDEX ="),
+                                                           ("alignlab/objectives/lm.py", "-100")], found
+    assert found[0][1] == found[1][1]  # the one line IGNORE_INDEX = -100
+
+
+# --- per-token log-probs through the head, a chunk at a time ---------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 11, None])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_token_logps_equals_the_log_softmax_of_the_logits(chunk, temperature):
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(11, 8, generator=g, requires_grad=True)
+    weight = torch.randn(13, 8, generator=g, requires_grad=True)
+    y = torch.randint(0, 13, (11,), generator=g)
+    upstream = torch.randn(11, generator=g)
+    logits = (h @ weight.T) / temperature
+    want = logits.log_softmax(-1).gather(1, y[:, None]).squeeze(1)
+    want_grads = torch.autograd.grad((want * upstream).sum(), (h, weight))
+    got, entropy = chunked_token_logps(h, weight, y, temperature, entropy=True, chunk=chunk)
+    got_grads = torch.autograd.grad((got * upstream).sum(), (h, weight))
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(entropy, token_entropy(logits.detach()), atol=1e-5) and not entropy.requires_grad
+    assert chunked_token_logps(h, weight, y, temperature, chunk=chunk)[1] is None
+    with torch.no_grad():
+        assert torch.allclose(chunked_token_logps(h, weight, y, temperature, chunk=chunk)[0], want, atol=1e-5)
+    nothing, ent = chunked_token_logps(h[:0], weight, y[:0], entropy=True)
+    assert nothing.shape == ent.shape == (0,) and nothing.requires_grad  # still in the graph
+
+
+@pytest.mark.parametrize("chunk, recomputed", [(4, True), (11, False)])
+def test_chunked_token_logps_recomputes_the_logits_only_with_several_chunks(monkeypatch, chunk, recomputed):
+    """With gradients on, each chunk is checkpointed (its logits recomputed in the backward) only when there are
+    several chunks; a single chunk keeps its logits."""
+    from alignlab.objectives import logprobs
+
+    calls = []
+    real = logprobs._head_logps
+    monkeypatch.setattr(logprobs, "_head_logps", lambda *args: calls.append(len(args[0])) or real(*args))
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(11, 8, generator=g, requires_grad=True)
+    weight = torch.randn(13, 8, generator=g)
+    logps, _ = chunked_token_logps(h, weight, torch.randint(0, 13, (11,), generator=g), chunk=chunk)
+    forward = list(calls)
+    logps.sum().backward()
+    assert sum(forward) == 11 and (sorted(calls[len(forward):]) == sorted(forward)) == recomputed

@@ -246,10 +246,9 @@ def test_bos_and_chat_template_saved(tmp_path):
     assert BPETokenizer.load(tmp_path).encode("hi") == tok.encode("hi")
 
 
+@pytest.mark.shared_data(DATA / "tinyshakespeare" / "input.txt")
 def test_tinyshakespeare_small():
     path = DATA / "tinyshakespeare" / "input.txt"
-    if not path.exists():
-        pytest.skip(f"dataset not found at {path}")
     text = path.read_text()[:100_000]
     tok = train_bpe(text, 512, progress=False)
     ids = tok.encode(text)
@@ -258,10 +257,9 @@ def test_tinyshakespeare_small():
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data(DATA / "tinyshakespeare" / "input.txt")
 def test_tinyshakespeare_4096_under_a_minute(tmp_path):
     path = DATA / "tinyshakespeare" / "input.txt"
-    if not path.exists():
-        pytest.skip(f"dataset not found at {path}")
     text = path.read_text()
     t0 = time.perf_counter()
     tok = train_bpe(text, 4096, progress=False)

@@ -6,10 +6,13 @@ import json
 import jinja2
 import pytest
 
+from alignlab.errors import ConfigError
 from alignlab.text import CharTokenizer, get_chat_template, load_tokenizer, render_chat, render_template, train_bpe
-from alignlab.text.chat import BUILTIN_TEMPLATES
+from alignlab.text.template import BUILTIN_TEMPLATES
 
-transformers = pytest.importorskip("transformers")
+from .hf_models import require
+
+transformers = require("transformers")
 
 SPECIALS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>",
@@ -271,13 +274,14 @@ def test_template_names(saved):
         lambda: render_chat(named, [USER], chat_template="chatm1"),
         lambda: CharTokenizer.from_text("ab", chat_template="chatm1"),
     ):
-        with pytest.raises(ValueError, match="unknown chat template 'chatm1'") as e:
+        with pytest.raises(ConfigError, match="unknown chat template 'chatm1'") as e:  # a ValueError too
             call()
         assert "chatml" in str(e.value) and "llama3" in str(e.value)
 
 
 def test_template_selected_once_per_render(saved, monkeypatch):
-    import alignlab.text.chat as chat
+    import alignlab.text.masks as masks
+    import alignlab.text.template as template
     import alignlab.text.tokenizer as base
 
     calls = []
@@ -286,8 +290,8 @@ def test_template_selected_once_per_render(saved, monkeypatch):
         calls.append(args)
         return real(*args, **kwargs)
 
-    real = chat.get_chat_template
-    monkeypatch.setattr(chat, "get_chat_template", spy)
+    real = template.get_chat_template
+    monkeypatch.setattr(masks, "get_chat_template", spy)
     monkeypatch.setattr(base, "get_chat_template", spy)
     tok, _ = saved
     tok.apply_chat_template([USER, ASSISTANT], chat_template="chatml", tokenize=True)

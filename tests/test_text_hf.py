@@ -9,9 +9,12 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
+from alignlab.errors import CheckpointError, UserError
 from alignlab.text import CharTokenizer, HFTokenizer, get_chat_template, load_tokenizer, train_bpe
 
-transformers = pytest.importorskip("transformers")
+from .hf_models import require
+
+transformers = require("transformers")
 
 CORPUS = "".join(
     f"User {i} asks: what is {i} + {i * 3}? The answer is {i * 4}. Don't panic, it's fine!\n"
@@ -354,7 +357,13 @@ def test_load_tokenizer_dispatch_and_errors(tmp_path):
     assert isinstance(load_tokenizer(tmp_path / "char"), CharTokenizer)
     assert isinstance(load_tokenizer(tmp_path / "char" / "char_tokenizer.json"), CharTokenizer)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty.*tokenizer.json.*char_tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match="empty.*tokenizer.json.*char_tokenizer.json") as e:
         load_tokenizer(tmp_path / "empty")
+    assert isinstance(e.value, UserError)  # a path the user gave: one line, no traceback
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(tmp_path / "nowhere")
+    (tmp_path / "empty" / "notes.txt").write_text("x", encoding="utf-8")
+    (tmp_path / "empty" / "tokenizer.json").write_text("not json", encoding="utf-8")
+    for path in (tmp_path / "empty" / "notes.txt", tmp_path / "empty"):
+        with pytest.raises(CheckpointError, match="not a (valid )?tokenizer"):  # a ValueError too
+            load_tokenizer(path)

@@ -40,7 +40,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-IGNORE_INDEX = -100  # the same as alignlab.objectives.IGNORE_INDEX
+from alignlab.data.errors import DataError
+from alignlab.errors import ConfigError
+from alignlab.objectives.lm import IGNORE_INDEX
 
 Doc = tuple[list[int], list[int]]  # (input_ids, labels) of one example, labels[t] the target of position t
 
@@ -102,7 +104,7 @@ def pack(examples, max_tokens: int) -> tuple[list[list[Doc]], PackStats]:
     example longer than max_tokens keeps its first max_tokens tokens; one with no target left is dropped.
     """
     if max_tokens < 2:
-        raise ValueError(f"max_tokens must be at least 2, got {max_tokens}")
+        raise ConfigError(f"max_tokens must be at least 2, got {max_tokens}")
     docs, truncated, dropped = [], 0, 0
     for example in examples:
         ids, labels = as_doc(example)
@@ -157,7 +159,7 @@ class PackedBatches:
                  flatten: bool = True):
         self.rows, self.stats = pack(examples, max_tokens)
         if not self.rows:
-            raise ValueError("no training examples left to pack (every one was dropped)")
+            raise DataError("no training examples left to pack (every one was dropped)")
         self.rows_per_batch, self.pad_id, self.flatten = rows_per_batch, pad_id, flatten
         self.rng = random.Random(seed)
         self.epoch, self.order, self.pos = 0, [], 0

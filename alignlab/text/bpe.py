@@ -30,7 +30,8 @@ from pathlib import Path
 import regex
 from tqdm import tqdm
 
-from alignlab.text.chat import load_chat_template, save_chat_template
+from alignlab.errors import CheckpointError
+from alignlab.text.template import load_chat_template, save_chat_template
 from alignlab.text.tokenizer import NO_MAX_LENGTH, Tokenizer, special_tokens_pattern, split_special, write_json
 
 # GPT-2's pre-tokenizer: contractions, letters, numbers, other symbols (each with an optional
@@ -254,7 +255,7 @@ class BPETokenizer(Tokenizer):
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
         model, pre = tj["model"], tj.get("pre_tokenizer") or {}
         if model.get("type") != "BPE" or pre.get("type") != "ByteLevel" or pre.get("add_prefix_space"):
-            raise ValueError(
+            raise CheckpointError(
                 f"{directory}/tokenizer.json is not a GPT-2 style byte-level BPE; use HFTokenizer"
             )
         id_to_str = sorted((i, s) for s, i in model["vocab"].items())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from alignlab.errors import CheckpointError
 from alignlab.text.tokenizer import Tokenizer, special_tokens_pattern, split_special, write_json
 
 FILENAME = "char_tokenizer.json"
@@ -105,5 +106,5 @@ class CharTokenizer(Tokenizer):
         path = Path(path)
         config = json.loads((path / FILENAME if path.is_dir() else path).read_text(encoding="utf-8"))
         if config.pop("type", None) != "char":
-            raise ValueError(f"{path} is not a char tokenizer file")
+            raise CheckpointError(f"{path} is not a char tokenizer file")
         return cls(**config)

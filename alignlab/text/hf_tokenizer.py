@@ -26,8 +26,9 @@ from typing import Any
 from tokenizers import AddedToken, processors
 from tokenizers import Tokenizer as RustTokenizer
 
-from alignlab.text.chat import load_chat_template, save_chat_template
-from alignlab.text.tokenizer import NO_MAX_LENGTH, SPECIAL_TOKEN_NAMES, Tokenizer, write_json
+from alignlab.errors import CheckpointError
+from alignlab.text.template import load_chat_template, save_chat_template
+from alignlab.text.tokenizer import NO_MAX_LENGTH, SPECIAL_TOKEN_NAMES, Tokenizer, TokenizerNotFoundError, write_json
 
 
 def _token_str(value: Any) -> str | None:
@@ -98,12 +99,12 @@ class HFTokenizer(Tokenizer):
         directory = Path(directory)
         path = directory / "tokenizer.json"
         if not path.is_file():
-            raise FileNotFoundError(f"{directory}: no tokenizer.json")
+            raise TokenizerNotFoundError(f"{directory}: no tokenizer.json")
         try:
             tokenizer = RustTokenizer.from_file(str(path))
         except Exception as e:  # the library raises a bare Exception, e.g. "expected value at line 1 column 1"
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"{path}: not a valid tokenizer.json: {message}") from e
+            raise CheckpointError(f"{path}: not a valid tokenizer.json: {message}") from e
         config = _read_json(directory / "tokenizer_config.json")
         chat_template = load_chat_template(directory, config)
 

@@ -15,16 +15,14 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-from alignlab.text.chat import get_chat_template, render_template
+from alignlab.errors import UserError
+from alignlab.text.template import END_OF_TURN_TOKENS, get_chat_template, render_template
 
 NO_MAX_LENGTH = int(1e30)  # what Hugging Face configs write for "no model_max_length"
 
-# Tokens that end an assistant turn in common chat formats. If the vocabulary has one of them,
-# generation stops on it as well as on eos (a chat model ends turns with <|im_end|>, not eos).
-END_OF_TURN_TOKENS = (
-    *("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>"),  # chat turns
-    *("<|endoftext|>", "<|end_of_text|>"),  # end of document (GPT-2/Qwen, Llama 3)
-)
+
+class TokenizerNotFoundError(UserError, FileNotFoundError):
+    """A tokenizer path that holds no tokenizer file."""
 
 # The named special tokens a chat template gets as variables (same names as in transformers).
 SPECIAL_TOKEN_NAMES = (

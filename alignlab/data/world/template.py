@@ -11,13 +11,12 @@ TinyWorld model only ever sees the one calculator). Calls are written as the bui
 template writes them, minus its newlines -- <tool_call>{"name": ..., "arguments": {...}}</tool_call>
 -- after the assistant's text, and tool results come back in a <|tool|> turn.
 
-`<|end|>` is one of the end-of-turn tokens alignlab's tokenizers stop generation on. Renderings
-of successive prefixes extend each other, so `alignlab.text.render_chat` can cut out the
-assistant turns for the loss mask.
+`<|end|>` is one of the end-of-turn tokens alignlab's tokenizers stop generation on
+(`alignlab.text.END_OF_TURN_TOKENS`). Renderings of successive prefixes extend each other, so
+`alignlab.text.render_chat` can cut out the assistant turns for the loss mask.
 """
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|tool|>", "<|end|>")
-END_OF_TURN = "<|end|>"
 
 CHAT_TEMPLATE = """\
 {%- set has_system = messages and messages[0].role == 'system' %}
