@@ -118,3 +118,26 @@ def test_rope_and_rmsnorm_training_paths_match_autograd_of_the_formula():
     params = (x, norm.weight)
     for a, b in zip(torch.autograd.grad(got, params, grad), torch.autograd.grad(want, params, grad)):
         assert (a - b).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (8, 2)])
+@pytest.mark.parametrize("Tq", [1, 5])
+@pytest.mark.parametrize("window", [None, 6])
+def test_rows_at_different_offsets_match_each_row_alone(Hq, Hkv, Tq, window):
+    """Per-row offsets [B] (rows of a batch holding different cache lengths): each form gives every row what it
+    gives that row alone, with one int offset and only the keys up to its last query. A row's slots past its
+    last query hold other values (stale, finite) that must not count."""
+    offsets = torch.tensor([3, 100, 17, 0])
+    Tk = int(offsets.max()) + Tq
+    q, k, v = qkv(4, Hq, Hkv, Tq, Tk)
+    for b, off in enumerate(offsets.tolist()):
+        k[b, :, off + Tq:], v[b, :, off + Tq:] = 1e4, -1e4
+    key_valid = torch.ones(4, Tk, dtype=torch.bool)
+    key_valid[1, :5] = False  # left padding in row 1
+    for name, fn in ATTENTION.items():
+        out = fn(q, k, v, offsets, key_valid, window)
+        for b, off in enumerate(offsets.tolist()):
+            end = off + Tq
+            alone = naive_attention(q[b:b + 1], k[b:b + 1, :, :end], v[b:b + 1, :, :end], off,
+                                    key_valid[b:b + 1, :end], window)
+            assert (out[b:b + 1] - alone).abs().max() <= 1e-5, (name, b)

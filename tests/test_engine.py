@@ -232,9 +232,10 @@ class ScriptedLM(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, last_only=False):
         B, T = input_ids.shape
-        if cache.pos == 0:
+        past = cache.lengths[0]
+        if past == 0:
             self.prompt_len = T
-        step = min(cache.pos + T - self.prompt_len, len(self.script) - 1)
+        step = min(past + T - self.prompt_len, len(self.script) - 1)
         cache.advance(T)
         logits = torch.zeros(B, 1, self.config.vocab_size)
         logits[..., self.script[step]] = 10.0
@@ -296,8 +297,8 @@ def test_finished_rows_are_dropped_without_changing_the_rest(models, monkeypatch
     settings = [(2, 0, 1.0), (30, 0.8, 1.2), (5, 1.0, 1.0), (1, 0, 1.3), (30, 0, 1.1)]
     params = [SamplingParams(max_new_tokens=n, temperature=t, repetition_penalty=r, seed=i, ignore_eos=True,
                              logprobs=True) for i, (n, t, r) in enumerate(settings)]
-    kept, reorder = [], KVCache.reorder
-    monkeypatch.setattr(KVCache, "reorder", lambda self, idx: (kept.append(idx.tolist()), reorder(self, idx)))
+    kept, keep_rows = [], KVCache.keep_rows
+    monkeypatch.setattr(KVCache, "keep_rows", lambda self, idx: (kept.append(list(idx)), keep_rows(self, idx)))
     together = engine.generate(ps, params)  # rows finish at 1, 2, 5 tokens: the batch is compacted twice
     assert kept == [[1, 2, 4], [0, 2]]  # rows 0 and 3 dropped after 2 tokens, then row 2 after 5
     monkeypatch.undo()
@@ -374,23 +375,50 @@ def test_special_token_stop_string():
 
 
 def test_kv_cache_is_uninitialised_but_never_read_unwritten(models, monkeypatch):
-    """KVCache skips zero-filling; a NaN-filled cache must give the same tokens (padding, compaction)."""
+    """KVCache skips zero-filling; a NaN-filled cache must give the same tokens (padding, a repeated prompt's
+    copied rows, compaction)."""
     _, model = models
     with monkeypatch.context() as m:
         m.setattr(torch, "zeros", lambda *a, **k: pytest.fail("KVCache zero-fills its buffers"))
         KVCache(1, 2, 1, 4, 8)
     ps = prompts([3, 12, 7, 20], seed=9)
-    params = [SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True) for n in (2, 12, 4, 12)]
+    ps.insert(2, ps[1])
+    params = [SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True) for n in (2, 12, 5, 4, 12)]
     want = [c.token_ids for c in Engine(model).generate(ps, params)]
-    new_cache = model.new_cache
-
-    def poisoned(*a):
-        cache = new_cache(*a)
-        cache.k.fill_(float("nan")), cache.v.fill_(float("nan"))
-        return cache
-
-    monkeypatch.setattr(model, "new_cache", poisoned)
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))  # every cache buffer
     assert [c.token_ids for c in Engine(model).generate(ps, params)] == want
+
+
+class MethodsOnly:
+    """A cache seen through its methods only: reading anything else (its tensors) fails the test."""
+
+    METHODS = {"lengths", "append", "advance", "rows", "copy_rows", "keep_rows", "differentiable"}
+
+    def __init__(self, cache, calls: list[str]):
+        self._cache, self._calls = cache, calls
+
+    def __getattr__(self, name):
+        if name not in self.METHODS:
+            pytest.fail(f"the cache's {name!r} was read: only its methods may be")
+        self._calls.append(name)
+        value = getattr(self._cache, name)
+        return (lambda index: MethodsOnly(value(index), self._calls)) if name == "rows" else value
+
+
+def test_engine_and_model_use_the_cache_through_its_methods_only(monkeypatch):
+    """Generation with padding, a repeated prompt (prefilled once, its row copied) and finished rows dropped gives
+    the same tokens when the cache hides everything but its methods, so another cache (paged) can replace it."""
+    torch.manual_seed(0)
+    model = CausalLM(preset("llama", vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4, n_kv_heads=2)).eval()
+    ps = prompts([3, 9, 6], seed=10)
+    ps.insert(1, ps[0])
+    params = [SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True) for n in (2, 12, 3, 12)]
+    want = [c.token_ids for c in Engine(model).generate(ps, params)]
+    calls, new_cache = [], model.new_cache
+    monkeypatch.setattr(model, "new_cache", lambda *a: MethodsOnly(new_cache(*a), calls))
+    assert [c.token_ids for c in Engine(model).generate(ps, params)] == want
+    assert {"rows", "copy_rows", "keep_rows", "append", "advance", "lengths"} <= set(calls)
 
 
 def test_sample_draws_from_the_distribution_and_never_a_filtered_token():

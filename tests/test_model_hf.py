@@ -8,9 +8,9 @@ import torch
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import CheckpointError, load_model, save_model
 
-from .hf_models import VOCAB, make_hf_model
+from .hf_models import VOCAB, make_hf_model, require
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers")
 ARCHS = ["llama", "mistral", "qwen2", "qwen3", "gpt2"]
 
 
@@ -65,6 +65,37 @@ def test_kv_cache_matches_full_forward(pair):
     cache = ours.new_cache(2, 32)
     steps = [ours(x[:, :12], cache=cache)] + [ours(x[:, t:t + 1], cache=cache) for t in range(12, 20)]
     assert (torch.cat(steps, dim=1) - full).abs().max() <= 1e-5
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("impl", ["naive", "tiled", "sdpa"])
+def test_rows_at_different_cache_lengths_decode_together(pair, impl, monkeypatch):
+    """Rows whose caches hold 7 (2 of them left padding), 12 and 9 slots decode in one batch, one token and then
+    three at once, each at its own slots and positions: every row's logits are those of the row run alone,
+    without a cache. The cache starts NaN-filled, so a slot read before it is written would show."""
+    _, _, _, d = pair
+    model = load_model(d, attn_impl=impl)
+    x = inputs(B=3, T=20)
+    real = [5, 12, 9]  # each row's prompt: its first real[b] tokens; row 0 left-padded by 2
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    cache = model.new_cache(3, 32)
+    monkeypatch.undo()
+    model(torch.cat([torch.zeros(1, 2, dtype=torch.long), x[:1, :5]], 1),
+          attention_mask=torch.tensor([[0, 0] + [1] * 5]), cache=cache.rows([0]))
+    model(x[1:2, :12], cache=cache.rows([1]))
+    model(x[2:3, :9], cache=cache.rows([2]))
+    assert cache.lengths == [7, 12, 9]
+    steps = []
+    for cols in ([0], [1, 2, 3]):  # the next tokens of every row
+        new = x.gather(1, torch.tensor(real)[:, None] + torch.tensor(cols))
+        mask = torch.ones(3, max(cache.lengths) + len(cols), dtype=torch.long)
+        mask[0, :2] = 0
+        steps.append(model(new, attention_mask=mask, cache=cache))
+    got = torch.cat(steps, dim=1)  # [3, 4, vocab]
+    full = model(x)
+    for b, n in enumerate(real):
+        assert (got[b] - full[b, n:n + 4]).abs().max() <= 1e-5, b
 
 
 @torch.no_grad()

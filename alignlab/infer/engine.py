@@ -1,13 +1,16 @@
 """Batched generation with a KV cache: prefill every prompt at once, then decode one token per step.
 
-    prompts, left-padded to [B, L]  ->  prefill: one forward, logits of the last position only
-    repeat:  logits -> processors -> next token per row  ->  stop?  ->  forward the B new tokens [B, 1]
+    1. prompts, left-padded to [B, L]  ->  prefill: one forward, logits of the last position only
+    2. logits -> processors -> next token per row  ->  stop?
+    3. enough rows finished?  ->  drop them from the batch and the cache (KVCache.keep_rows)
+    4. forward the new tokens [B, 1]; back to 2
 
 Left padding puts the last prompt token of every row in the same cache slot, so each decode step is a
 single [B, 1] forward for the whole batch. Padding slots are masked out of attention and positions count
 real tokens only, so a padded row computes what it would alone. Rows that finish keep riding along until
-enough of them have finished; then the batch is compacted (KVCache.reorder) so they stop costing compute.
-A prompt asked for several times (n samples, GRPO's groups) is prefilled once and its cache rows copied.
+enough of them have finished; then the batch is compacted so they stop costing compute. A prompt asked for
+several times (n samples, GRPO's groups) is prefilled once, in one of its rows (KVCache.rows), and that row
+copied to the others (KVCache.copy_rows). The engine talks to the cache through its methods only.
 
 Stopping: a request ends with finish_reason "stop" on an end-of-sequence id (the tokenizer's and the
 model config's, unless ignore_eos), one of its stop_token_ids, or one of its stop strings appearing in the
@@ -219,16 +222,16 @@ class Engine:
         if c.pos == "learned" and longest - 1 > c.max_seq_len:  # the last token is never fed back
             raise ValueError(f"prompt + max_new_tokens exceeds the model's {c.max_seq_len} positions")
         cache = self.model.new_cache(len(live), L + max_new)
-        batch, logits = self._prefill(live, L, max_new, cache)
+        batch, logits = self._prefill(live, L, max_new, cache)  # 1
         while True:
-            tokens, logprobs = self._choose(logits, batch)
+            tokens, logprobs = self._choose(logits, batch)  # 2
             done = self._record(batch, tokens.tolist(), logprobs)
             yield
             if done == len(batch.rows):
                 return
-            if done >= max(1, COMPACT_FRACTION * len(batch.rows)):
+            if done >= max(1, COMPACT_FRACTION * len(batch.rows)):  # 3
                 tokens, batch = self._compact(tokens, batch, cache)
-            logits = self._decode_step(tokens, batch, cache)
+            logits = self._decode_step(tokens, batch, cache)  # 4
 
     @torch.inference_mode()
     def _prefill(self, rows: list[_Request], L: int, max_new: int, cache):
@@ -254,28 +257,25 @@ class Engine:
         if len(order) == B:
             logits = self.model(ids, attention_mask=attn, cache=cache, last_only=True)
             return batch, logits[:, -1]
-        # repeated prompts (n samples of one prompt, GRPO's groups): prefill each once, then copy its cache rows
-        once = torch.tensor([where.index(j) for j in range(len(order))], device=dev)  # a row of each
-        small = self.model.new_cache(len(order), L)
-        logits = self.model(ids[once], attention_mask=None if attn is None else attn[once], cache=small,
+        # repeated prompts (n samples of one prompt, GRPO's groups): prefill each in its first row, copy that row
+        once = [where.index(j) for j in range(len(order))]  # the first row of each distinct prompt
+        logits = self.model(ids[once], attention_mask=None if attn is None else attn[once], cache=cache.rows(once),
                             last_only=True)
-        where = torch.tensor(where, device=dev)
-        cache.k[:, :, :, :L] = small.k[:, where]
-        cache.v[:, :, :, :L] = small.v[:, where]
-        cache.advance(L)
-        return batch, logits[where, -1]
+        others = [i for i in range(B) if once[where[i]] != i]
+        cache.copy_rows([once[where[i]] for i in others], others)
+        return batch, logits[torch.tensor(where, device=dev), -1]
 
     @torch.inference_mode()
     def _compact(self, tokens: torch.Tensor, batch: _Batch, cache):
         """Drop finished rows from the cache and the batch (one copy of the cache, cheaper steps after)."""
         keep = [i for i, r in enumerate(batch.rows) if r.finish_reason is None]
+        cache.keep_rows(keep)
         idx = torch.tensor(keep, dtype=torch.long, device=self.device)
-        cache.reorder(idx)
         return tokens[idx], batch.keep(idx)
 
     @torch.inference_mode()
     def _decode_step(self, tokens: torch.Tensor, batch: _Batch, cache) -> torch.Tensor:
-        attn = None if batch.mask is None else batch.mask[:, :cache.pos + 1]
+        attn = None if batch.mask is None else batch.mask[:, :max(cache.lengths) + 1]
         pos = batch.pos
         if self.model.config.pos == "learned":  # finished rows run on past the table; their outputs are unused
             pos = pos.clamp(max=self.model.config.max_seq_len - 1)

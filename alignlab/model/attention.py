@@ -10,8 +10,9 @@
          training on the CPU with a plain causal mask it takes `causal_attention_train` instead, whose
          hand-written backward is faster than torch's CPU flash-attention backward (see there).
 
-Which keys a query sees. Query i sits at cache slot `q_offset + i` (bottom-right alignment: during decode
-the new tokens are the last rows of the causal mask). Query at slot s sees key slot j when
+Which keys a query sees. Query i of row b sits at cache slot `q_offset[b] + i` (`q_offset` is one int for
+every row, or a [B] tensor when rows hold different lengths: each row is then bottom-right aligned on its own
+slots, and the keys past its last query are masked). Query at slot s sees key slot j when
     j <= s                          (causal)
     and key_valid[b, j]             (not padding)
     and s - j < window              (sliding window, if any)
@@ -60,42 +61,50 @@ def documents(position_ids: torch.Tensor) -> Documents | None:
     return Documents(ids, spans)
 
 
+def query_slots(q_offset: int | torch.Tensor, Tq: int, device) -> torch.Tensor:
+    """The cache slot of every query: [1, Tq] for one offset, [B, Tq] for per-row offsets [B]."""
+    if isinstance(q_offset, int):
+        return torch.arange(q_offset, q_offset + Tq, device=device)[None]
+    return q_offset[:, None] + torch.arange(Tq, device=device)
+
+
 def visible(q_slots: torch.Tensor, k_slots: torch.Tensor, key_valid: torch.Tensor | None,
             window: int | None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean mask [B or 1, 1, Tq, Tk]: True where a query may attend to a key."""
-    s, j = q_slots[:, None], k_slots[None, :]
+    """Boolean mask [B or 1, 1, Tq, Tk]: True where a query may attend to a key. q_slots [B or 1, Tq], k_slots [Tk]."""
+    s, j = q_slots[:, :, None], k_slots  # [B or 1, Tq, 1], [Tk]
     allowed = j <= s
     if window is not None:
         allowed = allowed & (s - j < window)
-    allowed = allowed[None, None]
     if key_valid is not None:
-        allowed = allowed & key_valid[:, None, None, :]
+        allowed = allowed & key_valid[:, None, :]
     if doc_ids is not None:  # packed rows: the query's own document only
-        allowed = allowed & (doc_ids[:, q_slots, None] == doc_ids[:, None, k_slots])[:, None]
-    return allowed | (s == j)[None, None]
+        q_doc = doc_ids.gather(1, q_slots.expand(doc_ids.shape[0], -1))
+        allowed = allowed & (q_doc[:, :, None] == doc_ids[:, None, k_slots])
+    return (allowed | (s == j))[:, None]
 
 
-def naive_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, docs=None) -> torch.Tensor:
+def naive_attention(q, k, v, q_offset: int | torch.Tensor = 0, key_valid=None, window=None, docs=None):
     n_rep = q.shape[1] // k.shape[1]
     k, v = k.repeat_interleave(n_rep, dim=1), v.repeat_interleave(n_rep, dim=1)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # [B, H, Tq, Tk]
-    q_slots = torch.arange(q_offset, q_offset + q.shape[2], device=q.device)
+    q_slots = query_slots(q_offset, q.shape[2], q.device)
     doc_ids = None if docs is None else docs.ids
     mask = visible(q_slots, torch.arange(k.shape[2], device=q.device), key_valid, window, doc_ids)
     scores = scores.masked_fill(~mask, float("-inf"))
     return torch.softmax(scores, dim=-1) @ v
 
 
-def tiled_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, docs=None, block: int = 64):
+def tiled_attention(q, k, v, q_offset: int | torch.Tensor = 0, key_valid=None, window=None, docs=None,
+                    block: int = 64):
     B, Hq, Tq, d = q.shape
     Hkv, Tk = k.shape[1], k.shape[2]
     # group query heads by the kv head they read: [B, Hkv, n_rep * Tq, d] rows share one K, V
     n_rep = Hq // Hkv
     qg = (q * (1.0 / math.sqrt(d))).reshape(B, Hkv, n_rep * Tq, d)
-    q_slots = torch.arange(q_offset, q_offset + Tq, device=q.device).repeat(n_rep)
+    q_slots = query_slots(q_offset, Tq, q.device).repeat(1, n_rep)  # [B or 1, n_rep * Tq]
     out = torch.empty_like(qg)
     for qs in range(0, n_rep * Tq, block):
-        qb, slots = qg[:, :, qs:qs + block], q_slots[qs:qs + block]
+        qb, slots = qg[:, :, qs:qs + block], q_slots[:, qs:qs + block]
         m = torch.full(qb.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)  # running max
         l = torch.zeros_like(m)  # running sum of exp(score - m)
         acc = torch.zeros_like(qb)  # running sum of exp(score - m) * v
@@ -124,20 +133,20 @@ def tiled_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, doc
 TRAIN_ATTENTION_MAX_LEN = 1024
 
 
-def sdpa_attention(q, k, v, q_offset: int = 0, key_valid=None, window=None, docs=None) -> torch.Tensor:
+def sdpa_attention(q, k, v, q_offset: int | torch.Tensor = 0, key_valid=None, window=None, docs=None):
     if docs is not None:  # packed rows: each document alone, through the paths below
         return per_document(sdpa_attention, q, k, v, docs, window)
     Tq, Tk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    plain = key_valid is None and (window is None or Tk <= window)
+    # one offset for every row, no padding, no window cutting: the mask is plain causal
+    plain = isinstance(q_offset, int) and key_valid is None and (window is None or Tk <= window)
     if plain and Tq == 1:  # one new token at the end sees every cached key
         return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
     if plain and q_offset == 0 and Tq == Tk:  # ordinary causal prefill
         if torch.is_grad_enabled() and q.requires_grad and q.device.type == "cpu" and Tq <= TRAIN_ATTENTION_MAX_LEN:
             return causal_attention_train(q, k, v)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    q_slots = torch.arange(q_offset, q_offset + Tq, device=q.device)
-    mask = visible(q_slots, torch.arange(Tk, device=q.device), key_valid, window)
+    mask = visible(query_slots(q_offset, Tq, q.device), torch.arange(Tk, device=q.device), key_valid, window)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
 
 

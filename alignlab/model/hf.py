@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.errors import CheckpointError
+from alignlab.errors import CheckpointError, ConfigError
 from alignlab.model.config import ModelConfig
 from alignlab.model.transformer import CausalLM
 
@@ -93,8 +93,8 @@ def config_to_hf(c: ModelConfig, dtype: str = "float32") -> dict:
     biases = {"llama": c.qkv_bias == c.o_bias, "qwen3": c.qkv_bias == c.o_bias, "qwen2": c.qkv_bias and not c.o_bias,
               "mistral": not (c.qkv_bias or c.o_bias or c.mlp_bias), "gpt2": True}
     if not biases[c.arch] or (c.mlp_bias and c.arch in ("qwen2", "qwen3")):
-        raise ValueError(f"a {c.arch} checkpoint cannot express qkv_bias={c.qkv_bias}, o_bias={c.o_bias}, "
-                         f"mlp_bias={c.mlp_bias}")
+        raise ConfigError(f"a {c.arch} checkpoint cannot express qkv_bias={c.qkv_bias}, o_bias={c.o_bias}, "
+                          f"mlp_bias={c.mlp_bias}")
     out = {"architectures": [ARCHITECTURES[c.arch]], "model_type": c.arch, "vocab_size": c.vocab_size,
            "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id,
            "tie_word_embeddings": c.tie_embeddings, "torch_dtype": dtype}
@@ -206,14 +206,24 @@ def read_config(model_dir: Path) -> tuple[dict, ModelConfig]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (a model directory needs config.json)")
+    return read_config_file(path)
+
+
+def read_config_file(path: str | os.PathLike, where: str | None = None) -> tuple[dict, ModelConfig]:
+    """A config.json as (its dict, the ModelConfig); errors name `where` (default: the path)."""
+    where = where or str(path)
     try:
-        hf = json.loads(path.read_text())
+        hf = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+        raise CheckpointError(f"{where}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{where}: not UTF-8 text (byte {e.start})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{where}: expected a JSON object of fields, got {type(hf).__name__}")
     try:
-        return hf, config_from_hf(hf, str(path))
+        return hf, config_from_hf(hf, where)
     except KeyError as e:
-        raise CheckpointError(f"{path}: missing field {e.args[0]!r}") from None
+        raise CheckpointError(f"{where}: missing field {e.args[0]!r}") from None
 
 
 def read_weights(model_dir: Path) -> dict[str, tuple[torch.Tensor, Path]]:

@@ -1,61 +1,152 @@
-"""A pre-allocated key/value cache.
+"""Key/value caches: what the attention layers append their new keys and values to, and read back.
 
-Decoding one token at a time would recompute every earlier key and value at each step; instead each
-layer writes its new K and V into a fixed buffer and attends over the filled prefix. The buffer is
-allocated once for the whole generation ([layers, batch, kv_heads, max_len, head_dim] for K and for V),
-so no step allocates or copies the history.
+Decoding one token at a time would recompute every earlier key and value at each step; instead each layer
+appends its new K and V to a cache and attends over everything the row holds. The model and the engine talk
+to a cache through these methods only, so another layout (a paged cache) can stand in for `KVCache`:
 
-`SharedPrefix` is the training-time counterpart for GRPO's groups (G completions of one prompt): no buffer,
-nothing written in place, so gradients flow through it (see CausalLM.shared_prefix_hidden_states).
+    lengths              filled slots of each row (host ints: read without waiting for the device)
+    append(layer, k, v)  write k, v [B, Hkv, T, d] after each row's filled slots; return the layer's K, V
+    advance(n)           once per forward, after every layer has appended its n slots
+    rows(index)          the cache seen as its rows `index`, for a forward over some of them (a prefill)
+    copy_rows(src, dst)  row dst[i] becomes a copy of row src[i] (one prompt prefilled for several requests)
+    keep_rows(index)     keep only the rows `index`, in that order (drop finished rows)
+
+Rows may hold different lengths: row b's new tokens go to its slots [lengths[b], lengths[b] + T), and `append`
+returns slots [0, max(lengths) + T) of every row; the causal mask hides a row's slots past its own tokens.
+
+`SharedPrefixCache` is the training-time counterpart for GRPO's groups (G completions of one prompt, described by
+a `SharedPrefix`): no buffer, nothing written in place, so gradients flow through it (see
+CausalLM.shared_prefix_hidden_states).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 
 class KVCache:
+    """Buffers [layers, B, Hkv, max_len, d] for K and for V, allocated once for the whole generation, so no step
+    allocates or copies the history; row b holds its tokens at slots [0, lengths[b])."""
+
     differentiable = False  # written in place: for generation under no_grad
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype=torch.float32, device=None):
         shape = (n_layers, batch, n_kv_heads, max_len, head_dim)
-        # uninitialised: every slot is written (update) before it is read (only [:end] is returned), so
-        # zero-filling would only cost a first touch of every page
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        # uninitialised: zero-filling would cost a first touch of every page. A read covers slots [0, written),
+        # which hold keys or zeros (a masked key must still be finite: its weight 0 times NaN is NaN)
+        self._k = torch.empty(shape, dtype=dtype, device=device)
+        self._v = torch.empty(shape, dtype=dtype, device=device)
+        self._lengths = [0] * batch
+        self._written = 0  # slots [0, written) of every row hold finite values
         self.max_len = max_len
-        self.pos = 0  # slots [0, pos) are filled
 
     @classmethod
     def for_model(cls, config, batch: int, max_len: int, dtype=torch.float32, device=None) -> KVCache:
         return cls(config.n_layers, batch, config.n_kv_heads, max_len, config.head_dim, dtype, device)
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v [B, Hkv, T, d] at slots [pos, pos+T) and return the filled prefix of this layer."""
-        end = self.pos + k.shape[2]
+    @property
+    def lengths(self) -> list[int]:
+        return list(self._lengths)
+
+    def rows(self, index: list[int]) -> CacheRows:
+        return CacheRows(self, list(index))
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor, rows: list[int] | None = None):
+        """Write k, v [B, Hkv, T, d] at slots [lengths[b], lengths[b] + T) of each row b (of `rows`, else of all
+        rows) and return this layer's K, V over slots [0, max(lengths) + T) of those rows."""
+        lengths = self._lengths if rows is None else [self._lengths[i] for i in rows]
+        T, start = k.shape[2], lengths[0]
+        end = max(lengths) + T
         if end > self.max_len:
             raise ValueError(f"KV cache is full: {end} tokens > max_len {self.max_len}")
-        self.k[layer, :, :, self.pos:end] = k
-        self.v[layer, :, :, self.pos:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        even = min(lengths) == max(lengths)  # every row writes the same slots
+        if end > self._written:
+            if not (even and rows is None):  # some row's new slots do not reach `end`: zero them first (all layers)
+                self._k[:, :, :, self._written:end].zero_()
+                self._v[:, :, :, self._written:end].zero_()
+            self._written = end
+        K, V = self._k[layer], self._v[layer]  # [rows, Hkv, max_len, d]
+        if rows is None and even:  # the engine's usual step: one slice, and a view of the history
+            K[:, :, start:end], V[:, :, start:end] = k, v
+            return K[:, :, :end], V[:, :, :end]
+        index = torch.tensor(rows if rows is not None else list(range(len(lengths))), device=k.device)
+        if even:
+            K[index, :, start:end], V[index, :, start:end] = k, v
+        else:  # row b at its own slots: [B, T] (row, slot) pairs
+            slots = torch.tensor(lengths, device=k.device)[:, None] + torch.arange(T, device=k.device)
+            K[index[:, None], :, slots] = k.transpose(1, 2)  # indexed as [B, T, Hkv, d]
+            V[index[:, None], :, slots] = v.transpose(1, 2)
+        if rows is None:
+            return K[:, :, :end], V[:, :, :end]
+        if end == T:  # nothing before: the new keys are all there is
+            return k, v
+        return K[index, :, :end], V[index, :, :end]  # a copy of these rows' history
+
+    def advance(self, n: int, rows: list[int] | None = None):
+        """Called once per forward, after every layer has written its n new slots."""
+        for i in range(len(self._lengths)) if rows is None else rows:
+            self._lengths[i] += n
+
+    def copy_rows(self, src: list[int], dst: list[int]):
+        """Row dst[i] becomes a copy of row src[i], e.g. one prompt's keys for each request that asked for it."""
+        n = self._written
+        dst_t, src_t = torch.tensor(dst, device=self._k.device), torch.tensor(src, device=self._k.device)
+        self._k[:, dst_t, :, :n] = self._k[:, src_t, :, :n]
+        self._v[:, dst_t, :, :n] = self._v[:, src_t, :, :n]
+        for s, d in zip(src, dst):
+            self._lengths[d] = self._lengths[s]
+
+    def keep_rows(self, index: list[int]):
+        """Keep only the rows `index`, in that order (e.g. drop finished sequences); copies their filled slots."""
+        n = max((self._lengths[i] for i in index), default=0)
+        shape = (self._k.shape[0], len(index), *self._k.shape[2:])
+        k = torch.empty(shape, dtype=self._k.dtype, device=self._k.device)
+        v = torch.empty(shape, dtype=self._v.dtype, device=self._v.device)
+        rows = torch.tensor(index, dtype=torch.long, device=self._k.device)
+        k[:, :, :, :n], v[:, :, :, :n] = self._k[:, rows, :, :n], self._v[:, rows, :, :n]
+        self._k, self._v = k, v
+        self._lengths = [self._lengths[i] for i in index]
+        self._written = n
+
+
+class CacheRows:
+    """Some rows of a KVCache, as the model sees a cache: a forward over them reads and writes those rows only."""
+
+    differentiable = False
+
+    def __init__(self, cache: KVCache, rows: list[int]):
+        self.cache, self.index = cache, rows
+
+    @property
+    def lengths(self) -> list[int]:
+        lengths = self.cache.lengths
+        return [lengths[i] for i in self.index]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        return self.cache.append(layer, k, v, self.index)
 
     def advance(self, n: int):
-        """Called once per forward, after every layer has written its n new slots."""
-        self.pos += n
-
-    def reorder(self, index: torch.Tensor):
-        """Keep only the batch rows in `index` (e.g. drop finished sequences)."""
-        self.k = self.k[:, index]
-        self.v = self.v[:, index]
+        self.cache.advance(n, self.index)
 
 
+@dataclass
 class SharedPrefix:
+    """GRPO's groups for CausalLM.forward: the input_ids are B prompts, prompt i continued by group_sizes[i]
+    consecutive rows of `continuations`."""
+
+    continuations: torch.Tensor  # [N, C] token ids
+    group_sizes: torch.Tensor  # [B] counts summing to N
+
+
+class SharedPrefixCache:
     """The keys and values of B prompts, read by the N rows that continue them: group_sizes[i] rows after prompt i.
 
-    First forward (the prompts): `update` keeps each layer's K, V [B, Hkv, P, d] and returns them unchanged.
+    First forward (the prompts): `append` keeps each layer's K, V [B, Hkv, P, d] and returns them unchanged.
     Then `for_rows(group_sizes)` gives the cache of the second forward (the continuations, [N, T] at slots P..),
-    whose `update` returns [prompt K, V repeated for the rows of its group ; the rows' own K, V] along the slots.
+    whose `append` returns [prompt K, V repeated for the rows of its group ; the rows' own K, V] along the slots.
 
     The repeat is an ordinary autograd op, so in backward the gradients of a group's rows add up into its prompt's
     K and V, as they would if every row computed the prompt itself. Nothing is written in place and each forward
@@ -65,19 +156,24 @@ class SharedPrefix:
 
     differentiable = True
 
-    def __init__(self):
+    def __init__(self, n_rows: int):
         self.k: dict[int, torch.Tensor] = {}
         self.v: dict[int, torch.Tensor] = {}
         self.group_sizes: torch.Tensor | None = None  # None: this is the prompts' forward
-        self.pos = 0  # slots [0, pos) are filled (the prompts' P after the first forward)
+        self.n_rows = n_rows
+        self.pos = 0  # slots [0, pos) of every row are filled (the prompts' P after the first forward)
 
-    def for_rows(self, group_sizes: torch.Tensor) -> SharedPrefix:
+    @property
+    def lengths(self) -> list[int]:
+        return [self.pos] * self.n_rows
+
+    def for_rows(self, group_sizes: torch.Tensor, n_rows: int) -> SharedPrefixCache:
         """The continuations' cache: these prompts' K, V, each read by group_sizes[i] rows ([B] counts, in order)."""
-        rows = SharedPrefix()
+        rows = SharedPrefixCache(n_rows)
         rows.k, rows.v, rows.pos, rows.group_sizes = dict(self.k), dict(self.v), self.pos, group_sizes
         return rows
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         if self.group_sizes is None:  # the prompts
             self.k[layer], self.v[layer] = k, v
             return k, v

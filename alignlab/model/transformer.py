@@ -21,7 +21,7 @@ from torch.utils.checkpoint import checkpoint
 
 from alignlab.model.attention import ATTENTION, documents
 from alignlab.model.config import ModelConfig
-from alignlab.model.kv_cache import KVCache, SharedPrefix
+from alignlab.model.kv_cache import CacheRows, KVCache, SharedPrefix, SharedPrefixCache
 from alignlab.model.linear import Linear
 from alignlab.model.rope import apply_rope, inv_frequencies, rope_cos_sin
 
@@ -114,7 +114,7 @@ class Attention(nn.Module):
         self.window = config.sliding_window
         self.config = config
 
-    def forward(self, x, rope, cache: KVCache | None, q_offset: int, key_valid, docs=None):
+    def forward(self, x, rope, cache, q_offset: int | torch.Tensor, key_valid, docs=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -124,7 +124,7 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(self.layer_idx, k, v)
+            k, v = cache.append(self.layer_idx, k, v)
         y = ATTENTION[self.config.attn_impl](q, k, v, q_offset, key_valid, self.window, docs)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -188,54 +188,62 @@ class CausalLM(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False, head: bool = True, continuations: torch.Tensor | None = None,
-                group_sizes: torch.Tensor | None = None) -> torch.Tensor:
+                position_ids: torch.Tensor | None = None, cache: KVCache | CacheRows | None = None,
+                last_only: bool = False, head: bool = True, shared_prefix: SharedPrefix | None = None
+                ) -> torch.Tensor:
         """Logits [B, T, vocab] (or [B, 1, vocab] with last_only) for input_ids [B, T].
 
         attention_mask: [B, past + T], 1 for real tokens and 0 for padding, covering the cached slots
-            too (as in Hugging Face). Positions default to "count of real tokens before this one", so
-            left-padded rows get the same positions as unpadded ones.
+            too (as in Hugging Face; past = the longest row's cache length). Positions default to "count of
+            real tokens before this one", so left-padded rows get the same positions as unpadded ones.
         position_ids: [B or 1, T]. Given without attention_mask and cache, it may describe packed rows
             (padding-free training, as in transformers): positions restart at 0 where a new document
             begins, and each document attends only to its own earlier tokens, as if it ran alone.
-        cache: a KVCache; the new tokens are written at slots [cache.pos, cache.pos + T).
+        cache: a KVCache (or some of its rows, `cache.rows(index)`); row b's new tokens go to its slots
+            [lengths[b], lengths[b] + T), so rows of different lengths decode in one batch, each at its
+            own positions.
         head: False returns the final hidden states [B, T, dim] instead of logits (see `hidden_states`);
             training uses this so the loss can apply the head chunk by chunk, through the same call
             that DDP/FSDP wrap.
-        continuations, group_sizes: input_ids are B prompts, left-padded (attention_mask), each continued by
-            group_sizes[i] rows of continuations [N, C]; returns [N, 1 + C, ...], computing each prompt once
-            (see `shared_prefix_hidden_states`).
+        shared_prefix: GRPO's groups. input_ids are B prompts, left-padded (attention_mask), prompt i
+            continued by group_sizes[i] rows of continuations [N, C]; returns [N, 1 + C, ...], computing each
+            prompt once (see `shared_prefix_hidden_states`).
         """
-        if continuations is not None:
-            hidden = self.shared_prefix_hidden_states(input_ids, attention_mask, continuations, group_sizes)
+        if shared_prefix is not None:
+            hidden = self.shared_prefix_hidden_states(input_ids, attention_mask, shared_prefix)
             return self.lm_head(hidden) if head else hidden
         hidden = self.hidden_states(input_ids, attention_mask, position_ids, cache, last_only)
         return self.lm_head(hidden) if head else hidden
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
+                      position_ids: torch.Tensor | None = None, cache: KVCache | CacheRows | None = None,
                       last_only: bool = False) -> torch.Tensor:
         """The final normed hidden states [B, T, dim] that `forward` multiplies by the head; arguments as
         in `forward`. Training takes these to `objectives.linear_cross_entropy(h, self.lm_head.weight, ...)`,
         which never builds the [B, T, vocab] logits."""
         B, T = input_ids.shape
-        past = cache.pos if cache is not None else 0
+        lengths = cache.lengths if cache is not None else [0]  # each row's cached slots
+        # the slot of each row's first new token: one int when the rows agree (the fast paths), else [B]
+        past = lengths[0] if min(lengths) == max(lengths) else torch.tensor(lengths, device=input_ids.device)
         key_valid = None
         if attention_mask is not None:
-            if attention_mask.shape[1] != past + T:
-                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} slots, expected {past + T}")
+            if attention_mask.shape[1] != max(lengths) + T:
+                raise ValueError(f"attention_mask covers {attention_mask.shape[1]} slots, "
+                                 f"expected {max(lengths) + T}")
             key_valid = attention_mask.bool()
             if bool(key_valid.all()):
                 key_valid = None  # no padding anywhere: take the fast path
         docs = None  # packed rows: the documents side by side in each row (attention.documents)
         if position_ids is not None and attention_mask is None and cache is None:
             docs = documents(position_ids.expand(B, T))
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        if position_ids is None:  # each row from its own slot
+            real = None if attention_mask is None else (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            if isinstance(past, int):
+                position_ids = (torch.arange(past, past + T, device=input_ids.device).expand(B, T) if real is None
+                                else real[:, past:])
             else:
-                position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
+                slots = past[:, None] + torch.arange(T, device=input_ids.device)  # [B, T]
+                position_ids = slots if real is None else real.gather(1, slots)
 
         x = self.model.embed_tokens(input_ids)
         rope = None
@@ -256,15 +264,15 @@ class CausalLM(nn.Module):
         return self.model.norm(x)
 
     def shared_prefix_hidden_states(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor | None,
-                                    continuations: torch.Tensor, group_sizes: torch.Tensor) -> torch.Tensor:
+                                    shared: SharedPrefix) -> torch.Tensor:
         """Hidden states of N rows [prompt i, continuation] that share B prompts, each prompt computed once.
 
         GRPO samples G completions of every prompt, so its N = B * G rows repeat each prompt G times, and a plain
         forward of them computes every prompt G times. Here the B prompts run once, as a batch left-padded so that
         they all end at slot P (prompt_ids [B, P], prompt_mask [B, P] 0 on padding, None when there is none); each
-        layer keeps their K and V (`SharedPrefix`). Then the continuations [N, C] run alone at slots P .. P + C - 1,
-        row r attending to its prompt's K, V, repeated for the group_sizes[i] rows that continue prompt i (rows in
-        order: the first group_sizes[0] rows continue prompt 0, ...), and causally to its own tokens.
+        layer keeps their K and V (`SharedPrefixCache`). Then shared.continuations [N, C] run alone at slots P .. P +
+        C - 1, row r attending to its prompt's K, V, repeated for the group_sizes[i] rows that continue prompt i (rows
+        in order: the first group_sizes[0] rows continue prompt 0, ...), and causally to its own tokens.
 
         Every token sees the same keys at the same positions as in the plain forward of the row [prompt,
         continuation] (positions count real tokens, so the left padding moves nothing), so the hidden states are
@@ -274,10 +282,11 @@ class CausalLM(nn.Module):
         Returns [N, 1 + C, dim], final-normed: at the prompt's last token (it predicts the first continuation
         token), then at each continuation token.
         """
+        continuations, group_sizes = shared.continuations, shared.group_sizes
         N = continuations.shape[0]
         if prompt_mask is None:
             prompt_mask = torch.ones_like(prompt_ids)
-        cache = SharedPrefix()
+        cache = SharedPrefixCache(prompt_ids.shape[0])
         last = self.hidden_states(prompt_ids, prompt_mask, cache=cache, last_only=True)  # [B, 1, dim]
         last = last.repeat_interleave(group_sizes, dim=0, output_size=N)
         if continuations.shape[1] == 0:
@@ -285,7 +294,7 @@ class CausalLM(nn.Module):
         # the rows' mask over [prompt slots, continuation slots]: the prompt's padding, then every token
         mask = torch.cat([prompt_mask.repeat_interleave(group_sizes, dim=0, output_size=N),
                           prompt_mask.new_ones(continuations.shape)], dim=1)
-        hidden = self.hidden_states(continuations, mask, cache=cache.for_rows(group_sizes))  # [N, C, dim]
+        hidden = self.hidden_states(continuations, mask, cache=cache.for_rows(group_sizes, N))  # [N, C, dim]
         return torch.cat([last, hidden], dim=1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
