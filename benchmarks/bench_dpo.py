@@ -36,6 +36,8 @@ steps x batch > pairs, the orders part and only tok/s stays comparable). The one
 precomputed runs is not in the step times; it is timed on its own (trl: DPOTrainer._precompute_ref_logps, alignlab:
 alignlab.recipes.dpo.precompute_reference, each wrapped by a timer here) and shown in its own column.
 "loss@1" is each run's loss at step 1: the policy equals the reference there, so it is ln 2 = 0.6931 on both.
+The agreement check (check_agreement) fails the run, with a non-zero exit, unless every run's training loss is ln 2
+at step 1 and within 1e-4 of trl live's at every step the runs share a batch.
 "other load" is the fraction of the CPUs other processes used during the run (bench_train.CpuWatch): a run with
 more than a few percent was disturbed and should be repeated on an idle machine.
 
@@ -245,6 +247,38 @@ def run_alignlab(model_dir: str, records: list[dict], examples, pad_id: int, arg
                 precompute_s=timed["seconds"] if reference == "precomputed" else None)
 
 
+# --- the agreement check -----------------------------------------------------------------------------------
+
+LOSS_TOLERANCE = 1e-4  # largest difference in the training loss from trl live (measured: 1.1e-5 over 30 steps)
+
+
+def check_agreement(runs: dict[str, dict], tolerance: float = LOSS_TOLERANCE) -> float:
+    """Every run's training loss equals trl live's at every step they share the same batch (same real tokens), and
+    is ln 2 at step 1 (the policy equals the reference). Returns the largest difference; a disagreement ends the
+    run with a non-zero exit: the timings would compare different computations."""
+    live = runs["trl live"]
+    problems = []
+    for name, r in runs.items():
+        if not r["losses"] or abs(r["losses"][0] - math.log(2)) > tolerance:
+            problems.append(f"{name}: loss at step 1 is {r['losses'][0] if r['losses'] else 'missing'}, not ln 2")
+    shared = [i for i in range(min(len(r["losses"]) for r in runs.values()))
+              if all(r["step_tokens"][i:i + 1] == live["step_tokens"][i:i + 1] for r in runs.values())]
+    if not shared:
+        problems.append("no step with the same batch on every run: nothing to compare")
+    diff = max((abs(r["losses"][i] - live["losses"][i]) for r in runs.values() for i in shared), default=math.inf)
+    for name, r in runs.items():
+        bad = [i + 1 for i in shared if not abs(r["losses"][i] - live["losses"][i]) <= tolerance]
+        if bad:
+            problems.append(f"{name}: the training loss differs from trl live by more than {tolerance:g} at steps "
+                            f"{bad[:5]}{' ...' if len(bad) > 5 else ''} (largest {diff:.2e})")
+    print(f"training loss, {len(shared)} steps on the same batches: largest difference from trl live {diff:.2e} "
+          f"(tolerance {tolerance:g})")
+    if problems:
+        raise SystemExit("agreement check FAILED: alignlab and trl do not compute the same DPO loss\n  "
+                         + "\n  ".join(problems))
+    return diff
+
+
 # --- main ------------------------------------------------------------------------------------------------
 
 def main():
@@ -317,9 +351,7 @@ def main():
               f"{r['pairs_s']:>8.2f} {r['tok_s']:>8.0f} {ratio:>5.2f}x {pre:>12} {r['loss1']:>7.4f} "
               f"{r['other']:>10.0%}")
     print(f"(vs trl: tok/s over trl's run with the same kind of reference; loss@1 should be ln 2 = {math.log(2):.4f})")
-    n = min(len(r["losses"]) for r in runs.values())
-    diff = max(abs(r["losses"][i] - runs["trl live"]["losses"][i]) for r in runs.values() for i in range(n))
-    print(f"training loss, steps 1-{n}: largest difference from trl live {diff:.2e} (same batches, same updates)")
+    diff = check_agreement(runs)
     ratios = {
         "live": round(runs["alignlab copy"]["tok_s"] / runs["trl live"]["tok_s"], 3),
         "precomputed": round(runs["alignlab precomputed"]["tok_s"] / runs["trl precomputed"]["tok_s"], 3),

@@ -32,13 +32,16 @@ from alignlab.data.preference import (
     tokenize_unpaired,
     truncate_prompt,
     unpair,
+    unsafe_label,
 )
 from alignlab.data.world import TinyWorld
-from alignlab.eval.tinyworld import verify as tinyworld_verify
+from alignlab.tasks.tinyworld import verify as tinyworld_verify
+
+from .hf_models import require
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 HH = SHARED / "preferences" / "hh_rlhf_harmless_base_test.jsonl"
-needs_hh = pytest.mark.skipif(not HH.is_file(), reason=f"shared HH-RLHF sample not found at {HH}")
+needs_hh = pytest.mark.shared_data(HH)  # skipped where missing, failed under CI (conftest.py)
 
 USER = {"role": "user", "content": "What color is the sky?"}
 BLUE = {"role": "assistant", "content": "It is blue."}
@@ -56,7 +59,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def trl():
-    return pytest.importorskip("trl", reason="trl (a dev extra) is the oracle for formats and the collator")
+    return require("trl", reason="trl (a dev extra) is the oracle for formats and the collator")
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -91,6 +94,22 @@ def test_formats_are_detected_and_made_explicit():
     assert detect_preference_format(unpaired) == "conversational_unpaired"
     assert normalize_record(unpaired) == unpaired
     assert normalize_record({"prompt": "a", "completion": "b", "label": "False"})["label"] is False  # a CSV cell
+
+
+def test_yes_no_fields_are_read_strictly():
+    # SafeDPO's safety labels: a CSV cell "False" or "0" is a string, and must not read as true
+    for value, want in [(True, True), (False, False), (1, True), (0, False), ("False", False), ("0", False),
+                        ("TRUE", True), (" yes ", True), ("No", False), ("1", True), (None, False)]:
+        assert unsafe_label({"chosen_unsafe": value}, "chosen") is want, value
+    assert unsafe_label({}, "rejected") is False  # absent: safe
+    for bad in ["maybe", "", 2, -1, 0.0, 1.0, [True]]:
+        with pytest.raises(DataError, match=r"pairs.csv:4: field 'rejected_unsafe': must be true \(unsafe\)"):
+            unsafe_label({"rejected_unsafe": bad}, "rejected", "pairs.csv:4")
+    # KTO's label: the same words
+    for value, want in [("yes", True), ("NO", False), (1, True), (0, False)]:
+        assert normalize_record({"prompt": "a", "completion": "b", "label": value})["label"] is want
+    with pytest.raises(PreferenceError, match="field 'label': must be true"):
+        normalize_record({"prompt": "a", "completion": "b", "label": 2})
 
 
 def test_paired_to_unpaired():
@@ -151,7 +170,7 @@ def test_sources(tmp_path):
                                     encoding="utf-8")
     assert [r["label"] for r in load_preference_data(str(tmp_path / "u.csv")).records] == [True, False]
 
-    pq = pytest.importorskip("pyarrow.parquet")
+    pq = require("pyarrow.parquet")
     import pyarrow as pa
 
     pq.write_table(pa.Table.from_pylist([conv]), tmp_path / "p.parquet")

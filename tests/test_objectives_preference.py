@@ -27,8 +27,11 @@ from alignlab.objectives import (
     sequence_logps,
     simpo_loss,
 )
+from alignlab.objectives.preference import PreferenceLoss, log1mexp
 
-try:  # the oracle (a dev dependency); alignlab never imports it
+from .hf_models import installed
+
+if installed("trl"):  # the oracle (a dev dependency); alignlab never imports it. A symbol it lost fails here
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*trl.experimental")
         from trl.experimental.cpo import CPOTrainer
@@ -36,9 +39,7 @@ try:  # the oracle (a dev dependency); alignlab never imports it
         from trl.trainer.dpo_trainer import DPOTrainer
         from trl.trainer.kto_trainer import KTOTrainer
         from trl.trainer.reward_trainer import RewardTrainer
-except ImportError:
-    DPOTrainer = None
-needs_trl = pytest.mark.skipif(DPOTrainer is None, reason="trl is not installed")
+needs_trl = pytest.mark.skipif(not installed("trl"), reason="trl is not installed")
 
 B = 8
 
@@ -133,15 +134,15 @@ def trl_reward(rc, rr, margin=None, center=None):
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_dpo_matches_trl(loss_type, eps, beta):
     pc, pr, rc, rr, lc, lr = _pairs(0)
-    losses, cr, rj = dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type, label_smoothing=eps,
-                              chosen_len=lc, rejected_len=lr)
+    out = dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type, label_smoothing=eps, chosen_len=lc, rejected_len=lr)
+    losses = out.losses
     for i in range(B):  # pair by pair, so no error can hide in a mean
         want, _ = trl_dpo(pc[i:i + 1], pr[i:i + 1], rc[i:i + 1], rr[i:i + 1], lc[i:i + 1], lr[i:i + 1], beta,
                           loss_type, eps)
         assert abs(losses[i].item() - want.item()) < 1e-6
     want, metrics = trl_dpo(pc, pr, rc, rr, lc, lr, beta, loss_type, eps)
-    assert abs(losses.mean().item() - want.item()) < 1e-6
-    ours = preference_metrics(cr, rj, pc, pr)
+    assert abs(out.loss.item() - want.item()) < 1e-6 and out.metrics == {}
+    ours = preference_metrics(out.chosen_rewards, out.rejected_rewards, pc, pr)
     for key, value in ours.items():
         assert abs(value - metrics[key]) < 1e-6, key
 
@@ -153,16 +154,17 @@ def test_simpo_matches_trl_cpo_simpo(beta, gamma, eps):
     stub = SimpleNamespace(alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=beta, label_smoothing=eps,
                            accelerator=_Accelerator())
     want, want_c, want_r = CPOTrainer.cpo_loss(stub, pc / lc, pr / lr)  # trl averages log-probs for simpo
-    losses, cr, rj = simpo_loss(pc, pr, lc, lr, beta=beta, gamma=gamma, label_smoothing=eps)
-    for a, b in [(losses, want), (cr, want_c), (rj, want_r)]:
+    out = simpo_loss(pc, pr, lc, lr, beta=beta, gamma=gamma, label_smoothing=eps)
+    for a, b in [(out.losses, want), (out.chosen_rewards, want_c), (out.rejected_rewards, want_r)]:
         assert (a - b).abs().max() < 1e-6
+    assert abs(out.loss.item() - want.mean().item()) < 1e-6
 
 
 def test_simpo_defaults_and_trl_config_defaults():
     import inspect
     params = inspect.signature(simpo_loss).parameters
     assert (params["beta"].default, params["gamma"].default) == (2.0, 0.5)
-    if DPOTrainer is not None:  # trl's CPOConfig: beta 0.1, simpo_gamma 0.5 (same gamma, in reward units)
+    if installed("trl"):  # trl's CPOConfig: beta 0.1, simpo_gamma 0.5 (same gamma, in reward units)
         from trl.experimental.cpo import CPOConfig
         fields = CPOConfig.__dataclass_fields__
         assert (fields["beta"].default, fields["simpo_gamma"].default) == (0.1, 0.5)
@@ -175,14 +177,15 @@ def test_orpo_matches_trl(beta):
     pc[0], lc[0] = -0.01, 1  # average log-probs on both sides of log1mexp's branch at -ln 2
     stub = SimpleNamespace(beta=beta, accelerator=_Accelerator())
     want, want_c, want_r, log_odds_ratio, log_odds_chosen = ORPOTrainer.odds_ratio_loss(stub, pc / lc, pr / lr)
-    losses, cr, rj, log_odds = orpo_loss(pc, pr, lc, lr, beta=beta)
-    assert (losses - (-pc / lc) - (-want)).abs().max() < 1e-6  # default nll: the chosen per-token NLL
+    out = orpo_loss(pc, pr, lc, lr, beta=beta)
+    assert (out.losses - (-pc / lc) - (-want)).abs().max() < 1e-6  # default nll: the chosen per-token NLL
+    log_odds = out.metrics["log_odds"]
     assert abs(log_odds.mean().item() - log_odds_chosen.item()) < 1e-6
     assert abs(F.logsigmoid(log_odds).mean().item() - log_odds_ratio.item()) < 1e-6
-    assert (cr - want_c).abs().max() < 1e-6 and (rj - want_r).abs().max() < 1e-6
+    assert (out.chosen_rewards - want_c).abs().max() < 1e-6 and (out.rejected_rewards - want_r).abs().max() < 1e-6
     nll = torch.tensor(2.345)  # trl's total: the batch's prompt+chosen cross-entropy minus the mean OR term
-    losses, *_ = orpo_loss(pc, pr, lc, lr, beta=beta, nll=nll)
-    assert abs(losses.mean().item() - (nll - want.mean()).item()) < 1e-6
+    out = orpo_loss(pc, pr, lc, lr, beta=beta, nll=nll)
+    assert abs(out.loss.item() - (nll - want.mean()).item()) < 1e-6
 
 
 @needs_trl
@@ -197,12 +200,11 @@ def test_kto_matches_trl(kl_shift, weights):
         assert (kl_policy - kl_ref).mean() < 0  # so z is clamped to 0
     want, metrics = trl_kto(policy, ref, desirable, torch.cat([kl_policy] * 2), torch.cat([kl_ref] * 2), 0.1, *weights)
     z = kto_kl_estimate(kl_policy, kl_ref)
-    losses, rewards = kto_loss(policy, ref, desirable, z, beta=0.1, desirable_weight=weights[0],
-                               undesirable_weight=weights[1])
-    assert abs(losses.mean().item() - want.item()) < 1e-6
-    assert abs(z.item() - metrics["kl"]) < 1e-6
-    assert abs(rewards[desirable].mean().item() - metrics["rewards/chosen"]) < 1e-6
-    assert abs(rewards[~desirable].mean().item() - metrics["rewards/rejected"]) < 1e-6
+    out = kto_loss(policy, ref, desirable, z, beta=0.1, desirable_weight=weights[0], undesirable_weight=weights[1])
+    assert abs(out.loss.item() - want.item()) < 1e-6 and abs(out.losses.mean().item() - want.item()) < 1e-6
+    assert abs(z.item() - metrics["kl"]) < 1e-6 and out.metrics["kl"] == z
+    assert abs(out.chosen_rewards.mean().item() - metrics["rewards/chosen"]) < 1e-6
+    assert abs(out.rejected_rewards.mean().item() - metrics["rewards/rejected"]) < 1e-6
 
 
 @needs_trl
@@ -212,7 +214,9 @@ def test_bradley_terry_matches_trl_reward_trainer(with_margin, center):
     rc, rr, margin = torch.randn(3, B, generator=g, dtype=torch.float64)
     margin = margin.abs() if with_margin else None
     want = trl_reward(rc, rr, margin, center)
-    assert abs(bradley_terry_loss(rc, rr, margin, center).item() - want.item()) < 1e-6
+    out = bradley_terry_loss(rc, rr, margin, center)
+    assert abs(out.loss.item() - want.item()) < 1e-6 and abs(out.losses.mean().item() - want.item()) < 1e-6
+    assert torch.equal(out.chosen_rewards, rc) and torch.equal(out.rejected_rewards, rr)
 
 
 @needs_trl
@@ -237,18 +241,19 @@ def test_values_at_policy_equal_reference():
     ln2 = math.log(2)
     for loss_type, eps, want in [("sigmoid", 0.0, ln2), ("sigmoid", 0.2, ln2), ("robust", 0.2, ln2),
                                  ("hinge", 0.0, 1.0), ("ipo", 0.0, 1 / (4 * 0.1**2))]:
-        losses, cr, rj = dpo_loss(pc, pr, pc, pr, beta=0.1, loss_type=loss_type, label_smoothing=eps,
-                                  chosen_len=lc, rejected_len=lr)
-        assert torch.allclose(losses, torch.full_like(losses, want)), loss_type
-        assert cr.abs().max() == 0 and rj.abs().max() == 0
-    losses, _ = kto_loss(pc, pc, torch.arange(B) % 2 == 0, 0.0)
+        out = dpo_loss(pc, pr, pc, pr, beta=0.1, loss_type=loss_type, label_smoothing=eps, chosen_len=lc,
+                       rejected_len=lr)
+        assert torch.allclose(out.losses, torch.full_like(out.losses, want)), loss_type
+        assert out.chosen_rewards.abs().max() == 0 and out.rejected_rewards.abs().max() == 0
+    losses = kto_loss(pc, pc, torch.arange(B) % 2 == 0, 0.0).losses
     assert torch.allclose(losses, torch.full_like(losses, 0.5))
-    assert abs(bradley_terry_loss(pc, pc).item() - ln2) < 1e-12
+    assert abs(bradley_terry_loss(pc, pc).loss.item() - ln2) < 1e-12
     same = pc / lc * lr  # equal average log-probs: only the margin is left
-    losses, *_ = simpo_loss(pc, same, lc, lr, beta=2.0, gamma=0.5)
+    losses = simpo_loss(pc, same, lc, lr, beta=2.0, gamma=0.5).losses
     assert torch.allclose(losses, torch.full_like(losses, -math.log(torch.sigmoid(torch.tensor(-0.5)).item())))
-    losses, _, _, log_odds = orpo_loss(pc, same, lc, lr, beta=0.1)
-    assert log_odds.abs().max() < 1e-5 and torch.allclose(losses, -pc.float() / lc + 0.1 * ln2, atol=1e-5)
+    out = orpo_loss(pc, same, lc, lr, beta=0.1)
+    assert out.metrics["log_odds"].abs().max() < 1e-5
+    assert torch.allclose(out.losses, -pc.float() / lc + 0.1 * ln2, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -281,17 +286,17 @@ def test_gradients_equal_the_plain_formulas():
     for loss_type, formula in plain.items():
         e = eps if loss_type == "robust" else 0.0
         ours = lambda *a, t=loss_type, e=e: dpo_loss(*a, beta=beta, loss_type=t, label_smoothing=e,  # noqa: E731
-                                                     chosen_len=lc, rejected_len=lr)[0]
+                                                     chosen_len=lc, rejected_len=lr).losses
         _assert_same_grads(ours, formula, pc, pr, rc, rr)
 
-    _assert_same_grads(lambda pc, pr: simpo_loss(pc, pr, lc, lr, beta=beta, gamma=gamma)[0],
+    _assert_same_grads(lambda pc, pr: simpo_loss(pc, pr, lc, lr, beta=beta, gamma=gamma).losses,
                        lambda pc, pr: -log_sig(beta * pc / lc - beta * pr / lr - gamma), pc, pr)
 
     def orpo_plain(pc, pr):
         p_w, p_l = torch.exp(pc / lc), torch.exp(pr / lr)  # the length-normalised likelihoods
         odds_ratio = (p_w / (1 - p_w)) / (p_l / (1 - p_l))
         return -pc / lc - beta * log_sig(torch.log(odds_ratio))
-    _assert_same_grads(lambda pc, pr: orpo_loss(pc.float(), pr.float(), lc, lr, beta=beta)[0].double(),
+    _assert_same_grads(lambda pc, pr: orpo_loss(pc.float(), pr.float(), lc, lr, beta=beta).losses.double(),
                        lambda pc, pr: orpo_plain(pc.float(), pr.float()).double(), pc, pr)
 
     desirable = torch.arange(B) % 3 == 0
@@ -301,7 +306,7 @@ def test_gradients_equal_the_plain_formulas():
         r_ = p - r
         return torch.where(desirable, 1 - torch.sigmoid(beta * (r_ - z.detach())),
                            1 - torch.sigmoid(beta * (z.detach() - r_)))
-    _assert_same_grads(lambda p, r, z: kto_loss(p, r, desirable, z, beta=beta)[0], kto_plain, pc, rc, z)
+    _assert_same_grads(lambda p, r, z: kto_loss(p, r, desirable, z, beta=beta).losses, kto_plain, pc, rc, z)
 
     unsafe_c, unsafe_r = torch.arange(B) % 2 == 0, torch.arange(B) % 4 < 2
 
@@ -316,23 +321,64 @@ def test_gradients_equal_the_plain_formulas():
                 w, l, h_w, h_l = l, w, h_l, h_w
             out.append(-log_sig(beta * w - beta * l - (h_l - h_w) * 2.0))
         return torch.stack(out)
-    _assert_same_grads(lambda *a: safedpo_loss(*a, unsafe_c, unsafe_r, beta=beta, delta=2.0)[0], safedpo_plain,
+    _assert_same_grads(lambda *a: safedpo_loss(*a, unsafe_c, unsafe_r, beta=beta, delta=2.0).losses, safedpo_plain,
                        pc, pr, rc, rr)
-    _assert_same_grads(lambda rc, rr: bradley_terry_loss(rc, rr, lr * 0.1, 0.05),
+    _assert_same_grads(lambda rc, rr: bradley_terry_loss(rc, rr, lr * 0.1, 0.05).loss,
                        lambda rc, rr: (-log_sig(rc - rr - lr * 0.1)).mean() + 0.05 * ((rc + rr) ** 2).mean(), rc, rr)
 
 
 def test_rewards_and_the_kl_baseline_carry_no_gradient():
     pc, pr, rc, rr, _, _ = _pairs(9)
     pc.requires_grad_()
-    _, cr, _ = dpo_loss(pc, pr, rc, rr)
-    assert not cr.requires_grad
+    out = dpo_loss(pc, pr, rc, rr)
+    assert not out.chosen_rewards.requires_grad and out.loss.requires_grad
     z = torch.tensor(2.0, requires_grad=True)
-    losses, rewards = kto_loss(pc, rc, torch.ones(B, dtype=torch.bool), z)
-    assert not rewards.requires_grad
-    losses.sum().backward()
+    out = kto_loss(pc, rc, torch.ones(B, dtype=torch.bool), z)
+    assert not out.chosen_rewards.requires_grad and not out.metrics["kl"].requires_grad
+    out.losses.sum().backward()
     assert z.grad is None and pc.grad is not None
     assert kto_kl_estimate(pc - 100, rc).item() == 0  # clamped at zero
+
+
+def test_every_loss_returns_one_structure():
+    pc, pr, rc, rr, lc, lr = _pairs(14)
+    unsafe = torch.arange(B) % 2 == 0
+    outs = {
+        "dpo": dpo_loss(pc, pr, rc, rr, loss_type="ipo", chosen_len=lc, rejected_len=lr),
+        "safedpo": safedpo_loss(pc, pr, rc, rr, unsafe, ~unsafe),
+        "simpo": simpo_loss(pc, pr, lc, lr),
+        "orpo": orpo_loss(pc, pr, lc, lr),
+        "kto": kto_loss(pc, rc, unsafe, 0.5),
+        "bradley_terry": bradley_terry_loss(pc, pr),
+    }
+    for name, out in outs.items():
+        assert isinstance(out, PreferenceLoss), name
+        assert out.loss.dim() == 0 and out.losses.shape == (B,), name
+        assert not out.chosen_rewards.requires_grad and isinstance(out.metrics, dict), name
+    for name in ("dpo", "simpo", "orpo", "kto", "bradley_terry"):
+        assert torch.allclose(outs[name].loss, outs[name].losses.mean()), name
+    assert set(outs["safedpo"].metrics) == {"kept", "swapped"} and set(outs["orpo"].metrics) == {"log_odds"}
+    assert set(outs["kto"].metrics) == {"kl"} and outs["kto"].chosen_rewards.shape == (B // 2,)
+
+
+def test_log1mexp_is_finite_with_finite_gradients_near_zero():
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 80
+    points = [-1e-30, -1e-9, -0.5, -math.log(2), -50.0]
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor(points, dtype=dtype, requires_grad=True)
+        y = log1mexp(x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert torch.isfinite(y).all() and torch.isfinite(grad).all(), (dtype, y, grad)
+        exact = [float((1 - Decimal(p).exp()).ln()) for p in points]  # log(1 - exp(x)) in 80 digits
+        assert torch.allclose(y.double(), torch.tensor(exact, dtype=torch.float64), rtol=1e-6, atol=0), dtype
+        d_exact = [-1 / float(Decimal(-p).exp() - 1) for p in points]  # d/dx log(1 - e^x) = -1 / (e^-x - 1)
+        assert torch.allclose(grad.double(), torch.tensor(d_exact, dtype=torch.float64), rtol=1e-5, atol=0), dtype
+    # ORPO at a chosen answer the policy is already almost sure of: a finite gradient, not NaN
+    pc = torch.tensor([-1e-9, -2.0], requires_grad=True)
+    orpo_loss(pc, torch.tensor([-3.0, -4.0]), torch.tensor([1, 2]), torch.tensor([1, 2])).loss.backward()
+    assert torch.isfinite(pc.grad).all()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -344,10 +390,11 @@ def test_safedpo_without_safety_labels_is_dpo():
     safe = torch.zeros(B, dtype=torch.bool)
     want = dpo_loss(pc, pr, rc, rr, beta=0.1)
     for labels in [(None, None), (safe, safe)]:
-        losses, cr, rj, kept = safedpo_loss(pc, pr, rc, rr, *labels, beta=0.1, delta=10.0)
-        assert kept.all()
-        for a, b in zip((losses, cr, rj), want):
+        out = safedpo_loss(pc, pr, rc, rr, *labels, beta=0.1, delta=10.0)
+        assert out.metrics["kept"].all() and not out.metrics["swapped"].any()
+        for a, b in zip(out[1:4], want[1:4]):  # losses and rewards
             assert torch.equal(a, b)
+        assert torch.allclose(out.loss, want.loss, rtol=0, atol=1e-12)
 
 
 def test_safedpo_reorders_drops_and_adds_the_margin_only_on_safety_pairs():
@@ -355,11 +402,14 @@ def test_safedpo_reorders_drops_and_adds_the_margin_only_on_safety_pairs():
     beta, delta = 0.1, 10.0
     chosen_unsafe = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1], dtype=torch.bool)
     rejected_unsafe = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1], dtype=torch.bool)
-    losses, cr, rj, kept = safedpo_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=delta)
-    dpo, dpo_cr, dpo_rj = dpo_loss(pc, pr, rc, rr, beta=beta)
-    swapped, swapped_cr, swapped_rj = dpo_loss(pr, pc, rr, rc, beta=beta)
+    out = safedpo_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=delta)
+    losses, cr, rj, kept = out.losses, out.chosen_rewards, out.rejected_rewards, out.metrics["kept"]
+    _, dpo, dpo_cr, dpo_rj, _ = dpo_loss(pc, pr, rc, rr, beta=beta)
+    _, swapped, swapped_cr, swapped_rj, _ = dpo_loss(pr, pc, rr, rc, beta=beta)
     with_margin = lambda w, l: -F.logsigmoid(w - l - delta)  # noqa: E731, on beta * log-ratios
     assert kept.tolist() == [True, True, True, False, True, True, True, False]
+    assert out.metrics["swapped"].tolist() == [False, False, True, False, False, False, True, False]
+    assert torch.allclose(out.loss, losses.sum() / 6)  # the mean over the kept pairs
     for i in (0, 4):  # both safe: plain DPO, no margin
         assert torch.allclose(losses[i], dpo[i]) and cr[i] == dpo_cr[i]
     for i in (1, 5):  # safe chosen, unsafe rejected: DPO plus the margin
@@ -370,10 +420,10 @@ def test_safedpo_reorders_drops_and_adds_the_margin_only_on_safety_pairs():
     for i in (3, 7):  # both unsafe: dropped
         assert losses[i] == 0
     # swapping a pair and its labels changes nothing: T only looks at which response is safe
-    again = safedpo_loss(pr, pc, rr, rc, rejected_unsafe, chosen_unsafe, beta=beta, delta=delta)[0]
+    again = safedpo_loss(pr, pc, rr, rc, rejected_unsafe, chosen_unsafe, beta=beta, delta=delta).losses
     assert torch.allclose(again[[1, 2, 5, 6]], losses[[1, 2, 5, 6]])
     # the margin is the only place delta enters
-    no_margin = safedpo_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=0.0)[0]
+    no_margin = safedpo_loss(pc, pr, rc, rr, chosen_unsafe, rejected_unsafe, beta=beta, delta=0.0).losses
     assert torch.allclose(no_margin[[0, 4]], losses[[0, 4]]) and (no_margin[[1, 2, 5, 6]] < losses[[1, 2, 5, 6]]).all()
 
 

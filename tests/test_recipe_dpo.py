@@ -14,13 +14,15 @@ from alignlab.model.hf import load_model
 from alignlab.recipes.dpo import (
     LOSSES,
     DPOConfig,
-    Reference,
     count_kept_pairs,
     make_batch,
+    pair_data,
     pair_logps,
     preference_step,
+    reference_logps,
     run,
 )
+from alignlab.train.reference import Reference
 from alignlab.train.trainer import TrainConfig
 
 
@@ -55,14 +57,14 @@ def test_at_the_start_dpo_is_ln2_and_the_three_references_agree(tmp_path, base, 
     model = load_model(base).eval()
     cfg = config(tmp_path, base)
     batch = make_batch(examples, {}, list(range(6)), tok.pad_token_id)
-    copy_ref = Reference("copy", model).logps(model, batch)
+    copy_ref = reference_logps(Reference("copy", model), model, batch)
     cached = precompute_reference(model, examples, tok.pad_token_id, cfg, tmp_path / "ref.pt", base)
     torch.testing.assert_close(cached["ref_chosen"], copy_ref[0], atol=1e-5, rtol=1e-5)
     lora_model = apply_lora(load_model(base), cfg.lora.to_config()).eval()
     with torch.no_grad():  # a fresh adapter changes nothing; with it disabled the policy is the base exactly
         for p in (q for n, q in lora_model.named_parameters() if "lora_B" in n):
             p.normal_()
-    lora_ref = Reference("lora", lora_model).logps(lora_model, batch)
+    lora_ref = reference_logps(Reference("lora", lora_model), lora_model, batch)
     torch.testing.assert_close(lora_ref[0], copy_ref[0], atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         loss, metrics = preference_step(cfg, Reference("copy", model))(model, batch, 6.0)
@@ -94,7 +96,7 @@ def test_held_out_metrics_count_every_pair_once(tmp_path, base, world, loss):
     assert result["val_loss"] == pytest.approx(float(total) / kept, rel=1e-4)
     for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen", "logps/rejected"):
         assert result[f"val/{k}"] == pytest.approx(metrics[k], rel=1e-4, abs=1e-5), k
-    assert result["val/rewards/accuracies"] * 7 == pytest.approx(round(result["val/rewards/accuracies"] * 7))
+    assert result["val/rewards/accuracies"] * kept == pytest.approx(round(result["val/rewards/accuracies"] * kept))
 
 
 def test_policy_logps_are_the_sums_over_completion_tokens(base, world):
@@ -158,6 +160,67 @@ def test_rpo_adds_the_chosen_answers_per_token_nll(base, world, tmp_path):
     assert float(rpo - plain) == pytest.approx(0.5 * float(kept_nll), rel=1e-5)
 
 
+def test_safedpo_trains_and_reports_the_winner_after_its_swap(base, world, tmp_path):
+    # pair 0: the chosen answer unsafe, the rejected safe. SafeDPO swaps it: the rejected answer is the winner, and
+    # RPO's NLL term must pull towards it, not towards the unsafe one; the metrics see the pairs as swapped.
+    from alignlab.data.preference import tokenize_pairs
+
+    tok = world.tokenizer()
+    ex = tokenize_pairs(tok, pairs(world, "train", 4), 256).examples
+    reference = load_model(base).eval()
+    policy = load_model(base).eval()
+    with torch.no_grad():  # a policy that differs from the reference, so the rewards do too
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    batch = make_batch(ex, {}, list(range(4)), tok.pad_token_id)
+    batch.update(chosen_unsafe=torch.tensor([True, False, False, False]), rejected_unsafe=torch.zeros(4, dtype=bool))
+    cfg = config(tmp_path, base, loss="safedpo", beta=0.5)
+    with torch.no_grad():
+        plain, _ = preference_step(cfg, Reference("copy", reference))(policy, batch, 4.0)
+        rpo_cfg = config(tmp_path, base, loss="safedpo", beta=0.5, rpo_alpha=0.5)
+        rpo, metrics = preference_step(rpo_cfg, Reference("copy", reference))(policy, batch, 4.0)
+        chosen, rejected, n_c, n_r = pair_logps(policy, batch)
+        ref_chosen, ref_rejected, _, _ = pair_logps(reference, batch)
+    order = lambda first, rest: torch.cat([first[:1], rest[1:]])  # noqa: E731, pair 0 from `first`
+    win, lose = order(rejected, chosen), order(chosen, rejected)
+    win_nll = -win / order(n_r, n_c)
+    assert float(rpo - plain) == pytest.approx(0.5 * float(win_nll.mean()), rel=1e-5)
+    assert float(win_nll[0]) != pytest.approx(float(-chosen[0] / n_c[0]), rel=1e-3)  # (so the test can tell)
+    r_win, r_lose = 0.5 * (win - order(ref_rejected, ref_chosen)), 0.5 * (lose - order(ref_chosen, ref_rejected))
+    assert metrics["logps/chosen"] == pytest.approx(float(win.mean()), rel=1e-5)
+    assert metrics["logps/rejected"] == pytest.approx(float(lose.mean()), rel=1e-5)
+    assert metrics["rewards/chosen"] == pytest.approx(float(r_win.mean()), rel=1e-4, abs=1e-6)
+    assert metrics["rewards/accuracies"] == pytest.approx(float((r_win > r_lose).double().mean()))
+
+
+def test_safety_labels_are_read_strictly(tmp_path, base, world, capsys):
+    from alignlab.data.errors import DataError
+    from alignlab.data.preference import load_preference_data
+
+    rows = [("False", "no"), ("0", "1"), ("TRUE", "false"), ("yes", "")]  # CSV cells are strings; "" is absent
+    path = tmp_path / "pairs.csv"
+    path.write_text("prompt,chosen,rejected,chosen_unsafe,rejected_unsafe\n"
+                    + "".join(f"{a} + 1 =, {a + 1}, {a + 2},{c},{r}\n" for a, (c, r) in enumerate(rows)))
+    data = load_preference_data(str(path))
+    cfg = config(tmp_path, base, loss="safedpo")
+    _, examples, extras = pair_data(world.tokenizer(), data.records, data.where, cfg, str(path))
+    assert len(examples) == 4
+    assert extras["chosen_unsafe"].tolist() == [False, False, True, True]
+    assert extras["rejected_unsafe"].tolist() == [False, True, False, False]
+    assert "warning" not in capsys.readouterr().out
+
+    path.write_text(path.read_text().replace(",0,1\n", ",maybe,1\n"))  # the pair on line 3
+    data = load_preference_data(str(path))
+    with pytest.raises(DataError, match=r"pairs.csv:3: field 'chosen_unsafe': must be true \(unsafe\) or false"):
+        pair_data(world.tokenizer(), data.records, data.where, cfg, str(path))
+
+    # no safety label at all: SafeDPO would silently be DPO, so it says so
+    unlabelled = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in pairs(world, "train", 4)]
+    _, _, extras = pair_data(world.tokenizer(), unlabelled, [f"record {i}" for i in range(4)], cfg, "mine.jsonl")
+    assert not extras["chosen_unsafe"].any() and not extras["rejected_unsafe"].any()
+    assert "warning: loss=safedpo, but no pair of mine.jsonl has a safety label" in capsys.readouterr().out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # KTO: unpaired examples, each with a KL row (its prompt, another example's completion)
 
@@ -203,7 +266,7 @@ def test_kto_at_the_start_is_the_formula_at_zero_rewards(tmp_path, base, world):
     with torch.no_grad():
         loss, metrics = preference_step(cfg, Reference("copy", model))(model, batch, 5.0)
     zeros = torch.zeros(5)
-    expected = kto_loss(zeros, zeros, batch["label"], 0.0, 0.3, 1.0, 1.5)[0].mean()
+    expected = kto_loss(zeros, zeros, batch["label"], 0.0, 0.3, 1.0, 1.5).loss
     assert batch["label"].tolist() == [True, False, True, False, True]
     assert float(loss) == pytest.approx(float(expected), abs=1e-6) and float(expected) == pytest.approx(0.6)
     assert metrics["kl"] == pytest.approx(0.0, abs=1e-6) and metrics["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
@@ -237,7 +300,7 @@ def test_kto_references_agree(tmp_path, base, world):
 
     model = load_model(base).eval()
     cfg = config(tmp_path, base, loss="kto")
-    copy_ref = Reference("copy", model).logps(model, batch)
+    copy_ref = reference_logps(Reference("copy", model), model, batch)
     cached = precompute_reference(model, examples, tok.pad_token_id, cfg, tmp_path / "ref.pt", base)
     torch.testing.assert_close(cached["ref_logps"], copy_ref[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(cached["ref_KL_logps"], copy_ref[1], atol=1e-5, rtol=1e-5)
@@ -246,10 +309,10 @@ def test_kto_references_agree(tmp_path, base, world):
     with torch.no_grad():
         for p in (q for n, q in lora_model.named_parameters() if "lora_B" in n):
             p.normal_()
-    lora_ref = Reference("lora", lora_model).logps(lora_model, batch)
+    lora_ref = reference_logps(Reference("lora", lora_model), lora_model, batch)
     torch.testing.assert_close(lora_ref[0], copy_ref[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lora_ref[1], copy_ref[1], atol=1e-5, rtol=1e-5)
-    precomputed = Reference("precomputed", model).logps(model, {**batch, **cached})
+    precomputed = reference_logps(None, model, {**batch, **cached})  # reference=precomputed: the cached columns
     assert torch.equal(precomputed[0], cached["ref_logps"]) and torch.equal(precomputed[1], cached["ref_KL_logps"])
 
 

@@ -3,12 +3,12 @@ the Bradley-Terry step, preference data, and a short run whose held-out accuracy
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
 import torch
 
+from alignlab.cli import build_parser
 from alignlab.data.errors import DataError
 from alignlab.data.world import TinyWorld
 from alignlab.model import CausalLM, preset
@@ -25,7 +25,6 @@ from alignlab.recipes.reward_model import (
     PairBatches,
     RewardModelConfig,
     RewardPair,
-    add_reward_model_parser,
     collate_reward_pairs,
     count_pairs,
     reward_step,
@@ -33,6 +32,8 @@ from alignlab.recipes.reward_model import (
     tokenize_reward_pairs,
 )
 from alignlab.train.trainer import TrainConfig
+
+from .hf_models import require
 
 VOCAB, PAD = 128, 0
 
@@ -73,7 +74,7 @@ def world():
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_saved_reward_model_loads_in_transformers_with_the_same_rewards(tmp_path, arch):
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     model = random_reward_model(arch)
     save_reward_model(model, tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
@@ -91,7 +92,7 @@ def test_saved_reward_model_loads_in_transformers_with_the_same_rewards(tmp_path
 
 
 def test_transformers_reward_model_loads_here_with_the_same_rewards(tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2, num_labels=1, pad_token_id=PAD)
@@ -158,7 +159,7 @@ def test_save_load_round_trip(tmp_path, world):
 
 
 def test_a_trailing_pad_that_is_eos_is_dropped_so_transformers_agrees(tmp_path, world):
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     tok = world.tokenizer()
     eos = tok.eos_token_id
     ids = reward_input_ids(tok, "Calculate 2 + 2.", " 4", pad_id=eos)  # standard text: eos appended, then dropped
@@ -199,13 +200,13 @@ def test_score_matches_the_model_on_rendered_pairs(world):
 
 def test_bradley_terry_loss_values():
     r = torch.tensor([0.3, -1.0, 2.0])
-    assert bradley_terry_loss(r, r).item() == pytest.approx(torch.log(torch.tensor(2.0)).item())  # sigma(0) = 1/2
+    assert bradley_terry_loss(r, r).loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())  # sigma(0) = 1/2
     chosen, rejected = torch.tensor([1.0, 0.5]), torch.tensor([-1.0, 1.5])
     margin = torch.tensor([0.5, 0.0])
     bt = -torch.nn.functional.logsigmoid(chosen - rejected - margin).mean()
     expected = bt + 0.01 * ((chosen + rejected) ** 2).mean()
-    assert bradley_terry_loss(chosen, rejected, margin, 0.01).item() == pytest.approx(expected.item())
-    big = bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([200.0]))
+    assert bradley_terry_loss(chosen, rejected, margin, 0.01).loss.item() == pytest.approx(expected.item())
+    big = bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([200.0])).loss
     assert big.item() == pytest.approx(400.0)  # stable: no overflow to inf
 
 
@@ -275,8 +276,7 @@ def test_command_line_run_on_standard_pairs_with_margins(tmp_path, world):
              for a in range(12)]
     bad = {"prompt": "1 + 1 =", "chosen": " 2"}  # no rejected side: dropped and counted by the loader
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in [*pairs, bad]))
-    parser = argparse.ArgumentParser()
-    add_reward_model_parser(parser.add_subparsers())
+    parser = build_parser()
     args = parser.parse_args(["reward-model", f"out_dir={tmp_path / 'rm'}", f"model={tmp_path / 'base'}",
                               f"data={tmp_path / 'pairs.jsonl'}", f"val_data={tmp_path / 'pairs.jsonl'}",
                               "batch_size=4", "center_rewards_coefficient=0.01", "train.max_steps=3",

@@ -14,7 +14,9 @@ pi the policy, pi_ref the frozen reference, beta the inverse temperature, sigma 
     c_w = log pi(y_w|x) - log pi_ref(y_w|x)      c_l likewise      Delta = c_w - c_l
 
 The implicit reward of DPO is beta * (log pi - log pi_ref); the functions return it detached, as trl logs it.
-Losses are returned per pair (or per example): the caller takes the mean, as trl does.
+Every loss returns a PreferenceLoss, whatever the variant: the mean loss, the losses per pair (or per example,
+for a caller that normalises over a larger batch, as the recipes do), the chosen and rejected rewards, and
+the metrics only that loss has.
 
 Each function states which trl function it matches; tests/test_objectives_preference.py checks the match
 on random inputs (trl 1.16).
@@ -22,11 +24,13 @@ on random inputs (trl 1.16).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
-from alignlab.objectives.lm import CHUNK_LOGITS, IGNORE_INDEX
+from alignlab.objectives.lm import IGNORE_INDEX, head_weight
+from alignlab.objectives.logprobs import chunked_token_logps
 
 # ----------------------------------------------------------------------------------------------------------------
 # Sequence log-probs
@@ -47,36 +51,62 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return token_logps.view(B, T).sum(-1), (labels != IGNORE_INDEX).sum(-1)
 
 
-def _token_logps(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    logits = (h @ weight.t()).float()  # [rows, V]
-    return logits.gather(1, y[:, None]).squeeze(1) - logits.logsumexp(-1)
-
-
 def linear_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                           chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """sequence_logps(hidden @ weight.T, labels), in value and gradients, without the [B, T, V] logits.
 
     hidden [B, T, D] (final normed hidden states), weight [V, D] (the output head), labels [B, T] as above.
 
-    Only labelled rows get logits, `chunk` rows at a time (default CHUNK_LOGITS // V). Each chunk runs under
-    activation checkpointing: the forward keeps no logits, and the backward recomputes one chunk's logits at a
-    time to form d log p / dz = onehot(y) - softmax(z). Peak memory is one chunk of logits instead of B * T * V,
-    for one extra head matmul in the backward. (The per-sequence gradient weights are only known in the
-    backward, so the logits cannot be dropped the way `linear_cross_entropy` does.)
+    Only labelled rows get logits, `chunk` rows at a time (default CHUNK_ELEMENTS // V), through
+    `chunked_token_logps`: with more than one chunk and gradients on, each chunk runs under activation
+    checkpointing, so peak memory is one chunk of logits instead of B * T * V, for one extra head matmul in the
+    backward.
     """
     B, T = labels.shape
     h, y = hidden.reshape(B * T, -1), labels.reshape(-1)
     rows = (y != IGNORE_INDEX).nonzero().squeeze(1)  # prompts and padding need no logits
     h, y, seq = h[rows], y[rows], rows // T
-    chunk = chunk or max(1, CHUNK_LOGITS // weight.shape[0])
-    save_memory = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    parts = []
-    for s in range(0, len(y), chunk) or [0]:  # [0]: one empty chunk when nothing is labelled, to keep the graph
-        args = (h[s:s + chunk], weight, y[s:s + chunk])
-        parts.append(checkpoint(_token_logps, *args, use_reentrant=False) if save_memory else _token_logps(*args))
-    token_logps = torch.cat(parts)
+    token_logps, _ = chunked_token_logps(h, weight, y, chunk=chunk)
     sums = token_logps.new_zeros(B).index_add(0, seq, token_logps)
     return sums, torch.bincount(seq, minlength=B)
+
+
+def row_logps(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs, completion lengths) of every row."""
+    hidden = model(input_ids, head=False)
+    return linear_sequence_logps(hidden, head_weight(model), labels)
+
+
+def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(chosen logps, rejected logps, chosen lengths, rejected lengths) of a [chosen; rejected] batch
+    (of a KTO batch: [completion; KL])."""
+    logps, n = row_logps(model, batch["input_ids"], batch["labels"])
+    b = logps.shape[0] // 2
+    return logps[:b], logps[b:], n[:b], n[b:]
+
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One output for every loss
+
+
+class PreferenceLoss(NamedTuple):
+    """What every loss here returns, whatever the variant (as torchtune's rlhf/loss/dpo.py does).
+
+    loss              scalar: the mean of `losses` over the pairs (KTO: examples) that count
+    losses            [B] per pair (KTO: per example, in batch order), for a caller that normalises itself
+    chosen_rewards    [B] the chosen answer's implicit reward, detached (trl's rewards/chosen); KTO: [n_D], its
+                      desirable examples'; a reward model: its own rewards
+    rejected_rewards  the same of the rejected answer; KTO: [n_U], its undesirable examples'
+    metrics           what only this loss has, detached: SafeDPO `kept` and `swapped` (bool [B]), ORPO `log_odds`
+                      [B], KTO `kl` (the reference point z); empty for the others
+    """
+
+    loss: torch.Tensor
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor | None
+    rejected_rewards: torch.Tensor | None
+    metrics: dict[str, torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,9 +115,8 @@ def linear_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
              ref_rejected: torch.Tensor, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
-             chosen_len: torch.Tensor | None = None, rejected_len: torch.Tensor | None = None,
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-pair DPO-family losses from summed log-probs; returns (losses, chosen_rewards, rejected_rewards).
+             chosen_len: torch.Tensor | None = None, rejected_len: torch.Tensor | None = None) -> PreferenceLoss:
+    """DPO-family losses from summed log-probs, per pair.
 
     With c_w, c_l the policy/reference log-ratios of the chosen and rejected completions and Delta = c_w - c_l:
 
@@ -103,7 +132,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
       robust   robust DPO (Chowdhury et al. 2024, arXiv:2403.00409), unbiased under a label-flip rate eps:
                [-(1 - eps) log sigma(beta Delta) + eps log sigma(-beta Delta)] / (1 - 2 eps),  0 <= eps < 1/2
 
-    chosen_rewards = beta * c_w and rejected_rewards = beta * c_l, detached (trl's rewards/chosen|rejected).
+    Rewards: beta * c_w and beta * c_l (trl's rewards/chosen|rejected); no metrics of its own.
     Matches the per-sequence loss of trl's DPOTrainer._compute_loss (f_divergence_type="reverse_kl").
     """
     chosen_logratios = policy_chosen - ref_chosen  # c_w
@@ -129,13 +158,14 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected sigmoid, hinge, ipo or robust")
 
-    return losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
+    return PreferenceLoss(losses.mean(), losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach(),
+                          {})
 
 
 def safedpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
                  ref_rejected: torch.Tensor, chosen_unsafe: torch.Tensor | None = None,
                  rejected_unsafe: torch.Tensor | None = None, beta: float = 0.1, delta: float = 10.0,
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                 ) -> PreferenceLoss:
     """SafeDPO (Kim et al. 2025, arXiv:2505.20065): DPO on safety-reordered pairs with a safety margin.
 
     The data are helpfulness pairs (y_w preferred to y_l) with safety indicators h_w, h_l (1 = unsafe). The
@@ -154,9 +184,10 @@ def safedpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref
     leaves the optimum unchanged and speeds moving away from unsafe responses). Without safety labels
     (None) every response counts as safe and this is DPO.
 
-    chosen_unsafe, rejected_unsafe: bool [B] (or 0/1). Returns (losses, chosen_rewards, rejected_rewards,
-    kept): losses [B] are 0 on dropped pairs, so average them as losses.sum() / kept.sum(); the rewards are
-    beta * log-ratio of y~_w and y~_l (after the swap), detached; kept [B] bool.
+    chosen_unsafe, rejected_unsafe: bool [B] (or 0/1). Everything returned is of T(D), the pairs after the swap:
+    losses [B] are 0 on dropped pairs and `loss` is their mean over the kept ones; the rewards are beta times the
+    log-ratios of y~_w and y~_l; metrics: `kept` and `swapped`, bool [B] (a caller that adds a term on the
+    winner, such as RPO's NLL, takes y~_w = the rejected answer where `swapped`).
     """
     safe = torch.zeros_like(policy_chosen, dtype=torch.bool)
     h_w = safe if chosen_unsafe is None else chosen_unsafe.bool()
@@ -172,7 +203,8 @@ def safedpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref
     margin = (h_l_new.to(win_logratios.dtype) - h_w_new.to(win_logratios.dtype)) * delta
     losses = -F.logsigmoid(beta * (win_logratios - lose_logratios) - margin)
     losses = torch.where(kept, losses, torch.zeros_like(losses))
-    return losses, beta * win_logratios.detach(), beta * lose_logratios.detach(), kept
+    return PreferenceLoss(losses.sum() / kept.sum().clamp(min=1), losses, beta * win_logratios.detach(),
+                          beta * lose_logratios.detach(), {"kept": kept, "swapped": swap})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -181,7 +213,7 @@ def safedpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref
 
 def simpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, chosen_len: torch.Tensor,
                rejected_len: torch.Tensor, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               ) -> PreferenceLoss:
     """SimPO (Meng et al. 2024, arXiv:2405.14734): reference-free, length-normalised, with a target margin.
 
         L = -log sigma( beta/|y_w| log pi(y_w|x) - beta/|y_l| log pi(y_l|x) - gamma )
@@ -192,25 +224,30 @@ def simpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, chose
     Matches trl's CPOTrainer.cpo_loss with loss_type="simpo" (trl.experimental.cpo), which writes the argument
     as beta * (Delta_avg - simpo_gamma / beta). trl's defaults are beta = 0.1, simpo_gamma = 0.5; the paper uses
     beta = 2 to 2.5 (up to 10) with gamma / beta = 0.3 to 0.8, and this function defaults to beta = 2,
-    gamma = 0.5. Returns (losses, chosen_rewards, rejected_rewards), rewards = beta * average log-prob,
-    detached (what trl logs for SimPO).
+    gamma = 0.5. Rewards: beta * average log-prob (what trl logs for SimPO); no metrics of its own.
     """
     chosen_avg = policy_chosen / chosen_len.clamp(min=1)
     rejected_avg = policy_rejected / rejected_len.clamp(min=1)
     logits = beta * (chosen_avg - rejected_avg) - gamma
     eps = label_smoothing
     losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
-    return losses, beta * chosen_avg.detach(), beta * rejected_avg.detach()
+    return PreferenceLoss(losses.mean(), losses, beta * chosen_avg.detach(), beta * rejected_avg.detach(), {})
+
+
+LN2 = 0.6931471805599453
 
 
 def log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012: branch at x = -ln 2)."""
-    return torch.where(x < -0.6931471805599453, torch.log1p(-torch.exp(x)), torch.log(-torch.expm1(x)))
+    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012): log1p(-exp(x)) below -ln 2,
+    log(-expm1(x)) above. Each branch gets its input clamped to its own side of -ln 2, so the branch that
+    torch.where leaves out stays finite and its gradient (0 times a finite number) adds no NaN."""
+    far = torch.log1p(-torch.exp(x.clamp(max=-LN2)))
+    near = torch.log(-torch.expm1(x.clamp(min=-LN2)))
+    return torch.where(x < -LN2, far, near)
 
 
 def orpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, chosen_len: torch.Tensor,
-              rejected_len: torch.Tensor, beta: float = 0.1, nll: torch.Tensor | None = None,
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+              rejected_len: torch.Tensor, beta: float = 0.1, nll: torch.Tensor | None = None) -> PreferenceLoss:
     """ORPO (Hong et al. 2024, arXiv:2403.07691): SFT plus an odds-ratio preference term, no reference model.
 
     With P(y|x) = exp(log pi(y|x) / |y|) (the length-averaged likelihood) and odds(y|x) = P / (1 - P):
@@ -220,14 +257,13 @@ def orpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, chosen
         L_OR     = -log sigma(log_odds)
         L        = L_SFT + lambda L_OR,                                   lambda = beta
 
-    Returns (losses, chosen_rewards, rejected_rewards, log_odds), all [B] (the first three as `dpo_loss`):
       losses   = nll - beta * log sigma(log_odds), per pair. nll defaults to -l_w, the chosen completion's
                  per-token NLL. trl (ORPOTrainer.get_batch_loss_metrics) instead uses one scalar: the mean
                  cross-entropy over all prompt and chosen tokens of the batch; pass that as `nll` and
-                 losses.mean() is trl's loss exactly.
-      rewards  beta * l_w, beta * l_l, detached.
-      log_odds the log odds ratio (trl logs its mean as log_odds_chosen, and mean log sigma(log_odds) as
-                 log_odds_ratio).
+                 `loss` (the mean of losses) is trl's loss exactly.
+      rewards  beta * l_w, beta * l_l.
+      metrics  `log_odds` [B], the log odds ratio (trl logs its mean as log_odds_chosen, and mean
+               log sigma(log_odds) as log_odds_ratio).
     trl's ORPOTrainer.odds_ratio_loss returns the term with the other sign, beta * log sigma(log_odds).
     """
     chosen_avg = (policy_chosen / chosen_len.clamp(min=1)).float()
@@ -236,7 +272,8 @@ def orpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, chosen
     if nll is None:
         nll = -chosen_avg
     losses = nll - beta * F.logsigmoid(log_odds)
-    return losses, beta * chosen_avg.detach(), beta * rejected_avg.detach(), log_odds
+    return PreferenceLoss(losses.mean(), losses, beta * chosen_avg.detach(), beta * rejected_avg.detach(),
+                          {"log_odds": log_odds.detach()})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,7 +291,7 @@ def kto_kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -
 
 def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: torch.Tensor,
              kl_estimate: torch.Tensor | float, beta: float = 0.1, desirable_weight: float = 1.0,
-             undesirable_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+             undesirable_weight: float = 1.0) -> PreferenceLoss:
     """KTO (Ethayarajh et al. 2024, arXiv:2402.01306, Eq. 7): prospect-theoretic loss on unpaired examples.
 
     With r = log pi(y|x) - log pi_ref(y|x) and the reference point z = max(0, kl_estimate), detached:
@@ -262,16 +299,19 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
         desirable    lambda_D (1 - sigma(beta (r - z)))
         undesirable  lambda_U (1 - sigma(beta (z - r)))
 
-    desirable: bool [B]. Returns (losses [B] in batch order, rewards = beta * r detached). Matches trl's
-    KTOTrainer._compute_loss (loss_type="kto"), whose loss is the mean of these (trl orders them desirable
-    first). trl's docs ask that lambda_D n_D / (lambda_U n_U) lie in [1, 4/3].
+    desirable: bool [B]. losses [B] are in batch order; the rewards beta * r of the desirable examples are
+    chosen_rewards, those of the undesirable ones rejected_rewards (as trl's KTOTrainer.kto_loss returns them);
+    metrics: `kl`, z. Matches trl's KTOTrainer._compute_loss (loss_type="kto"), whose loss is the mean of these
+    (trl orders them desirable first). trl's docs ask that lambda_D n_D / (lambda_U n_U) lie in [1, 4/3].
     """
     logratios = policy_logps - ref_logps
     z = torch.as_tensor(kl_estimate, dtype=logratios.dtype, device=logratios.device).detach().clamp(min=0)
+    desirable = desirable.bool()
     desirable_losses = desirable_weight * (1 - torch.sigmoid(beta * (logratios - z)))
     undesirable_losses = undesirable_weight * (1 - torch.sigmoid(beta * (z - logratios)))
-    losses = torch.where(desirable.bool(), desirable_losses, undesirable_losses)
-    return losses, beta * logratios.detach()
+    losses = torch.where(desirable, desirable_losses, undesirable_losses)
+    rewards = beta * logratios.detach()
+    return PreferenceLoss(losses.mean(), losses, rewards[desirable], rewards[~desirable], {"kl": z})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -279,21 +319,22 @@ def kto_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, desirable: tor
 
 
 def bradley_terry_loss(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor,
-                       margin: torch.Tensor | None = None, center_coefficient: float | None = None) -> torch.Tensor:
+                       margin: torch.Tensor | None = None, center_coefficient: float | None = None) -> PreferenceLoss:
     """Reward-model loss under the Bradley-Terry model P(y_w > y_l) = sigma(r_w - r_l) (Ouyang et al. 2022).
 
         L = -mean log sigma(r_w - r_l - m)  +  c * mean((r_w + r_l)^2)
 
     m: an optional per-pair margin (Llama 2's graded preferences); c: center_coefficient, pulling rewards
-    towards zero mean (Eisenstein et al. 2023). Returns the scalar loss, as trl's RewardTrainer.compute_loss.
+    towards zero mean (Eisenstein et al. 2023). `loss` is trl's RewardTrainer.compute_loss; losses are its
+    per-pair terms, -log sigma(r_w - r_l - m) + c (r_w + r_l)^2; the rewards are the inputs, detached.
     """
     diff = chosen_rewards - rejected_rewards
     if margin is not None:
         diff = diff - margin
-    loss = -F.logsigmoid(diff).mean()
+    losses = -F.logsigmoid(diff)
     if center_coefficient is not None:
-        loss = loss + center_coefficient * ((chosen_rewards + rejected_rewards) ** 2).mean()
-    return loss
+        losses = losses + center_coefficient * (chosen_rewards + rejected_rewards) ** 2
+    return PreferenceLoss(losses.mean(), losses, chosen_rewards.detach(), rejected_rewards.detach(), {})
 
 
 @torch.no_grad()
@@ -312,3 +353,18 @@ def preference_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Ten
         "logps/chosen": mean(policy_chosen),
         "logps/rejected": mean(policy_rejected),
     }
+
+
+@torch.no_grad()
+def kto_metrics(out: PreferenceLoss, logps: torch.Tensor, desirable: torch.Tensor) -> dict:
+    """trl's KTO metrics: rewards/ and logps/ of chosen (desirable) and rejected (undesirable) examples, each
+    when the batch has some, rewards/margins when it has both, and kl (z)."""
+    metrics = {"kl": float(out.metrics["kl"])}
+    for side, rewards, mask in (("chosen", out.chosen_rewards, desirable), ("rejected", out.rejected_rewards,
+                                                                             ~desirable)):
+        if mask.any():
+            metrics[f"rewards/{side}"] = rewards.double().mean().item()
+            metrics[f"logps/{side}"] = logps[mask].double().mean().item()
+    if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
+        metrics["rewards/margins"] = metrics["rewards/chosen"] - metrics["rewards/rejected"]
+    return metrics

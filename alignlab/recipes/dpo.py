@@ -7,6 +7,8 @@ unpaired answers labelled desirable or undesirable.
 1. data       preference pairs in trl's formats (alignlab.data.preference): {"prompt", "chosen", "rejected"},
               conversational or standard, or implicit-prompt pairs; any file, hf:NAME or tinyworld:preferences;
               bad pairs (missing or empty answers, identical chosen and rejected) are counted and listed.
+              SafeDPO reads each pair's safety labels "chosen_unsafe" / "rejected_unsafe" (true/false, 1/0,
+              yes/no; absent: safe), and warns when the data have none (SafeDPO is then DPO).
               loss=kto takes unpaired records {"prompt", "completion", "label"} as they are and unpairs pairs
               (chosen: desirable, rejected: undesirable), as trl does; unpaired data needs loss=kto
 2. model      the policy: a model directory (usually after SFT), all weights or LoRA adapters (method=lora)
@@ -16,54 +18,71 @@ unpaired answers labelled desirable or undesirable.
                 precomputed  log pi_ref of every pair (KTO: example and its KL row) computed once before
                              training and cached on disk (<out_dir>/reference_logps.pt); no reference model
                              during training
+              copy and lora are alignlab.train.reference.Reference; the cache is this recipe's
 4. train      one batch = [chosen; rejected] rows; per-sequence log-probs summed over completion tokens
               (objectives.linear_sequence_logps); loss by name (`loss`): sigmoid (DPO; with label_smoothing,
               cDPO), hinge, ipo, robust (robust DPO), simpo, orpo, safedpo (objectives/preference.py has each
-              formula and paper); the mean over the global batch of pairs. kto: [completion; KL] rows, the KL
-              row being the example's prompt with another example's completion (kto_examples); KTO's loss
-              against the reference point z estimated from the KL rows; the mean over the global batch of
-              examples
+              formula and paper); the mean over the global batch of pairs (SafeDPO: of the pairs it keeps).
+              rpo_alpha adds the winning answer's per-token NLL (RPO). kto: [completion; KL] rows, the KL row
+              being the example's prompt with another example's completion (kto_examples); KTO's loss against
+              the reference point z estimated from the KL rows; the mean over the global batch of examples
 5. evaluate   on held-out pairs: trl's metrics (rewards/chosen, rewards/rejected, rewards/accuracies,
-              rewards/margins, logps/chosen, logps/rejected; KTO: chosen = desirable, rejected = undesirable,
-              no accuracies, and kl = z); a warning when the chosen and the rejected log-probs both fall
-              (likelihood displacement); each pair counts once, however the batches fall
+              rewards/margins, logps/chosen, logps/rejected; SafeDPO: of its kept pairs after the swap; KTO:
+              chosen = desirable, rejected = undesirable, no accuracies, and kl = z); a warning when the chosen
+              and the rejected log-probs both fall (likelihood displacement); each pair counts once, however the
+              batches fall
 6. save       <out_dir>/model (LoRA: adapter/ and the merged model), result.json
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from alignlab.data.sampler import EpochSampler
-from alignlab.lora import LoraOptions, apply_lora, disable_lora, merge_and_unload, save_adapter
+from alignlab.data.errors import DataError
+from alignlab.data.preference import (
+    KTOExample,
+    PairBatches,
+    UnpairedBatches,
+    is_unpaired,
+    kto_examples,
+    load_preference_data,
+    make_batch,
+    normalize_record,
+    summarize,
+    tokenize_pairs,
+    tokenize_unpaired,
+    unpair,
+    unsafe_label,
+)
+from alignlab.errors import ConfigError
+from alignlab.lora import LoraOptions, apply_lora, merge_and_unload, save_adapter
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
 from alignlab.objectives.preference import (
     dpo_loss,
     kto_kl_estimate,
     kto_loss,
-    linear_sequence_logps,
+    kto_metrics,
     orpo_loss,
+    pair_logps,
     preference_metrics,
+    row_logps,
     safedpo_loss,
     simpo_loss,
 )
 from alignlab.text import load_tokenizer
-from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed, unwrap
-
-if TYPE_CHECKING:
-    from alignlab.data.preference import UnpairedExample
+from alignlab.train.reference import Reference
+from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
 
 LOSSES = ("sigmoid", "hinge", "ipo", "robust", "simpo", "orpo", "safedpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
 REFERENCES = ("auto", "copy", "lora", "precomputed")
 REF_KEYS = {"pairs": ("ref_chosen", "ref_rejected"), "kto": ("ref_logps", "ref_KL_logps")}  # cached, per half
+SIDES = ("chosen", "rejected")
 
 
 @dataclass
@@ -80,7 +99,7 @@ class DPOConfig:
     label_smoothing: float = 0.0  # cDPO (sigmoid), robust DPO and SimPO: the assumed fraction of flipped labels
     simpo_gamma: float = 0.5
     safety_margin: float = 10.0  # safedpo's delta
-    rpo_alpha: float = 0.0  # > 0 adds rpo_alpha * (the chosen answer's per-token NLL) to a DPO-family loss (RPO)
+    rpo_alpha: float = 0.0  # > 0 adds rpo_alpha * (the winning answer's per-token NLL) to a DPO-family loss (RPO)
     reference: str = "auto"  # auto (lora if method=lora, else copy) | copy | lora | precomputed
     method: str = "full"  # full | lora
     lora: LoraOptions = field(default_factory=LoraOptions)
@@ -92,76 +111,68 @@ class DPOConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-6, warmup_steps=10, min_lr_ratio=0.1))
 
 
-def row_logps(model, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed completion log-probs, completion lengths) of every row."""
-    hidden = model(input_ids, head=False)
-    return linear_sequence_logps(hidden, unwrap(model).lm_head.weight, labels)
+# ----------------------------------------------------------------------------------------------------------------
+# Log-probs of the policy and of the reference
 
 
-def pair_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(chosen logps, rejected logps, chosen lengths, rejected lengths) of a [chosen; rejected] batch
-    (of a KTO batch: [completion; KL])."""
-    logps, n = row_logps(model, batch["input_ids"], batch["labels"])
-    b = logps.shape[0] // 2
-    return logps[:b], logps[b:], n[:b], n[b:]
+def reference_logps(reference: Reference | None, policy, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """log pi_ref of both halves of a batch: run by the reference model, or, with none (reference=precomputed),
+    read from the cached columns the batch carries."""
+    if reference is None:
+        first, second = REF_KEYS["kto" if "label" in batch else "pairs"]
+        return batch[first], batch[second]
+    with reference.model(policy) as ref:
+        first, second, _, _ = pair_logps(ref, batch)
+    return first, second
 
 
-class Reference:
-    """log pi_ref of a batch, from a frozen copy, from the policy with its adapters disabled, or from a cache."""
-
-    def __init__(self, kind: str, model):
-        self.kind = kind
-        self.copy = copy.deepcopy(model).eval().requires_grad_(False) if kind == "copy" else None
-
-    @torch.no_grad()
-    def logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kind == "precomputed":
-            first, second = REF_KEYS["kto" if "label" in batch else "pairs"]
-            return batch[first], batch[second]
-        if self.kind == "copy":
-            chosen, rejected, _, _ = pair_logps(self.copy, batch)
-            return chosen, rejected
-        was_training = model.training
-        model.eval()  # no dropout in the reference
-        with disable_lora(unwrap(model)):
-            chosen, rejected, _, _ = pair_logps(model, batch)
-        model.train(was_training)
-        return chosen, rejected
+# ----------------------------------------------------------------------------------------------------------------
+# One step
 
 
 def preference_step(cfg: DPOConfig, reference: Reference | None):
-    """The loss_fn of the Trainer: the batch's summed per-pair losses over the global count of pairs."""
+    """The loss_fn of the Trainer: the batch's summed per-pair losses over the global count of pairs.
+
+    reference: pi_ref as a model, or None where the batch carries it (reference=precomputed) or the loss needs
+    none (simpo, orpo)."""
     if cfg.loss == "kto":
         return kto_step(cfg, reference)
 
     def step(model, batch: dict, normaliser: float):
+        # 1. log pi and log pi_ref of each chosen and rejected answer, summed over its tokens
         chosen, rejected, n_chosen, n_rejected = pair_logps(model, batch)
-        if cfg.loss in REFERENCE_FREE:
-            ref_chosen = ref_rejected = None
-        else:
-            ref_chosen, ref_rejected = reference.logps(model, batch)
+        ref_chosen, ref_rejected = (None, None) if cfg.loss in REFERENCE_FREE else \
+            reference_logps(reference, model, batch)
+        # 2. the loss of each pair, one PreferenceLoss whatever the variant
         if cfg.loss == "simpo":
-            losses, r_c, r_r = simpo_loss(chosen, rejected, n_chosen, n_rejected, cfg.beta, cfg.simpo_gamma,
-                                          cfg.label_smoothing)
-        elif cfg.loss == "orpo":
-            nll = -chosen / n_chosen.clamp(min=1)  # the SFT term on the chosen answer, per token
-            losses, r_c, r_r, _ = orpo_loss(chosen, rejected, n_chosen, n_rejected, cfg.beta, nll=nll)
+            out = simpo_loss(chosen, rejected, n_chosen, n_rejected, cfg.beta, cfg.simpo_gamma, cfg.label_smoothing)
+        elif cfg.loss == "orpo":  # (its SFT term is the chosen answer's per-token NLL)
+            out = orpo_loss(chosen, rejected, n_chosen, n_rejected, cfg.beta)
         elif cfg.loss == "safedpo":
-            losses, r_c, r_r, kept = safedpo_loss(chosen, rejected, ref_chosen, ref_rejected,
-                                                  batch.get("chosen_unsafe"), batch.get("rejected_unsafe"),
-                                                  cfg.beta, cfg.safety_margin)
+            out = safedpo_loss(chosen, rejected, ref_chosen, ref_rejected, batch.get("chosen_unsafe"),
+                               batch.get("rejected_unsafe"), cfg.beta, cfg.safety_margin)
         else:
-            losses, r_c, r_r = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss,
-                                        cfg.label_smoothing, n_chosen, n_rejected)
-        if cfg.rpo_alpha and cfg.loss != "orpo":  # RPO (Pang et al. 2024, arXiv:2404.19733): keep the chosen likely
-            nll = -chosen / n_chosen.clamp(min=1)
-            losses = losses + cfg.rpo_alpha * (torch.where(kept, nll, 0.0) if cfg.loss == "safedpo" else nll)
-        return losses.sum() / normaliser, preference_metrics(r_c, r_r, chosen.detach(), rejected.detach())
+            out = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, cfg.beta, cfg.loss, cfg.label_smoothing,
+                           n_chosen, n_rejected)
+        # 3. the pairs as the loss ranked them: SafeDPO swaps a pair whose chosen answer is the unsafe one and
+        #    drops a pair of two unsafe answers; every other loss keeps each pair as it is
+        swapped = out.metrics.get("swapped", torch.zeros_like(n_chosen, dtype=torch.bool))
+        kept = out.metrics.get("kept", torch.ones_like(n_chosen, dtype=torch.bool))
+        win, lose = torch.where(swapped, rejected, chosen), torch.where(swapped, chosen, rejected)
+        n_win = torch.where(swapped, n_rejected, n_chosen)
+        # 4. RPO (Pang et al. 2024, arXiv:2404.19733): keep the winner likely, by its per-token NLL
+        losses = out.losses
+        if cfg.rpo_alpha and cfg.loss != "orpo":  # (ORPO has its own)
+            losses = losses + cfg.rpo_alpha * torch.where(kept, -win / n_win.clamp(min=1), 0.0)
+        # 5. trl's metrics of the pairs the loss trains on
+        metrics = preference_metrics(out.chosen_rewards[kept], out.rejected_rewards[kept], win.detach()[kept],
+                                     lose.detach()[kept]) if kept.any() else {}
+        return losses.sum() / normaliser, metrics
 
     return step
 
 
-def kto_step(cfg: DPOConfig, reference: Reference):
+def kto_step(cfg: DPOConfig, reference: Reference | None):
     """KTO's loss_fn: the batch's summed per-example losses over the global count of examples. The reference
     point z comes from the KL rows of the micro-batch (trl also averages it over processes); being detached, the
     policy's KL rows need no gradient."""
@@ -171,48 +182,89 @@ def kto_step(cfg: DPOConfig, reference: Reference):
         logps, _ = row_logps(model, batch["input_ids"][:b], batch["labels"][:b])
         with torch.no_grad():
             kl_logps, _ = row_logps(model, batch["input_ids"][b:], batch["labels"][b:])
-        ref_logps, ref_kl_logps = reference.logps(model, batch)
+        ref_logps, ref_kl_logps = reference_logps(reference, model, batch)
         z = kto_kl_estimate(kl_logps, ref_kl_logps)
-        losses, rewards = kto_loss(logps, ref_logps, batch["label"], z, cfg.beta, cfg.desirable_weight,
-                                   cfg.undesirable_weight)
-        return losses.sum() / normaliser, kto_metrics(rewards, logps.detach(), batch["label"], z)
+        out = kto_loss(logps, ref_logps, batch["label"], z, cfg.beta, cfg.desirable_weight, cfg.undesirable_weight)
+        return out.losses.sum() / normaliser, kto_metrics(out, logps.detach(), batch["label"])
 
     return step
 
 
-@torch.no_grad()
-def kto_metrics(rewards: torch.Tensor, logps: torch.Tensor, desirable: torch.Tensor, z: torch.Tensor) -> dict:
-    """trl's KTO metrics: rewards/ and logps/ of chosen (desirable) and rejected (undesirable) examples, each
-    when the batch has some, rewards/margins when it has both, and kl (z)."""
-    out = {"kl": float(z)}
-    for side, mask in (("chosen", desirable), ("rejected", ~desirable)):
-        if mask.any():
-            out[f"rewards/{side}"] = rewards[mask].double().mean().item()
-            out[f"logps/{side}"] = logps[mask].double().mean().item()
-    if "rewards/chosen" in out and "rewards/rejected" in out:
-        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
-    return out
+# ----------------------------------------------------------------------------------------------------------------
+# What a batch's loss and metrics are means of
 
 
 def count_pairs(batch: dict) -> int:
     return batch["input_ids"].shape[0] // 2
 
 
+def count_kept_pairs(batch: dict) -> int:
+    """SafeDPO drops pairs whose two answers are both unsafe; its mean is over the pairs it keeps."""
+    both = batch["chosen_unsafe"] & batch["rejected_unsafe"]
+    return int((~both).sum())
+
+
 def count_examples(batch: dict) -> int:
     return batch["label"].shape[0]
 
 
-def metric_count(name: str, batch: dict, kto: bool) -> int:
-    """How many items a batch's metric `name` is the mean of: its pairs; for KTO, its desirable examples
-    (*/chosen), its undesirable ones (*/rejected) or all of them (kl)."""
-    if not kto:
-        return count_pairs(batch)
+def count_fn(loss: str):
+    """The Trainer's weight_fn: what the mean loss of a batch is over."""
+    return count_examples if loss == "kto" else count_kept_pairs if loss == "safedpo" else count_pairs
+
+
+def metric_count(name: str, batch: dict, loss: str) -> int:
+    """How many items a batch's metric `name` is the mean of: its pairs (SafeDPO: the kept ones); for KTO, its
+    desirable examples (*/chosen), its undesirable ones (*/rejected) or all of them (kl)."""
+    if loss != "kto":
+        return count_fn(loss)(batch)
     label = batch["label"].bool()
     if name.endswith("/chosen"):
         return int(label.sum())
     if name.endswith("/rejected"):
         return int((~label).sum())
     return count_examples(batch)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data: tokenised pairs (KTO: examples with their KL rows) and their batches
+
+
+def pair_data(tok, records: list[dict], where: list[str], cfg: DPOConfig, source: str):
+    """Pairs -> (tokens and counts, examples, extras: SafeDPO's safety labels of each kept pair)."""
+    if any(is_unpaired(r) for r in records):
+        raise ConfigError(f"{source or 'records'}: unpaired records (prompt, completion, label): KTO is the loss for "
+                          f"unpaired data (loss=kto), loss={cfg.loss} needs pairs (prompt, chosen, rejected)")
+    toks = tokenize_pairs(tok, records, cfg.max_len, cfg.max_prompt_len, where=where)
+    if cfg.loss != "safedpo":
+        return toks, toks.examples, {}
+    lost = {w for w, _ in toks.dropped}
+    kept = [(r, w) for r, w in zip(records, where, strict=True) if w not in lost]
+    if not any(r.get(f"{side}_unsafe") is not None for r, _ in kept for side in SIDES):
+        print(f"warning: loss=safedpo, but no pair of {source or 'the records'} has a safety label (chosen_unsafe, "
+              "rejected_unsafe): every answer counts as safe, and SafeDPO is plain DPO")
+    unsafe = {f"{side}_unsafe": torch.tensor([unsafe_label(r, side, w) for r, w in kept], dtype=torch.bool)
+              for side in SIDES}
+    return toks, toks.examples, unsafe
+
+
+def kto_data(tok, records: list[dict], where: list[str], cfg: DPOConfig, source: str):
+    """KTO's data -> (tokens and counts, KTOExamples, no extras): unpaired records as they are, each pair as two
+    (chosen: desirable, rejected: undesirable), as trl does."""
+    unpaired, at = [], []
+    for r, w in zip(records, where, strict=True):
+        if is_unpaired(r):
+            unpaired.append(r)
+            at.append(w)
+        else:
+            unpaired += unpair(normalize_record(r, w))
+            at += [f"{w} (chosen)", f"{w} (rejected)"]
+    toks = tokenize_unpaired(tok, unpaired, cfg.max_len, cfg.max_prompt_len, where=at)
+    return toks, kto_examples(toks.examples, cfg.max_len), {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The precomputed reference: log pi_ref of every pair, once, cached on disk
 
 
 def reference_cache_key(model_dir: Path, examples) -> str:
@@ -227,87 +279,57 @@ def reference_cache_key(model_dir: Path, examples) -> str:
     return h.hexdigest()[:16]
 
 
-class PairBatches(EpochSampler):
-    """Shuffled epochs over the pairs (alignlab.data.sampler), `batch_size` pairs at a time, as [chosen; rejected]
-    rows. Extra per-pair tensors (cached reference log-probs, safety labels) ride along. Resumable."""
-
-    what = "pairs"
-
-    def __init__(self, examples: list, extras: dict[str, torch.Tensor], batch_size: int, pad_id: int, seed: int):
-        super().__init__(len(examples), batch_size, seed, what=self.what)
-        self.examples, self.extras, self.pad_id = examples, extras, pad_id
-
-    def next_batch(self) -> dict:
-        return make_batch(self.examples, self.extras, self.next_indices(), self.pad_id)
-
-
-class UnpairedBatches(PairBatches):
-    """KTO: shuffled epochs over the unpaired examples, `batch_size` at a time, as [completion; KL] rows with
-    their labels (each example's KL row is fixed by kto_examples). Resumable."""
-
-    what = "examples"
-
-
-@dataclass
-class KTOExample:
-    example: UnpairedExample  # prompt + completion, and its label
-    kl: UnpairedExample  # the same prompt + another example's completion: a sample y' for z
-
-
-def kto_examples(examples: list[UnpairedExample], max_len: int) -> list[KTOExample]:
-    """Each unpaired example with its KL row: its prompt and the completion half the data set away in prompt
-    order, so from another prompt unless one prompt holds more than half the examples (a single example is its
-    own partner); cut to max_len. Every completion is used once as a KL completion. The pairing is fixed per
-    example, so the KL rows' reference log-probs can be cached. trl also fixes it before shuffling, rotating the
-    completions by one within each chunk of batch_size examples; here the next example would often be the other
-    half of the same pair, on the same prompt."""
-    from alignlab.data.preference import UnpairedExample
-
-    n = len(examples)
-    order = sorted(range(n), key=lambda i: examples[i].prompt_ids)
-    out: list = [None] * n
-    for k, i in enumerate(order):
-        e, other = examples[i], examples[order[(k + n // 2) % n]]
-        room = max_len - len(e.prompt_ids)  # >= 1: an example whose prompt fills max_len was dropped
-        out[i] = KTOExample(e, UnpairedExample(e.prompt_ids, other.completion_ids[:room],
-                                               other.completion_mask[:room], e.label))
-    return out
+@torch.no_grad()
+def precompute_reference(model, examples: list, pad_id: int, cfg: DPOConfig, path: Path, model_dir: Path) -> dict:
+    """log pi_ref of every pair (of every KTO example and its KL row), computed once with the starting model and
+    cached at `path` (reused while the model's weights and the examples are the same)."""
+    kto = bool(examples) and isinstance(examples[0], KTOExample)
+    keys = REF_KEYS["kto" if kto else "pairs"]
+    key = reference_cache_key(model_dir, [(e.example.sequence(), e.kl.sequence()) if kto
+                                          else (e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
+    if path.exists():
+        cached = torch.load(path, weights_only=True)
+        if cached.get("key") == key:
+            print(f"reference log-probs: reused {path}")
+            return {k: cached[k] for k in keys}
+    was_training = model.training
+    model.eval()
+    halves: tuple[list, list] = ([], [])
+    device = next(model.parameters()).device
+    for i in range(0, len(examples), cfg.batch_size):
+        batch = make_batch(examples, {}, list(range(i, min(i + cfg.batch_size, len(examples)))), pad_id)
+        first, second, _, _ = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+        halves[0].append(first.cpu())
+        halves[1].append(second.cpu())
+    model.train(was_training)
+    result = {k: torch.cat(h) for k, h in zip(keys, halves, strict=True)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": key, **result}, tmp)
+    tmp.replace(path)
+    print(f"reference log-probs: {len(examples):,} {'examples' if kto else 'pairs'} computed once, cached in {path}")
+    return result
 
 
-def make_batch(examples: list, extras: dict[str, torch.Tensor], idx: list[int], pad_id: int) -> dict:
-    """The rows of examples[idx]: pairs as [chosen; rejected], KTO examples as [completion; KL] with their
-    labels; the extras (per-example tensors) ride along."""
-    from alignlab.data.preference import collate_pairs, collate_unpaired
-
-    picked = [examples[i] for i in idx]
-    if isinstance(picked[0], KTOExample):
-        batch = collate_unpaired([e.example for e in picked] + [e.kl for e in picked], pad_id)
-        batch["label"] = batch["label"][:len(picked)]
-    else:
-        batch = collate_pairs(picked, pad_id)
-    batch.pop("attention_mask", None)
-    batch.pop("lengths", None)
-    batch.update({k: v[idx] for k, v in extras.items()})
-    return batch
+# ----------------------------------------------------------------------------------------------------------------
+# The recipe
 
 
 def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None = None,
         val_records: list[dict] | None = None) -> dict:
-    from alignlab.data.preference import load_preference_data, summarize
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     for name, value, allowed in (("loss", cfg.loss, LOSSES), ("reference", cfg.reference, REFERENCES),
                                  ("method", cfg.method, ("full", "lora"))):
         if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if not cfg.model:
-        raise ValueError("model: the model directory to start from is not set (model=path/to/model)")
+        raise ConfigError("model: the model directory to start from is not set (model=path/to/model)")
     if cfg.rpo_alpha and cfg.loss == "kto":
-        raise ValueError("rpo_alpha adds the chosen answer's NLL to a pairwise loss; KTO has no pairs (rpo_alpha=0)")
+        raise ConfigError("rpo_alpha adds the chosen answer's NLL to a pairwise loss; KTO has no pairs (rpo_alpha=0)")
     reference = cfg.reference if cfg.reference != "auto" else ("lora" if cfg.method == "lora" else "copy")
     if reference == "lora" and cfg.method != "lora":
-        raise ValueError("reference=lora needs method=lora: the reference is the model with its adapters disabled")
+        raise ConfigError("reference=lora needs method=lora: the reference is the model with its adapters disabled")
     device = resolve_device(cfg.train.device)
     out = Path(cfg.out_dir)
     model_dir = resolve_model_dir(cfg.model)
@@ -332,7 +354,7 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
           f"{sum(c['dropped'].values())} dropped {dict(c['dropped']) or ''}".rstrip()
           + (f"; {val.counts['kept']} held out" if val else ""))
     if not examples:
-        raise ValueError(f"{cfg.data or 'data'}: no usable preference {unit[:-1]}")
+        raise DataError(f"{cfg.data or 'data'}: no usable preference {unit[:-1]}")
 
     # 2-3. the policy and the reference
     set_seed(cfg.train.seed)
@@ -341,8 +363,8 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
         apply_lora(model, cfg.lora.to_config())
     model.to(device)
     pad_id = tok.padding_id
-    ref = None if cfg.loss in REFERENCE_FREE else Reference(reference, model)
-    if reference == "precomputed" and ref is not None:
+    ref = Reference(reference, model) if cfg.loss not in REFERENCE_FREE and reference != "precomputed" else None
+    if reference == "precomputed" and cfg.loss not in REFERENCE_FREE:
         extras.update(precompute_reference(model, examples, pad_id, cfg, out / "reference_logps.pt", model_dir))
         if val:
             val_extras.update(precompute_reference(model, val_examples, pad_id, cfg,
@@ -354,7 +376,7 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
 
     # 4-5. train; evaluate the implicit reward on held-out pairs
     step = preference_step(cfg, ref)
-    weight = count_examples if cfg.loss == "kto" else count_kept_pairs if cfg.loss == "safedpo" else count_pairs
+    weight = count_fn(cfg.loss)
     val_batches = [make_batch(val_examples, val_extras, list(range(i, min(i + cfg.batch_size, len(val_examples)))),
                               pad_id)
                    for i in range(0, min(len(val_examples), cfg.eval_batches * cfg.batch_size), cfg.batch_size)]
@@ -371,7 +393,7 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
             loss, metrics = step(m, b, 1.0)  # the batch's summed loss
             loss_sum, loss_count = loss_sum + float(loss), loss_count + weight(b)
             for k, v in metrics.items():
-                n = metric_count(k, b, cfg.loss == "kto")
+                n = metric_count(k, b, cfg.loss)
                 sums[k], counts[k] = sums.get(k, 0.0) + v * n, counts.get(k, 0) + n
         sums = {k: v / counts[k] for k, v in sums.items() if counts[k]}
         if cfg.loss == "kto" and "rewards/chosen" in sums and "rewards/rejected" in sums:
@@ -419,74 +441,4 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
                  if k in result}
         print(f"dpo ({cfg.loss}): {result['step']} steps ({result['train_seconds']:.0f} s); "
               + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f"; model: {result['model_dir']}")
-    return result
-
-
-def pair_data(tok, records: list[dict], where: list[str], cfg: DPOConfig, source: str):
-    """Pairs -> (tokens and counts, examples, extras: SafeDPO's safety labels of each kept pair)."""
-    from alignlab.data.preference import is_unpaired, tokenize_pairs
-
-    if any(is_unpaired(r) for r in records):
-        raise ValueError(f"{source or 'records'}: unpaired records (prompt, completion, label): KTO is the loss for "
-                         f"unpaired data (loss=kto), loss={cfg.loss} needs pairs (prompt, chosen, rejected)")
-    toks = tokenize_pairs(tok, records, cfg.max_len, cfg.max_prompt_len, where=where)
-    lost = {w for w, _ in toks.dropped}
-    kept = [r for r, w in zip(records, where, strict=True) if w not in lost]
-    unsafe = {f"{side}_unsafe": torch.tensor([bool(r.get(f"{side}_unsafe", False)) for r in kept])
-              for side in ("chosen", "rejected")}
-    return toks, toks.examples, unsafe
-
-
-def kto_data(tok, records: list[dict], where: list[str], cfg: DPOConfig, source: str):
-    """KTO's data -> (tokens and counts, KTOExamples, no extras): unpaired records as they are, each pair as two
-    (chosen: desirable, rejected: undesirable), as trl does."""
-    from alignlab.data.preference import is_unpaired, normalize_record, tokenize_unpaired, unpair
-
-    unpaired, at = [], []
-    for r, w in zip(records, where, strict=True):
-        if is_unpaired(r):
-            unpaired.append(r)
-            at.append(w)
-        else:
-            unpaired += unpair(normalize_record(r, w))
-            at += [f"{w} (chosen)", f"{w} (rejected)"]
-    toks = tokenize_unpaired(tok, unpaired, cfg.max_len, cfg.max_prompt_len, where=at)
-    return toks, kto_examples(toks.examples, cfg.max_len), {}
-
-
-def count_kept_pairs(batch: dict) -> int:
-    """SafeDPO drops pairs whose two answers are both unsafe; its mean is over the pairs it keeps."""
-    both = batch["chosen_unsafe"] & batch["rejected_unsafe"]
-    return int((~both).sum())
-
-
-@torch.no_grad()
-def precompute_reference(model, examples: list, pad_id: int, cfg: DPOConfig, path: Path, model_dir: Path) -> dict:
-    """log pi_ref of every pair (of every KTO example and its KL row), computed once with the starting model and
-    cached at `path` (reused while the model's weights and the examples are the same)."""
-    kto = bool(examples) and isinstance(examples[0], KTOExample)
-    keys = REF_KEYS["kto" if kto else "pairs"]
-    key = reference_cache_key(model_dir, [(e.example.sequence(), e.kl.sequence()) if kto
-                                          else (e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
-    if path.exists():
-        cached = torch.load(path, weights_only=True)
-        if cached.get("key") == key:
-            print(f"reference log-probs: reused {path}")
-            return {k: cached[k] for k in keys}
-    was_training = model.training
-    model.eval()
-    halves: tuple[list, list] = ([], [])
-    device = next(model.parameters()).device
-    for i in range(0, len(examples), cfg.batch_size):
-        batch = make_batch(examples, {}, list(range(i, min(i + cfg.batch_size, len(examples)))), pad_id)
-        first, second, _, _ = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
-        halves[0].append(first.cpu())
-        halves[1].append(second.cpu())
-    model.train(was_training)
-    result = {k: torch.cat(h) for k, h in zip(keys, halves, strict=True)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"key": key, **result}, tmp)
-    tmp.replace(path)
-    print(f"reference log-probs: {len(examples):,} {'examples' if kto else 'pairs'} computed once, cached in {path}")
     return result

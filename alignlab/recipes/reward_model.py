@@ -43,6 +43,7 @@ import torch
 from alignlab.data.errors import DataError
 from alignlab.data.preference import load_preference_data, normalize_record, summarize
 from alignlab.data.sampler import EpochSampler
+from alignlab.errors import ConfigError
 from alignlab.model.hf import resolve_model_dir
 from alignlab.model.reward import RewardModel, pad_right, reward_input_ids, reward_pad_id, save_reward_model
 from alignlab.objectives.preference import bradley_terry_loss
@@ -150,7 +151,7 @@ def reward_step(model, batch: dict, normaliser: float, center_coefficient: float
     Trainer) it becomes the sum over pairs divided by the global count: the mean over the whole global batch."""
     rewards = model(batch["input_ids"], batch["attention_mask"])
     chosen, rejected = rewards.float().chunk(2)
-    loss = bradley_terry_loss(chosen, rejected, batch.get("margin"), center_coefficient)
+    loss = bradley_terry_loss(chosen, rejected, batch.get("margin"), center_coefficient).loss
     return loss * (len(chosen) / normaliser), reward_metrics(chosen, rejected)
 
 
@@ -166,7 +167,7 @@ def evaluate_pairs(model, batches: list[dict], device, center_coefficient: float
             margins.append(b["margin"])
     chosen, rejected = torch.cat(chosen), torch.cat(rejected)
     margin = torch.cat(margins) if margins else None
-    loss = bradley_terry_loss(chosen, rejected, margin, center_coefficient).item()
+    loss = bradley_terry_loss(chosen, rejected, margin, center_coefficient).loss.item()
     return {"val_loss": loss, **{f"val_{k}": v for k, v in reward_metrics(chosen, rejected).items()}}
 
 
@@ -179,7 +180,7 @@ def run(cfg: RewardModelConfig, resume: bool = False, train_records: list[dict] 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not cfg.model:
-        raise ValueError("model: the model directory whose backbone becomes the reward model is not set "
+        raise ConfigError("model: the model directory whose backbone becomes the reward model is not set "
                          "(model=path/to/sft/model)")
     device = resolve_device(cfg.train.device)
     out = Path(cfg.out_dir)
@@ -194,7 +195,7 @@ def run(cfg: RewardModelConfig, resume: bool = False, train_records: list[dict] 
     read = {}  # what the loader read and dropped, per split
     if train_records is None:
         if not cfg.data:
-            raise ValueError("data: no preference pairs (data=pairs.jsonl or data=tinyworld:preferences)")
+            raise ConfigError("data: no preference pairs (data=pairs.jsonl or data=tinyworld:preferences)")
         loaded = load_preference_data(cfg.data, cfg.convert)  # invalid rows are dropped, counted and shown
         print(summarize(loaded, cfg.data))
         read["train"] = loaded.counts
@@ -207,7 +208,7 @@ def run(cfg: RewardModelConfig, resume: bool = False, train_records: list[dict] 
     val_records = val_records or []
     conversational = any(isinstance(r.get("chosen"), list) for r in train_records + val_records)
     if tok.chat_template is None and conversational:
-        raise ValueError(f"{cfg.model}: the tokenizer has no chat template, needed for conversational pairs; "
+        raise ConfigError(f"{cfg.model}: the tokenizer has no chat template, needed for conversational pairs; "
                          "set chat_template= (e.g. chatml)")
     margin = cfg.margin_column
     train, counts, dropped = tokenize_reward_pairs(tok, train_records, cfg.max_len, pad_id, train_where, margin)
@@ -270,23 +271,3 @@ def run(cfg: RewardModelConfig, resume: bool = False, train_records: list[dict] 
         print(f"reward-model: {result['step']} steps ({result['train_seconds']:.0f} s), {shown}; "
               f"model: {result['model_dir']}")
     return result
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-
-
-def add_reward_model_parser(subparsers) -> None:
-    """`alignlab reward-model --config CONFIG.yaml [key=value ...] [--resume]`."""
-    p = subparsers.add_parser("reward-model", help="train a reward model on preference pairs (Bradley-Terry)")
-    p.add_argument("--config", default=None, help="a YAML config of alignlab.recipes.reward_model.RewardModelConfig")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. model=runs/pipeline/sft/model data=tinyworld:preferences")
-    p.set_defaults(fn=cmd_reward_model)
-
-
-def cmd_reward_model(args) -> None:
-    from alignlab.config import load_config
-
-    run(load_config(RewardModelConfig, args.config, args.overrides), resume=args.resume)
