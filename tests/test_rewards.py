@@ -18,7 +18,6 @@ import pytest
 
 from alignlab.data.converters import gsm8k_reply
 from alignlab.data.world import TinyWorld
-from alignlab.eval import tinyworld
 from alignlab.rewards import (
     CorrectnessReward,
     FormatReward,
@@ -36,6 +35,9 @@ from alignlab.rewards import (
     weighted,
     weighted_sum,
 )
+from alignlab.tasks import tinyworld
+
+from .hf_models import require
 
 GSM8K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "gsm8k" / "test.jsonl"
 THINK = "<think>23 + 40 = 63\n63 + 5 = 68</think>"
@@ -149,7 +151,7 @@ def test_numeric_equality_needs_neither_sympy_nor_math_verify(monkeypatch):
 
 
 def test_symbolic_equality_with_sympy(tmp_path):
-    pytest.importorskip("sympy", reason="sympy is optional; symbolic equality needs it (or math-verify)")
+    require("sympy", reason="sympy is optional; symbolic equality needs it (or math-verify)")
     if "math_verify" in sys.modules or _installed("math_verify"):
         pytest.skip("math-verify is installed and takes precedence over sympy")
     assert answers_equal(r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}")
@@ -174,7 +176,7 @@ def _installed(name):
 # --- GSM8K's real gold answers ------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason=f"real data not found: {GSM8K} (see shared/data/SOURCES.md)")
+@pytest.mark.shared_data(GSM8K)
 def test_gsm8k_gold_answers():
     with open(GSM8K, encoding="utf-8") as f:
         rows = [json.loads(next(f)) for _ in range(3)]
@@ -334,7 +336,7 @@ def test_length_penalty_is_dapos():
 
 
 def test_length_penalty_matches_trl():
-    trl_rewards = pytest.importorskip("trl.rewards", reason="trl (a dev dependency) is the oracle")
+    trl_rewards = require("trl.rewards", reason="trl (a dev dependency) is the oracle")
     oracle = trl_rewards.get_soft_overlong_punishment(max_completion_len=20, soft_punish_cache=8)
     ids = [[1] * n for n in range(0, 30)]
     assert length_penalty(20, 8)(None, ["x"] * 30, completion_ids=ids) == pytest.approx(oracle(completion_ids=ids))

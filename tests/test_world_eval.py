@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from alignlab.eval.tinyworld import (
+from alignlab.tasks.tinyworld import (
     answer_accuracy,
     extract_answer,
     extract_answer_lenient,
@@ -236,7 +236,7 @@ def test_sampled_replies_are_seeded_per_prompt_not_per_batch():
 
 
 def test_step_errors_check_every_worked_step_by_kind():
-    from alignlab.eval.tinyworld import step_errors
+    from alignlab.tasks.tinyworld import step_errors
 
     outs = ["<think>93 + 59 = 142\n142 - 25 = 117</think>\nAnswer: 117",  # a carry slipped, a borrow right
             "<think>8 * 24 = 192\n40 - 13 = 27\n12 + 3 = 15</think>\nAnswer: 15", "no steps here"]

@@ -12,13 +12,14 @@ The convention is trl's (GRPOTrainer's reward_funcs), so the same functions work
 
 The pieces, one idea per file:
 
-    extract.py   answers out of text: extract_answer (answer tag, \boxed{}, ####, the last number), gold_answer,
-                 parse_number (commas, signs, fractions, decimals -> Fraction), answers_equal (exact numbers, else
-                 symbolic with math-verify or sympy when installed -- both optional)
+    (answers out of text -- extract_answer, gold_answer, parse_number, answers_equal -- are the tasks layer's,
+    alignlab/tasks/answers.py, re-exported here)
     builtin.py   format_reward (<think>...</think> then the answer), correctness_reward (the `answer` column),
                  length_penalty (DAPO's soft overlong punishment), weighted (sums with trl's None rules)
     guard.py     RewardRunner / safe_rewards: a reward function that raises, hangs or returns the wrong length is
                  counted, warned about once, and gives None -- never a crash
+    registry.py  rewards by name in a config ({"format": 1, "correctness": 1}) over a task
+    custom.py    import_reward("module:function"): code named in a config, only with allow_custom_rewards=true
 
 Example, the study guide's scheme (+1 for the format, +1 for a right answer) on TinyWorld or GSM8K rows:
 
@@ -46,7 +47,8 @@ from alignlab.rewards.builtin import (
     weighted,
     weighted_sum,
 )
-from alignlab.rewards.extract import (
+from alignlab.rewards.guard import RewardRunner, RewardStats, safe_rewards
+from alignlab.tasks.answers import (
     STYLES,
     answers_equal,
     extract_answer,
@@ -54,7 +56,6 @@ from alignlab.rewards.extract import (
     parse_number,
     symbolic_equal,
 )
-from alignlab.rewards.guard import RewardRunner, RewardStats, safe_rewards
 
 __all__ = [
     "ANSWER_FORMATS",

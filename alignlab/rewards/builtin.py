@@ -34,9 +34,15 @@ from collections.abc import Callable, Sequence
 from numbers import Real
 from typing import Any
 
-from alignlab.eval import tinyworld
-from alignlab.eval.tinyworld import _strip_end  # the end-of-turn tokens TinyWorld's scorers drop
-from alignlab.rewards.extract import STYLES, answers_equal, extract_answer, gold_answer
+from alignlab.tasks.answers import (
+    ANSWER_FORMATS,
+    STYLES,
+    after_think,
+    answers_equal,
+    exact_answer,
+    extract_answer,
+    gold_answer,
+)
 
 Completion = str | list[dict[str, Any]]
 RewardFn = Callable[..., list[float | None]]
@@ -82,38 +88,6 @@ def reward_name(fn: Callable) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # Format
 
-# one <think> block (no nested or repeated tags), then the rest of the reply
-_THINK_THEN = re.compile(r"\A\s*<think>(?:(?!</?think>).)*</think>(?P<rest>.*)\Z", re.S)
-_LINE = re.compile(r"Answer:[ \t]*\S[^\n]*")
-_TAG = re.compile(r"<answer>((?:(?!</?answer>).)*)</answer>", re.S)
-_GSM8K = re.compile(r"####[ \t]*\S[^\n]*")
-
-
-def _line(rest: str) -> bool:
-    return _LINE.fullmatch(rest) is not None
-
-
-def _tag(rest: str) -> bool:
-    m = _TAG.fullmatch(rest)
-    return m is not None and m.group(1).strip() != ""
-
-
-def _boxed(rest: str) -> bool:
-    return extract_answer(rest, "boxed") is not None
-
-
-def _gsm8k(rest: str) -> bool:
-    return _GSM8K.fullmatch(rest) is not None
-
-
-def _any(rest: str) -> bool:
-    return _line(rest) or _tag(rest) or _boxed(rest) or _gsm8k(rest)
-
-
-# the answer formats, as tests of what follows </think> (stripped)
-ANSWER_FORMATS: dict[str, Callable[[str], bool]] = {"line": _line, "tag": _tag, "boxed": _boxed, "gsm8k": _gsm8k,
-                                                    "any": _any}
-
 
 class FormatReward:
     r"""1.0 if a completion is `<think>reasoning</think>` followed by the answer in the expected format, else 0.0.
@@ -123,7 +97,7 @@ class FormatReward:
 
         answer="line"       one line "Answer: ...": TinyWorld's and `alignlab.data.converters.think_format`'s replies
         answer="tinyworld"  exactly TinyWorld's format, `<think>...</think>\nAnswer: N` with N a plain integer
-                            (`alignlab.eval.tinyworld.format_ok`)
+                            (`alignlab.tasks.answers.EXACT_FORMAT`)
         answer="tag"        <answer>...</answer>, non-empty
         answer="boxed"      any text holding a non-empty \boxed{...}
         answer="gsm8k"      one line "#### ..."
@@ -152,11 +126,10 @@ class FormatReward:
         if self.prefilled:
             text = "<think>" + text
         if self.answer == "tinyworld":
-            return tinyworld.format_ok(text)
-        m = _THINK_THEN.match(_strip_end(text))
-        if m is None or "<think>" in m["rest"] or "</think>" in m["rest"]:
+            return exact_answer(text) is not None
+        rest = after_think(text)
+        if rest is None:
             return False
-        rest = m["rest"].strip()
         if self._pattern is not None:
             return self._pattern.fullmatch(rest) is not None
         if callable(self.answer):

@@ -28,9 +28,13 @@ Two ways to run a call:
     isolation="thread"   (default) in a daemon worker thread; the runner waits `timeout_s` for it. Python cannot stop
                          a thread, so a function that times out is abandoned: it finishes (or never does) in the
                          background and its result is thrown away. A daemon thread does not keep the program from
-                         exiting, but one that spins keeps its CPU.
+                         exiting, but one that spins keeps its CPU -- so once `max_stuck` of a function's calls
+                         are still running after their time limit, that function is called as with
+                         isolation="process" from then on (said once). `memory_mb` cannot be enforced in a thread:
+                         giving it warns once.
     isolation="process"  in a forked child (Linux, macOS) with RLIMIT_CPU set to the time limit (rounded up, plus
-                         a second) and RLIMIT_AS to the address space it inherits plus `memory_mb`; killed when the
+                         a second) and RLIMIT_AS to the address space it inherits plus `memory_mb` (1024 MB
+                         unless given; where it cannot be set, that is said once); killed when the
                          time is up. Nothing is left behind, and a function that allocates without end gets a
                          MemoryError instead of taking the machine. The child sees a copy of everything, and only the
                          rewards come back, pickled through a pipe -- so side effects (trl's log_extra, log_metric)
@@ -52,6 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from alignlab.errors import ConfigError
 from alignlab.rewards.builtin import RewardFn, reward_name, weighted_sum
 
 
@@ -83,7 +88,7 @@ def _describe(e: BaseException) -> str:
 
 
 def _call_in_thread(fn: Callable, kwargs: dict, timeout_s: float | None, name: str) -> tuple[str, Any]:
-    """("ok", value), ("error", "Type: message") or ("timeout", None)."""
+    """("ok", value), ("error", "Type: message") or ("timeout", the worker thread, still running)."""
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -96,7 +101,7 @@ def _call_in_thread(fn: Callable, kwargs: dict, timeout_s: float | None, name: s
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        return "timeout", None
+        return "timeout", worker
     return ("error", box["error"]) if "error" in box else ("ok", box["value"])
 
 
@@ -106,7 +111,7 @@ def _limit_child(timeout_s: float | None, memory_mb: float | None) -> None:
     if timeout_s is not None:
         cpu = math.ceil(timeout_s) + 1
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    if memory_mb is not None:
+    if memory_mb is not None and math.isfinite(memory_mb):
         try:
             with open("/proc/self/statm") as f:  # the address space inherited from the parent, in pages
                 inherited = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
@@ -178,6 +183,13 @@ def _check(value: Any, n: int) -> list[float | None]:
     return out
 
 
+DEFAULT_MEMORY_MB = 1024  # a call's memory limit with isolation="process" when none is given
+
+
+def _can_fork() -> bool:
+    return "fork" in multiprocessing.get_all_start_methods()  # Linux, macOS; not Windows
+
+
 class RewardRunner:
     """Calls reward functions on a batch of completions, never letting one of them crash or hang the run.
 
@@ -186,28 +198,46 @@ class RewardRunner:
     weights     for `total`; all 1.0 by default (trl's reward_weights)
     timeout_s   the time one call may take; None waits for ever
     isolation   "thread" or "process" (see the module docstring)
-    memory_mb   with isolation="process": the memory a call may allocate beyond what it inherits; None for no limit
+    memory_mb   the memory a call may allocate beyond what it inherits, enforced with isolation="process" only
+                (None: DEFAULT_MEMORY_MB there; math.inf: no limit); with isolation="thread" it warns once
+    max_stuck   isolation="thread": a function with this many calls still running past their time limit is
+                called in a child process from then on
     warn        where the one-line warnings go (default: stderr)
     """
 
     def __init__(self, fns: Sequence[RewardFn], weights: Sequence[float] | None = None, timeout_s: float | None = 10.0,
-                 isolation: str = "thread", memory_mb: float | None = 1024, warn: Callable[[str], None] = _warn):
+                 isolation: str = "thread", memory_mb: float | None = None, max_stuck: int = 3,
+                 warn: Callable[[str], None] = _warn):
         if isolation not in ("thread", "process"):
-            raise ValueError(f"isolation must be 'thread' or 'process', got {isolation!r}")
+            raise ConfigError(f"reward isolation must be 'thread' or 'process', got {isolation!r}")
+        if isolation == "process" and not _can_fork():
+            raise ConfigError("reward isolation='process' forks a child per call, which this platform cannot do; "
+                              "use isolation='thread'")
+        if max_stuck < 1:
+            raise ConfigError(f"reward max_stuck must be >= 1, got {max_stuck}")
         self.fns = list(fns)
         if not self.fns or not all(callable(fn) for fn in self.fns):
             raise TypeError(f"RewardRunner needs a list of callables, got {fns!r}")
         self.weights = [1.0] * len(self.fns) if weights is None else [float(w) for w in weights]
         if len(self.weights) != len(self.fns):
-            raise ValueError(f"{len(self.weights)} weights for {len(self.fns)} reward functions")
+            raise ConfigError(f"{len(self.weights)} reward weights for {len(self.fns)} reward functions")
         self.names: list[str] = []
         for fn in self.fns:
             base, k = reward_name(fn), 1
             while (name := base if k == 1 else f"{base}_{k}") in self.names:
                 k += 1
             self.names.append(name)
-        self.timeout_s, self.isolation, self.memory_mb, self.warn = timeout_s, isolation, memory_mb, warn
+        self.timeout_s, self.isolation, self.max_stuck, self.warn = timeout_s, isolation, max_stuck, warn
+        self.memory_mb = DEFAULT_MEMORY_MB if memory_mb is None else memory_mb
         self.stats = {name: RewardStats() for name in self.names}
+        self.stuck: dict[str, list[threading.Thread]] = {name: [] for name in self.names}  # timed out, running
+        self.in_process: set[str] = set(self.names) if isolation == "process" else set()
+        if isolation == "thread" and memory_mb is not None:
+            warn(f"warning: reward memory_mb={memory_mb:g} cannot be enforced with isolation='thread' (threads share "
+                 "the process's memory); use isolation='process' to limit it")
+        if isolation == "process" and math.isfinite(self.memory_mb) and not os.path.exists("/proc/self/statm"):
+            warn(f"warning: reward memory_mb={self.memory_mb:g} cannot be enforced on this platform (it needs "
+                 "/proc/self/statm, i.e. Linux): reward calls are limited in time only")
 
     def __call__(self, prompts: Sequence | None, completions: Sequence, **columns) -> dict[str, list[float | None]]:
         """Each function's rewards, one float or None per completion, by name. Columns are passed on as keyword
@@ -222,10 +252,12 @@ class RewardRunner:
         stats = self.stats[name]
         stats.calls += 1
         start = time.perf_counter()
-        if self.isolation == "thread":
-            status, value = _call_in_thread(fn, kwargs, self.timeout_s, name)
-        else:
+        if name in self.in_process:
             status, value = _call_in_process(fn, kwargs, self.timeout_s, self.memory_mb)
+        else:
+            status, value = _call_in_thread(fn, kwargs, self.timeout_s, name)
+            if status == "timeout":
+                self._abandon(name, value)
         stats.seconds += time.perf_counter() - start
         if status == "ok":
             try:
@@ -242,6 +274,21 @@ class RewardRunner:
             stats.errors += 1
         self._failed(name, value)
         return [None] * n
+
+    def _abandon(self, name: str, worker: threading.Thread) -> None:
+        """Keep count of a function's threads still running past their time limit; at max_stuck, run it isolated."""
+        self.stuck[name] = [t for t in self.stuck[name] if t.is_alive()] + [worker]
+        if len(self.stuck[name]) != self.max_stuck:
+            return
+        if not _can_fork():
+            self.warn(f"warning: reward function {name!r} has {self.max_stuck} calls still running after their time "
+                      "limit (a thread cannot be stopped), and this platform cannot fork to isolate it: they keep "
+                      "their CPU and memory until they finish")
+            return
+        self.in_process.add(name)
+        self.warn(f"warning: reward function {name!r} has {self.max_stuck} calls still running after their time "
+                  "limit (a thread cannot be stopped), so it runs in a child process from now on, killed at the "
+                  "limit (isolation='process')")
 
     def _failed(self, name: str, why: str) -> None:
         stats = self.stats[name]

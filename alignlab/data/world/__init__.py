@@ -24,7 +24,7 @@ tool use and evaluation on it in minutes on a laptop CPU; the same seed gives id
     from alignlab.text import render_chat
     ids, mask = render_chat(tok, record["messages"], tools=record.get("tools"))   # mask = assistant tokens
 
-Score model outputs with `alignlab.eval.tinyworld` (answer accuracy, format, refusals, secret
+Score model outputs with `alignlab.tasks.tinyworld` (answer accuracy, format, refusals, secret
 leaks, tool calls).
 
 The pieces, one idea per file:

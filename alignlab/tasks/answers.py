@@ -1,4 +1,5 @@
-r"""Answers out of text: where a completion's final answer is, which number it is, and whether two answers agree.
+r"""Answers and formats of replies, for any task: where a reply's final answer is, which number it is,
+whether two answers agree, and whether the reply is in the format asked for.
 
     extract_answer(text, style="auto")   the answer as written, or None
         "tag"        the last <answer>...</answer> (or <SOLUTION>...</SOLUTION>), else the rest of the last
@@ -6,8 +7,7 @@ r"""Answers out of text: where a completion's final answer is, which number it i
         "boxed"      the content of the last \boxed{...} (or \fbox{...}), nested braces balanced
         "gsm8k"      the rest of the last "#### ..." line (GSM8K's gold format)
         "number"     the last number: "-1,234.5", "3/4", ".5"
-        "tinyworld"  N when the whole text is TinyWorld's exact format, else None
-                     (`alignlab.eval.tinyworld.extract_answer`)
+        "tinyworld"  N when the whole text is TinyWorld's exact format (`EXACT_FORMAT`), else None
         "auto"       the first of tag, boxed, gsm8k, number that finds something
 
     When the text closes a <think> block, only what follows the last </think> is searched: numbers in the
@@ -22,6 +22,9 @@ r"""Answers out of text: where a completion's final answer is, which number it i
     symbolic_equal(a, b)     math-verify if installed, else sympy if installed, else False (both optional,
                              imported lazily; numeric equality never needs them)
 
+    format_ok(text, answer)  <think>reasoning</think> then the answer in a named format (ANSWER_FORMATS: line, tag,
+                             boxed, gsm8k, any; "tinyworld": EXACT_FORMAT); after_think, exact_answer, strip_end
+
 Thousands separators must group by three ("1,234,567"; "1,23" is not a number: it could be a decimal comma).
 A percent sign is dropped by default ("50%" == 50: GSM8K asks "what percent" and stores 50); `percent=True`
 divides by 100 instead.
@@ -30,11 +33,10 @@ divides by 100 instead.
 from __future__ import annotations
 
 import re
-import threading
 from fractions import Fraction
 
-from alignlab.eval import tinyworld
-from alignlab.eval.tinyworld import _strip_end  # the end-of-turn tokens TinyWorld's scorers drop
+from alignlab.tasks.symbolic import braced, clean, symbolic_equal
+from alignlab.text.template import END_OF_TURN_TOKENS
 
 STYLES = ("auto", "tag", "boxed", "gsm8k", "number", "tinyworld")
 
@@ -55,24 +57,6 @@ _PARSE = re.compile(
     """,
     re.X,
 )
-_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
-
-
-def _clean(text: str) -> str:
-    r"""Drop the markup around a written answer: $ signs, LaTeX spacing and \text{}, a \boxed{} around all of it,
-    a trailing full stop. Unicode minus signs become "-"."""
-    s = str(text).strip().replace("\u2212", "-").replace("\\$", "").replace("$", "").strip()
-    m = re.match(r"\\(?:boxed|fbox)\s*\{", s)
-    group = _braced(s, m.end() - 1) if m else None
-    if group is not None and not s[group[1] :].strip(" ."):
-        s = group[0]
-    s = _TEXT_COMMAND.sub(r" \1", s)
-    for markup in ("\\!", "\\,", "\\;", "\\:", "\\left", "\\right", "€", "£"):
-        s = s.replace(markup, "")
-    s = s.replace("\\ ", " ").replace("{,}", ",").replace("\\%", "%")
-    return s.strip().rstrip(".").strip()
-
-
 def parse_number(text: str | int | float | None, percent: bool = False) -> Fraction | None:
     r"""The exact value of a number as written, or None when the text is not one number.
 
@@ -83,7 +67,7 @@ def parse_number(text: str | int | float | None, percent: bool = False) -> Fract
     """
     if text is None:
         return None
-    m = _PARSE.fullmatch(_clean(str(text)))
+    m = _PARSE.fullmatch(clean(str(text)))
     if m is None:
         return None
     try:
@@ -110,26 +94,12 @@ _ANSWER_LINE = re.compile(r"\banswer\s*(?:\*\*|__)?\s*:\s*(?:\*\*|__)?[ \t]*([^\
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 
 
-def _braced(text: str, start: int) -> tuple[str, int] | None:
-    """The content of the brace group opening at text[start] == "{" (nested groups balanced) and the index after
-    its closing brace; None when it never closes."""
-    depth = 0
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-    return None
-
-
 def _last_braced(text: str, commands: tuple[str, ...]) -> str | None:
     """The content of the last `command{...}` in the text, for any of the commands."""
     found = None
     for command in commands:
         for m in re.finditer(re.escape(command) + r"\s*\{", text):
-            group = _braced(text, m.end() - 1)
+            group = braced(text, m.end() - 1)
             if group is not None and (found is None or m.start() > found[0]):
                 found = (m.start(), group[0])
     return found[1] if found else None
@@ -138,7 +108,7 @@ def _last_braced(text: str, commands: tuple[str, ...]) -> str | None:
 def _after_thinking(text: str) -> str | None:
     """What follows the last </think>; the whole text when there is no <think> block; None when a <think> opens and
     never closes."""
-    text = _strip_end(text)
+    text = strip_end(text)
     head, closed, tail = text.rpartition("</think>")
     if closed:
         return tail
@@ -173,7 +143,7 @@ def extract_answer(text: str, style: str = "auto") -> str | None:
     """The final answer in a completion as written ("-1,234", "\\frac{1}{2}", "3/4"), or None. See the module
     docstring for the styles; "auto" tries tag, boxed, gsm8k, then the last number."""
     if style == "tinyworld":
-        return tinyworld.extract_answer(text)
+        return exact_answer(text)
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     text = _after_thinking(text)
@@ -215,7 +185,7 @@ def answers_equal(pred: str | int | float | None, gold: str | int | float | None
     if pred is None or gold is None:
         return False
     pred, gold = str(pred), str(gold)
-    if re.sub(r"\s+", "", _clean(pred)) == re.sub(r"\s+", "", _clean(gold)) != "":
+    if re.sub(r"\s+", "", clean(pred)) == re.sub(r"\s+", "", clean(gold)) != "":
         return True
     x, y = parse_number(pred), parse_number(gold)
     if x is not None and y is not None:
@@ -223,99 +193,79 @@ def answers_equal(pred: str | int | float | None, gold: str | int | float | None
     return symbolic_equal(pred, gold)
 
 
-def symbolic_equal(a: str, b: str) -> bool:
-    """Whether two expressions are equal as mathematics: with math-verify if it is installed, else with sympy if it
-    is, else False. Each is imported here, when first needed, and neither is a dependency of alignlab.
-    Anything these libraries fail on counts as not equal."""
-    try:
-        import math_verify
-    except ImportError:
-        math_verify = None
-    try:
-        if math_verify is not None:
-            return _math_verify_equal(math_verify, a, b)
-        try:
-            import sympy
-        except ImportError:
-            return False
-        return _sympy_equal(sympy, a, b)
-    except Exception:
-        return False
+# ----------------------------------------------------------------------------------------------------------------
+# Formats: <think>reasoning</think>, then the answer
+
+def strip_end(text: str) -> str:
+    """The text without trailing whitespace and end-of-turn tokens."""
+    text = text.rstrip()
+    changed = True
+    while changed:
+        changed = False
+        for token in END_OF_TURN_TOKENS:
+            if text.endswith(token):
+                text, changed = text[: -len(token)].rstrip(), True
+    return text
 
 
-def _math_verify_equal(math_verify, a: str, b: str) -> bool:
-    # math-verify's own time limits use signal.alarm, which only works in the main thread (RewardRunner calls
-    # reward functions in a worker thread and enforces its own limit), so they are off elsewhere -- as trl does.
-    limit = 5 if threading.current_thread() is threading.main_thread() else None
-    gold = math_verify.parse(_as_latex(b), parsing_timeout=limit)
-    pred = math_verify.parse(_as_latex(a), parsing_timeout=limit)
-    return bool(gold) and bool(pred) and bool(math_verify.verify(gold, pred, timeout_seconds=limit))
+# TinyWorld's exact format: one <think> block (no nested or repeated tags), a newline, "Answer: N" with N an
+# integer written plainly ("68", "-3"; not "68.0", "068", "1,234"), nothing after
+EXACT_FORMAT = re.compile(
+    r"\A\s*<think>(?P<think>(?:(?!</?think>).)*)</think>\n(?P<line>Answer: (?P<answer>-?(?:0|[1-9]\d*)))\s*\Z", re.S
+)
 
 
-def _as_latex(s: str) -> str:
-    return s if "$" in s else f"${s}$"
+def exact_answer(text: str) -> str | None:
+    """N from a reply in the exact format, else None."""
+    m = EXACT_FORMAT.match(strip_end(text))
+    return m.group("answer") if m else None
 
 
-_MAX_SYMBOLIC = 120  # characters: longer answers are not simplified
-_NAMES = {"sqrt", "pi"}
+# one <think> block (no nested or repeated tags), then the rest of the reply
+THINK_THEN = re.compile(r"\A\s*<think>(?:(?!</?think>).)*</think>(?P<rest>.*)\Z", re.S)
+_LINE = re.compile(r"Answer:[ \t]*\S[^\n]*")
+_TAG = re.compile(r"<answer>((?:(?!</?answer>).)*)</answer>", re.S)
+_GSM8K = re.compile(r"####[ \t]*\S[^\n]*")
 
 
-def _to_sympy(s: str) -> str | None:
-    r"""A small LaTeX subset in sympy's syntax: \frac{a}{b}, \sqrt{x}, \sqrt[n]{x}, \cdot, \times, \pi, ^, braces.
-    None for anything else -- sympy's parser evaluates Python, so only digits, single-letter variables, sqrt, pi,
-    operators and parentheses get through, and towers of powers (9^9^9) that would never finish are refused."""
-    s = _clean(s)
-    if len(s) > _MAX_SYMBOLIC:
+def _line(rest: str) -> bool:
+    return _LINE.fullmatch(rest) is not None
+
+
+def _tag(rest: str) -> bool:
+    m = _TAG.fullmatch(rest)
+    return m is not None and m.group(1).strip() != ""
+
+
+def _boxed(rest: str) -> bool:
+    return extract_answer(rest, "boxed") is not None
+
+
+def _gsm8k(rest: str) -> bool:
+    return _GSM8K.fullmatch(rest) is not None
+
+
+def _any(rest: str) -> bool:
+    return _line(rest) or _tag(rest) or _boxed(rest) or _gsm8k(rest)
+
+
+# the answer formats, as tests of what follows </think> (stripped)
+ANSWER_FORMATS = {"line": _line, "tag": _tag, "boxed": _boxed, "gsm8k": _gsm8k, "any": _any}
+
+
+def after_think(text: str) -> str | None:
+    """What follows the reply's one opening <think>...</think> block, stripped (end-of-turn tokens dropped); None
+    when the reply does not open with exactly one such block."""
+    m = THINK_THEN.match(strip_end(text))
+    if m is None or "<think>" in m["rest"] or "</think>" in m["rest"]:
         return None
-    for command, arity in (("\\dfrac", 2), ("\\tfrac", 2), ("\\frac", 2), ("\\sqrt", 1)):
-        while (i := s.find(command)) >= 0:
-            j = i + len(command)
-            root = None
-            if command == "\\sqrt" and s[j : j + 1] == "[":
-                k = s.find("]", j)
-                if k < 0:
-                    return None
-                root, j = s[j + 1 : k], k + 1
-            args = []
-            for _ in range(arity):
-                while s[j : j + 1] == " ":
-                    j += 1
-                group = _braced(s, j) if s[j : j + 1] == "{" else None
-                if group is None:
-                    return None
-                args.append(group[0])
-                j = group[1]
-            if command == "\\sqrt":
-                new = f"(({args[0]})**(1/({root})))" if root else f"sqrt({args[0]})"
-            else:
-                new = f"(({args[0]})/({args[1]}))"
-            s = s[:i] + new + s[j:]
-    s = s.replace("\\cdot", "*").replace("\\times", "*").replace("\\pi", " pi ").replace("{", "(").replace("}", ")")
-    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # thousands separators
-    if not re.fullmatch(r"[0-9a-z+\-*/^(). ]+", s) or "__" in s:
-        return None
-    if any(len(name) > 1 and name not in _NAMES for name in re.findall(r"[a-z]+", s)):
-        return None
-    s = s.replace("**", "^")
-    if re.search(r"\^[^+\-*/]*\^", s) or re.search(r"\^\s*\(?\s*-?\d{4,}", s):
-        return None
-    return s
+    return m["rest"].strip()
 
 
-def _sympy_equal(sympy, a: str, b: str) -> bool:
-    from sympy.parsing.sympy_parser import (
-        convert_xor,
-        implicit_multiplication_application,
-        parse_expr,
-        standard_transformations,
-    )
-
-    sa, sb = _to_sympy(a), _to_sympy(b)
-    if sa is None or sb is None:
-        return False
-    transformations = standard_transformations + (implicit_multiplication_application, convert_xor)
-    names = {"sqrt": sympy.sqrt, "pi": sympy.pi, "Integer": sympy.Integer, "Float": sympy.Float,
-             "Rational": sympy.Rational, "Symbol": sympy.Symbol}
-    ea = parse_expr(sa, local_dict={}, global_dict=dict(names), transformations=transformations)
-    eb = parse_expr(sb, local_dict={}, global_dict=dict(names), transformations=transformations)
-    return bool(sympy.simplify(ea - eb) == 0)
+def format_ok(text: str, answer: str = "line") -> bool:
+    """<think>reasoning</think>, then the answer in the named format (ANSWER_FORMATS, or "tinyworld": the exact
+    format) and nothing else."""
+    if answer == "tinyworld":
+        return exact_answer(text) is not None
+    rest = after_think(text)
+    return rest is not None and ANSWER_FORMATS[answer](rest)
