@@ -38,7 +38,7 @@ Fairness. The same work a step on both sides:
     too (its RL monitors, its per-step rollout metrics, thread-isolated reward calls), no held-out evaluation
     (eval_prompts=0) and no checkpoints until the end. trl's console printing callbacks are removed.
   * step 0: the first step of trl's run is replayed on alignlab's side: the rewards of trl's completions through
-    the same function and alignlab's group_advantages must give trl's advantages, and alignlab's rl_step
+    the same function and alignlab's group_advantages must give trl's advantages, and alignlab's grpo_step
     (grpo_loss, dapo) on trl's first training batch, from the same initial weights, must give trl's loss and
     gradient (relative L2 error of every parameter's gradient printed; the run fails above 1e-3).
 
@@ -46,7 +46,7 @@ Measured. Each step is timed from the end of the previous step to the end of thi
 advantages, the update and logging all count): trl by a TrainerCallback, alignlab from metrics.jsonl (elapsed_s).
 The first --warmup steps are not timed; "step s" is the median of the remaining ones. Inside a step:
     rollout   trl: GRPOTrainer._generate_and_score_completions (tokenising, generating, decoding, rewards,
-              advantages, metrics); alignlab: RolloutSource.collect (the same) -- both timed by wrappers here
+              advantages, metrics); alignlab: collect_rollouts (the same) -- both timed by wrappers here
     generate  trl: GRPOTrainer._generate_single_turn (transformers' generate); alignlab: the engine call
               (Rollout.seconds, logged as rollout_s)
     train     step - rollout: the loss's forward and backward, clipping, the optimizer step, logging
@@ -81,6 +81,8 @@ from alignlab.data.world import TinyWorld
 from alignlab.model.hf import load_model
 from alignlab.objectives.rl import group_advantages
 from alignlab.recipes import grpo
+from alignlab.rl import collect as collect_module
+from alignlab.rl.collect import RolloutConfig
 from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig
 
@@ -208,17 +210,19 @@ def alignlab_config(model_dir: str, args, out: str) -> grpo.GRPOConfig:
     tc = TrainConfig(max_steps=args.steps, lr=args.lr, schedule="constant", warmup_steps=0, weight_decay=0.0,
                      beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0, grad_accum=1, eval_every=0, save_every=0,
                      log_every=1, plot=False, peak_flops=1e11, seed=SEED, device="cpu", dtype="fp32")
+    rollout = RolloutConfig(data=f"tinyworld:rl:{args.level}", num_generations=args.G, prompts_per_step=args.prompts,
+                            max_prompt_len=1024, max_completion_length=args.completion, temperature=1.0, top_p=1.0,
+                            top_k=0, reward_funcs={"bench_grpo:length_reward": 1.0}, allow_custom_rewards=True,
+                            eval_prompts=0)
     return grpo.GRPOConfig(
-        out_dir=out, model=model_dir, data=f"tinyworld:rl:{args.level}", algorithm="grpo", num_generations=args.G,
-        prompts_per_step=args.prompts, max_prompt_len=1024, max_completion_length=args.completion, temperature=1.0,
-        top_p=1.0, top_k=0, loss_type="dapo", scale_rewards="group", epsilon=0.2, beta=0.0, num_iterations=1,
-        mask_truncated_completions=False, dynamic_sampling=False, reward_funcs={"bench_grpo:length_reward": 1.0},
-        reference="none", track_kl=False, method="full", eval_prompts=0, train=tc)
+        out_dir=out, model=model_dir, algorithm="grpo", rollout=rollout, loss_type="dapo", scale_rewards="group",
+        epsilon=0.2, beta=0.0, num_iterations=1, mask_truncated_completions=False, dynamic_sampling=False,
+        reference="none", track_kl=False, method="full", train=tc)
 
 
 def run_alignlab(model_dir: str, records: list[dict], args, out: str) -> dict:
     timed = {"collect": [], "prompts": [], "gen_tokens": []}
-    original_generate, original_collect = grpo.generate_rollouts, grpo.RolloutSource.collect
+    original_generate, original_collect = collect_module.generate_rollouts, grpo.collect_rollouts
 
     def generate_rollouts(model, tok, prompt_ids, G, params, *a, **kw):
         # fixed-length completions: the recipe has no ignore_eos setting, the engine does
@@ -227,21 +231,21 @@ def run_alignlab(model_dir: str, records: list[dict], args, out: str) -> dict:
         timed["gen_tokens"].append(rollout.num_tokens)
         return rollout
 
-    def collect(self):
+    def collect(*a, **kw):
         t0 = time.perf_counter()
         try:
-            return original_collect(self)
+            return original_collect(*a, **kw)
         finally:
             timed["collect"].append(time.perf_counter() - t0)
 
     cfg = alignlab_config(model_dir, args, out)
     wait_for_idle(args.idle_wait)
-    grpo.generate_rollouts, grpo.RolloutSource.collect = generate_rollouts, collect
+    collect_module.generate_rollouts, grpo.collect_rollouts = generate_rollouts, collect
     try:
         with CpuWatch() as watch:
             result = grpo.run(cfg, train_records=records, val_records=[])
     finally:
-        grpo.generate_rollouts, grpo.RolloutSource.collect = original_generate, original_collect
+        collect_module.generate_rollouts, grpo.collect_rollouts = original_generate, original_collect
     if result.get("status") != "finished":
         raise SystemExit(f"alignlab: the run did not finish ({result.get('status')})")
     with open(Path(out) / "metrics.jsonl") as f:
@@ -283,7 +287,7 @@ def check_step0(model_dir: str, trl_run: dict, args) -> dict:
     torch.manual_seed(SEED)
     model = load_model(model_dir, dtype=torch.float32)
     model.train()
-    loss, _ = grpo.rl_step(cfg)(model, batch, grpo.rl_weight(cfg)(batch))
+    loss, _ = grpo.grpo_step(cfg)(model, batch, grpo.grpo_weight(cfg)(batch))
     loss.backward()
     theirs = trl_run["first_grads"]
     errors, missing = {}, []

@@ -10,7 +10,9 @@ import torch
 
 from alignlab.lora import LoraConfig, apply_lora
 from alignlab.model import CausalLM, preset
-from alignlab.recipes.grpo import GRPOConfig, RolloutSource, rl_step, rl_weight
+from alignlab.recipes.grpo import GRPOConfig, grpo_step, grpo_weight
+from alignlab.rl.buffer import RolloutBuffer
+from alignlab.rl.collect import RolloutConfig
 from alignlab.rl.rollout import _shared_prompt_hidden, completion_logps, prompt_groups, rollout_logps
 
 VOCAB, PAD = 61, 0
@@ -27,7 +29,7 @@ def tiny_model(arch: str = "llama", lora: bool = False, checkpointing: bool = Fa
 
 
 def grouped_rows(prompt_lens: list[int], group_sizes: list[int], seed: int = 1) -> dict[str, torch.Tensor]:
-    """A micro-batch as RolloutSource gives it: group i = group_sizes[i] rows answering prompt i (prompt_lens[i]
+    """A micro-batch as RolloutBuffer gives it: group i = group_sizes[i] rows answering prompt i (prompt_lens[i]
     random tokens), completions of 0..7 random tokens, right-padded with PAD and trimmed to the longest row."""
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(1, VOCAB, (n,), generator=g) for n in prompt_lens]
@@ -162,7 +164,7 @@ def test_rollout_logps_share_prompts_across_micro_batches_that_cut_groups():
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 @pytest.mark.parametrize("grad_accum", [1, 5])
 def test_a_grpo_step_gives_the_same_loss_and_gradient(algorithm, grad_accum):
-    """rl_step on RolloutSource's micro-batches (5 of them cut the groups of 4): the same summed loss and gradient
+    """grpo_step on RolloutBuffer's micro-batches (5 of them cut the groups of 4): the same summed loss and gradient
     with the rows' prompt_index (shared prompts) as without it (the plain forward)."""
     rows = grouped_rows([5, 11, 2, 7], [4, 4, 4, 4], seed=6)
     N, C = rows["completion_ids"].shape
@@ -170,19 +172,18 @@ def test_a_grpo_step_gives_the_same_loss_and_gradient(algorithm, grad_accum):
     ref = torch.randn(N, C, generator=g) * 0.1 - 4.0
     rows.update(advantages=torch.randn(N, generator=g), loss_mask=rows["completion_mask"].clone(),
                 ref_logps=ref, old_logps=ref + 0.05 * torch.randn(N, C, generator=g))
-    cfg = GRPOConfig(algorithm=algorithm, beta=0.04, num_iterations=2, temperature=0.7)
+    cfg = GRPOConfig(algorithm=algorithm, beta=0.04, num_iterations=2, rollout=RolloutConfig(temperature=0.7))
     cfg.train.grad_accum = grad_accum
-    source = RolloutSource.__new__(RolloutSource)  # only its micro_batch: the rows of each micro-batch
-    source.device = torch.device("cpu")
+    source = RolloutBuffer(None, None, None, None, torch.device("cpu"), parts=grad_accum, passes=1)  # micro_batch
     model = tiny_model(checkpointing=True)
-    step, normaliser = rl_step(cfg), rl_weight(cfg)(rows)
+    step, normaliser = grpo_step(cfg), grpo_weight(cfg)(rows)
 
     def run(shared: bool):
         source.buffer = rows if shared else {k: v for k, v in rows.items() if k != "prompt_index"}
         model.zero_grad(set_to_none=True)
         total = 0.0
         for part in range(grad_accum):
-            loss, metrics = step(model, source.micro_batch(part, grad_accum), normaliser)
+            loss, metrics = step(model, source.micro_batch(part), normaliser)
             loss.backward()
             total += float(loss.detach())
         return total, {n: p.grad.clone() for n, p in model.named_parameters()}, metrics

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from alignlab.objectives import (
+    ClipConfig,
     dynamic_sampling_keep,
     gae,
     group_advantages,
@@ -34,15 +35,15 @@ from alignlab.objectives import (
     zero_variance_groups,
 )
 
-try:  # the oracle (a dev dependency); alignlab never imports it
+from .hf_models import installed
+
+if installed("trl"):  # the oracle (a dev dependency); alignlab never imports it. A symbol it lost fails here
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore")
         from trl.trainer.grpo_trainer import GRPOTrainer
         from trl.trainer.rloo_trainer import RLOOTrainer
         from trl.trainer.utils import entropy_from_logits, nanstd
-except ImportError:
-    GRPOTrainer = None
-needs_trl = pytest.mark.skipif(GRPOTrainer is None, reason="trl is not installed")
+needs_trl = pytest.mark.skipif(not installed("trl"), reason="trl is not installed")
 
 
 def _batch(seed, N=6, T=7, dtype=torch.float64):
@@ -111,8 +112,8 @@ def test_grpo_loss_matches_trl(loss_type, beta, delta, level):
     eps_low, eps_high = (3e-4, 4e-4) if level == "sequence" else (0.2, 0.28)  # GSPO's ranges for sequence ratios
     mine_logps = logps.clone().requires_grad_()
     theirs_logps = logps.clone().requires_grad_()
-    loss, metrics = grpo_loss(mine_logps, old, ref, adv, mask, loss_type, eps_low, eps_high, beta, delta, level,
-                              max_len, num_tokens=num_items, grad_accum_steps=ga)
+    clip = ClipConfig(loss_type, eps_low, eps_high, beta, delta, level, max_len)
+    loss, metrics = grpo_loss(mine_logps, old, ref, adv, mask, clip, num_tokens=num_items, grad_accum_steps=ga)
     want, want_metrics = trl_grpo(theirs_logps, old, ref, adv, mask, loss_type, eps_low, eps_high, beta, delta,
                                   level, max_len, num_items, ga)
     torch.testing.assert_close(loss, want)
@@ -125,15 +126,15 @@ def test_grpo_loss_matches_trl(loss_type, beta, delta, level):
             assert metrics[name] == pytest.approx(value, rel=1e-6), name  # trl counts in float32
     assert want_metrics["clip_ratio/region_mean"] > 0  # the batch exercises the clip
     if delta is not None:  # and the delta cap
-        no_delta, _ = grpo_loss(logps, old, ref, adv, mask, loss_type, eps_low, eps_high, beta, None, level, max_len,
-                                num_tokens=num_items, grad_accum_steps=ga)
+        no_clip_cap = ClipConfig(loss_type, eps_low, eps_high, beta, None, level, max_len)
+        no_delta, _ = grpo_loss(logps, old, ref, adv, mask, no_clip_cap, num_tokens=num_items, grad_accum_steps=ga)
         assert abs(no_delta.item() - loss.item()) > 1e-3
 
 
 @needs_trl
 def test_grpo_loss_at_mu_1_matches_trl_without_old_logps():
     logps, _, ref, adv, mask = _batch(1)
-    loss, _ = grpo_loss(logps, None, None, adv, mask, "dapo")
+    loss, _ = grpo_loss(logps, None, None, adv, mask, ClipConfig("dapo"))
     want, _ = trl_grpo(logps, None, ref, adv, mask, "dapo", 0.2, 0.2, 0.0, None, "token", 7, int(mask.sum()), 1)
     torch.testing.assert_close(loss, want)
 
@@ -144,7 +145,7 @@ def test_rloo_loss_matches_trl(eps_high):
     logps, old, _, adv, mask = _batch(2)
     adv = adv * 3  # push some sequence ratios past the clip
     mine, theirs = logps.clone().requires_grad_(), logps.clone().requires_grad_()
-    loss, metrics = rloo_loss(mine, old, adv, mask, 0.2, eps_high)
+    loss, metrics = rloo_loss(mine, old, adv, mask, ClipConfig(epsilon_low=0.2, epsilon_high=eps_high))
     stub = _stub(theirs, epsilon_low=0.2, epsilon_high=eps_high)
     want = RLOOTrainer._compute_loss(stub, None, _inputs(mask, advantages=adv, old_logps=(old * mask).sum(1)))
     torch.testing.assert_close(loss, want)
@@ -188,7 +189,7 @@ def test_grpo_loss_at_mu_1_is_minus_mean_advantage_but_has_a_gradient():
     logps = -torch.rand(6, 4, dtype=torch.float64)
 
     x = logps.clone().requires_grad_()
-    loss, _ = grpo_loss(x, None, None, adv, mask, "grpo")
+    loss, _ = grpo_loss(x, None, None, adv, mask, ClipConfig("grpo"))
     assert loss.item() == pytest.approx(-adv.mean().item(), abs=1e-12)
     assert loss.item() == pytest.approx(0.0, abs=1e-12)
     loss.backward()
@@ -196,7 +197,7 @@ def test_grpo_loss_at_mu_1_is_minus_mean_advantage_but_has_a_gradient():
 
     # dapo at mu = 1 weighs completions by their length: -sum_i A_i |o_i| / sum_i |o_i|, not 0
     x = logps.clone().requires_grad_()
-    loss, _ = grpo_loss(x, None, None, adv, mask, "dapo")
+    loss, _ = grpo_loss(x, None, None, adv, mask, ClipConfig("dapo"))
     assert loss.item() == pytest.approx(-(adv * lengths).sum().item() / lengths.sum().item())
     loss.backward()
     torch.testing.assert_close(x.grad, -adv[:, None] * mask / lengths.sum())
@@ -222,21 +223,21 @@ _EXPECTED = {
 def test_grpo_normalisations_by_hand(loss_type, ga):
     logps = torch.zeros(2, 3, dtype=torch.float64)
     old = -_RATIOS.log()
-    loss, metrics = grpo_loss(logps, old, None, _ADV, _MASK, loss_type, max_completion_length=5, num_tokens=10,
-                              grad_accum_steps=ga)
+    loss, metrics = grpo_loss(logps, old, None, _ADV, _MASK, ClipConfig(loss_type, max_completion_length=5),
+                              num_tokens=10, grad_accum_steps=ga)
     assert loss.item() == pytest.approx(_EXPECTED[loss_type, ga])
     assert metrics["clip_ratio/region_mean"] == 0
 
 
 def test_dapo_defaults_to_bnpo_on_one_micro_batch():
     logps = torch.zeros(2, 3, dtype=torch.float64)
-    loss, _ = grpo_loss(logps, -_RATIOS.log(), None, _ADV, _MASK, "dapo")
+    loss, _ = grpo_loss(logps, -_RATIOS.log(), None, _ADV, _MASK, ClipConfig("dapo"))
     assert loss.item() == pytest.approx(-0.225)
 
 
 def test_dr_grpo_needs_max_completion_length():
     with pytest.raises(ValueError, match="max_completion_length"):
-        grpo_loss(torch.zeros(2, 3), None, None, _ADV, _MASK, "dr_grpo")
+        grpo_loss(torch.zeros(2, 3), None, None, _ADV, _MASK, ClipConfig("dr_grpo"))
 
 
 def test_clip_higher_clips_on_the_side_of_the_advantage():
@@ -251,7 +252,7 @@ def test_clip_higher_clips_on_the_side_of_the_advantage():
     want_grad = torch.tensor([0.0, -0.5, -1.25, 0.0, 1.5, 0.85], dtype=torch.float64) / 6  # d(-rho A)/dlogp
 
     logps = torch.zeros(1, 6, dtype=torch.float64, requires_grad=True)
-    loss, metrics = grpo_loss(logps, -ratios.log(), None, adv, mask, "bnpo", 0.2, 0.28)
+    loss, metrics = grpo_loss(logps, -ratios.log(), None, adv, mask, ClipConfig("bnpo", 0.2, 0.28))
     assert loss.item() == pytest.approx(want_losses.mean().item())
     loss.backward()
     torch.testing.assert_close(logps.grad[0], want_grad)
@@ -260,7 +261,7 @@ def test_clip_higher_clips_on_the_side_of_the_advantage():
     assert metrics["clip_ratio/region_mean"] == pytest.approx(2 / 6)
 
     # with a symmetric 0.2 the token at 1.25 is clipped too
-    _, metrics = grpo_loss(logps.detach(), -ratios.log(), None, adv, mask, "bnpo", 0.2, 0.2)
+    _, metrics = grpo_loss(logps.detach(), -ratios.log(), None, adv, mask, ClipConfig("bnpo", 0.2, 0.2))
     assert metrics["clip_ratio/high_mean"] == pytest.approx(2 / 6)
 
 
@@ -268,22 +269,22 @@ def test_delta_caps_the_ratio_of_negative_advantages():
     ratios = torch.tensor([[10.0, 1.0]], dtype=torch.float64)
     adv = torch.tensor([-1.0], dtype=torch.float64)
     logps = torch.zeros(1, 2, dtype=torch.float64)
-    loss, _ = grpo_loss(logps, -ratios.log(), None, adv, torch.ones(1, 2), "bnpo")
+    loss, _ = grpo_loss(logps, -ratios.log(), None, adv, torch.ones(1, 2), ClipConfig("bnpo"))
     assert loss.item() == pytest.approx((10.0 + 1.0) / 2)
-    loss, _ = grpo_loss(logps, -ratios.log(), None, adv, torch.ones(1, 2), "bnpo", delta=4.0)
+    loss, _ = grpo_loss(logps, -ratios.log(), None, adv, torch.ones(1, 2), ClipConfig("bnpo", delta=4.0))
     assert loss.item() == pytest.approx((4.0 + 1.0) / 2)
 
 
 def test_grpo_kl_term_adds_beta_times_k3():
     logps, old, ref, adv, mask = _batch(4)
-    base, _ = grpo_loss(logps, old, None, adv, mask, "bnpo")
-    with_kl, metrics = grpo_loss(logps, old, ref, adv, mask, "bnpo", beta=0.1)
+    base, _ = grpo_loss(logps, old, None, adv, mask, ClipConfig("bnpo"))
+    with_kl, metrics = grpo_loss(logps, old, ref, adv, mask, ClipConfig("bnpo", beta=0.1))
     k3 = kl_k3(logps, ref)
     mean_k3 = ((k3 * mask).sum() / mask.sum()).item()
     assert with_kl.item() == pytest.approx(base.item() + 0.1 * mean_k3)
     assert metrics["kl"] == pytest.approx(mean_k3)
     with pytest.raises(ValueError, match="ref_logps"):
-        grpo_loss(logps, old, None, adv, mask, "bnpo", beta=0.1)
+        grpo_loss(logps, old, None, adv, mask, ClipConfig("bnpo", beta=0.1))
 
 
 def test_sequence_level_ratio_is_the_exp_of_the_mean_log_ratio():
@@ -291,7 +292,7 @@ def test_sequence_level_ratio_is_the_exp_of_the_mean_log_ratio():
     log_ratio = torch.tensor([[math.log(1.5) + 0.3, math.log(1.5) - 0.3, 5.0]], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 0]])
     loss, metrics = grpo_loss(log_ratio, torch.zeros(1, 3, dtype=torch.float64), None, torch.tensor([2.0]), mask,
-                              "grpo", 0.2, 0.28, importance_sampling_level="sequence")
+                              ClipConfig("grpo", 0.2, 0.28, importance_sampling_level="sequence"))
     assert loss.item() == pytest.approx(-1.28 * 2.0)
     assert metrics["clip_ratio/high_mean"] == 1.0
 
@@ -302,7 +303,7 @@ def test_mask_truncated_zeroes_whole_rows():
     assert out.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1]]
     # the masked completion then drops out of the loss, whatever its advantage
     logps = torch.zeros(3, 3)
-    a, _ = grpo_loss(logps, None, None, torch.tensor([100.0, 1.0, 2.0]), out, "bnpo")
+    a, _ = grpo_loss(logps, None, None, torch.tensor([100.0, 1.0, 2.0]), out, ClipConfig("bnpo"))
     assert a.item() == pytest.approx(-(2 * 1.0 + 3 * 2.0) / 5)
 
 
@@ -452,7 +453,7 @@ def test_ppo_policy_loss_is_bnpo_with_symmetric_clip():
     logps, old, _, _, mask = _batch(6)
     adv = torch.randn(*logps.shape, dtype=torch.float64)
     loss, metrics = ppo_policy_loss(logps, old, adv, mask, 0.2)
-    want, want_metrics = grpo_loss(logps, old, None, adv, mask, "bnpo", 0.2, 0.2)
+    want, want_metrics = grpo_loss(logps, old, None, adv, mask, ClipConfig("bnpo", 0.2, 0.2))
     torch.testing.assert_close(loss, want)
     assert metrics["clipfrac"] == pytest.approx(want_metrics["clip_ratio/region_mean"])
     assert metrics["clipfrac"] > 0

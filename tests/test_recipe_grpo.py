@@ -11,16 +11,11 @@ import time
 import pytest
 import torch
 
+from alignlab.errors import ConfigError
 from alignlab.model.hf import load_model
-from alignlab.recipes.grpo import (
-    LOSS_TYPES,
-    GRPOConfig,
-    RLOOConfig,
-    _world_spec,
-    default_val_source,
-    load_prompts,
-    run,
-)
+from alignlab.recipes.grpo import LOSS_TYPES, GRPOConfig, rloo_config, run
+from alignlab.rl.collect import RolloutConfig
+from alignlab.tasks import default_val_source, load_source, world_spec
 from alignlab.train.trainer import TrainConfig
 
 HERE = "tests.test_recipe_grpo"
@@ -66,13 +61,19 @@ def prompts(world):
     return world.rl_prompts("train", level=2)[:40], world.rl_prompts("test", level=2)[:6]
 
 
+ROLLOUT_FIELDS = set(RolloutConfig.__dataclass_fields__)
+
+
 def config(tmp_path, base, cls=GRPOConfig, name="grpo", train=None, **kw):
+    """A small run's config; keyword arguments go to the `rollout:` block or the top level, wherever they belong."""
     train = TrainConfig(**{"max_steps": 3, "lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "eval_every": 2,
                            "save_every": 2, "plot": False, **(train or {})})
     kw = {"num_generations": 4, "prompts_per_step": 3, "max_completion_length": 16, "eval_prompts": 6,
           "data": "tinyworld:rl:2", "reward_funcs": {"format": 1.0, "correctness": 1.0, f"{HERE}:digit_reward": 1.0},
-          **kw}
-    return cls(out_dir=str(tmp_path / name), model=str(base), train=train, **kw)
+          "allow_custom_rewards": True, **kw}
+    rollout = RolloutConfig(**{k: v for k, v in kw.items() if k in ROLLOUT_FIELDS})
+    top = {k: v for k, v in kw.items() if k not in ROLLOUT_FIELDS}
+    return cls(out_dir=str(tmp_path / name), model=str(base), train=train, rollout=rollout, **top)
 
 
 def metrics(tmp_path, name="grpo") -> list[dict]:
@@ -109,7 +110,7 @@ def test_grpo_steps_finish_and_log_the_monitors(tmp_path, base, prompts):
 
 
 def test_rloo(tmp_path, base, prompts):
-    cfg = config(tmp_path, base, cls=RLOOConfig, name="rloo")
+    cfg = config(tmp_path, base, cls=rloo_config, name="rloo")
     assert cfg.algorithm == "rloo" and cfg.beta == 0.05  # trl's RLOO default: the KL folded into the reward
     result = run(cfg, train_records=prompts[0], val_records=prompts[1])
     assert result["status"] == "finished"
@@ -118,7 +119,7 @@ def test_rloo(tmp_path, base, prompts):
     assert steps[-1]["kl"] > 0.0
 
 
-@pytest.mark.parametrize("cls", [GRPOConfig, RLOOConfig])
+@pytest.mark.parametrize("cls", [GRPOConfig, rloo_config])
 def test_the_policy_learns_what_the_reward_pays_for(tmp_path, base, prompts, cls):
     """The whole loop, sign included: rewarded for low token ids, the random model's share of them rises from ~0.5."""
     cfg = config(tmp_path, base, cls=cls, num_generations=8, prompts_per_step=4, eval_prompts=0, beta=0.0,
@@ -196,21 +197,23 @@ def test_resume_continues_exactly(tmp_path, base, prompts):
 
 
 def test_prompt_sources_and_config_checks(tmp_path, base):
-    assert _world_spec("tinyworld:rl") == ((1, 2, 3, 4), "train", 0)
-    assert _world_spec("tinyworld:rl:3,4") == ((3, 4), "train", 0)
-    assert _world_spec("tinyworld:rl:2-4:test@7") == ((2, 3, 4), "test", 7)
-    assert _world_spec("tinyworld:rl:test:1") == ((1,), "test", 0)
+    assert world_spec("tinyworld:rl") == ("rl", (1, 2, 3, 4), None, 0)
+    assert world_spec("tinyworld:rl:3,4") == ("rl", (3, 4), None, 0)
+    assert world_spec("tinyworld:rl:2-4:test@7") == ("rl", (2, 3, 4), "test", 7)
+    assert world_spec("tinyworld:rl:test:1") == ("rl", (1,), "test", 0)
     for bad in ("tinyworld:rl:9", "tinyworld:rl:easy", "tinyworld:rlx"):
         with pytest.raises(ValueError, match="expected tinyworld:rl"):
-            _world_spec(bad)
-    records, task = load_prompts("tinyworld:rl:3-4@0")
-    assert task == "tinyworld" and {r["level"] for r in records} == {3, 4}
+            world_spec(bad)
+    task, records = load_source("tinyworld:rl:3-4@0")
+    assert task.name == "tinyworld" and {r["level"] for r in records} == {3, 4}
     assert default_val_source("tinyworld:rl:3-4") == "tinyworld:rl:3,4:test@0" and default_val_source("x.jsonl") == ""
     for kw, match in [({"num_generations": 1}, "num_generations"), ({"reference": "lora"}, "needs method=lora"),
                       ({"reference": "none", "beta": 0.1}, "needs a reference"), ({"loss_type": "ppo"}, "loss_type"),
                       ({"reward_funcs": {"nope": 1.0}}, "unknown reward 'nope'"),
-                      ({"reward_funcs": {"tests.nothing:fn": 1.0}}, "cannot import")]:
-        with pytest.raises(ValueError, match=match):
+                      ({"reward_funcs": {"tests.nothing:fn": 1.0}}, "no module"),
+                      ({"reward_funcs": {f"{HERE}:digit_reward": 1.0}, "allow_custom_rewards": False},
+                       "allow_custom_rewards=true")]:
+        with pytest.raises(ConfigError, match=match):
             run(config(tmp_path, base, **kw), train_records=[{"prompt": "1 + 1 = ?", "answer": "2"}] * 4,
                 val_records=[])
 
@@ -221,11 +224,11 @@ def test_cli_registers_grpo_and_rloo(monkeypatch):
 
     seen = []
     monkeypatch.setattr(grpo, "run", lambda cfg, resume: seen.append((cfg, resume)))
-    assert cli.main(["grpo", "model=m", "num_generations=4"]) in (0, None)
+    assert cli.main(["grpo", "model=m", "rollout.num_generations=4"]) in (0, None)
     assert cli.main(["rloo", "--config", "configs/grpo/tinyworld.yaml", "--resume"]) in (0, None)
     (g, _), (r, resume) = seen
-    assert type(g) is GRPOConfig and g.algorithm == "grpo" and g.num_generations == 4
-    assert type(r) is RLOOConfig and r.algorithm == "rloo" and resume and r.data == "tinyworld:rl:3,4"
+    assert type(g) is GRPOConfig and g.algorithm == "grpo" and g.rollout.num_generations == 4
+    assert r.algorithm == "rloo" and r.beta == 0.05 and resume and r.rollout.data == "tinyworld:rl:3,4"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ def test_rollout_logps_match_the_engine_and_the_update_raises_good_completions(b
     adv = group_advantages(rewards, G)
     model.train()
     logps, _ = completion_logps(model, ro.input_ids, ro.prompt_lens, ro.completion_ids, ro.completion_mask)
-    loss, _ = grpo_loss(logps, None, None, adv, ro.completion_mask)
+    loss, _ = grpo_loss(logps, None, None, adv, ro.completion_mask)  # dapo
     loss.backward()
     with torch.no_grad():
         for p in model.parameters():

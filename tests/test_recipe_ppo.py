@@ -15,6 +15,7 @@ from alignlab.model.hf import load_model
 from alignlab.model.reward import RewardModel, load_reward_model, save_reward_model
 from alignlab.objectives.rl import gae, whiten
 from alignlab.recipes.ppo import PPOConfig, completion_values, ppo_advantages, run
+from alignlab.rl.collect import RolloutConfig
 from alignlab.rl.rollout import rollout_logps
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.trainer import TrainConfig
@@ -51,10 +52,13 @@ def prompts(world):
 def config(tmp_path, base, name="ppo", train=None, **kw):
     train = TrainConfig(**{"max_steps": 3, "lr": 1e-3, "schedule": "constant", "warmup_steps": 0, "eval_every": 2,
                            "save_every": 2, "plot": False, **(train or {})})
-    kw = {"prompts_per_step": 6, "max_completion_length": 16, "eval_prompts": 6, "data": "tinyworld:rl:2",
-          "num_ppo_epochs": 2, "reward_funcs": {"format": 1.0, "correctness": 1.0, f"{HERE}:digit_reward": 1.0},
-          **kw}
-    return PPOConfig(out_dir=str(tmp_path / name), model=str(base), train=train, **kw)
+    kw = {"num_generations": 1, "prompts_per_step": 6, "max_completion_length": 16, "eval_prompts": 6,
+          "data": "tinyworld:rl:2", "num_ppo_epochs": 2, "allow_custom_rewards": True,
+          "reward_funcs": {"format": 1.0, "correctness": 1.0, f"{HERE}:digit_reward": 1.0}, **kw}
+    fields = set(RolloutConfig.__dataclass_fields__)  # keyword arguments go where they belong
+    rollout = RolloutConfig(**{k: v for k, v in kw.items() if k in fields})
+    return PPOConfig(out_dir=str(tmp_path / name), model=str(base), train=train, rollout=rollout,
+                     **{k: v for k, v in kw.items() if k not in fields})
 
 
 def metrics(tmp_path, name="ppo") -> list[dict]:
@@ -236,5 +240,5 @@ def test_cli_registers_ppo(monkeypatch):
     monkeypatch.setattr(ppo, "run", lambda cfg, resume: seen.append((cfg, resume)))
     assert cli.main(["ppo", "--config", "configs/ppo/tinyworld.yaml", "--resume", "vf_coef=0.2"]) in (0, None)
     (cfg, resume), = seen
-    assert type(cfg) is PPOConfig and resume and cfg.data == "tinyworld:rl:3,4" and cfg.vf_coef == 0.2
-    assert cfg.num_generations == 1 and cfg.kl_coef == 0.05 and cfg.train.max_steps == 480
+    assert type(cfg) is PPOConfig and resume and cfg.rollout.data == "tinyworld:rl:3,4" and cfg.vf_coef == 0.2
+    assert cfg.rollout.num_generations == 1 and cfg.kl_coef == 0.05 and cfg.train.max_steps == 480

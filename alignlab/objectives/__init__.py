@@ -1,7 +1,9 @@
 """Loss functions as pure functions of tensors (torch only), each with its formula in the docstring."""
 
 from alignlab.objectives.lm import IGNORE_INDEX, head_weight, linear_cross_entropy, lm_loss, lm_step
+from alignlab.objectives.logprobs import chunked_token_logps
 from alignlab.objectives.preference import (
+    PreferenceLoss,
     bradley_terry_loss,
     dpo_loss,
     kto_kl_estimate,
@@ -14,6 +16,7 @@ from alignlab.objectives.preference import (
     simpo_loss,
 )
 from alignlab.objectives.rl import (
+    ClipConfig,
     dynamic_sampling_keep,
     gae,
     group_advantages,
@@ -32,9 +35,10 @@ from alignlab.objectives.rl import (
     zero_variance_groups,
 )
 
-__all__ = ["IGNORE_INDEX", "head_weight", "linear_cross_entropy", "lm_loss", "lm_step",
-           "bradley_terry_loss", "dpo_loss", "kto_kl_estimate", "kto_loss", "linear_sequence_logps", "orpo_loss",
+__all__ = ["IGNORE_INDEX", "head_weight", "linear_cross_entropy", "lm_loss", "lm_step", "chunked_token_logps",
+           "PreferenceLoss", "bradley_terry_loss", "dpo_loss", "kto_kl_estimate", "kto_loss", "linear_sequence_logps",
+           "orpo_loss",
            "preference_metrics", "safedpo_loss", "sequence_logps", "simpo_loss",
-           "dynamic_sampling_keep", "gae", "group_advantages", "grpo_loss", "kl_k3", "kl_penalized_rewards",
-           "mask_truncated", "ppo_policy_loss", "ppo_value_loss", "reinforce_pp_advantages", "rloo_advantages",
-           "rloo_loss", "token_entropy", "token_rewards", "whiten", "zero_variance_groups"]
+           "ClipConfig", "dynamic_sampling_keep", "gae", "group_advantages", "grpo_loss", "kl_k3",
+           "kl_penalized_rewards", "mask_truncated", "ppo_policy_loss", "ppo_value_loss", "reinforce_pp_advantages",
+           "rloo_advantages", "rloo_loss", "token_entropy", "token_rewards", "whiten", "zero_variance_groups"]

@@ -20,6 +20,8 @@ earlier PPOTrainer (masked_whiten, the clipped value loss), and are tested again
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -151,17 +153,29 @@ def mask_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     return mask * (~truncated.bool())[:, None].to(mask.dtype)
 
 
+@dataclass(frozen=True)
+class ClipConfig:
+    """The clipped surrogate's settings (GRPO, RLOO): see `grpo_loss` and `rloo_loss`."""
+
+    loss_type: str = "dapo"  # dapo | grpo | bnpo | dr_grpo (grpo_loss only)
+    epsilon_low: float = 0.2
+    epsilon_high: float | None = None  # None: epsilon_low
+    beta: float = 0.0  # k3 KL weight (grpo_loss only)
+    delta: float | None = None  # two-sided clipping cap; None: off
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    max_completion_length: int | None = None  # dr_grpo's constant L
+
+
 def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: torch.Tensor | None,
-              advantages: torch.Tensor, mask: torch.Tensor, loss_type: str = "dapo", epsilon_low: float = 0.2,
-              epsilon_high: float | None = None, beta: float = 0.0, delta: float | None = None,
-              importance_sampling_level: str = "token", max_completion_length: int | None = None,
+              advantages: torch.Tensor, mask: torch.Tensor, config: ClipConfig = ClipConfig(),
               num_tokens: int | torch.Tensor | None = None, grad_accum_steps: int = 1,
               ) -> tuple[torch.Tensor, dict[str, float]]:
     """GRPO's clipped surrogate with an optional k3 KL penalty, and trl's four normalisations; returns (loss, metrics).
 
     logps, old_logps, ref_logps: per-token log-probs [N, T] of the sampled tokens under pi_theta, pi_old (None:
     mu = 1, see the module docstring) and pi_ref (needed when beta != 0). advantages [N] (one per completion)
-    or [N, T]. mask [N, T]. Per token (Shao et al. 2024, arXiv:2402.03300):
+    or [N, T]. mask [N, T]. config: ClipConfig (loss_type, epsilon_low/high, beta, delta,
+    importance_sampling_level, max_completion_length). Per token (Shao et al. 2024, arXiv:2402.03300):
 
         l_{i,t} = -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A) + beta k3_{i,t}
 
@@ -194,8 +208,9 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, ref_logps: to
     (either), clip_ratio/low_min and clip_ratio/high_max (min / max over sequences of the per-sequence fraction),
     and kl (mean k3) when ref_logps is given.
     """
-    if epsilon_high is None:
-        epsilon_high = epsilon_low
+    loss_type, epsilon_low, beta, delta = config.loss_type, config.epsilon_low, config.beta, config.delta
+    epsilon_high = epsilon_low if config.epsilon_high is None else config.epsilon_high
+    importance_sampling_level, max_completion_length = config.importance_sampling_level, config.max_completion_length
     mask = mask.to(logps.dtype)
     if advantages.dim() == 1:
         advantages = advantages[:, None]
@@ -279,17 +294,18 @@ def kl_penalized_rewards(rewards: torch.Tensor, logps: torch.Tensor, ref_logps: 
 
 
 def rloo_loss(logps: torch.Tensor, old_logps: torch.Tensor | None, advantages: torch.Tensor, mask: torch.Tensor,
-              epsilon_low: float = 0.2, epsilon_high: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+              config: ClipConfig = ClipConfig()) -> tuple[torch.Tensor, dict[str, float]]:
     """RLOO's sequence-level clipped surrogate (trl's RLOOTrainer); returns (loss, metrics).
 
         rho_i = exp(sum_t M (logp - old_logp))                  one ratio per completion
         L     = -1/N sum_i min(rho_i A_i, clip(rho_i, 1 - eps_low, 1 + eps_high) A_i)
 
-    logps, old_logps [N, T] per token (old None: mu = 1, rho = 1), advantages [N] from `rloo_advantages`.
-    metrics: clip_ratio/{low_mean, high_mean, region_mean} (fractions of completions), as in `grpo_loss`.
+    logps, old_logps [N, T] per token (old None: mu = 1, rho = 1), advantages [N] from `rloo_advantages`; config's
+    epsilon_low and epsilon_high. metrics: clip_ratio/{low_mean, high_mean, region_mean} (fractions of
+    completions), as in `grpo_loss`.
     """
-    if epsilon_high is None:
-        epsilon_high = epsilon_low
+    epsilon_low = config.epsilon_low
+    epsilon_high = epsilon_low if config.epsilon_high is None else config.epsilon_high
     seq_logps = (logps * mask).sum(-1)
     old_seq_logps = seq_logps.detach() if old_logps is None else (old_logps * mask).sum(-1)
     ratio = torch.exp(seq_logps - old_seq_logps)

@@ -6,12 +6,13 @@ RLHF's PPO (Ziegler et al. 2019, arXiv:1909.08593; Stiennon et al. 2020; Ouyang 
 as trl's PPOTrainer runs it (its option names), with the rewards of GRPO's reward functions instead of a reward
 model. Where GRPO needs G answers per prompt to compare them, PPO learns a baseline: a critic V(x, o_<t) that
 predicts, at every token, the score the completion will end with. One prompt, one answer (num_generations=1) is
-enough. Everything before the advantages is GRPO's (alignlab/recipes/grpo.py, imported, not repeated): the prompt
-sources, the batched seeded rollouts, RewardRunner, the reference, the monitors and alarms, the held-out accuracy.
+enough. Everything before the advantages is shared with GRPO through alignlab/rl/: the `rollout:` block (prompt
+sources, batched seeded rollouts, RewardRunner; rl/collect.py), the reference, the monitors and alarms, the held-out
+accuracy.
 
 One rollout batch, then num_ppo_epochs x num_mini_batches optimizer steps on it:
 
-1. rollouts    prompts_per_step prompts x num_generations completions from the current policy (grpo.RolloutSource)
+1. rollouts    rollout.prompts_per_step prompts x rollout.num_generations completions from the current policy
 2. scores      every reward function on every completion through RewardRunner; the weighted total is the score
                s_i (trl's "scores"); missing_eos_penalty is subtracted from completions cut off without EOS (trl).
                A completion no function could score (total None) leaves both losses.
@@ -71,33 +72,43 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from alignlab.config import save_config
+from alignlab.data.sampler import EpochSampler
+from alignlab.errors import ConfigError
 from alignlab.lora import LoraOptions, apply_lora, merge_and_unload
 from alignlab.model.hf import read_config, resolve_model_dir
 from alignlab.model.reward import RewardModel, load_reward_model, save_reward_model
 from alignlab.objectives.rl import gae, kl_k3, ppo_policy_loss, ppo_value_loss, token_rewards, whiten
-from alignlab.recipes.grpo import (
-    REFERENCES,
-    RLTrainer,
-    RolloutSource,
-    TokenReference,
-    describe_rewards,
+from alignlab.rewards.registry import describe_rewards
+from alignlab.rl.buffer import RolloutBuffer
+from alignlab.rl.collect import (
+    PromptSet,
+    RolloutBatch,
+    RolloutConfig,
+    collect_rollouts,
+    load_prompt_sets,
+    rollout_seeds,
+)
+from alignlab.rl.monitor import AlarmConfig, RLMonitor
+from alignlab.rl.rollout import completion_logps
+from alignlab.rl.run import (
     finish_run,
     held_out_evaluator,
     load_policy,
-    load_prompt_sets,
     model_meta,
-    open_run,
-    resolve_reference,
     reward_runner,
     save_policy,
     start_metrics,
     write_result,
 )
-from alignlab.rl.monitor import AlarmConfig, RLMonitor
-from alignlab.rl.rollout import completion_logps, rollout_logps
-from alignlab.train.trainer import TrainConfig, set_seed
+from alignlab.text import load_tokenizer
+from alignlab.train.reference import Reference, resolve_reference
+from alignlab.train.trainer import TrainConfig, Trainer, autocast_for, resolve_device, set_seed
 
 KL_ESTIMATORS = ("k1", "k3")
+
+
+REFERENCES = ("auto", "copy", "lora", "none")
 
 
 @dataclass
@@ -105,16 +116,8 @@ class PPOConfig:
     out_dir: str = "runs/ppo"
     model: str = ""  # the policy's starting point (a model directory, usually after SFT)
     value_model: str = ""  # the critic: empty = the policy's starting weights + a new scalar head (module docstring)
-    data: str = "tinyworld:rl"  # prompts, as GRPO's (grpo.py: PROMPT SOURCES)
-    val_data: str = ""  # held-out prompts for accuracy; empty: derived from data (TinyWorld / GSM8K test split)
-    num_generations: int = 1  # completions per prompt (PPO needs one: the critic is the baseline)
-    prompts_per_step: int = 64  # prompts per rollout batch
-    max_prompts: int = 0  # use only the first N prompts of data (0: all)
-    max_prompt_len: int = 256  # longer prompts are dropped (counted)
-    max_completion_length: int = 256
-    temperature: float = 1.0  # sampling; the log-probs divide the logits by it too (trl)
-    top_p: float = 1.0
-    top_k: int = 0
+    # prompts, sampling, rewards (rl/collect.py); PPO needs one completion per prompt: the critic is the baseline
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(num_generations=1, prompts_per_step=64))
     kl_coef: float = 0.05  # per-token KL penalty in the reward (trl's default)
     kl_estimator: str = "k1"  # k1 = log pi_old - log pi_ref (trl's default) | k3
     gamma: float = 1.0  # discount (trl: 1)
@@ -126,15 +129,10 @@ class PPOConfig:
     num_mini_batches: int = 1  # optimizer steps per pass (trl: 1)
     whiten_rewards: bool = False  # rescale the per-token rewards to unit variance before GAE (trl: False)
     missing_eos_penalty: float | None = None  # subtracted from the score of completions without EOS (trl); None: off
-    reward_funcs: dict[str, float] = field(default_factory=lambda: {"format": 1.0, "correctness": 1.0})
-    reward_timeout_s: float = 10.0
-    reward_isolation: str = "thread"  # thread | process (see alignlab.rewards.guard)
     reference: str = "auto"  # auto | copy | lora | none (none: kl_coef = 0 only)
     track_kl: bool = True  # compute the KL to the reference for the monitor even when kl_coef = 0
     method: str = "full"  # full | lora (adapters on the policy and the critic)
     lora: LoraOptions = field(default_factory=LoraOptions)
-    eval_prompts: int = 64  # held-out prompts answered greedily at each evaluation (0: no held-out accuracy)
-    logp_batch: int = 64  # rows per no-grad forward for pi_old, pi_ref and V_old
     alarms: AlarmConfig = field(default_factory=AlarmConfig)
     threads: int = 0
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
@@ -242,63 +240,23 @@ def ppo_advantages(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.T
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Rollout batches: GRPO's RolloutSource with PPO's no-grad pass and advantages, and epochs of shuffled mini-batches
+# Steps 2-5 on a rollout batch: collect_rollouts' advantages, with the critic's values
 
 
-class PPORolloutSource(RolloutSource):
-    """grpo.RolloutSource (prompt sampler, seeded rollouts, reward runner, exact-resume state: the buffer and the
-    position in it) with PPO's `collect` and its order of micro-batches: each epoch over the rollout batch starts
-    by shuffling its rows (seeded by the rollout and the epoch, so a resumed run shuffles alike), then takes
-    num_mini_batches mini-batches of grad_accum micro-batches each, in order."""
+def advantages_rule(cfg: PPOConfig, critic: RewardModel, autocast=None):
+    """collect_rollouts' step 5 for PPO: (scores [N], the batch with old_logps and ref_logps) -> (tensors, metrics):
+    V_old from the critic, then `ppo_advantages`; trl's objective/* metrics."""
 
-    def __init__(self, cfg: PPOConfig, policy, critic: RewardModel, *args, **kwargs):
-        super().__init__(cfg, policy, *args, **kwargs)
-        self.critic = critic
-
-    @property
-    def steps_per_epoch(self) -> int:
-        """Micro-batches per pass over the rollout batch."""
-        return self.cfg.num_mini_batches * self.cfg.train.grad_accum
-
-    def next_batch(self) -> dict:
-        per_epoch = self.steps_per_epoch
-        if self.buffer is None or self.cursor >= per_epoch * self.cfg.num_ppo_epochs:
-            self.buffer, self.metrics = self.collect()
-            self.cursor, self.fresh = 0, True
-        if self.cursor % per_epoch == 0:  # a new epoch: a new order of the rows
-            g = torch.Generator().manual_seed(self.cfg.train.seed * 1_000_003 + self.rollouts * 1009
-                                              + self.cursor // per_epoch)
-            order = torch.randperm(self.buffer["input_ids"].shape[0], generator=g).to(self.device)
-            self.buffer = {k: v[order] for k, v in self.buffer.items()}
-        part = self.cursor % per_epoch
-        self.cursor += 1
-        return self.micro_batch(part, per_epoch)
-
-    def collect(self) -> tuple[dict, dict]:
-        cfg, G = self.cfg, self.cfg.num_generations
-        records, rollout, batch = self.sample_rollout()
-        rewards, per_fn = self.score(records, rollout)
-        scores = rewards.to(self.device)
+    def advantages(scores: torch.Tensor, batch: dict) -> tuple[dict, dict]:
+        mask, old, ref = batch["completion_mask"], batch["old_logps"], batch.get("ref_logps")
+        scores = scores.to(mask.device)
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * batch["truncated"].float()
-
-        # the no-grad pass: pi_old, pi_ref, V_old
-        mask = batch["completion_mask"]
-        old = rollout_logps(self.model, batch, cfg.temperature, cfg.logp_batch, self.autocast)
-        ref = None
-        if self.reference is not None:
-            ref = self.reference.token_logps(self.model, batch, cfg.temperature, cfg.logp_batch, self.autocast)
-        values = rollout_values(self.critic, batch, cfg.logp_batch, self.autocast)
+        values = rollout_values(critic, batch, cfg.rollout.logp_batch, autocast)
         adv = ppo_advantages(scores, old, ref if cfg.kl_coef != 0 else None, values, mask, cfg.kl_coef, cfg.gamma,
                              cfg.lam, cfg.whiten_rewards, cfg.kl_estimator)
-        batch.update(scores=scores, old_logps=old, old_values=values * adv["loss_mask"],
-                     advantages=adv["advantages"], returns=adv["returns"], loss_mask=adv["loss_mask"])
-        if ref is not None:
-            batch["ref_logps"] = ref
-
-        # metrics: trl's objective/*, within GRPO's rollout metrics (the whole batch one group when G = 1)
         lm = adv["loss_mask"]
-        k1 = ((old - ref) * mask).sum(-1) if ref is not None else torch.zeros(len(rewards), device=self.device)
+        k1 = ((old - ref) * mask).sum(-1) if ref is not None else torch.zeros(len(scores), device=mask.device)
         tokens = lm.sum().clamp(min=1)
         objective = {
             "objective/scores": scores.nanmean().item(), "objective/kl": k1.mean().item(),
@@ -307,7 +265,10 @@ class PPORolloutSource(RolloutSource):
             "objective/entropy": (-old * mask).sum(-1).mean().item(),
             "objective/returns": ((adv["returns"] * lm).sum() / tokens).item(),
             "objective/values": ((values * lm).sum() / tokens).item()}
-        return batch, self.batch_metrics(rewards, per_fn, G if G > 1 else len(rewards), rollout, records, objective)
+        return {"scores": scores, "old_values": values * lm, "advantages": adv["advantages"],
+                "returns": adv["returns"], "loss_mask": lm}, objective
+
+    return advantages
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -320,7 +281,7 @@ def ppo_step(cfg: PPOConfig):
 
     def step(model, batch: dict, normaliser: float):
         logps, entropy, values = model(batch["input_ids"], batch["prompt_lens"], batch["completion_ids"],
-                                       batch["completion_mask"], cfg.temperature)
+                                       batch["completion_mask"], cfg.rollout.temperature)
         mask = batch["loss_mask"]
         policy_loss, pm = ppo_policy_loss(logps, batch["old_logps"], batch["advantages"], mask, cfg.cliprange)
         value_loss, vm = ppo_value_loss(values, batch["old_values"], batch["returns"], mask, cfg.cliprange_value)
@@ -349,86 +310,98 @@ def ppo_weight(batch: dict) -> float:
 # The recipe
 
 
-def _check(cfg: PPOConfig) -> str:
+def check(cfg: PPOConfig) -> str:
     """Validate the config; returns the resolved reference kind."""
     for name, value, allowed in (("reference", cfg.reference, REFERENCES), ("method", cfg.method, ("full", "lora")),
                                  ("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)):
         if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if not cfg.model:
-        raise ValueError("model: the model directory to start from is not set (model=path/to/model)")
-    for name in ("num_generations", "prompts_per_step", "num_ppo_epochs", "num_mini_batches"):
+        raise ConfigError("model: the model directory to start from is not set (model=path/to/model)")
+    cfg.rollout.check()
+    for name in ("num_ppo_epochs", "num_mini_batches"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    rows, parts = cfg.prompts_per_step * cfg.num_generations, cfg.num_mini_batches * cfg.train.grad_accum
+            raise ConfigError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.num_generations
+    parts = cfg.num_mini_batches * cfg.train.grad_accum
     if rows < parts:
-        raise ValueError(f"num_mini_batches * train.grad_accum = {parts} micro-batches need at least as many "
-                         f"completions; prompts_per_step * num_generations = {rows}")
+        raise ConfigError(f"num_mini_batches * train.grad_accum = {parts} micro-batches need at least as many "
+                          f"completions; rollout.prompts_per_step * rollout.num_generations = {rows}")
     if not (0 <= cfg.gamma <= 1 and 0 <= cfg.lam <= 1):
-        raise ValueError(f"gamma and lam must be in [0, 1], got gamma={cfg.gamma}, lam={cfg.lam}")
-    if cfg.temperature <= 0:
-        raise ValueError("temperature must be > 0: PPO samples (and divides the logits by it)")
+        raise ConfigError(f"gamma and lam must be in [0, 1], got gamma={cfg.gamma}, lam={cfg.lam}")
     if cfg.train.distributed == "fsdp":
-        raise ValueError("train.distributed=fsdp: PPO's policy + critic module runs on one process or under DDP")
+        raise ConfigError("train.distributed=fsdp: PPO's policy + critic module runs on one process or under DDP")
     return resolve_reference(cfg.reference, cfg.method, cfg.track_kl, "kl_coef", cfg.kl_coef)
 
 
 def run(cfg: PPOConfig, resume: bool = False, train_records: list[dict] | None = None,
         val_records: list[dict] | None = None) -> dict:
-    from alignlab.config import save_config
+    reference_kind = check(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device, out, model_dir = resolve_device(cfg.train.device), Path(cfg.out_dir), resolve_model_dir(cfg.model)
+    tok = load_tokenizer(model_dir)
+    r = cfg.rollout
 
-    reference_kind = _check(cfg)
-    device, out, model_dir, tok = open_run(cfg)
-
-    # prompts (and the task that checks replies to them); held-out prompts for accuracy -- as GRPO
-    task, records, prompt_ids, val_records = load_prompt_sets(cfg, tok, train_records, val_records, recipe="ppo")
+    # prompts (and the task that checks replies to them); held-out prompts for accuracy
+    prompts: PromptSet = load_prompt_sets(r, tok, train_records, val_records, recipe="ppo")
     steps = cfg.num_ppo_epochs * cfg.num_mini_batches
-    print(f"ppo data: {len(records):,} prompts ({task.name}), {cfg.prompts_per_step} x {cfg.num_generations} "
-          f"completions per rollout batch, {steps} optimizer steps on each; {len(val_records)} held-out prompts")
+    print(f"ppo data: {len(prompts.records):,} prompts ({prompts.task.name}), {r.prompts_per_step} x "
+          f"{r.num_generations} completions per rollout batch, {steps} optimizer steps on each; "
+          f"{len(prompts.val_records)} held-out prompts")
 
     # the policy, the critic, the reference
     set_seed(cfg.train.seed)
-    policy = load_policy(cfg, model_dir, device)
+    policy = load_policy(model_dir, cfg.method, cfg.lora, device)
     critic = load_critic(cfg, model_dir, device)
     if critic.config.vocab_size != policy.config.vocab_size:
-        raise ValueError(f"value_model={cfg.value_model}: vocabulary of {critic.config.vocab_size} tokens, the "
-                         f"policy's has {policy.config.vocab_size}; the critic must read the policy's tokens")
+        raise ConfigError(f"value_model={cfg.value_model}: vocabulary of {critic.config.vocab_size} tokens, the "
+                          f"policy's has {policy.config.vocab_size}; the critic must read the policy's tokens")
     model = ActorCritic(policy, critic)
-    pad_id = tok.padding_id
-    reference = None if reference_kind == "none" else TokenReference(reference_kind, policy)
+    reference = None if reference_kind == "none" else Reference(reference_kind, policy)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
 
-    # rollouts, scores, advantages, monitors
-    runner, names = reward_runner(cfg, task, warn=tqdm.write)
+    # rollout batches: prompts -> completions -> scores -> pi_old, pi_ref, V_old -> GAE advantages
+    runner, names = reward_runner(r, prompts.task, warn=tqdm.write)
     monitor = RLMonitor(cfg.alarms, warn=tqdm.write)
-    data = PPORolloutSource(cfg, policy, critic, tok, records, prompt_ids, runner, names, task, reference, pad_id,
-                            monitor)
+    autocast = autocast_for(cfg.train.dtype, device)
+
+    def rollout_batch(indices: list[int], index: int) -> RolloutBatch:
+        seeds = rollout_seeds(cfg.train.seed, index, len(indices) * r.num_generations)
+        return collect_rollouts(policy, tok, prompts, indices, r, runner, names, reference, seeds, tok.padding_id,
+                                True, advantages_rule(cfg, critic, autocast), autocast)
+
+    # epochs of shuffled mini-batches: num_ppo_epochs passes of num_mini_batches * grad_accum micro-batches
+    sampler = EpochSampler(len(prompts.records), r.prompts_per_step, cfg.train.seed, what="prompts")
+    data = RolloutBuffer(rollout_batch, sampler, runner, monitor, device,
+                         parts=cfg.num_mini_batches * cfg.train.grad_accum, passes=cfg.num_ppo_epochs,
+                         shuffle_seed=cfg.train.seed)
     print(f"reward functions: {describe_rewards(runner, names)}; reference: {reference_kind}; "
           f"critic: {cfg.value_model or 'the policy + a new head'}")
 
-    # held-out accuracy of the policy, greedy: before the first step, every train.eval_every steps
-    trainer: RLTrainer | None = None
-    evaluate, sample = held_out_evaluator(tok, task, val_records, cfg.max_completion_length, monitor,
+    # the update; held-out accuracy of the policy, greedy, before the first step and every train.eval_every steps
+    trainer: Trainer | None = None
+    evaluate, sample = held_out_evaluator(tok, prompts.task, prompts.val_records, r.max_completion_length, monitor,
                                           step=lambda: trainer.step if trainer else 0, policy=lambda m: m.policy)
-    trainer = RLTrainer(cfg.train, model, data, ppo_step(cfg), out, evaluate=evaluate, sample=sample,
-                        weight_fn=ppo_weight, run_config=asdict(cfg), monitor=monitor)
+    trainer = Trainer(cfg.train, model, data, ppo_step(cfg), out, evaluate=evaluate, sample=sample,
+                      weight_fn=ppo_weight, run_config=asdict(cfg), step_metrics=data.step_metrics)
     start = start_metrics(model, evaluate, cfg.train, device, out, resume)
     result = trainer.fit(resume=resume)
-    finish_run(result, cfg, out, start, monitor, runner, names, records, title=f"ppo {out.name}",
-               rollouts=data.rollouts)
+    finish_run(result, out, start, monitor, runner, names, len(prompts.records), title=f"ppo {out.name}",
+               plot=cfg.train.plot, rollouts=data.rollouts)
 
     # the model directories: the policy, and the critic
     if result["status"] == "finished":
         final = trainer.export_model()
         meta = model_meta("ppo", cfg, result)
-        save_policy(final.policy, cfg, out, tok, meta, result)
+        save_policy(final.policy, cfg.method, cfg.model, out, tok, meta, result)
         critic = final.critic
         if cfg.method == "lora":
             merge_and_unload(critic.backbone)
         result["value_model_dir"] = str(save_reward_model(critic, out / "value_model", tokenizer=tok,
                                                           meta={**meta, "stage": "ppo value model"},
-                                                          pad_token_id=pad_id))
+                                                          pad_token_id=tok.padding_id))
         summary = write_result(out, result, monitor)
         print(f"ppo: {result['step']} steps on {data.rollouts} rollout batches ({result['train_seconds']:.0f} s), "
               f"{summary}; model: {result['model_dir']}, critic: {result['value_model_dir']}")

@@ -24,8 +24,8 @@
               decode path; GRPO recomputes pi_old with this function when it needs it (num_iterations > 1),
               as trl does without vLLM.
               Given `prompt_index`, rows that answer the same prompt (consecutive rows with the same index) share
-              it: the prompt runs once and its keys and values serve the group's rows (CausalLM.forward with
-              continuations), the same log-probs and gradients for about B*P + N*C tokens instead of N*(P + C).
+              it: the prompt runs once and its keys and values serve the group's rows (CausalLM.forward with a
+              shared_prefix), the same log-probs and gradients for about B*P + N*C tokens instead of N*(P + C).
 """
 
 from __future__ import annotations
@@ -35,13 +35,11 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 from alignlab.infer import Engine, SamplingParams
-from alignlab.objectives.rl import token_entropy
+from alignlab.model.kv_cache import SharedPrefix
+from alignlab.objectives.logprobs import chunked_token_logps
 from alignlab.train.trainer import unwrap
-
-CHUNK_ELEMENTS = 2**25  # head logits per chunk: rows * vocab (128 MiB of fp32)
 
 
 @dataclass
@@ -115,12 +113,6 @@ def generate_rollouts(model, tokenizer, prompt_ids: list[list[int]], num_generat
                    texts=[o.text or "" for o in outs], seconds=seconds)
 
 
-def _chunk_logps(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, temperature: float):
-    logits = (h @ weight.t()).float() / temperature  # [rows, V]
-    logp = logits.gather(1, y[:, None]).squeeze(1) - logits.logsumexp(-1)
-    return logp, token_entropy(logits.detach())
-
-
 def prompt_groups(prompt_index: torch.Tensor | None) -> torch.Tensor | None:
     """The sizes of the runs of consecutive rows with the same prompt_index ([N] -> [groups]), or None when no
     two neighbouring rows share a prompt (nothing to share: the plain forward is cheaper)."""
@@ -147,8 +139,8 @@ def _shared_prompt_hidden(model, input_ids: torch.Tensor, prompt_lens: torch.Ten
     src = torch.arange(P, device=input_ids.device) - (P - lens)[:, None]  # [B, P]
     prompt_mask = src >= 0
     prompts = torch.where(prompt_mask, input_ids[first].gather(1, src.clamp(min=0)), 0)
-    return model(prompts, prompt_mask.long(), head=False, continuations=completion_ids[:, :-1],
-                 group_sizes=group_sizes)
+    return model(prompts, prompt_mask.long(), head=False,
+                 shared_prefix=SharedPrefix(completion_ids[:, :-1], group_sizes))
 
 
 def completion_logps(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, completion_ids: torch.Tensor,
@@ -181,18 +173,11 @@ def completion_logps(model, input_ids: torch.Tensor, prompt_lens: torch.Tensor, 
         h = hidden.gather(1, pos[..., None].expand(N, C, D)).reshape(N * C, D)[rows]
     y = completion_ids.reshape(-1)[rows]
     weight = unwrap(model).lm_head.weight
-    chunk = chunk or max(1, CHUNK_ELEMENTS // weight.shape[0])
-    save_memory = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad) and len(y) > chunk
-    logps, entropies = [], []
-    for s in range(0, len(y), chunk) or [0]:  # [0]: one empty chunk when nothing is masked, to keep the graph
-        args = (h[s:s + chunk], weight, y[s:s + chunk], temperature)
-        lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False) if save_memory else _chunk_logps(*args)
-        logps.append(lp)
-        entropies.append(ent)
-    flat = hidden.new_zeros(N * C, dtype=torch.float32).index_put((rows,), torch.cat(logps))
+    logps, entropies = chunked_token_logps(h, weight, y, temperature, entropy, chunk)
+    flat = hidden.new_zeros(N * C, dtype=torch.float32).index_put((rows,), logps)
     ent = None
     if entropy:
-        ent = torch.zeros(N * C, device=hidden.device).index_put((rows,), torch.cat(entropies)).view(N, C)
+        ent = torch.zeros(N * C, device=hidden.device).index_put((rows,), entropies).view(N, C)
     return flat.view(N, C), ent
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.objectives.rl import gae, group_advantages, grpo_loss, kl_k3, rloo_advantages
+from alignlab.objectives.rl import ClipConfig, gae, group_advantages, grpo_loss, kl_k3, rloo_advantages
 from alignlab.rewards import RewardRunner
 from alignlab.rl.monitor import ALARMS, check_alarms
 
@@ -67,7 +67,8 @@ def check_2(ex) -> str:
             mask = (torch.arange(T)[None] < lengths[:, None]).double()
             mine, ref = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
             got = ex.grpo_loss_by_hand(mine, old, adv, mask, loss_type, 0.2, eps_high, max_completion_length=T)
-            want, _ = grpo_loss(ref, old, None, adv, mask, loss_type, 0.2, eps_high, max_completion_length=T)
+            clip = ClipConfig(loss_type, 0.2, eps_high, max_completion_length=T)
+            want, _ = grpo_loss(ref, old, None, adv, mask, clip)
             what = f"loss_type={loss_type}, epsilon_high={eps_high}"
             close(got.detach(), want.detach(), f"{what}: loss")
             got.backward()
