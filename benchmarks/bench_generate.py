@@ -8,11 +8,11 @@ and times every forward call (prefill, then one per token). Made for a shared ma
 waits (up to 60 s) for the CPUs to be idle, and a side's time is the sum over steps of that step's fastest
 time across the reps, so a burst of someone else's load does not land in one side's numbers (the ratio
 of best-of wall times is printed too). tok/s = batch * new / that time, prefill included. The two sides
-must produce identical tokens, or the benchmark fails. The last line is JSON with every ratio
+must produce identical tokens, or the benchmark fails (exit status 1). The last line is JSON with every ratio
 (alignlab tok/s / HF tok/s).
 
 --ragged also times the engine on a batch of 16 requests wanting 8..128 new tokens, with and without
-compacting finished rows out of the batch.
+compacting finished rows out of the batch; both must generate the same tokens.
 """
 
 from __future__ import annotations
@@ -126,16 +126,14 @@ def main():
         for batch in map(int, args.batches.split(",")):
             prompts = torch.randint(0, VOCAB, (batch, args.prompt), generator=torch.Generator().manual_seed(batch))
             want = run_hf(hf, prompts, args.new)  # warm-up, and the reference tokens
-            got = run_ours(engine, prompts, args.new)
-            assert got.shape == (batch, args.new), got.shape
-            assert torch.equal(got, want), f"{name} batch {batch}: alignlab and HF generated different tokens"
+            same_tokens(run_ours(engine, prompts, args.new), want, f"{name} batch {batch}: alignlab vs HF")
             runs_hf, runs_ours = [], []
-            for _ in range(args.reps):
+            for rep in range(args.reps):
                 steps, out = hf_clock.run(run_hf, hf, prompts, args.new)
-                assert torch.equal(out, want)
+                same_tokens(out, want, f"{name} batch {batch}: HF run {rep + 1} vs its first")
                 runs_hf.append(steps)
                 steps, out = our_clock.run(run_ours, engine, prompts, args.new)
-                assert torch.equal(out, want)
+                same_tokens(out, want, f"{name} batch {batch}: alignlab run {rep + 1} vs HF")
                 runs_ours.append(steps)
             n = batch * args.new
             hf_tps, ours_tps = n / robust_seconds(runs_hf), n / robust_seconds(runs_ours)
@@ -149,19 +147,31 @@ def main():
     print(json.dumps({"ratios": ratios, "wall_time_ratios": wall_ratios}))
 
 
+def same_tokens(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """Exit with a message unless the two [batch, new] token tensors are identical."""
+    if got.shape != want.shape:
+        raise SystemExit(f"{what}: generated {tuple(got.shape)} tokens, expected {tuple(want.shape)}")
+    if not torch.equal(got, want):
+        row, col = (got != want).nonzero()[0].tolist()
+        raise SystemExit(f"{what}: different tokens (first at row {row}, position {col}: {got[row, col]} vs "
+                         f"{want[row, col]})")
+
+
 def ragged(engine: Engine, clock: StepClock, name: str, args):
     """16 requests wanting 8..128 tokens: compacting finished rows away vs computing them to the end."""
     lengths = torch.linspace(8, args.new, 16).long().tolist()
     prompts = torch.randint(0, VOCAB, (16, args.prompt), generator=torch.Generator().manual_seed(0)).tolist()
     params = [SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True) for n in lengths]
     default = engine_module.COMPACT_FRACTION
-    tps = {}
+    tps, tokens = {}, {}
     for label, fraction in (("compacting", default), ("never compacting", float("inf"))):
         engine_module.COMPACT_FRACTION = fraction
-        engine.generate(prompts, params)
+        tokens[label] = [c.token_ids for c in engine.generate(prompts, params)]
         runs = [clock.run(engine.generate, prompts, params)[0] for _ in range(args.reps)]
         tps[label] = sum(lengths) / robust_seconds(runs)
     engine_module.COMPACT_FRACTION = default
+    if tokens["compacting"] != tokens["never compacting"]:
+        raise SystemExit(f"{name} ragged batch: compacting finished rows changed the generated tokens")
     print(f"{name:>6} ragged batch 16 (8..{args.new} new tokens): " +
           ", ".join(f"{label} {v:.0f} tok/s" for label, v in tps.items()))
 

@@ -24,7 +24,8 @@ high-water mark measures malloc's fragmentation too (about 40% more on these run
 Unless --no-profile, the same process then runs one more step under torch's profiler (profile_memory=True)
 and adds up its allocation events in time order: the peak of live tensor bytes, plus the parameters, buffers
 and optimizer states already there, is the allocator's view, free of page-level effects. The estimate is
-compared with the first (RSS); the second shows how much of RSS is not tensors. The last line is JSON.
+compared with the first (RSS); the second shows how much of RSS is not tensors. The last line is JSON; then
+the run fails (exit status 1) if an estimate is off the measured RSS by more than --tol (default 20%).
 """
 
 from __future__ import annotations
@@ -174,6 +175,7 @@ def main():
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--json", action="store_true", help="print only the JSON line")
+    ap.add_argument("--tol", type=float, default=0.2, help="the largest |estimate / RSS - 1| that passes")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
@@ -192,6 +194,11 @@ def main():
                   f"   measured: RSS {m['rss_peak'] / 2**20:7.1f} MiB, allocator {alloc} MiB"
                   f"   estimate/RSS {est / m['rss_peak']:.3f}", flush=True)
     print(json.dumps(rows))
+    off = [f"{r['size']} {r['method']}{'+ckpt' if r['grad_ckpt'] else ''} ({r['ratio']:.3f})" for r in rows
+           if abs(r["ratio"] - 1) > args.tol]
+    if off:
+        raise SystemExit(f"estimate_memory is off the measured peak by more than {args.tol:.0%} for: "
+                         f"{', '.join(off)} (estimate / RSS)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,9 @@ like this one reached 1.886 in 96 s. Curves, all validation loss against wall-cl
     timed from its first evaluation line, which is printed right before the training loop starts. Without
     it, that reference point is drawn instead: 1.886 at 96 s, not re-measured here.
 
-Prints a table, the PNG's path and, on the last line, a JSON summary.
+Prints a table, the PNG's path and, on the last line, a JSON summary. The run fails (exit status 1) when (a)
+ends more than --max-gap (default 0.05) nats per character above nanoGPT's validation loss (measured with
+--nanogpt-dir, else the reference run's): the same configuration must train as well.
 """
 
 from __future__ import annotations
@@ -178,6 +180,8 @@ def main() -> None:
     p.add_argument("--nanogpt-dir", type=Path, default=None, help="a nanoGPT checkout to run as the third curve")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_nanogpt")
     p.add_argument("--png", type=Path, default=None, help="default: <out>/nanogpt_vs_alignlab.png")
+    p.add_argument("--max-gap", type=float, default=0.05,
+                   help="how far (nats/char) alignlab's run of nanoGPT's configuration may end above nanoGPT's")
     args = p.parse_args()
     out, png = args.out, args.png or args.out / "nanogpt_vs_alignlab.png"
 
@@ -220,6 +224,10 @@ def main() -> None:
         "reference": None if nanogpt else REFERENCE,
     }
     print(json.dumps(summary))
+    theirs = (nanogpt or REFERENCE)["val_loss"]
+    if not a["val_loss"] <= theirs + args.max_gap:
+        raise SystemExit(f"alignlab trained nanoGPT's configuration to val loss {a['val_loss']:.4f}, more than "
+                         f"--max-gap {args.max_gap} above nanoGPT's {theirs:.4f}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,9 @@ def measure(name: str, double_quant: bool, reps: int) -> dict:
     quantize_model(qmodel, double_quant=double_quant)
     quant_s = time.perf_counter() - t
     layers = {n: m for n, m in qmodel.named_modules() if isinstance(m, Linear4bit)}
-    assert layers.keys() == weights.keys()
+    if layers.keys() != weights.keys():
+        raise SystemExit(f"{name}: quantize_model turned {sorted(layers.keys() ^ weights.keys())} into a different "
+                         "set of Linear4bit layers than the model's Linears (all but the head)")
 
     # weight error over every quantised matrix together
     abs_sum = sq_err = sq_w = 0.0

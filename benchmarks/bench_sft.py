@@ -51,7 +51,9 @@ adding the adapters): gradients, optimizer states, activations and working buffe
 MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the resident set (as in bench_memory.py). When
 alignlab/memory.py is there, its estimate_memory of the same terms is printed next to it.
 
-The last line is JSON with the ratios, tokens/s, held-out losses and memory.
+The last line is JSON with the ratios, tokens/s, held-out losses and memory. The run fails (exit status 1)
+when the two sides do not train on the same data (tokens or packed token counts differ, token counts disagree
+with trl's own) or their held-out losses differ by more than --loss-tol (default 1%, relative).
 """
 
 from __future__ import annotations
@@ -73,8 +75,7 @@ from alignlab.data.converters import alpaca_to_prompt_completion
 from alignlab.data.packing import PackedBatches, pack
 from alignlab.data.sft import tokenize_records
 from alignlab.model.hf import load_model
-from alignlab.objectives import IGNORE_INDEX
-from alignlab.objectives import lm_step
+from alignlab.objectives import IGNORE_INDEX, lm_step
 from alignlab.recipes.sft import ConversationBatches, LoraOptions, SFTConfig, collate
 from alignlab.text import load_tokenizer, train_bpe
 from alignlab.train.trainer import TrainConfig
@@ -209,8 +210,9 @@ def run_trl(model_dir: str, train: list[dict], examples, args, packing: bool, ro
         info["rows"] = len(ds)
         info["packed_tokens"] = sum(len(x) for x in ds["input_ids"])
         if info["packed_tokens"] != sum(len(e.input_ids) for e in examples):
-            print(f"  note: trl packs {info['packed_tokens']:,} tokens, alignlab's examples hold "
-                  f"{sum(len(e.input_ids) for e in examples):,}")
+            raise SystemExit(f"trl packs {info['packed_tokens']:,} tokens, alignlab's examples hold "
+                             f"{sum(len(e.input_ids) for e in examples):,}: the packed runs would not train on "
+                             "the same data")
     else:
         info["checked_examples"] = check_same_tokens(trainer, examples)
     counter = CountingCollator(trainer.data_collator)
@@ -221,8 +223,8 @@ def run_trl(model_dir: str, train: list[dict], examples, args, packing: bool, ro
     real = counter.real[:len(clock.ends)]
     trl_counted = [b - a for a, b in zip([0] + clock.num_tokens, clock.num_tokens)]
     if trl_counted and trl_counted != real:
-        print(f"  note: trl's num_tokens per step {trl_counted[:5]}... differ from the collated batches' "
-              f"{real[:5]}...")
+        raise SystemExit(f"trl's num_tokens per step {trl_counted[:5]}... differ from the collated batches' "
+                         f"{real[:5]}...: trl's effective tokens are not measured right")
     tokens, seconds = window(clock.ends, real)
     trainer.model.save_pretrained(os.path.join(out, "model"))
     return dict(steps=len(clock.ends), tokens=tokens, seconds=seconds, losses=clock.losses, other=watch.other_load,
@@ -333,6 +335,8 @@ def main():
     ap.add_argument("--memory-steps", type=int, default=3)
     ap.add_argument("--peak", type=float, default=170.0,
                     help="peak GFLOP/s for alignlab's logged MFU (given: the trainer does not measure it)")
+    ap.add_argument("--loss-tol", type=float, default=0.01,
+                    help="the largest relative difference of the held-out losses (alignlab packed vs trl) that passes")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -435,6 +439,9 @@ def main():
         result["alignlab_packed_vs_trl_packed"] = round(runs["alignlab packed"]["tok_s"] / runs["trl packed"]["tok_s"],
                                                         3)
     print(json.dumps(result))
+    if abs(rel) > args.loss_tol:
+        raise SystemExit(f"held-out losses disagree: alignlab packed {ours:.4f} vs trl {theirs:.4f}, a relative "
+                         f"difference of {rel:+.2%} (more than --loss-tol {args.loss_tol:.0%})")
 
 
 if __name__ == "__main__":

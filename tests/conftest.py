@@ -1,6 +1,13 @@
-"""Fixtures shared by the recipe tests: TinyWorld's quick world and a tiny random Llama saved with its tokenizer."""
+"""Fixtures shared by the recipe tests: TinyWorld's quick world and a tiny random Llama saved with its tokenizer.
+
+Tests that read ../shared/data carry `@pytest.mark.shared_data(path, ...)`: skipped where a file is missing, except
+under CI (the CI environment variable set), where a missing file fails the test -- CI must run them all.
+"""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,3 +30,27 @@ def base(tmp_path_factory, world):
     model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256,
                             eos_token_id=tok.eos_token_id))
     return save_model(model, tmp_path_factory.mktemp("base"), tokenizer=tok)
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "shared_data(*paths): files of ../shared/data the test reads; skipped where "
+                                       "missing, failed under CI")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("shared_data"):
+        missing = [str(p) for p in mark.args if not Path(p).exists()]
+        if not missing:
+            continue
+        why = f"shared data not found: {', '.join(missing)} (see ../shared/data/SOURCES.md)"
+        if in_ci():
+            pytest.fail(f"{why}; CI is set, and CI runs every test: put the data in place", pytrace=False)
+        pytest.skip(why)

@@ -1,7 +1,12 @@
-"""Tiny random-init Hugging Face models built from a config (no download), saved to a directory."""
+"""Tiny random-init Hugging Face models built from a config (no download), saved to a directory; and `require`, the
+import of an optional oracle package (transformers, trl, peft) that skips only when the package is not installed."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
+import pytest
 import torch
 
 VOCAB = 128
@@ -33,3 +38,17 @@ def make_hf_model(arch: str, seed: int = 0, **kw):
             if name.endswith("bias") or "norm" in name or "ln_" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     return model.float().eval()
+
+
+def installed(package: str) -> bool:
+    """Whether the package (the top-level name of a module path) is installed at all."""
+    return importlib.util.find_spec(package.partition(".")[0]) is not None
+
+
+def require(module: str, reason: str = ""):
+    """The module, imported; the test (or the test module) is skipped only when its package is not installed.
+    Unlike pytest.importorskip, an installed package that lacks the module raises ImportError: a symbol that moved
+    fails the parity test instead of silently skipping it."""
+    if not installed(module):
+        pytest.skip(reason or f"{module.partition('.')[0]} is not installed", allow_module_level=True)
+    return importlib.import_module(module)

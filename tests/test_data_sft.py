@@ -3,7 +3,6 @@ templates), truncation counts, inspect-data, and the sft recipe reading them."""
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from alignlab.cli import build_parser
+from alignlab.data import sft
 from alignlab.data.converters import (
     alpaca_to_messages,
     alpaca_to_prompt_completion,
@@ -25,11 +26,7 @@ from alignlab.data.converters import (
 from alignlab.data.errors import DataError, DataNotFoundError, MissingDependencyError
 from alignlab.data.loaders import parse_hf_records, read_rows
 from alignlab.data.sft import (
-    IGNORE_INDEX,
-    ChatTemplateError,
-    add_inspect_parser,
     detect_format,
-    encode_chat,
     encode_record,
     inspect_example,
     load_sft_data,
@@ -38,8 +35,11 @@ from alignlab.data.sft import (
     tokenize_records,
     validate_record,
 )
-from alignlab.objectives import IGNORE_INDEX as OBJECTIVES_IGNORE_INDEX
-from alignlab.text import render_chat, train_bpe
+from alignlab.errors import UserError
+from alignlab.objectives import IGNORE_INDEX
+from alignlab.text import ChatTemplateError, encode_chat, render_chat, train_bpe
+
+from .hf_models import require
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 ALPACA = SHARED / "instructions" / "alpaca_en_demo.json"
@@ -106,7 +106,7 @@ def test_formats_are_detected():
     assert detect_format({"messages": [USER, REPLY], "tools": None, "id": 3}) == "messages"
     assert detect_format({"prompt": "Q", "completion": "A"}) == "prompt_completion"
     assert detect_format({"prompt": [USER], "completion": [REPLY]}) == "conversational_prompt_completion"
-    assert IGNORE_INDEX == OBJECTIVES_IGNORE_INDEX
+    assert sft.IGNORE_INDEX == IGNORE_INDEX  # the labels data/sft.py writes are the ones the losses ignore
 
 
 @pytest.mark.parametrize("record, match", [
@@ -227,7 +227,7 @@ def test_csv_prompt_completion_trains(tmp_path, tok):
 
 
 def test_parquet(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    pa = require("pyarrow")
     import pyarrow.parquet as pq
 
     records = [{"messages": [USER, REPLY]}, {"messages": [USER, {"role": "assistant", "content": "ok"}]}]
@@ -245,7 +245,7 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_hf_datasets(monkeypatch):
-    datasets = pytest.importorskip("datasets")
+    datasets = require("datasets")
     calls = []
 
     def fake_load(name, config, split):
@@ -312,7 +312,7 @@ def test_sharegpt():
         sharegpt_to_messages({"conversations": [{"from": "bot", "value": "x"}]})
 
 
-@pytest.mark.skipif(not ALPACA.exists(), reason=f"real data not found: {ALPACA} (see shared/data/SOURCES.md)")
+@pytest.mark.shared_data(ALPACA)
 def test_real_alpaca_sample(tok):
     records, where = load_sft_data(str(ALPACA), convert="alpaca")
     assert len(records) == 999 and where[0].endswith("alpaca_en_demo.json:2 (row 0)")
@@ -325,7 +325,7 @@ def test_real_alpaca_sample(tok):
         load_sft_data(str(ALPACA))
 
 
-@pytest.mark.skipif(not GSM8K.exists(), reason=f"real data not found: {GSM8K} (see shared/data/SOURCES.md)")
+@pytest.mark.shared_data(GSM8K)
 def test_real_gsm8k():
     import re
 
@@ -392,7 +392,7 @@ def test_template_rewriting_earlier_turns_is_refused(tok):
     with pytest.raises(ChatTemplateError, match=r"not prefix-stable: messages\[2\] \(assistant\) renders as") as e:
         encode_chat(tok, CHAT, chat_template=rewrite)
     assert "Sunny" in str(e.value) and "(earlier reply)" in str(e.value)
-    assert isinstance(e.value, ValueError)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, UserError)  # the user's template: no traceback
     with pytest.raises(ValueError, match="prefix-stable"):  # text.render_chat refuses it too
         render_chat(tok, CHAT, chat_template=rewrite)
     encode_chat(tok, CHAT[:3], chat_template=rewrite)  # one reply: nothing is rewritten
@@ -458,16 +458,15 @@ def test_validation_runs_on_records_given_directly(tok):
 
 
 def _trl_template(name: str) -> str:
-    trl = pytest.importorskip("trl")
+    trl = require("trl")
     path = Path(trl.__file__).parent / "chat_templates" / f"{name}.jinja"
-    if not path.exists():
-        pytest.skip(f"trl has no {path.name}")
+    assert path.exists(), f"trl is installed but has no {path.name}: the oracle moved"
     return path.read_text()
 
 
 @pytest.fixture(scope="module")
 def auto(tok_dir):
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(tok_dir[1]))
 
 
@@ -549,8 +548,7 @@ def test_inspect_example(tok):
 def test_inspect_data_command(tok_dir, tmp_path, capsys):
     _, d = tok_dir
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": CHAT}, {"prompt": "Q: 2+2?\nA:", "completion": " 4"}])
-    parser = argparse.ArgumentParser()
-    add_inspect_parser(parser.add_subparsers(dest="command"))
+    parser = build_parser()
     args = parser.parse_args(["inspect-data", "--data", str(data), "--tokenizer", str(d), "--index", "1",
                               "--no-color"])
     args.fn(args)
@@ -567,7 +565,7 @@ def test_inspect_data_command(tok_dir, tmp_path, capsys):
 
 
 def test_recipe_reads_converted_json(tok, tmp_path):
-    torch = pytest.importorskip("torch")
+    torch = require("torch")
     from alignlab.model import CausalLM, preset
     from alignlab.model.hf import save_model
     from alignlab.recipes.sft import SFTConfig, run

@@ -5,8 +5,10 @@ import torch
 
 from alignlab.train.schedule import lr_factor
 
-transformers = pytest.importorskip("transformers")
-opt_module = pytest.importorskip("transformers.optimization")
+from .hf_models import require
+
+transformers = require("transformers")
+opt_module = require("transformers.optimization")
 
 WARMUP, TOTAL = 10, 100
 

@@ -18,6 +18,7 @@ The stage supplies the pieces that differ (a recipe composes them):
     data      .next_batch() -> dict of tensors, .state_dict(), .load_state_dict()   (exact resume)
     loss_fn   (model, batch, normaliser) -> loss tensor, or (loss, {extra metrics})
     evaluate  (model) -> {"val_loss": ..., ...}               every eval_every steps and at the end
+    step_metrics (step, metrics) -> {...}                      more metrics for each step (e.g. RL's rollout batch)
     sample    (model) -> [str]                                 shown and saved at evaluation time
 
 Around the loop: checkpoints (atomic, last k + best, exact resume), SIGINT/SIGTERM save-and-exit,
@@ -43,10 +44,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from alignlab.errors import ConfigError
+from alignlab.objectives.lm import IGNORE_INDEX
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.distributed import Dist, all_reduce_sum, barrier, wrap_model
 from alignlab.train.metrics import MetricsLogger, plot_curves
-from alignlab.train.mfu import peak_flops
+from alignlab.train.mfu import peak_flops, raise_peak
 from alignlab.train.optim import build_adamw
 from alignlab.train.schedule import SCHEDULES, lr_factor
 
@@ -76,18 +79,18 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
     tensorboard: bool = False
-    peak_flops: float = 0.0  # MFU denominator; 0 = measure this device's matmul peak once and cache it
+    peak_flops: float = 0.0  # MFU denominator per device; 0 = measure this device's matmul peak once and cache it
     plot: bool = True
     overwrite: bool = False  # start from scratch even if out_dir holds checkpoints of an earlier run
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+            raise ConfigError(f"train.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("max_steps", "grad_accum"):
             if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if self.dtype not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+            raise ConfigError(f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,7 +106,13 @@ def set_seed(seed: int) -> None:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r}: CUDA is not available here (train.device=auto or cpu)")
+    return device
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -113,9 +122,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def autocast_for(dtype: str, device: torch.device):
+    """The context that runs a forward in `dtype` (auto: bf16 autocast on CUDA, fp32 elsewhere)."""
+    bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
 def count_targets(batch: dict) -> int:
-    """How many terms the loss sums over: label positions that are not ignored (-100)."""
-    return int((batch["labels"] != -100).sum())
+    """How many terms the loss sums over: label positions that are not IGNORE_INDEX."""
+    return int((batch["labels"] != IGNORE_INDEX).sum())
 
 
 def _to(batch: dict, device: torch.device) -> dict:
@@ -126,7 +141,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, model: torch.nn.Module, data, loss_fn: Callable,
                  out_dir: str | Path, evaluate: Callable | None = None, sample: Callable | None = None,
                  flops_per_token: float = 0.0, dist: Dist | None = None, weight_fn: Callable = count_targets,
-                 run_config: dict | None = None):
+                 run_config: dict | None = None, step_metrics: Callable[[int, dict], dict] | None = None):
         self.config = c = config
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
@@ -134,11 +149,10 @@ class Trainer:
         self.device = resolve_device(c.device)
         self.data, self.loss_fn, self.evaluate, self.sample = data, loss_fn, evaluate, sample
         self.weight_fn = weight_fn
+        self.step_metrics = step_metrics  # (step, the step's metrics) -> more metrics for that step (RL's rollouts)
         self.flops_per_token = flops_per_token
         self.run_config = run_config or {"train": asdict(c)}
-        bf16 = c.dtype == "bf16" or (c.dtype == "auto" and self.device.type == "cuda")
-        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16
-                         else contextlib.nullcontext())
+        self.autocast = autocast_for(c.dtype, self.device)
 
         self.raw_model = model.to(self.device)
         if c.gradient_checkpointing:
@@ -286,7 +300,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens_seen += int(n_tokens)
-        return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_tokens), **extra}
+        out = {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": int(n_tokens), **extra}
+        if self.step_metrics is not None:
+            out.update(self.step_metrics(self.step, out))
+        return out
 
     # --- evaluation -------------------------------------------------------------------------------
 
@@ -317,16 +334,17 @@ class Trainer:
         resumed = self.resume(resume) if resume else False
         if not resumed and ckpt.step_dirs(self.ckpt_dir):
             if not c.overwrite:
-                raise ValueError(f"{self.ckpt_dir} holds checkpoints of an earlier run (up to step "
-                                 f"{ckpt.step_dirs(self.ckpt_dir)[-1][0]}); resume it, or set train.overwrite=true "
-                                 f"to start over")
+                raise ConfigError(f"{self.ckpt_dir} holds checkpoints of an earlier run (up to step "
+                                  f"{ckpt.step_dirs(self.ckpt_dir)[-1][0]}); resume it, or set train.overwrite=true "
+                                  f"to start over")
             if d.main:
                 shutil.rmtree(self.ckpt_dir)
             barrier(d)
         logger = MetricsLogger(self.out_dir, resume_step=self.step if resumed else None,
                                tensorboard=c.tensorboard) if d.main else None
-        peak = c.peak_flops or (peak_flops(self.device, torch.bfloat16 if self.device.type == "cuda"
-                                           else torch.float32) if self.flops_per_token else 0.0)
+        matmul_dtype = torch.bfloat16 if isinstance(self.autocast, torch.autocast) else torch.float32
+        peak = c.peak_flops or (peak_flops(self.device, matmul_dtype) if self.flops_per_token else 0.0)
+        low_peak = False  # said once: the model ran faster than the peak
         if d.main:
             keep_samples(self.out_dir / "samples.jsonl", self.step if resumed else -1)
             start_note = f"resumed from {self.last_checkpoint} at step {self.step}" if resumed else "from scratch"
@@ -343,7 +361,13 @@ class Trainer:
                 out = self.train_step()
                 dt = time.perf_counter() - t0
                 tok_s = out["tokens"] / dt
-                mfu = self.flops_per_token * tok_s / peak if peak else 0.0
+                rate = self.flops_per_token * tok_s / d.world  # model FLOP/s of one device
+                if peak and rate > peak:  # the peak read low (measured on a busy machine?): this rate is possible
+                    if d.main and not low_peak:
+                        bar.write(f"the model reached {rate / 1e9:.0f} GFLOP/s, above the peak of {peak / 1e9:.0f}: "
+                                  "the fastest rate reached is the peak from now on")
+                    low_peak, peak = True, rate if c.peak_flops else raise_peak(self.device, matmul_dtype, rate)
+                mfu = rate / peak if peak else 0.0
                 bar.update(1)
                 bar.set_postfix(loss=f"{out['loss']:.4f}", tok_s=f"{tok_s:,.0f}",
                                 **({"mfu": f"{mfu:.0%}"} if peak else {}))
