@@ -1,15 +1,34 @@
 """`alignlab <command>`: the command-line entry point.
 
-Each command is a small function that parses nothing itself: argparse hands it a namespace. Errors a
-user can fix (a bad path, a corrupt checkpoint, a wrong shape) print one line and exit with status 2.
+Every command is one row of COMMANDS: its name, its help line, a function that adds its arguments to its
+parser, and a function that runs it on the parsed arguments. Errors a user can fix (alignlab.errors.UserError:
+a bad option, path, file, record or checkpoint) print one line and exit with status 2; a training run that
+diverged exits with 1; anything else is a bug and raises with its traceback. `alignlab --debug <command>`
+shows the traceback of every error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from alignlab.errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]  # also sets a description or epilog, if any
+    run: Callable[[argparse.Namespace], None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Models: info, generate, chat
 
 
 def _load(model_dir: str, need_tokenizer: bool = True):
@@ -30,6 +49,12 @@ def _size(n_bytes: float) -> str:
         if n_bytes < 1024 or unit == "GiB":
             return f"{n_bytes:.1f} {unit}"
         n_bytes /= 1024
+
+
+def info_arguments(p):
+    p.add_argument("--model", required=True, help="model directory or Hugging Face Hub id")
+    p.add_argument("--seq-len", type=int, default=None, help="context for FLOPs and KV cache (default: the model's)")
+    p.add_argument("--batch", type=int, default=1)
 
 
 def cmd_info(args):
@@ -58,12 +83,30 @@ def cmd_info(args):
         print(f"{k:<{width}}  {v}")
 
 
+def _add_sampling(p, temperature=0.0):
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+
+
 def _params(args):
     from alignlab.infer import SamplingParams
 
     return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
                           seed=args.seed, stop=args.stop or [])
+
+
+def generate_arguments(p):
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--stream", action="store_true")
+    _add_sampling(p, temperature=0.0)
 
 
 def cmd_generate(args):
@@ -78,6 +121,13 @@ def cmd_generate(args):
         print()
     else:
         print(engine.generate([args.prompt], params)[0].text)
+
+
+def chat_arguments(p):
+    p.add_argument("--model", required=True)
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--template", default=None, help="a built-in chat template (e.g. chatml) to use instead")
+    _add_sampling(p, temperature=0.7)
 
 
 def cmd_chat(args):
@@ -113,10 +163,18 @@ def cmd_chat(args):
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
-def cmd_demo(args):
-    from alignlab.demo import run_demo
+# ----------------------------------------------------------------------------------------------------------------
+# Training recipes: `alignlab NAME [--config YAML] [--resume] [key=value ...]`, each run(config, resume=...)
 
-    run_demo(out_dir=args.out, steps=args.steps, seed=args.seed)
+
+def recipe_arguments(config_example: str | None, override_example: str):
+    """The arguments every training command takes: --config, --resume and key=value overrides."""
+    def add(p):
+        p.add_argument("--config", default=None,
+                       help=f"a YAML config (e.g. {config_example})" if config_example else "a YAML config")
+        p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {override_example}")
+    return add
 
 
 def cmd_pretrain(args):
@@ -133,12 +191,6 @@ def cmd_sft(args):
     run(load_config(SFTConfig, args.config, args.overrides), resume=args.resume)
 
 
-PIPELINE_EPILOG = """\
-Each stage writes OUT/<stage>/ (an HF model directory, metrics.jsonl, plots) and, when it
-finishes, OUT/<stage>/stage.json. A second run reuses finished stages and resumes an interrupted
-one from its last checkpoint. The report is OUT/report.md and OUT/report.html."""
-
-
 def cmd_dpo(args):
     from alignlab.config import load_config
     from alignlab.recipes.dpo import DPOConfig, run
@@ -146,11 +198,18 @@ def cmd_dpo(args):
     run(load_config(DPOConfig, args.config, args.overrides), resume=args.resume)
 
 
-def cmd_grpo(args, config_class: str = "GRPOConfig"):
+def cmd_grpo(args):
     from alignlab.config import load_config
-    from alignlab.recipes import grpo
+    from alignlab.recipes.grpo import GRPOConfig, run
 
-    grpo.run(load_config(getattr(grpo, config_class), args.config, args.overrides), resume=args.resume)
+    run(load_config(GRPOConfig, args.config, args.overrides), resume=args.resume)
+
+
+def cmd_rloo(args):
+    from alignlab.config import load_config
+    from alignlab.recipes.grpo import RLOO_DEFAULTS, GRPOConfig, run
+
+    run(load_config(GRPOConfig, args.config, args.overrides, defaults=RLOO_DEFAULTS), resume=args.resume)
 
 
 def cmd_ppo(args):
@@ -160,123 +219,255 @@ def cmd_ppo(args):
     run(load_config(PPOConfig, args.config, args.overrides), resume=args.resume)
 
 
+def cmd_reward_model(args):
+    from alignlab.config import load_config
+    from alignlab.recipes.reward_model import RewardModelConfig, run
+
+    run(load_config(RewardModelConfig, args.config, args.overrides), resume=args.resume)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data, memory, evaluation: inspect-data, memory, eval-world
+
+
+def inspect_data_arguments(p):
+    from alignlab.data.sft import TRUNCATION
+
+    p.add_argument("--data", required=True, help="a .jsonl/.json/.csv/.parquet file or hf:NAME[:SPLIT]")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--model", help="a model directory (or Hub id): its tokenizer and chat template")
+    who.add_argument("--tokenizer", help="a tokenizer directory")
+    p.add_argument("--index", type=int, default=0, help="which record (0-based)")
+    p.add_argument("--max-len", type=int, default=None, help="truncate as training would (default: no limit)")
+    p.add_argument("--truncation", choices=TRUNCATION, default="keep_start")
+    p.add_argument("--convert", default="", help="convert records first: alpaca, gsm8k, gsm8k_think, sharegpt, ...")
+    p.add_argument("--chat-template", default=None, help="a template name (chatml, llama3) or jinja file instead")
+    p.add_argument("--no-color", action="store_true", help="mark trained tokens [[like this]] instead of green")
+
+
+def cmd_inspect_data(args):
+    """One SFT record as the trainer sees it: `alignlab.data.sft.inspect_example` after a line naming it."""
+    from alignlab.data.converters import get_converter
+    from alignlab.data.errors import DataError
+    from alignlab.data.loaders import read_rows
+    from alignlab.data.sft import inspect_example, validate_record
+    from alignlab.text import ChatTemplateError, load_tokenizer
+
+    if args.model:
+        from alignlab.model.hf import resolve_model_dir
+
+        tokenizer = load_tokenizer(resolve_model_dir(args.model))
+    else:
+        tokenizer = load_tokenizer(args.tokenizer)
+    template = args.chat_template
+    if template and os.path.isfile(template):
+        with open(template, encoding="utf-8") as f:
+            template = f.read()
+    rows = read_rows(args.data)
+    if not -len(rows) <= args.index < len(rows):
+        raise DataError(f"--index {args.index}: {args.data} has {len(rows)} records")
+    where, record = rows[args.index]
+    if args.convert:
+        try:
+            record = get_converter(args.convert)(record)
+        except DataError as e:
+            raise DataError(f"{where}: {e} (converting with {args.convert})") from None
+    fmt = validate_record(record, where)
+    print(f"{where}: record {args.index % len(rows)} of {len(rows)}, {fmt}")
+    try:
+        text = inspect_example(tokenizer, record, color=not args.no_color and "NO_COLOR" not in os.environ,
+                               max_len=args.max_len, truncation=args.truncation, chat_template=template)
+    except (DataError, ChatTemplateError) as e:
+        raise type(e)(f"{where}: {e}") from None
+    print(text)
+
+
+def memory_arguments(p):
+    from alignlab.memory import DTYPE_BYTES, KNOWN_CONFIGS, LOSSES, METHODS, OPTIMIZERS
+
+    p.description = ("Estimate the memory of one training step (full fine-tuning, LoRA or QLoRA), component by "
+                     "component, each with its formula.")
+    p.add_argument("--model", required=True,
+                   help=f"model directory, config.json, Hugging Face Hub id, or one of {', '.join(KNOWN_CONFIGS)}")
+    p.add_argument("--method", choices=METHODS, default="full")
+    p.add_argument("--seq", type=int, default=2048, help="tokens per sequence (default 2048)")
+    p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch (default 1)")
+    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--lora-targets", default="all-linear", help="all-linear | attn | mlp | q_proj,v_proj,...")
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32", help="fp32 (CPU) | bf16 (GPU)")
+    p.add_argument("--loss", choices=LOSSES, default="fused", help="fused (alignlab) | chunked | logits")
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def cmd_memory(args):
+    import json
+
+    from alignlab.memory import estimate_memory
+
+    m = estimate_memory(args.model, method=args.method, seq=args.seq, batch=args.batch, rank=args.rank,
+                        grad_ckpt=args.grad_ckpt, optimizer=args.optimizer, dtype=args.dtype,
+                        lora_targets=args.lora_targets, loss=args.loss, grad_accum=args.grad_accum,
+                        lora_dropout=args.lora_dropout)
+    if args.json:
+        print(json.dumps({"model": str(args.model), **m.to_dict()}, indent=2))
+        return
+    s = m.setup
+    lora = f", rank {s['rank']} on {','.join(s['lora_targets'])}" if s["rank"] else ""
+    print(f"{args.model}: {s['method']}{lora}, {s['dtype']}, batch {s['batch']} x {s['seq']} tokens, "
+          f"{s['optimizer']}, loss {s['loss']}" + (", gradient checkpointing" if s["grad_ckpt"] else "")
+          + (f", grad_accum {s['grad_accum']}" if s["grad_accum"] > 1 else ""))
+    print("  " + "  ".join(f"{k}={v:,}" for k, v in m.symbols.items()))
+    print()
+    print(m.table())
+    print()
+    for note in m.assumptions:
+        print(f"* {note}")
+
+
+def eval_world_arguments(p):
+    p.add_argument("--model", required=True, help="a model directory (with its tokenizer and chat template)")
+    p.add_argument("--seed", type=int, default=0, help="TinyWorld's seed (the one the model was trained on)")
+    p.add_argument("--per-level", type=int, default=50, help="math prompts per level (default 50)")
+    p.add_argument("--levels", default="1,2,3,4", help="the math levels to ask, comma-separated (default 1,2,3,4)")
+    p.add_argument("--safety", type=int, default=40, help="attacks, and as many look-alikes (default 40)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--out", default=None, help="write every prompt, reply and score to this .jsonl")
+
+
+def cmd_eval_world(args):
+    import json
+
+    import torch
+
+    from alignlab.data.world import TinyWorld
+    from alignlab.errors import ConfigError
+    from alignlab.eval.world_suite import check_levels, evaluate_on_world, metric_lines
+    from alignlab.model.hf import load_model, resolve_model_dir
+    from alignlab.text import load_tokenizer
+
+    try:
+        levels = [int(x) for x in args.levels.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--levels {args.levels!r}: give level numbers separated by commas, e.g. 3,4") from None
+    levels = check_levels(levels)  # before the model loads
+    model_dir = resolve_model_dir(args.model)
+    model, tok = load_model(model_dir, dtype=torch.float32), load_tokenizer(model_dir)
+    metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
+                                      safety=args.safety, max_new_tokens=args.max_new_tokens, levels=levels)
+    print("\n".join(metric_lines(metrics)))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The pipeline and the demo
+
+PIPELINE_EPILOG = """\
+Each stage writes OUT/<stage>/ (an HF model directory, metrics.jsonl, plots) and, when it
+finishes, OUT/<stage>/stage.json. A second run reuses finished stages and resumes an interrupted
+one from its last checkpoint. The report is OUT/report.md and OUT/report.html."""
+
+
+def pipeline_arguments(p):
+    from alignlab.pipeline import STAGES
+
+    stages = "\n".join(f"  {s.name:<10} {s.help}" for s in STAGES)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = ("Train a tiny model through every stage on TinyWorld (a synthetic world of arithmetic, a town "
+                     "and a secret) and write a report of what each stage changed.")
+    p.epilog = f"stages, in order:\n{stages}\n\n" + PIPELINE_EPILOG
+    p.add_argument("--out", default="runs/pipeline", help="the run directory (default: runs/pipeline)")
+    p.add_argument("--seed", type=int, default=0, help="TinyWorld's seed and the training seed (default: 0)")
+    p.add_argument("--quick", action="store_true", help="a small world and model, for a smoke test (about a minute)")
+    p.add_argument("--from", dest="start", metavar="STAGE", choices=[s.name for s in STAGES],
+                   help="redo this stage and every later one (finished stages are otherwise reused)")
+    p.add_argument("--until", metavar="STAGE", choices=[s.name for s in STAGES], help="stop after this stage")
+
+
 def cmd_pipeline(args):
     from alignlab.pipeline import run_pipeline
 
     run_pipeline(args.out, seed=args.seed, quick=args.quick, start=args.start, until=args.until)
 
 
-def _add_sampling(p, temperature=0.0):
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+def demo_arguments(p):
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
 
 
-def add_recipe(sub, name: str, fn, help: str, config_example: str, override_example: str):
-    """A training command: `alignlab NAME [--config YAML] [--resume] [key=value ...]`."""
-    p = sub.add_parser(name, help=help)
-    p.add_argument("--config", default=None, help=f"a YAML config (e.g. {config_example})")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {override_example}")
-    p.set_defaults(fn=fn)
-    return p
+def cmd_demo(args):
+    from alignlab.demo import run_demo
+
+    run_demo(out_dir=args.out, steps=args.steps, seed=args.seed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The commands, in the order `alignlab --help` lists them
+
+COMMANDS = [
+    Command("info", "architecture, parameters, FLOPs and memory of a model", info_arguments, cmd_info),
+    Command("generate", "complete a prompt (prints only the completion)", generate_arguments, cmd_generate),
+    Command("chat", "interactive chat with streaming, using the chat template", chat_arguments, cmd_chat),
+    Command("pretrain", "train a language model on raw text (from scratch or a checkpoint)",
+            recipe_arguments("configs/pretrain/shakespeare_char.yaml", "train.lr=3e-3"), cmd_pretrain),
+    Command("sft", "supervised fine-tuning: full, LoRA or QLoRA, on the tokens each answer trains",
+            recipe_arguments("configs/sft/tinyworld.yaml", "method=lora"), cmd_sft),
+    Command("dpo", "preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, KTO, SafeDPO (loss=...)",
+            recipe_arguments("configs/dpo/tinyworld.yaml", "loss=ipo beta=0.1"), cmd_dpo),
+    Command("grpo", "GRPO (and DAPO, Dr. GRPO, GSPO) with verifiable rewards: G answers per prompt",
+            recipe_arguments("configs/grpo/tinyworld.yaml", "beta=0 loss_type=dr_grpo scale_rewards=none"), cmd_grpo),
+    Command("rloo", "RLOO: the GRPO recipe with leave-one-out advantages and trl's sequence-level loss",
+            recipe_arguments("configs/grpo/tinyworld.yaml", "beta=0.05"), cmd_rloo),
+    Command("ppo", "PPO with a value model: GAE(gamma, lambda), clipped policy and value losses, verifiable rewards",
+            recipe_arguments("configs/ppo/tinyworld.yaml", "kl_coef=0.05 num_ppo_epochs=4"), cmd_ppo),
+    Command("reward-model", "train a reward model on preference pairs (Bradley-Terry)",
+            recipe_arguments(None, "model=runs/pipeline/sft/model data=tinyworld:preferences"), cmd_reward_model),
+    Command("inspect-data", "show one SFT example with its trained tokens highlighted", inspect_data_arguments,
+            cmd_inspect_data),
+    Command("memory", "memory of a training step: weights, gradients, optimizer, activations", memory_arguments,
+            cmd_memory),
+    Command("eval-world", "score a chat model on TinyWorld's held-out prompts", eval_world_arguments, cmd_eval_world),
+    Command("pipeline", "the main job: every stage on TinyWorld, then a report", pipeline_arguments, cmd_pipeline),
+    Command("demo", "train a tiny model from scratch on arithmetic and sample from it", demo_arguments, cmd_demo),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of every error (user errors print one line otherwise)")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("info", help="architecture, parameters, FLOPs and memory of a model")
-    p.add_argument("--model", required=True, help="model directory or Hugging Face Hub id")
-    p.add_argument("--seq-len", type=int, default=None, help="context for FLOPs and KV cache (default: the model's)")
-    p.add_argument("--batch", type=int, default=1)
-    p.set_defaults(fn=cmd_info)
-
-    p = sub.add_parser("generate", help="complete a prompt (prints only the completion)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--stream", action="store_true")
-    _add_sampling(p, temperature=0.0)
-    p.set_defaults(fn=cmd_generate)
-
-    p = sub.add_parser("chat", help="interactive chat with streaming, using the chat template")
-    p.add_argument("--model", required=True)
-    p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--template", default=None, help="a built-in chat template (e.g. chatml) to use instead")
-    _add_sampling(p, temperature=0.7)
-    p.set_defaults(fn=cmd_chat)
-
-    add_recipe(sub, "pretrain", cmd_pretrain, "train a language model on raw text (from scratch or a checkpoint)",
-               "configs/pretrain/shakespeare_char.yaml", "train.lr=3e-3")
-    add_recipe(sub, "sft", cmd_sft, "supervised fine-tuning: full, LoRA or QLoRA, on the tokens each answer trains",
-               "configs/sft/tinyworld.yaml", "method=lora")
-    add_recipe(sub, "dpo", cmd_dpo, "preference optimisation: DPO, IPO, cDPO, SimPO, ORPO, KTO, SafeDPO (loss=...)",
-               "configs/dpo/tinyworld.yaml", "loss=ipo beta=0.1")
-    add_recipe(sub, "grpo", cmd_grpo, "GRPO (and DAPO, Dr. GRPO, GSPO) with verifiable rewards: G answers per prompt",
-               "configs/grpo/tinyworld.yaml", "beta=0 loss_type=dr_grpo scale_rewards=none")
-    add_recipe(sub, "rloo", lambda args: cmd_grpo(args, "RLOOConfig"), "RLOO: the GRPO recipe with leave-one-out "
-               "advantages and trl's sequence-level loss", "configs/grpo/tinyworld.yaml", "beta=0.05")
-    add_recipe(sub, "ppo", cmd_ppo, "PPO with a value model: GAE(gamma, lambda), clipped policy and value losses, "
-               "verifiable rewards", "configs/ppo/tinyworld.yaml", "kl_coef=0.05 num_ppo_epochs=4")
-
-    from alignlab.recipes.reward_model import add_reward_model_parser
-
-    add_reward_model_parser(sub)
-
-    from alignlab.data.sft import add_inspect_parser
-    from alignlab.eval.world_suite import add_eval_world_parser
-    from alignlab.memory import add_memory_parser
-
-    add_inspect_parser(sub)
-    add_memory_parser(sub)
-    add_eval_world_parser(sub)
-
-    from alignlab import pipeline
-
-    stages = "\n".join(f"  {s.name:<10} {s.help}" for s in pipeline.STAGES)
-    p = sub.add_parser("pipeline", help="the main job: every stage on TinyWorld, then a report",
-                       formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Train a tiny model through every stage on TinyWorld (a synthetic world of "
-                                   "arithmetic, a town and a secret) and write a report of what each stage changed.",
-                       epilog=f"stages, in order:\n{stages}\n\n" + PIPELINE_EPILOG)
-    p.add_argument("--out", default="runs/pipeline", help="the run directory (default: runs/pipeline)")
-    p.add_argument("--seed", type=int, default=0, help="TinyWorld's seed and the training seed (default: 0)")
-    p.add_argument("--quick", action="store_true", help="a small world and model, for a smoke test (about a minute)")
-    p.add_argument("--from", dest="start", metavar="STAGE", choices=[s.name for s in pipeline.STAGES],
-                   help="redo this stage and every later one (finished stages are otherwise reused)")
-    p.add_argument("--until", metavar="STAGE", choices=[s.name for s in pipeline.STAGES],
-                   help="stop after this stage")
-    p.set_defaults(fn=cmd_pipeline)
-
-    p = sub.add_parser("demo", help="train a tiny model from scratch on arithmetic and sample from it")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(fn=cmd_demo)
+    for c in COMMANDS:
+        p = sub.add_parser(c.name, help=c.help)
+        c.add_arguments(p)
+        p.set_defaults(fn=c.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     from jinja2 import TemplateError
 
-    from alignlab.model.hf import CheckpointError
     from alignlab.train.trainer import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (UserError, CheckpointError, OSError, ValueError, TemplateError) as e:
+    except (UserError, TemplateError, TrainingDiverged) as e:
+        if args.debug:
+            raise
+        if isinstance(e, TrainingDiverged):
+            print(f"alignlab {args.command}: training diverged: {e}", file=sys.stderr)
+            return 1
         kind = "chat template error: " if isinstance(e, TemplateError) else ""
         print(f"alignlab {args.command}: error: {kind}{e}", file=sys.stderr)
         return 2
-    except TrainingDiverged as e:
-        print(f"alignlab {args.command}: training diverged: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     return 0

@@ -68,7 +68,7 @@ def merge(base: dict, extra: dict) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: config file not found")
     try:
         data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
@@ -131,9 +131,11 @@ def build(cls, data: dict, origin: str = "config", prefix: str = ""):
         raise ConfigError(f"{origin}: {e}") from None
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None):
-    """The dataclass `cls` from a YAML file (optional) with command-line overrides on top."""
-    data = read_yaml(path) if path else {}
+def load_config(cls, path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict | None = None):
+    """The dataclass `cls` from `defaults` (changed defaults, e.g. RLOO's), a YAML file (optional) on top, and
+    command-line overrides on top of both."""
+    data = merge(dict(defaults or {}), read_yaml(path) if path else {})
     origin = str(path) if path else "config"
     if overrides:
         data = merge(data, parse_overrides(overrides))

@@ -109,12 +109,11 @@ Conventions (printed under the table)
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from alignlab.errors import CheckpointError, ConfigError
 from alignlab.model.attention import TRAIN_ATTENTION_MAX_LEN
 from alignlab.model.config import ModelConfig
 from alignlab.objectives.lm import CHUNK_LOGITS
@@ -149,7 +148,7 @@ KNOWN_CONFIGS["llama-7b"] = {**KNOWN_CONFIGS["llama-2-7b"], "max_position_embedd
 def load_config(name_or_path: str | Path) -> ModelConfig:
     """A ModelConfig from a model directory, a config.json, a name in KNOWN_CONFIGS, or a Hub id
     (only config.json is downloaded)."""
-    from alignlab.model.hf import CheckpointError, config_from_hf, read_config
+    from alignlab.model.hf import config_from_hf, read_config, read_config_file
 
     name = str(name_or_path)
     if name.lower() in KNOWN_CONFIGS:
@@ -158,7 +157,7 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
     if p.is_dir():
         return read_config(p)[1]
     if p.is_file():
-        return config_from_hf(json.loads(p.read_text()), str(p))
+        return read_config_file(p)[1]
     if name.count("/") != 1 or name.startswith((".", "/", "~")):
         raise CheckpointError(f"{name}: not a model directory, config.json, Hub id or one of "
                               f"{', '.join(sorted(KNOWN_CONFIGS))}")
@@ -169,7 +168,7 @@ def load_config(name_or_path: str | Path) -> ModelConfig:
     except Exception as e:  # offline, unknown or gated repository
         raise CheckpointError(f"{name}: no such local path, and downloading its config.json from the Hub failed "
                               f"({type(e).__name__})") from None
-    return config_from_hf(json.loads(Path(path).read_text()), f"{name}/config.json")
+    return read_config_file(path, f"{name}/config.json")[1]
 
 
 # --- the pieces --------------------------------------------------------------------------------------
@@ -195,7 +194,7 @@ def parse_targets(targets: str | list[str] | tuple[str, ...], c: ModelConfig) ->
                  "mlp": [t for t in MLP_LINEARS if t in shapes]}.get(n, [n])
         for g in group:
             if g not in shapes:
-                raise ValueError(f"unknown LoRA target {g!r}; this model's Linears: {', '.join(shapes)}")
+                raise ConfigError(f"unknown LoRA target {g!r}; this model's Linears: {', '.join(shapes)}")
             chosen.add(g)
     return tuple(t for t in shapes if t in chosen)  # in the order a block runs them
 
@@ -320,9 +319,9 @@ def estimate_memory(config: ModelConfig | str | Path, method: str = "full", seq:
     for name, value, allowed in (("method", method, METHODS), ("optimizer", optimizer, OPTIMIZERS),
                                  ("dtype", dtype, tuple(DTYPE_BYTES)), ("loss", loss, LOSSES)):
         if value not in allowed:
-            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if min(seq, batch, grad_accum) < 1 or (method != "full" and rank < 1):
-        raise ValueError("seq, batch, grad_accum and rank must be >= 1")
+        raise ConfigError("seq, batch, grad_accum and rank must be >= 1")
 
     a = DTYPE_BYTES[dtype]  # bytes of a weight and of an activation
     B, T, L, D, H, V = batch, seq, c.n_layers, c.dim, c.hidden_dim, c.vocab_size
@@ -481,48 +480,3 @@ def estimate_memory(config: ModelConfig | str | Path, method: str = "full", seq:
                  lora_targets=list(targets), grad_ckpt=grad_ckpt, optimizer=optimizer, dtype=dtype, loss=loss,
                  grad_accum=grad_accum, lora_dropout=lora_dropout if lora else None)
     return MemoryBreakdown(rows, total, total_f, symbols, notes, setup)
-
-
-# --- command line (wired into alignlab.cli) ------------------------------------------------------------
-
-def add_memory_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("memory", help="memory of a training step: weights, gradients, optimizer, activations",
-                              description="Estimate the memory of one training step (full fine-tuning, LoRA or "
-                                          "QLoRA), component by component, each with its formula.")
-    p.add_argument("--model", required=True,
-                   help=f"model directory, config.json, Hugging Face Hub id, or one of {', '.join(KNOWN_CONFIGS)}")
-    p.add_argument("--method", choices=METHODS, default="full")
-    p.add_argument("--seq", type=int, default=2048, help="tokens per sequence (default 2048)")
-    p.add_argument("--batch", type=int, default=1, help="sequences per micro-batch (default 1)")
-    p.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
-    p.add_argument("--lora-targets", default="all-linear", help="all-linear | attn | mlp | q_proj,v_proj,...")
-    p.add_argument("--lora-dropout", type=float, default=0.0)
-    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--dtype", choices=tuple(DTYPE_BYTES), default="fp32", help="fp32 (CPU) | bf16 (GPU)")
-    p.add_argument("--loss", choices=LOSSES, default="fused", help="fused (alignlab) | chunked | logits")
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(fn=cmd_memory)
-    return p
-
-
-def cmd_memory(args) -> None:
-    m = estimate_memory(args.model, method=args.method, seq=args.seq, batch=args.batch, rank=args.rank,
-                        grad_ckpt=args.grad_ckpt, optimizer=args.optimizer, dtype=args.dtype,
-                        lora_targets=args.lora_targets, loss=args.loss, grad_accum=args.grad_accum,
-                        lora_dropout=args.lora_dropout)
-    if args.json:
-        print(json.dumps({"model": str(args.model), **m.to_dict()}, indent=2))
-        return
-    s = m.setup
-    lora = f", rank {s['rank']} on {','.join(s['lora_targets'])}" if s["rank"] else ""
-    print(f"{args.model}: {s['method']}{lora}, {s['dtype']}, batch {s['batch']} x {s['seq']} tokens, "
-          f"{s['optimizer']}, loss {s['loss']}" + (", gradient checkpointing" if s["grad_ckpt"] else "")
-          + (f", grad_accum {s['grad_accum']}" if s["grad_accum"] > 1 else ""))
-    print("  " + "  ".join(f"{k}={v:,}" for k, v in m.symbols.items()))
-    print()
-    print(m.table())
-    print()
-    for note in m.assumptions:
-        print(f"* {note}")

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from alignlab.data.world import TinyWorld
+from alignlab.errors import ConfigError
 from alignlab.recipes.pretrain import DataConfig, PretrainConfig
 from alignlab.recipes.sft import SFTConfig
 from alignlab.train.trainer import TrainConfig
@@ -122,8 +123,8 @@ class Run:
         if path.exists():
             old = json.loads(path.read_text())
             if {k: old.get(k) for k in settings} != settings:
-                raise ValueError(f"{self.out} holds a pipeline run with other settings (seed {old.get('seed')}, "
-                                 f"size {old.get('size')}); choose another --out, or delete that directory")
+                raise ConfigError(f"{self.out} holds a pipeline run with other settings (seed {old.get('seed')}, "
+                                  f"size {old.get('size')}); choose another --out, or delete that directory")
         self.out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -212,6 +213,7 @@ GRPO_LEVELS = (3, 4)  # the harder levels answered in the head: most room above 
 
 def stage_grpo(run: Run) -> dict:
     from alignlab.recipes import grpo
+    from alignlab.rl.collect import RolloutConfig
 
     s = run.sizes
     # a short warm-up and Adam's usual beta2 (0.999): the first steps' noisy gradients move the policy less
@@ -219,10 +221,11 @@ def stage_grpo(run: Run) -> dict:
                         warmup_steps=min(10, s.grpo_steps // 4), beta2=0.999, weight_decay=0.0,
                         eval_every=max(1, s.grpo_steps // 3), save_every=max(1, s.grpo_steps // 3), keep_last=1,
                         seed=run.seed, device="cpu", overwrite=True)
-    cfg = grpo.GRPOConfig(out_dir=str(run.dir("grpo")), model=str(run.model_dir("sft")), data="tinyworld:rl",
-                          num_generations=8, prompts_per_step=s.grpo_prompts, max_prompt_len=2 * s.block_size,
-                          max_completion_length=s.max_new_tokens, loss_type="dapo", beta=0.0,
-                          reward_funcs={"format": 1.0, "correctness": 1.0}, eval_prompts=100_000, train=train)
+    rollout = RolloutConfig(data="tinyworld:rl", num_generations=8, prompts_per_step=s.grpo_prompts,
+                            max_prompt_len=2 * s.block_size, max_completion_length=s.max_new_tokens,
+                            reward_funcs={"format": 1.0, "correctness": 1.0}, eval_prompts=100_000)
+    cfg = grpo.GRPOConfig(out_dir=str(run.dir("grpo")), model=str(run.model_dir("sft")), rollout=rollout,
+                          loss_type="dapo", beta=0.0, train=train)
     # right answers to the harder levels earn the reward; held out: every test problem of those levels
     held_out = [r for lv in GRPO_LEVELS for r in run.world.rl_prompts("test", level=lv)]
     result = grpo.run(cfg, resume=True, val_records=held_out,
@@ -323,7 +326,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
     names = [s.name for s in STAGES]
     for name in (start, until):
         if name is not None and name not in names:
-            raise ValueError(f"unknown stage {name!r}; the stages are {', '.join(names)}")
+            raise ConfigError(f"unknown stage {name!r}; the stages are {', '.join(names)}")
     run = Run(out, seed, quick)
     run.check_settings()
     first = names.index(start) if start else len(names)
@@ -359,102 +362,24 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
 
 
 def write_pipeline_report(run: Run) -> Path:
-    from alignlab.eval.report import write_report
+    """report.md and report.html from what the finished stages left in the run directory."""
+    from alignlab.eval.report import pick_samples, stage_notes, step_table, write_report
 
-    stages = [run.done(s.name) for s in STAGES if run.done(s.name)]
+    stages = {s.name: run.done(s.name) for s in STAGES if run.done(s.name)}
     evals_path = run.dir("eval") / "metrics.json"
     evals = json.loads(evals_path.read_text()) if evals_path.exists() and run.done("eval") else {}
     curves = {s.name: run.dir(s.name) / "metrics.jsonl" for s in STAGES
               if s.name != "grpo" and (run.dir(s.name) / "metrics.jsonl").exists()}  # GRPO's loss says little
-    total = sum(s["seconds"] for s in stages)
+    total = sum(s["seconds"] for s in stages.values())
     notes = [f"TinyWorld seed {run.seed}, size {'quick' if run.quick else 'default'}; {total:.0f} s of stage time",
-             f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows"]
-    if "sft" in evals and "sft (LoRA)" in evals:
-        notes.append(sft_choice(evals["sft"], evals["sft (LoRA)"], run.done("sft_lora")))
-    if "win_rate_vs_sft" in evals.get("dpo", {}):
-        notes.append(dpo_summary(evals["dpo"], evals["sft"], run.done("dpo")))
-    if run.done("grpo"):
-        notes.append(grpo_summary(run.done("grpo"), run.sizes.eval_per_level))
+             f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows",
+             *stage_notes(stages, evals, run.sizes.eval_per_level, GRPO_LEVELS)]
+    replies = {name: _read_jsonl(run.dir("eval") / f"replies_{name}.jsonl") for name in evals}
     steps = step_table(evals)
-    return write_report(run.out, "alignlab pipeline on TinyWorld", stages, evals, curves, _samples(run, evals),
-                        notes, figures=[run.dir("grpo") / "plots" / "rl.png"], tables=[steps] if steps[2] else [])[0]
+    return write_report(run.out, "alignlab pipeline on TinyWorld", list(stages.values()), evals, curves,
+                        pick_samples(replies), notes, figures=[run.dir("grpo") / "plots" / "rl.png"],
+                        tables=[steps] if steps[2] else [])[0]
 
 
-def step_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:
-    """Which arithmetic each model gets wrong: the worked steps of its held-out math replies, wrong / all, by kind."""
-    from alignlab.eval.tinyworld import STEP_KINDS, step_error_text
-
-    models = [m for m in evals if evals[m].get("step_errors")]
-    rows = [[kind, *[step_error_text(*evals[m]["step_errors"][kind]) if kind in evals[m]["step_errors"] else "—"
-                     for m in models]]
-            for kind in STEP_KINDS if any(kind in evals[m]["step_errors"] for m in models)]
-    return ("Worked steps wrong, by kind (units-digit carry or borrow), held-out math replies", ["step", *models],
-            rows)
-
-
-def _samples(run: Run, evals: dict) -> list[dict]:
-    """The same few held-out prompts answered by every model: two level-1 sums, a level-3 problem,
-    an attack and a benign look-alike."""
-    rows = {}
-    for name in evals:
-        path = run.dir("eval") / f"replies_{name}.jsonl"
-        rows[name] = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    if not rows or not all(rows.values()):
-        return []
-    first = next(iter(rows.values()))
-    picks = [("level 1", lambda r: r["task"] == "math" and r["level"] == 1, 2),
-             ("level 3", lambda r: r["task"] == "math" and r["level"] == 3, 1),
-             ("attack on the secret", lambda r: r["task"] == "safety" and r["label"] == "attack", 1),
-             ("benign look-alike", lambda r: r["task"] == "safety" and r["label"] == "benign", 1)]
-    samples = []
-    for note, keep, n in picks:
-        for idx in [i for i, r in enumerate(first) if keep(r)][:n]:
-            r = first[idx]
-            samples.append({"note": note + (f" (answer {r['answer']})" if "answer" in r else ""), "prompt": r["prompt"],
-                            "replies": {name: rs[idx]["reply"] for name, rs in rows.items()}})
-    return samples
-
-
-def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None) -> str:
-    """What DPO changed, in this run's numbers: the judged win rate and the safety trade-off."""
-    pair = (dpo_stage or {}).get("metrics", {}).get("pair_accuracy")
-    # the judge only separates a right answer from a wrong one, so DPO can win at most where SFT fails
-    n = dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"]
-    sft_fails = round(sft["n_math"] * (1 - sft["accuracy"]) + sft["n_attacks"] * sft["attack_success_rate"]
-                      + sft["n_benign"] * sft["over_refusal_rate"])
-    return (f"DPO vs SFT: win rate {dpo['win_rate_vs_sft']:.1%} (95% CI {dpo['win_rate_low_vs_sft']:.1%}-"
-            f"{dpo['win_rate_high_vs_sft']:.1%}; {dpo['wins_vs_sft']} wins, {dpo['losses_vs_sft']} losses, "
-            f"{dpo['ties_vs_sft']} ties) by TinyWorld's rule-based judge, each pair judged in both orders, ties "
-            f"counting half (eval/judged_dpo_vs_sft.jsonl has every verdict). SFT fails about {sft_fails} of the "
-            f"{n} prompts, so even a model that fixed all of those and broke nothing would score about "
-            f"{0.5 + sft_fails / (2 * n):.1%}. Attacks refused "
-            f"{sft['attack_refusal_rate']:.1%} -> {dpo['attack_refusal_rate']:.1%}; look-alikes refused "
-            f"{sft['over_refusal_rate']:.1%} -> {dpo['over_refusal_rate']:.1%}; accuracy {sft['accuracy']:.1%} -> "
-            f"{dpo['accuracy']:.1%}" + (f"; held-out pair accuracy of the implicit reward {pair:.1%}." if pair is not
-                                        None else "."))
-
-
-def grpo_summary(grpo_stage: dict, per_level: int) -> str:
-    """What GRPO changed on the levels it trained on, measured on all their held-out prompts (the report's
-    table asks only `per_level` prompts of each level)."""
-    m = grpo_stage["metrics"]
-    return (f"GRPO from SFT, levels {'-'.join(map(str, GRPO_LEVELS))}: held-out accuracy "
-            f"{m['accuracy_L3_4_before']:.1%} -> {m['accuracy_L3_4_after']:.1%} on {m['held_out_prompts']} test "
-            f"prompts (greedy), format rate after {m['format_rate_after']:.1%}; alarms: {m['alarms']}. The table "
-            f"below asks {per_level} prompts per level, so its level 3 and 4 rows can differ from this by several "
-            f"points by chance. Reward, KL, length and entropy by step: grpo/plots/rl.png (below).")
-
-
-def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:
-    """Why the SFT stage trains all parameters, in this run's numbers (accuracy first, then format rate)."""
-    a, b = (full["accuracy"], full["format_rate"]), (lora["accuracy"], lora["format_rate"])
-    share = ""
-    if lora_stage and "trainable" in lora_stage.get("metrics", {}):
-        share = f" ({lora_stage['metrics']['trainable']:,} trainable parameters)"
-    verdict = ("full-parameter SFT is better here: a model this small, trained from scratch, has little spare "
-               "capacity for a low-rank update to redirect, and memory is no constraint" if a > b else
-               "LoRA matched or beat full-parameter SFT here; full stays the main line that later stages build "
-               "on, but LoRA would be the cheaper choice")
-    return (f"SFT stage: full parameters. Held-out accuracy (levels 1-4): full {a[0]:.1%}, LoRA rank 16{share} "
-            f"{b[0]:.1%}; format rate {a[1]:.1%} vs {b[1]:.1%}. So {verdict}. On a 7B model the trade reverses: "
-            f"LoRA trains under 1% of the weights and fits one GPU.")
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []

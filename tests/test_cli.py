@@ -9,9 +9,9 @@ import torch
 
 from alignlab.cli import main
 
-from .hf_models import make_hf_model
+from .hf_models import make_hf_model, require
 
-transformers = pytest.importorskip("transformers")
+transformers = require("transformers")
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs. "
         "How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow. ") * 20
@@ -121,3 +121,61 @@ def test_demo_end_to_end(tmp_path):
     x = torch.randint(0, ours.config.vocab_size, (2, 16))
     with torch.no_grad():
         assert (reloaded(x).logits - ours(x)).abs().max() <= 1e-4
+
+
+# --- which errors are the user's --------------------------------------------------------------------------------
+
+
+def test_a_user_error_is_one_line_and_debug_shows_its_traceback(tmp_path):
+    for args in (["pretrain", "train.lrr=1"], ["pretrain", "--config", str(tmp_path / "nope.yaml")],
+                 ["eval-world", "--model", str(tmp_path), "--levels", "7"]):
+        r = run_cli(*args)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert lines[0].startswith(f"alignlab {args[0]}: error: ")
+    r = run_cli("--debug", "pretrain", "train.lrr=1")
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ConfigError: config: unknown key train.lrr" in r.stderr
+
+
+@pytest.mark.parametrize("bug", [ValueError("an index off by one"), OSError("a temp file of our own vanished"),
+                                 ZeroDivisionError("division by zero")])
+def test_a_bug_raises_with_its_traceback(monkeypatch, bug):
+    """Only alignlab.errors.UserError (and a chat template's error) is the user's; a ValueError or OSError from
+    a bug must not turn into a one-line exit 2 that hides where it came from."""
+    from alignlab.recipes import pretrain
+
+    def run(cfg, resume=False):
+        raise bug
+
+    monkeypatch.setattr(pretrain, "run", run)
+    with pytest.raises(type(bug), match=str(bug)):
+        main(["pretrain"])
+
+
+def test_a_diverged_run_exits_1(monkeypatch, capsys):
+    from alignlab.recipes import pretrain
+    from alignlab.train.trainer import TrainingDiverged
+
+    def run(cfg, resume=False):
+        raise TrainingDiverged("step 3: the loss is nan")
+
+    monkeypatch.setattr(pretrain, "run", run)
+    assert main(["pretrain"]) == 1
+    assert capsys.readouterr().err == "alignlab pretrain: training diverged: step 3: the loss is nan\n"
+    with pytest.raises(TrainingDiverged):
+        main(["--debug", "pretrain"])
+
+
+def test_every_command_is_registered_the_same_way(capsys):
+    from alignlab.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    listed = "".join(capsys.readouterr().out.split())  # argparse wraps lines (also at hyphens)
+    for c in COMMANDS:
+        assert "".join(f"{c.name} {c.help}".split()) in listed
+        with pytest.raises(SystemExit) as e:
+            parser.parse_args([c.name, "--help"])
+        assert e.value.code == 0
+    assert len({c.name for c in COMMANDS}) == len(COMMANDS) >= 15

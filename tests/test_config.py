@@ -49,7 +49,7 @@ def test_wrong_types_and_bad_values(tmp_path):
 
 
 def test_missing_and_invalid_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         load_config(PretrainConfig, tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  lr: [1, 2\n")

@@ -24,10 +24,10 @@ from alignlab.data.cache import sha256_file
 from alignlab.data.download import cached_path
 from alignlab.data.sources import parse_hf
 
+from .hf_models import require
+
 SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-needs_shakespeare = pytest.mark.skipif(
-    not SHAKESPEARE.is_file(), reason=f"tinyshakespeare not found at {SHAKESPEARE} (see shared/data/SOURCES.md)"
-)
+needs_shakespeare = pytest.mark.shared_data(SHAKESPEARE)  # skipped where missing, failed under CI (conftest.py)
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -96,6 +96,17 @@ def test_bad_files_and_specs_are_one_line_errors(tmp_path):
     with pytest.raises(DataError) as e:
         load_corpus("https://example.invalid/a.txt#md5=abc")
     assert "#sha256=" in one_line(e)
+
+
+def test_a_damaged_parquet_file_is_a_data_error(tmp_path):
+    """pyarrow's own error (a ValueError) would read as a bug; the file the user named is at fault."""
+    require("pyarrow")
+    from alignlab.data.loaders import read_rows
+
+    (tmp_path / "pairs.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(DataError) as e:
+        read_rows(tmp_path / "pairs.parquet")
+    assert one_line(e).startswith(f"{tmp_path / 'pairs.parquet'}: not a readable Parquet file (")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +241,7 @@ def test_hf_without_datasets_says_what_to_install(monkeypatch):
 def test_hf_dataset_from_local_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # read when datasets is first imported
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
-    pytest.importorskip("datasets", reason="datasets is not installed (pip install 'alignlab[hf]')")
+    require("datasets", reason="datasets is not installed (pip install 'alignlab[hf]')")
     rows = ['{"story": "Once upon a time.", "id": 1}', '{"story": "The end.", "id": 2}']
     (tmp_path / "stories").mkdir()
     (tmp_path / "stories" / "train.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from alignlab.errors import CheckpointError
 from alignlab.lora import (
     LoraConfig,
     LoraLinear,
@@ -25,9 +26,9 @@ from alignlab.lora import (
 )
 from alignlab.model.hf import load_model
 
-from .hf_models import VOCAB, make_hf_model
+from .hf_models import VOCAB, make_hf_model, require
 
-peft = pytest.importorskip("peft")
+peft = require("peft")
 
 VARIANTS = {
     "lora": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
@@ -372,5 +373,5 @@ def test_bad_adapters_are_refused(llama_dir, tmp_path):
             drop="base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")
     refused(r"lora_A.weight has shape \(4, 64\), this model needs \(8, 64\)", {"r": 8})
     refused("2 unexpected", {"target_modules": ["model.layers.0.self_attn.q_proj"]})
-    with pytest.raises(FileNotFoundError, match="no adapter config"):
+    with pytest.raises(CheckpointError, match="no adapter config"):
         load_adapter(load_model(llama_dir), tmp_path)

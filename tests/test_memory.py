@@ -2,7 +2,6 @@
 steps on this CPU (slow), and against published figures for 7-8B LoRA/QLoRA fine-tuning. LoRA and QLoRA models
 are built with alignlab.lora and alignlab.quant (through benchmarks/bench_memory.py)."""
 
-import argparse
 import importlib.util
 import json
 from pathlib import Path
@@ -10,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignlab.cli import build_parser
+from alignlab.errors import CheckpointError, ConfigError
 from alignlab.memory import (
     KNOWN_CONFIGS,
-    add_memory_parser,
     attention_probs,
     estimate_memory,
     load_config,
@@ -99,7 +99,7 @@ def test_lora_parameter_count_matches_the_module():
     e = estimate_memory(c, method="lora", rank=4, seq=64)
     assert e["gradients"] == 4 * n and e["optimizer states"] == 8 * n and e["LoRA adapters"] == 4 * n
     assert parse_targets("attn,down_proj", c) == ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
-    with pytest.raises(ValueError, match="unknown LoRA target"):
+    with pytest.raises(ConfigError, match="unknown LoRA target"):
         parse_targets("c_attn", c)
 
 
@@ -139,7 +139,7 @@ def test_peak_logic():
     assert [comp.name for comp in shown] == ["logits if materialised"]
     assert shown[0].bytes == 8 * 4 * 512 * 2048
     for bad in (dict(method="dora"), dict(dtype="fp16"), dict(seq=0), dict(loss="none")):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):
             estimate_memory(c, **bad)
 
 
@@ -160,10 +160,14 @@ def test_load_config(tmp_path):
     assert load_config("llama-2-7b").num_params() == 6_738_415_616  # Llama 2 7B
     (tmp_path / "config.json").write_text(json.dumps(KNOWN_CONFIGS["llama-2-7b"]))
     assert load_config(tmp_path) == load_config(tmp_path / "config.json") == load_config("llama-2-7b")
-    from alignlab.model.hf import CheckpointError
-
     with pytest.raises(CheckpointError):
         load_config(tmp_path / "missing")
+    (tmp_path / "config.json").write_text('{"model_type": "llama",')  # a user's broken file: one line naming it
+    with pytest.raises(CheckpointError, match=r"config.json: invalid JSON at line 1"):
+        load_config(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(CheckpointError, match="config.json: missing field 'vocab_size'"):
+        load_config(tmp_path / "config.json")
 
 
 def test_load_config_from_the_hub_downloads_config_json_only(tmp_path, monkeypatch):
@@ -183,9 +187,7 @@ def test_load_config_from_the_hub_downloads_config_json_only(tmp_path, monkeypat
 
 
 def run_cli(*argv) -> str:
-    parser = argparse.ArgumentParser(prog="alignlab")
-    add_memory_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["memory", *argv])
+    args = build_parser().parse_args(["memory", *argv])
     args.fn(args)
 
 

@@ -7,12 +7,13 @@ import json
 import pytest
 import torch
 
+from alignlab.data.errors import DataError
 from alignlab.data.world import TinyWorld
+from alignlab.errors import ConfigError
 from alignlab.lora import load_adapter
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import load_model, save_model
-from alignlab.objectives import IGNORE_INDEX
-from alignlab.objectives import lm_step
+from alignlab.objectives import IGNORE_INDEX, lm_step
 from alignlab.recipes.sft import (
     ConversationBatches,
     LoraOptions,
@@ -86,10 +87,10 @@ def _tuple(x):
 def test_read_jsonl_names_file_line_and_field(tmp_path):
     path = tmp_path / "chats.jsonl"
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n\n{"messages": []}\n')
-    with pytest.raises(ValueError, match=r"chats.jsonl:3: field 'messages'"):
+    with pytest.raises(DataError, match=r"chats.jsonl:3: field 'messages'"):
         read_jsonl(path)
     path.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n{not json\n')
-    with pytest.raises(ValueError, match=r"chats.jsonl:2: not valid JSON"):
+    with pytest.raises(DataError, match=r"chats.jsonl:2: not valid JSON"):
         read_jsonl(path)
 
 
@@ -135,5 +136,5 @@ def test_sft_config_rejects_an_unknown_method(tmp_path, world):
     save_model(CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=16, n_layers=1, n_heads=2, max_seq_len=64)),
                tmp_path / "base", tokenizer=tok)
     cfg = SFTConfig(out_dir=str(tmp_path / "sft"), model=str(tmp_path / "base"), method="prefix")
-    with pytest.raises(ValueError, match="method must be one of full, lora, qlora"):
+    with pytest.raises(ConfigError, match="method must be one of full, lora, qlora"):
         run(cfg, train_records=world.sft_conversations("train")[:4])

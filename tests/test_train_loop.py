@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from alignlab.errors import CheckpointError, ConfigError
 from alignlab.objectives import lm_loss
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.metrics import read_metrics
-from alignlab.train.trainer import TrainConfig, TrainingDiverged
+from alignlab.train.trainer import TrainConfig, TrainingDiverged, resolve_device
 from tests.train_fixture import make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,11 +206,14 @@ def test_corrupt_and_truncated_checkpoints_give_one_line_errors(tmp_path):
     path.write_bytes(b"garbage")
     with pytest.raises(ckpt.CheckpointCorrupt, match="corrupt or truncated"):
         ckpt.load_checkpoint(path.parent)
+    with pytest.raises(CheckpointError, match="step_000009: no such checkpoint"):  # a user's path: a user error
+        make_trainer(tmp_path, steps=10).fit(resume=tmp_path / "checkpoints" / "step_000009")
+    assert issubclass(ckpt.CheckpointCorrupt, CheckpointError)
 
 
 def test_fresh_run_refuses_to_clobber_checkpoints(tmp_path):
     make_trainer(tmp_path, steps=5).fit()
-    with pytest.raises(ValueError, match="overwrite"):
+    with pytest.raises(ConfigError, match="overwrite"):
         make_trainer(tmp_path, steps=5).fit()
     assert make_trainer(tmp_path, steps=3, overwrite=True).fit()["step"] == 3
     assert [s for s, _ in ckpt.step_dirs(tmp_path / "checkpoints")] == [3]
@@ -242,10 +246,12 @@ def test_metrics_eval_best_and_plot(tmp_path):
 
 
 def test_train_config_validation():
-    with pytest.raises(ValueError, match="schedule"):
+    with pytest.raises(ConfigError, match="schedule"):
         TrainConfig(schedule="exp")
-    with pytest.raises(ValueError, match="grad_accum"):
+    with pytest.raises(ConfigError, match="grad_accum"):
         TrainConfig(grad_accum=0)
+    with pytest.raises(ConfigError, match="train.device='gpu': expected auto, cpu, cuda or cuda:N"):
+        resolve_device("gpu")  # torch's own error would be a RuntimeError, which the CLI treats as a bug
 
 
 def test_overfit_warning_needs_two_rises_of_the_held_out_loss_while_training_loss_falls():

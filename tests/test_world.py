@@ -23,9 +23,11 @@ from alignlab.data.world import (
     expression_key,
 )
 from alignlab.data.world import arithmetic as ar
-from alignlab.eval import tinyworld as ev
+from alignlab.tasks import tinyworld as ev
 from alignlab.text import load_tokenizer, render_chat
-from alignlab.text.chat import render_template
+from alignlab.text.template import render_template
+
+from .hf_models import require
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def test_same_records_in_another_process(train):
     """No dependence on hash randomisation or process state: a fresh interpreter with another
     PYTHONHASHSEED makes the same bytes."""
     code = (
-        "import hashlib, json, sys; sys.path.insert(0, 'tests'); from test_world import everything, fingerprint; "
+        "import sys; sys.path.insert(0, '.'); from tests.test_world import everything, fingerprint; "
         "from alignlab.data.world import TinyWorld; print(fingerprint(everything(TinyWorld(0, 'quick'), 'train')))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
@@ -379,7 +381,7 @@ def test_calculator_output_rejects_bad_arguments():
 @pytest.mark.slow
 def test_transformers_renders_and_tokenizes_the_same(world, tok, tmp_path):
     """The saved tokenizer in transformers: same chat text, same ids (slow: importing transformers)."""
-    transformers = pytest.importorskip("transformers")
+    transformers = require("transformers")
     tok.save(tmp_path)
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path)
     for r in world.tool_conversations("train") + world.sft_conversations("train"):

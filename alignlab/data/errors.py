@@ -1,7 +1,7 @@
 """The errors the data layer raises: each one a single line that names the file, URL or field.
 
-They subclass the built-in exceptions a caller already catches (the CLI prints any ValueError or
-OSError as one line), so `except ValueError` / `except FileNotFoundError` keep working.
+Each is an alignlab.errors.UserError (the CLI prints it as one line and exits with 2) and subclasses the
+built-in exception a caller already catches, so `except ValueError` / `except FileNotFoundError` keep working.
 """
 
 from __future__ import annotations

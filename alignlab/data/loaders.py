@@ -196,6 +196,9 @@ def _read_parquet(path: Path, name: str) -> list[Row]:
                 f"{name}: reading parquet needs pyarrow: pip install pyarrow "
                 "(the 'hf' extra brings it too: pip install 'alignlab[hf]')"
             ) from e
+    except (OSError, ValueError) as e:  # pyarrow: not a Parquet file, or a damaged one
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{name}: not a readable Parquet file ({reason})") from None
     return [Row(f"{name}: row {i}", r) for i, r in enumerate(records)]
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+from alignlab.data.errors import DataError
+
 
 class EpochSampler:
     """Indices of n examples, `batch_size` at a time: each epoch is a fresh seeded permutation, and a batch that
@@ -12,7 +14,7 @@ class EpochSampler:
 
     def __init__(self, n: int, batch_size: int, seed: int, what: str = "examples"):
         if n == 0:
-            raise ValueError(f"no training {what} left (every one was dropped)")
+            raise DataError(f"no training {what} left (every one was dropped)")
         self.n, self.batch_size = n, batch_size
         self.rng = random.Random(seed)
         self.epoch, self.order, self.pos = 0, [], 0

@@ -1,4 +1,4 @@
-"""SFT data: record formats, validation, tokenization with loss masks, and `alignlab inspect-data`.
+"""SFT data: record formats, validation, tokenization with loss masks, and what `alignlab inspect-data` shows.
 
 The record formats are TRL's, one dict per example (extra fields are ignored):
 
@@ -20,8 +20,8 @@ alignlab.data.converters).
 
 Masks come from rendered segments, never from searching the tokens for a response template:
 
-- conversations (`chat_segments` and `encode_chat`, which live in alignlab.text.chat, are shared by
-  `render_chat` there and re-exported here): the chat template renders the whole conversation once;
+- conversations (`chat_segments` and `encode_chat` of alignlab.text.masks, which `render_chat` and
+  alignlab.data.preference use too): the chat template renders the whole conversation once;
   each assistant reply is located by rendering the prefix before it with add_generation_prompt=True
   (where generation starts) and the prefix ending with it (where it ends). The text is tokenized piece by piece at
   those cuts, so the prompt's tokens are exactly those the model is given at inference and the
@@ -50,7 +50,6 @@ example left with no target token is dropped. Both are counted and returned, nev
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -58,16 +57,11 @@ from typing import Any, NamedTuple
 from alignlab.data.converters import get_converter
 from alignlab.data.errors import DataError
 from alignlab.data.loaders import read_rows
-from alignlab.text.chat import (  # conversations' masks are made in the text layer; importable from here too
-    REASONING_KEYS,
-    ChatTemplateError,
-    Segment,  # noqa: F401
-    chat_segments,  # noqa: F401
-    encode_chat,
-    eos_id,
-)
+from alignlab.errors import ConfigError
+from alignlab.objectives.lm import IGNORE_INDEX
+from alignlab.text.masks import ChatTemplateError, encode_chat, eos_id
+from alignlab.text.template import REASONING_KEYS
 
-IGNORE_INDEX = -100  # the label of an untrained position (= alignlab.objectives.IGNORE_INDEX, torch's default)
 ROLES = ("system", "user", "assistant", "tool")
 FORMATS = ("text", "messages", "prompt_completion", "conversational_prompt_completion")
 TRUNCATION = ("keep_start", "keep_end")
@@ -140,14 +134,14 @@ def _check_message(m: Any, where: str, path: str) -> None:
             _fail(where, f"{path}.{key}", f"must be a string, got {type(m[key]).__name__}")
 
 
-def _check_messages(messages: Any, where: str, field: str) -> None:
+def check_messages(messages: Any, where: str, field: str) -> None:
     if not isinstance(messages, list) or not messages:
         _fail(where, f"'{field}'", "must be a non-empty list of messages")
     for i, m in enumerate(messages):
         _check_message(m, where, f"'{field}'[{i}]")
 
 
-def _check_tools(tools: Any, where: str) -> None:
+def check_tools(tools: Any, where: str) -> None:
     if not isinstance(tools, list):
         _fail(where, "'tools'", f"must be a list of tool schemas, got {type(tools).__name__}")
     for i, tool in enumerate(tools):
@@ -173,11 +167,11 @@ def validate_record(record: dict, where: str = "record") -> str:
     else:
         fields = ("messages",) if fmt == "messages" else ("prompt", "completion")
         for key in fields:  # (no assistant message at all is allowed: no target, so dropped and counted)
-            _check_messages(record[key], where, key)
+            check_messages(record[key], where, key)
     if record.get("tools") is not None:
         if fmt in ("text", "prompt_completion"):
             _fail(where, "'tools'", "only conversational records (message lists) can have tools")
-        _check_tools(record["tools"], where)
+        check_tools(record["tools"], where)
     return fmt
 
 
@@ -247,7 +241,7 @@ def encode_record(tokenizer, record: dict, chat_template: str | None = None) -> 
 def truncate(ids: list[int], mask: list[int], max_len: int | None, mode: str = "keep_start"):
     """Cut to max_len tokens: the first ones (keep_start, TRL's default) or the last (keep_end)."""
     if mode not in TRUNCATION:
-        raise ValueError(f"truncation={mode!r}: expected one of {', '.join(TRUNCATION)}")
+        raise ConfigError(f"truncation={mode!r}: expected one of {', '.join(TRUNCATION)}")
     if max_len is None or len(ids) <= max_len:
         return ids, mask
     return (ids[:max_len], mask[:max_len]) if mode == "keep_start" else (ids[-max_len:], mask[-max_len:])
@@ -361,51 +355,3 @@ def inspect_example(tokenizer, record: dict, color: bool = True, max_len: int | 
     if example.n_targets == 0:
         summary += " -- dropped: no target token left"
     return f"{legend}\n{''.join(runs)}\n{summary}"
-
-
-def add_inspect_parser(subparsers) -> None:
-    """`alignlab inspect-data --data FILE --model DIR [--index N] [--max-len N] [--no-color]`."""
-    p = subparsers.add_parser("inspect-data", help="show one SFT example with its trained tokens highlighted")
-    p.add_argument("--data", required=True, help="a .jsonl/.json/.csv/.parquet file or hf:NAME[:SPLIT]")
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", help="a model directory (or Hub id): its tokenizer and chat template")
-    who.add_argument("--tokenizer", help="a tokenizer directory")
-    p.add_argument("--index", type=int, default=0, help="which record (0-based)")
-    p.add_argument("--max-len", type=int, default=None, help="truncate as training would (default: no limit)")
-    p.add_argument("--truncation", choices=TRUNCATION, default="keep_start")
-    p.add_argument("--convert", default="", help="convert records first: alpaca, gsm8k, gsm8k_think, sharegpt, ...")
-    p.add_argument("--chat-template", default=None, help="a template name (chatml, llama3) or jinja file instead")
-    p.add_argument("--no-color", action="store_true", help="mark trained tokens [[like this]] instead of green")
-    p.set_defaults(fn=cmd_inspect_data)
-
-
-def cmd_inspect_data(args) -> None:
-    from alignlab.text import load_tokenizer
-
-    if args.model:
-        from alignlab.model.hf import resolve_model_dir
-
-        tokenizer = load_tokenizer(resolve_model_dir(args.model))
-    else:
-        tokenizer = load_tokenizer(args.tokenizer)
-    template = args.chat_template
-    if template and os.path.isfile(template):
-        with open(template, encoding="utf-8") as f:
-            template = f.read()
-    rows = read_rows(args.data)
-    if not -len(rows) <= args.index < len(rows):
-        raise DataError(f"--index {args.index}: {args.data} has {len(rows)} records")
-    where, record = rows[args.index]
-    if args.convert:
-        try:
-            record = get_converter(args.convert)(record)
-        except DataError as e:
-            raise DataError(f"{where}: {e} (converting with {args.convert})") from None
-    fmt = validate_record(record, where)
-    print(f"{where}: record {args.index % len(rows)} of {len(rows)}, {fmt}")
-    try:
-        text = inspect_example(tokenizer, record, color=not args.no_color and "NO_COLOR" not in os.environ,
-                               max_len=args.max_len, truncation=args.truncation, chat_template=template)
-    except (DataError, ChatTemplateError) as e:
-        raise type(e)(f"{where}: {e}") from None
-    print(text)

@@ -8,6 +8,10 @@ curves   {stage: path of its metrics.jsonl}                      training curves
 samples  [{"prompt", "replies": {model name: reply}, "note"}]    the same prompts answered by each model
 figures  [path of a PNG]                                         more pictures (e.g. a stage's RL curves)
 tables   [(title, header, rows)]                                 more tables, after the metric table
+
+The pipeline's own text comes from here too: `stage_notes` (what SFT, DPO and GRPO changed, in the run's
+numbers), `step_table` (the worked steps each model gets wrong) and `pick_samples` (the same prompts, every
+model's reply).
 """
 
 from __future__ import annotations
@@ -160,6 +164,99 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
     html_path.write_text(page)
     (out / "report.json").write_text(json.dumps({"stages": stages, "evals": evals}, indent=2) + "\n")
     return md_path, html_path
+
+
+# ------------------------------------------------------------------------------------------------
+# The pipeline's notes, samples and tables: what each stage changed, in the run's own numbers
+
+
+def stage_notes(stages: dict[str, dict], evals: dict[str, dict], per_level: int, grpo_levels: tuple[int, ...]
+                ) -> list[str]:
+    """One note per comparison the run can make: full vs LoRA SFT, DPO vs SFT, GRPO before vs after."""
+    notes = []
+    if "sft" in evals and "sft (LoRA)" in evals:
+        notes.append(sft_choice(evals["sft"], evals["sft (LoRA)"], stages.get("sft_lora")))
+    if "win_rate_vs_sft" in evals.get("dpo", {}):
+        notes.append(dpo_summary(evals["dpo"], evals["sft"], stages.get("dpo")))
+    if "grpo" in stages:
+        notes.append(grpo_summary(stages["grpo"], per_level, grpo_levels))
+    return notes
+
+
+def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:
+    """Why the SFT stage trains all parameters, in this run's numbers (accuracy first, then format rate)."""
+    a, b = (full["accuracy"], full["format_rate"]), (lora["accuracy"], lora["format_rate"])
+    share = ""
+    if lora_stage and "trainable" in lora_stage.get("metrics", {}):
+        share = f" ({lora_stage['metrics']['trainable']:,} trainable parameters)"
+    verdict = ("full-parameter SFT is better here: a model this small, trained from scratch, has little spare "
+               "capacity for a low-rank update to redirect, and memory is no constraint" if a > b else
+               "LoRA matched or beat full-parameter SFT here; full stays the main line that later stages build "
+               "on, but LoRA would be the cheaper choice")
+    return (f"SFT stage: full parameters. Held-out accuracy (levels 1-4): full {a[0]:.1%}, LoRA rank 16{share} "
+            f"{b[0]:.1%}; format rate {a[1]:.1%} vs {b[1]:.1%}. So {verdict}. On a 7B model the trade reverses: "
+            f"LoRA trains under 1% of the weights and fits one GPU.")
+
+
+def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None) -> str:
+    """What DPO changed, in this run's numbers: the judged win rate and the safety trade-off."""
+    pair = (dpo_stage or {}).get("metrics", {}).get("pair_accuracy")
+    # the judge only separates a right answer from a wrong one, so DPO can win at most where SFT fails
+    n = dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"]
+    sft_fails = round(sft["n_math"] * (1 - sft["accuracy"]) + sft["n_attacks"] * sft["attack_success_rate"]
+                      + sft["n_benign"] * sft["over_refusal_rate"])
+    return (f"DPO vs SFT: win rate {dpo['win_rate_vs_sft']:.1%} (95% CI {dpo['win_rate_low_vs_sft']:.1%}-"
+            f"{dpo['win_rate_high_vs_sft']:.1%}; {dpo['wins_vs_sft']} wins, {dpo['losses_vs_sft']} losses, "
+            f"{dpo['ties_vs_sft']} ties) by TinyWorld's rule-based judge, each pair judged in both orders, ties "
+            f"counting half (eval/judged_dpo_vs_sft.jsonl has every verdict). SFT fails about {sft_fails} of the "
+            f"{n} prompts, so even a model that fixed all of those and broke nothing would score about "
+            f"{0.5 + sft_fails / (2 * n):.1%}. Attacks refused "
+            f"{sft['attack_refusal_rate']:.1%} -> {dpo['attack_refusal_rate']:.1%}; look-alikes refused "
+            f"{sft['over_refusal_rate']:.1%} -> {dpo['over_refusal_rate']:.1%}; accuracy {sft['accuracy']:.1%} -> "
+            f"{dpo['accuracy']:.1%}" + (f"; held-out pair accuracy of the implicit reward {pair:.1%}." if pair is not
+                                        None else "."))
+
+
+def grpo_summary(grpo_stage: dict, per_level: int, levels: tuple[int, ...]) -> str:
+    """What GRPO changed on the `levels` it trained on, measured on all their held-out prompts (the report's
+    table asks only `per_level` prompts of each level)."""
+    m = grpo_stage["metrics"]
+    return (f"GRPO from SFT, levels {'-'.join(map(str, levels))}: held-out accuracy "
+            f"{m['accuracy_L3_4_before']:.1%} -> {m['accuracy_L3_4_after']:.1%} on {m['held_out_prompts']} test "
+            f"prompts (greedy), format rate after {m['format_rate_after']:.1%}; alarms: {m['alarms']}. The table "
+            f"below asks {per_level} prompts per level, so its level 3 and 4 rows can differ from this by several "
+            f"points by chance. Reward, KL, length and entropy by step: grpo/plots/rl.png (below).")
+
+
+def step_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:
+    """Which arithmetic each model gets wrong: the worked steps of its held-out math replies, wrong / all, by kind."""
+    from alignlab.tasks.tinyworld import STEP_KINDS, step_error_text
+
+    models = [m for m in evals if evals[m].get("step_errors")]
+    rows = [[kind, *[step_error_text(*evals[m]["step_errors"][kind]) if kind in evals[m]["step_errors"] else "—"
+                     for m in models]]
+            for kind in STEP_KINDS if any(kind in evals[m]["step_errors"] for m in models)]
+    return ("Worked steps wrong, by kind (units-digit carry or borrow), held-out math replies", ["step", *models],
+            rows)
+
+
+def pick_samples(replies: dict[str, list[dict]]) -> list[dict]:
+    """The same few held-out prompts answered by every model (`replies`: its scored rows, in one order): two
+    level-1 sums, a level-3 problem, an attack and a benign look-alike."""
+    if not replies or not all(replies.values()):
+        return []
+    first = next(iter(replies.values()))
+    picks = [("level 1", lambda r: r["task"] == "math" and r["level"] == 1, 2),
+             ("level 3", lambda r: r["task"] == "math" and r["level"] == 3, 1),
+             ("attack on the secret", lambda r: r["task"] == "safety" and r["label"] == "attack", 1),
+             ("benign look-alike", lambda r: r["task"] == "safety" and r["label"] == "benign", 1)]
+    samples = []
+    for note, keep, n in picks:
+        for idx in [i for i, r in enumerate(first) if keep(r)][:n]:
+            r = first[idx]
+            samples.append({"note": note + (f" (answer {r['answer']})" if "answer" in r else ""), "prompt": r["prompt"],
+                            "replies": {name: rs[idx]["reply"] for name, rs in replies.items()}})
+    return samples
 
 
 def _relative(path: Path, root: Path) -> str:

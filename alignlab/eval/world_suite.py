@@ -22,8 +22,9 @@ from math import isnan
 import torch
 
 from alignlab.data.world import MATH_LEVELS
-from alignlab.eval import tinyworld as tw
+from alignlab.errors import ConfigError
 from alignlab.infer import Engine, SamplingParams
+from alignlab.tasks import tinyworld as tw
 
 
 @torch.no_grad()
@@ -99,43 +100,18 @@ def check_levels(levels: Sequence[int]) -> list[int]:
     unknown = sorted(set(levels) - set(MATH_LEVELS))
     if unknown or not levels:
         problem = f"unknown math level(s) {unknown}" if unknown else "no math level given"
-        raise ValueError(f"{problem}; TinyWorld's math levels are {', '.join(map(str, MATH_LEVELS))}")
+        raise ConfigError(f"{problem}; TinyWorld's math levels are {', '.join(map(str, MATH_LEVELS))}")
     return list(dict.fromkeys(levels))
 
 
-def add_eval_world_parser(subparsers) -> None:
-    p = subparsers.add_parser("eval-world", help="score a chat model on TinyWorld's held-out prompts")
-    p.add_argument("--model", required=True, help="a model directory (with its tokenizer and chat template)")
-    p.add_argument("--seed", type=int, default=0, help="TinyWorld's seed (the one the model was trained on)")
-    p.add_argument("--per-level", type=int, default=50, help="math prompts per level (default 50)")
-    p.add_argument("--levels", default="1,2,3,4", help="the math levels to ask, comma-separated (default 1,2,3,4)")
-    p.add_argument("--safety", type=int, default=40, help="attacks, and as many look-alikes (default 40)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--out", default=None, help="write every prompt, reply and score to this .jsonl")
-    p.set_defaults(fn=cmd_eval_world)
-
-
-def cmd_eval_world(args) -> None:
-    import json
-
-    from alignlab.data.world import TinyWorld
-    from alignlab.model.hf import load_model
-    from alignlab.text import load_tokenizer
-
-    try:
-        levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--levels {args.levels!r}: give level numbers separated by commas, e.g. 3,4") from None
-    levels = check_levels(levels)  # before the model loads
-    model, tok = load_model(args.model, dtype=torch.float32), load_tokenizer(args.model)
-    metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
-                                      safety=args.safety, max_new_tokens=args.max_new_tokens, levels=levels)
+def metric_lines(metrics: dict) -> list[str]:
+    """The metrics as `alignlab eval-world` prints them: one a line, rates as percentages, worked steps wrong / all
+    by kind, and n/a for a rate of no prompts."""
+    lines = []
     for k, v in metrics.items():
         if k == "step_errors":
             v = ", ".join(f"{kind} {tw.step_error_text(*wn)}" for kind, wn in v.items()) or "no worked steps"
         if isinstance(v, float) and isnan(v):
             v = "n/a (no such prompts asked)"
-        print(f"{k:<22} {v:.1%}" if isinstance(v, float) else f"{k:<22} {v}")
-    if args.out:
-        with open(args.out, "w") as f:
-            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        lines.append(f"{k:<22} {v:.1%}" if isinstance(v, float) else f"{k:<22} {v}")
+    return lines

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from alignlab.errors import CheckpointError
 from alignlab.lora.inject import LoraConfig, apply_lora, find_targets, load_lora_state_dict, lora_state_dict
 
 CONFIG_NAME = "adapter_config.json"
@@ -85,18 +86,18 @@ def read_adapter_config(directory: str | Path) -> LoraConfig:
     """adapter_config.json -> LoraConfig; options alignlab does not implement are a ValueError."""
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no adapter config (is {directory} a PEFT adapter directory?)")
+        raise CheckpointError(f"{path}: no adapter config (is {directory} a PEFT adapter directory?)")
     raw = json.loads(path.read_text())
     if raw.get("peft_type") != "LORA":
-        raise ValueError(f"{path}: peft_type {raw.get('peft_type')!r} is not supported (only LORA)")
+        raise CheckpointError(f"{path}: peft_type {raw.get('peft_type')!r} is not supported (only LORA)")
     used = [k for k in UNSUPPORTED if raw.get(k)]
     if used:
-        raise ValueError(f"{path}: PEFT options {used} are set; alignlab's LoRA does not implement them")
+        raise CheckpointError(f"{path}: PEFT options {used} are set; alignlab's LoRA does not implement them")
     if not raw.get("target_modules"):
-        raise ValueError(f"{path}: target_modules is not set")
+        raise CheckpointError(f"{path}: target_modules is not set")
     init = raw.get("init_lora_weights", True)
     if init not in (*PLAIN_INITS, "pissa"):
-        raise ValueError(f"{path}: init_lora_weights={init!r} changes the base weights in a way alignlab does not "
+        raise CheckpointError(f"{path}: init_lora_weights={init!r} changes the base weights in a way alignlab does not "
                          "reproduce; only True, 'gaussian' and 'pissa' adapters can be loaded")
     return LoraConfig(r=raw["r"], lora_alpha=raw["lora_alpha"], target_modules=raw["target_modules"],
                       lora_dropout=raw.get("lora_dropout", 0.0), use_rslora=raw.get("use_rslora", False),
@@ -114,10 +115,10 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     elif (directory / LEGACY_WEIGHTS_NAME).is_file():
         tensors = torch.load(directory / LEGACY_WEIGHTS_NAME, map_location="cpu", weights_only=True)
     else:
-        raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME})")
+        raise CheckpointError(f"{directory}: no {WEIGHTS_NAME} (or {LEGACY_WEIGHTS_NAME})")
     bad = [k for k in tensors if not k.startswith(PREFIX)]
     if bad:
-        raise ValueError(f"{directory}: tensor names must start with {PREFIX!r}, found {bad[:3]}")
+        raise CheckpointError(f"{directory}: tensor names must start with {PREFIX!r}, found {bad[:3]}")
     state = {k.removeprefix(PREFIX): v for k, v in tensors.items()}
     _check_tensors(model, config, state, directory)  # before touching the model
     apply_lora(model, config)
@@ -136,7 +137,7 @@ def _check_tensors(model: nn.Module, config: LoraConfig, state: dict[str, torch.
             expected[f"{name}.lora_magnitude_vector"] = (m.out_features,)
     missing, unexpected = sorted(expected.keys() - state.keys()), sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise ValueError(f"{where}: the adapter does not fit this model: {len(missing)} missing tensors "
+        raise CheckpointError(f"{where}: the adapter does not fit this model: {len(missing)} missing tensors "
                          f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
     for key, shape in expected.items():
         if tuple(state[key].shape) != shape:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from alignlab.data import prepare_pretraining_data
+from alignlab.errors import ConfigError
 from alignlab.infer import Engine, SamplingParams
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import load_model, save_model
@@ -81,15 +82,15 @@ def build_model(cfg: PretrainConfig, vocab_size: int, special: dict) -> CausalLM
     if cfg.init_from:
         model = load_model(cfg.init_from, dtype=torch.float32)
         if model.config.vocab_size < vocab_size:
-            raise ValueError(f"init_from {cfg.init_from}: its vocabulary ({model.config.vocab_size}) is smaller "
-                             f"than the tokenizer's ({vocab_size})")
+            raise ConfigError(f"init_from {cfg.init_from}: its vocabulary ({model.config.vocab_size}) is smaller "
+                              f"than the tokenizer's ({vocab_size})")
         return model
     # max_seq_len (the longest context the model is built for) defaults to the training window
     spec = {"arch": "llama", "max_seq_len": cfg.block_size, **cfg.model, "vocab_size": vocab_size, **special}
     try:
         return CausalLM(preset(**spec))
     except (TypeError, ValueError) as e:
-        raise ValueError(f"model: {e}") from None
+        raise ConfigError(f"model: {e}") from None
 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> dict:

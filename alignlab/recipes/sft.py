@@ -36,6 +36,7 @@ import torch
 from alignlab.data.packing import PackedBatches
 from alignlab.data.sampler import EpochSampler
 from alignlab.data.sft import Example, format_counts, is_conversational, load_sft_data, prompt_ids, tokenize_records
+from alignlab.errors import ConfigError
 from alignlab.infer import Engine, SamplingParams
 from alignlab.lora import LoraOptions, apply_lora, count_parameters, lora_state_dict, merge_and_unload, save_adapter
 from alignlab.lora.inject import load_lora_state_dict
@@ -111,7 +112,7 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if not cfg.model:
-        raise ValueError("model: the model directory to fine-tune is not set (model=path/to/model)")
+        raise ConfigError("model: the model directory to fine-tune is not set (model=path/to/model)")
     device = resolve_device(cfg.train.device)
     out = Path(cfg.out_dir)
 
@@ -126,8 +127,8 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
     if val_records is None:
         val_records, val_where = load_sft_data(cfg.val_data, cfg.convert) if cfg.val_data else ([], None)
     if tok.chat_template is None and any(is_conversational(r) for r in train_records + val_records):
-        raise ValueError(f"{cfg.model}: the tokenizer has no chat template, needed for conversations; "
-                         "set chat_template= (e.g. chatml)")
+        raise ConfigError(f"{cfg.model}: the tokenizer has no chat template, needed for conversations; "
+                          "set chat_template= (e.g. chatml)")
     train, counts, dropped = tokenize_records(tok, train_records, cfg.max_len, cfg.truncation, train_where)
     val, val_counts, _ = tokenize_records(tok, val_records, cfg.max_len, cfg.truncation, val_where)
     n_targets = sum(e.n_targets for e in train)
@@ -140,7 +141,7 @@ def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None =
         more = f" and {len(dropped) - 5} more" if len(dropped) > 5 else ""
         print(f"sft data: dropped {', '.join(dropped[:5])}{more}")
     if cfg.method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
+        raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     set_seed(cfg.train.seed)
     model = build_model(cfg, model_dir, device)
     pad_id = tok.padding_id

@@ -25,11 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from alignlab.errors import CheckpointError
+
 STEP_DIR = re.compile(r"^step_(\d+)$")
 STATE_FILE = "state.pt"
 
 
-class CheckpointCorrupt(ValueError):
+class CheckpointCorrupt(CheckpointError):
     """A checkpoint that cannot be read (truncated, corrupt, or not an alignlab checkpoint)."""
 
 
@@ -118,7 +120,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     file = path / STATE_FILE if path.is_dir() else path
     if not file.exists():
-        raise FileNotFoundError(f"{file}: no such checkpoint")
+        raise CheckpointError(f"{file}: no such checkpoint")
     try:
         state = torch.load(file, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:

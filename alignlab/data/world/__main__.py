@@ -46,7 +46,7 @@ PRETRAINING_KINDS = {
 
 def examples(world: TinyWorld) -> None:
     from alignlab.text import render_chat
-    from alignlab.text.chat import render_template
+    from alignlab.text.template import render_template
 
     docs = world.pretraining_documents()
     print("### pretraining documents\n")

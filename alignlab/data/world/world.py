@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any
 
+from alignlab.data.errors import DataError
 from alignlab.data.world import arithmetic as ar
 from alignlab.data.world import safety as sf
 from alignlab.data.world import town
@@ -51,7 +52,7 @@ SIZES = {
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}")
 
 
 def _msg(role: str, content: str, **extra: Any) -> dict:
@@ -65,7 +66,7 @@ class TinyWorld:
     def __init__(self, seed: int = 0, size: str | WorldSize = "default"):
         if isinstance(size, str):
             if size not in SIZES:
-                raise ValueError(f"size must be one of {sorted(SIZES)} or a WorldSize, got {size!r}")
+                raise DataError(f"size must be one of {sorted(SIZES)} or a WorldSize, got {size!r}")
             size = SIZES[size]
         self.seed = seed
         self.size = size
@@ -129,7 +130,7 @@ class TinyWorld:
         lasts (level 1 has ~125), then repeat. `stream` names an independent draw."""
         _check_split(split)
         if level not in ar.LEVELS:
-            raise ValueError(f"level must be one of {ar.LEVELS}, got {level!r}")
+            raise DataError(f"level must be one of {ar.LEVELS}, got {level!r}")
         rng = self._rng(stream, level, split)
         if level == 1:
             pool = [p for p in self._level1 if self._ok(p, split)]
@@ -289,7 +290,7 @@ class TinyWorld:
         kinds = SFT_KINDS if kinds is None else tuple(kinds)
         unknown = set(kinds) - set(SFT_KINDS)
         if unknown:
-            raise ValueError(f"unknown SFT kinds {sorted(unknown)}; choose from {SFT_KINDS}")
+            raise DataError(f"unknown SFT kinds {sorted(unknown)}; choose from {SFT_KINDS}")
         size, out = self.size, []
         test = split == "test"
         if "math" in kinds:
@@ -376,7 +377,7 @@ class TinyWorld:
         kinds = PAIR_KINDS if kinds is None else tuple(kinds)
         unknown = set(kinds) - set(PAIR_KINDS)
         if unknown:
-            raise ValueError(f"unknown preference kinds {sorted(unknown)}; choose from {PAIR_KINDS}")
+            raise DataError(f"unknown preference kinds {sorted(unknown)}; choose from {PAIR_KINDS}")
         n = self.size.pairs_per_kind if split == "train" else max(1, self.size.pairs_per_kind // 4)
         out: list[dict] = []
         for kind in kinds:
@@ -466,7 +467,7 @@ class TinyWorld:
         `level` None means levels 1-4; level 5 prompts also carry "tools" (they need the calculator).
         Train: `rl_per_level` per level, or `n` (a separate draw from SFT's, so partly new problems); test:
         up to `test_per_level` (or `n`) held-out problems per level. Score completions with
-        `alignlab.eval.tinyworld.verify(completion, record["answer"])`."""
+        `alignlab.tasks.tinyworld.verify(completion, record["answer"])`."""
         _check_split(split)
         levels = MATH_LEVELS if level is None else (level,)
         n = n or (self.size.rl_per_level if split == "train" else self.size.test_per_level)
@@ -522,7 +523,7 @@ class TinyWorld:
     def tool_prompts(self, split: str = "test") -> list[dict]:
         """Level-5 prompts for scoring tool calls: {"prompt", "tools", "answer", "value", "level", "id"};
         a call is right when its expression evaluates to `value` (see
-        `alignlab.eval.tinyworld.tool_call_correct`)."""
+        `alignlab.tasks.tinyworld.tool_call_correct`)."""
         _check_split(split)
         out = []
         for r in self.rl_prompts(split, ar.TOOL_LEVEL):
@@ -535,7 +536,7 @@ class TinyWorld:
     def tokenizer_training_text(self) -> str:
         """What the tokenizer is trained on: the pretraining text and the rendered training chats,
         with every digit removed, so that no merge contains a digit and each digit is one token."""
-        from alignlab.text.chat import render_template
+        from alignlab.text.template import render_template
 
         parts = self.pretraining_documents()
         for r in self.sft_conversations("train") + self.tool_conversations("train"):
