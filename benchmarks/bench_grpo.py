@@ -82,7 +82,7 @@ from alignlab.model.hf import load_model
 from alignlab.objectives.rl import group_advantages
 from alignlab.recipes import grpo
 from alignlab.rl import collect as collect_module
-from alignlab.rl.collect import RolloutConfig
+from alignlab.rl.collect import RolloutConfig, tokenize_prompts
 from alignlab.text import load_tokenizer
 from alignlab.train.trainer import TrainConfig
 
@@ -344,7 +344,7 @@ def main():
         world = TinyWorld(seed=0)
         build_model_dir(world.tokenizer_training_text(), args.model, 1024, model_dir)
         tok = load_tokenizer(model_dir)
-        kept, prompt_ids = grpo.tokenize_prompts(tok, records, 1024, "tinyworld")
+        kept, prompt_ids = tokenize_prompts(tok, records, 1024, "tinyworld")
         assert len(kept) == len(records)
         # trl gets the prompts in the order alignlab's sampler visits them in its first epoch, and reads them in
         # that order (shuffle_dataset=False), so both answer the same prompts every step (while steps x B <= prompts)
