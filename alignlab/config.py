@@ -117,7 +117,9 @@ def build(cls, data: dict, origin: str = "config", prefix: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            close = difflib.get_close_matches(key, fields, n=1)
+            nested = [f"{name}.{key}" for name, h in hints.items()
+                      if dataclasses.is_dataclass(h) and key in {f.name for f in dataclasses.fields(h)}]
+            close = nested or difflib.get_close_matches(key, fields, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"{origin}: unknown key {prefix}{key}{hint}")
         hint = hints[key]

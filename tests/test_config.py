@@ -55,3 +55,11 @@ def test_missing_and_invalid_files(tmp_path):
     bad.write_text("train:\n  lr: [1, 2\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
         load_config(PretrainConfig, bad)
+
+
+def test_a_key_of_a_nested_block_is_suggested_with_its_section():
+    """`num_generations=4` on an RL recipe lives in its rollout: block; the error says where."""
+    from alignlab.recipes.grpo import GRPOConfig
+
+    with pytest.raises(ConfigError, match=r"unknown key num_generations \(did you mean rollout.num_generations\?\)"):
+        load_config(GRPOConfig, overrides=["num_generations=4"])
