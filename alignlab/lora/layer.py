@@ -128,7 +128,9 @@ class LoraLinear(nn.Module):
         if self.merged or self.disabled:
             return result
         dtype = self.lora_A.weight.dtype
-        dx = self.lora_dropout(x).to(dtype)
+        dx = self.lora_dropout(x)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast the adapter's matmuls take bf16 x as is
+            dx = dx.to(dtype)
         lora = self.lora_B(self.lora_A(dx)) * self.scaling  # s B A dropout(x)
         if not self.use_dora:
             return result + lora.to(result.dtype)

@@ -27,6 +27,10 @@ exactly as if it were run by itself. `documents(position_ids)` reads the boundar
 
 Shapes: q [B, Hq, Tq, d]; k, v [B, Hkv, Tk, d] with Hq a multiple of Hkv (grouped-query attention:
 query head h reads kv head h // (Hq / Hkv)).
+
+Precision. In bf16 (bf16 weights, or fp32 weights under torch.autocast) the matmuls run in bf16 and the
+probabilities are kept in bf16; the softmax, `tiled`'s running max and sum, and the backward's row sums
+D accumulate in fp32, and so do the gradients of K and V summed over query blocks.
 """
 
 from __future__ import annotations
@@ -59,6 +63,12 @@ def documents(position_ids: torch.Tensor) -> Documents | None:
         starts = [0] + (row.nonzero().flatten() + 1).tolist() + [T]
         spans.append(list(zip(starts[:-1], starts[1:])))
     return Documents(ids, spans)
+
+
+def matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype x's matmuls run in: autocast's where autocast is on for x's device, else x's own."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def query_slots(q_offset: int | torch.Tensor, Tq: int, device) -> torch.Tensor:
@@ -102,16 +112,17 @@ def tiled_attention(q, k, v, q_offset: int | torch.Tensor = 0, key_valid=None, w
     n_rep = Hq // Hkv
     qg = (q * (1.0 / math.sqrt(d))).reshape(B, Hkv, n_rep * Tq, d)
     q_slots = query_slots(q_offset, Tq, q.device).repeat(1, n_rep)  # [B or 1, n_rep * Tq]
-    out = torch.empty_like(qg)
+    out = torch.empty_like(qg, dtype=matmul_dtype(q))  # bf16 under autocast, as the other forms give
+    acc_dtype = torch.promote_types(q.dtype, torch.float32)  # the running statistics: fp32 at least
     for qs in range(0, n_rep * Tq, block):
         qb, slots = qg[:, :, qs:qs + block], q_slots[:, qs:qs + block]
-        m = torch.full(qb.shape[:-1], float("-inf"), dtype=q.dtype, device=q.device)  # running max
+        m = torch.full(qb.shape[:-1], float("-inf"), dtype=acc_dtype, device=q.device)  # running max
         l = torch.zeros_like(m)  # running sum of exp(score - m)
-        acc = torch.zeros_like(qb)  # running sum of exp(score - m) * v
+        acc = torch.zeros_like(qb, dtype=acc_dtype)  # running sum of exp(score - m) * v
         last_key = int(slots.max()) + 1  # causal: keys after the last query slot are never seen
         for ks in range(0, min(Tk, last_key), block):
             kb, vb = k[:, :, ks:ks + block], v[:, :, ks:ks + block]
-            s = qb @ kb.transpose(-2, -1)
+            s = (qb @ kb.transpose(-2, -1)).to(acc_dtype)
             kv_slots = torch.arange(ks, ks + kb.shape[2], device=q.device)
             kvalid = None if key_valid is None else key_valid[:, ks:ks + block]
             mask = visible(slots, kv_slots, kvalid, window, None if docs is None else docs.ids)
@@ -121,7 +132,7 @@ def tiled_attention(q, k, v, q_offset: int | torch.Tensor = 0, key_valid=None, w
             p = torch.exp(s - m_safe[..., None])
             scale = torch.exp(m - m_safe)  # shrink what was accumulated under the old max
             l = l * scale + p.sum(dim=-1)
-            acc = acc * scale[..., None] + p @ vb
+            acc = acc * scale[..., None] + p.to(vb.dtype) @ vb  # the product in v's dtype (bf16: the speed)
             m = m_new
         out[:, :, qs:qs + block] = acc / l[..., None]
     return out.reshape(B, Hq, Tq, d)
@@ -179,6 +190,9 @@ def causal_attention_train(q, k, v, block: int = 64) -> torch.Tensor:
     matmuls over a kept P (measured: 1.3-1.5x faster forward + backward for T = 256..1024). The price is
     memory for P, hence TRAIN_ATTENTION_MAX_LEN. Grouped-query heads are handled by viewing q as
     [B, Hkv, n_rep, T, d], so the n_rep query heads that read one kv head multiply by it together.
+
+    In bf16 (see the module docstring) S, P, dP, dS and the products are bf16, the softmax runs in fp32 inside
+    its kernel, D is summed in fp32 and dK, dV accumulate over the query blocks in fp32.
     """
     return _CausalAttentionTrain.apply(q, k, v, block)
 
@@ -189,10 +203,11 @@ class _CausalAttentionTrain(torch.autograd.Function):
         B, Hq, T, d = q.shape
         Hkv = k.shape[1]
         r, c = Hq // Hkv, 1.0 / math.sqrt(d)
-        q5 = q.reshape(B, Hkv, r, T, d)
-        k, v = k.contiguous(), v.contiguous()  # else every block's matmul copies its slice of k and v
+        dtype = matmul_dtype(q)  # under autocast bf16, as autocast would make q K^T and P V
+        q5 = q.to(dtype).reshape(B, Hkv, r, T, d)
+        k, v = k.to(dtype).contiguous(), v.to(dtype).contiguous()  # else every block's matmul copies its slice
         # laid out [B, T, heads, d] in memory, like the projections: the caller's transpose back is free
-        out = q.new_empty(B, T, Hkv, r, d).permute(0, 2, 3, 1, 4)
+        out = q5.new_empty(B, T, Hkv, r, d).permute(0, 2, 3, 1, 4)
         probs = []
         for s in range(0, T, block):
             e = min(T, s + block)
@@ -212,22 +227,24 @@ class _CausalAttentionTrain(torch.autograd.Function):
         q5, k, v, out, *probs = ctx.saved_tensors
         B, Hkv, r, T, d = q5.shape
         c = 1.0 / math.sqrt(d)
-        do5 = dout.reshape(B, Hkv, r, T, d)
-        D = (do5 * out).sum(-1, keepdim=True)  # [B, Hkv, r, T, 1]
+        acc = torch.promote_types(q5.dtype, torch.float32)  # what sums run in: fp32 at least
+        do5 = dout.to(q5.dtype).reshape(B, Hkv, r, T, d)
+        # [B, Hkv, r, T, 1], summed in fp32; then in dP's dtype, as dP - D is (mixed dtypes are slow in place)
+        D = (do5 * out).sum(-1, keepdim=True, dtype=acc).to(q5.dtype)
         dq = q5.new_empty(B, T, Hkv, r, d).permute(0, 2, 3, 1, 4)
-        dk = k.new_zeros(B, T, Hkv, d).transpose(1, 2)
-        dv = v.new_zeros(B, T, Hkv, d).transpose(1, 2)
+        dk = k.new_zeros(B, T, Hkv, d, dtype=acc).transpose(1, 2)
+        dv = v.new_zeros(B, T, Hkv, d, dtype=acc).transpose(1, 2)
         for p, s in zip(probs, range(0, T, ctx.block)):
             e = min(T, s + ctx.block)
             rows = r * (e - s)
             qb = q5[:, :, :, s:e].reshape(B, Hkv, rows, d)
             dob = do5[:, :, :, s:e].reshape(B, Hkv, rows, d)
-            dv[:, :, :e] += p.transpose(-2, -1) @ dob
+            dv[:, :, :e] += (p.transpose(-2, -1) @ dob).to(acc)
             ds = (dob @ v[:, :, :e].transpose(-2, -1)).sub_(D[:, :, :, s:e].reshape(B, Hkv, rows, 1))
             ds.mul_(p).mul_(c)
             dq[:, :, :, s:e] = (ds @ k[:, :, :e]).view(B, Hkv, r, e - s, d)
-            dk[:, :, :e] += ds.transpose(-2, -1) @ qb
-        return dq.reshape(B, Hkv * r, T, d), dk, dv, None
+            dk[:, :, :e] += (ds.transpose(-2, -1) @ qb).to(acc)
+        return dq.reshape(B, Hkv * r, T, d), dk.to(k.dtype), dv.to(v.dtype), None
 
 
 ATTENTION = {"naive": naive_attention, "tiled": tiled_attention, "sdpa": sdpa_attention}

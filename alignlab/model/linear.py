@@ -16,7 +16,10 @@ class Linear(nn.Linear):
 
         y^T = [W_1 x^T; W_2 x^T; ...; W_n x^T]
 
-    Same result up to float summation order. Training and prefill (many rows) take F.linear.
+    Same result up to float summation order. Training and prefill (many rows) take F.linear, and so does bf16
+    (bf16 weights, or autocast, which casts the weight once and caches it): oneDNN's bf16 kernels already
+    stream the weight on every core, and the split made decode-shaped bf16 products 1-3x slower (2 cores,
+    AVX512-BF16: [1 or 16, 512] x [512, 2048] and [16, 512] x [512, 8192]).
     """
 
     max_split_rows = 32
@@ -25,7 +28,8 @@ class Linear(nn.Linear):
         n, w = torch.get_num_threads(), self.weight
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if not 0 < rows <= self.max_split_rows or n < 2 or self.out_features % n or x.device.type != "cpu" \
-                or not w.is_contiguous():
+                or not w.is_contiguous() or w.dtype != torch.float32 or x.dtype != torch.float32 \
+                or torch.is_autocast_enabled("cpu"):
             return F.linear(x, w, self.bias)
         blocks = w.view(n, self.out_features // n, self.in_features)
         y = torch.bmm(blocks, x.reshape(rows, -1).t().expand(n, -1, -1))  # [n, out / n, rows]

@@ -57,7 +57,8 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, heads, T, d]; cos, sin: [B, T, d] (broadcast over heads).
+    """x: [B, heads, T, d]; cos, sin: [B, T, d] (broadcast over heads). Returns x's dtype, computed in the
+    wider of x's and cos's (the model passes cos and sin in q's dtype: bf16 under autocast, as with bf16 weights).
 
     When x needs a gradient this goes through `_Rotate`: the same values in fewer passes over q and k, and
     a backward that is the inverse rotation instead of autograd's record of the cat, neg, two products
@@ -66,18 +67,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     if torch.is_grad_enabled() and x.requires_grad:
         return _Rotate.apply(x, cos, sin)
-    return x * cos + rotate_half(x) * sin
+    return (x * cos + rotate_half(x) * sin).to(x.dtype)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
     """x * cos + rotate_half(x) * sin without building rotate_half(x): with x = [x1, x2] and the two halves
-    of cos (and of sin) equal, the result is [x1 cos - x2 sin, x2 cos + x1 sin]. sign=-1 rotates back."""
+    of cos (and of sin) equal, the result is [x1 cos - x2 sin, x2 cos + x1 sin]. sign=-1 rotates back.
+    Computed in the wider of the two dtypes, returned in x's."""
     half = x.shape[-1] // 2
     x1, x2, s = x[..., :half], x[..., half:], sin[..., :half]
     out = x * cos
     out[..., :half].addcmul_(x2, s, value=-sign)
     out[..., half:].addcmul_(x1, s, value=sign)
-    return out
+    return out.to(x.dtype)
 
 
 class _Rotate(torch.autograd.Function):

@@ -8,6 +8,10 @@
 
 Module names follow the Hugging Face Llama layout (model.layers.N.self_attn.q_proj, ...), so checkpoints
 and PEFT adapters map onto them without renaming. Everything is fp32-safe; norms compute in fp32.
+
+bf16 comes two ways: bf16 weights (`model.to(torch.bfloat16)`, inference), or fp32 weights under
+torch.autocast(dtype=torch.bfloat16) (training: fp32 master weights, bf16 matmuls). Under autocast the residual
+stream x stays fp32 and each norm hands its sublayer bf16, the dtype autocast would cast it to anyway.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from alignlab.model.attention import ATTENTION, documents
+from alignlab.model.attention import ATTENTION, documents, matmul_dtype
 from alignlab.model.config import ModelConfig
 from alignlab.model.kv_cache import CacheRows, KVCache, SharedPrefix, SharedPrefixCache
 from alignlab.model.linear import Linear
@@ -35,11 +39,14 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x):
-        if x.dtype == self.weight.dtype == torch.float32 and torch.is_grad_enabled():
-            return _RMSNormFunction.apply(x, self.weight, self.eps)
+        dev = x.device.type
+        cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # what the next matmul takes
+        if self.weight.dtype == torch.float32 and torch.is_grad_enabled() and x.dtype in (torch.float32, cast):
+            return _RMSNormFunction.apply(x, self.weight, self.eps, cast or x.dtype)
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        y = self.weight * xf.to(x.dtype)
+        return y if cast is None else y.to(cast)
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -47,23 +54,30 @@ class _RMSNormFunction(torch.autograd.Function):
     pow, mean, rsqrt and two products. With r = 1 / sqrt(mean(x^2) + eps), n = x r, y = n w (D channels):
 
         dL/dw = sum_rows g * n,        dL/dx = r (g w - n mean(g w * n))
+
+    x and g may be bf16 (autocast); the sums and products run in fp32 all the same, and y is rounded once
+    to out_dtype.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, eps):
-        r = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
-        n = x * r
+    def forward(ctx, x, weight, eps, out_dtype):
+        xf = x.float()
+        r = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+        n = xf * r
         ctx.save_for_backward(n, r, weight)
-        return n * weight
+        ctx.x_dtype = x.dtype
+        return (n * weight).to(out_dtype)
 
     @staticmethod
     def backward(ctx, g):
         n, r, weight = ctx.saved_tensors
-        gw = g * weight
-        mean = torch.linalg.vecdot(gw, n, dim=-1).unsqueeze(-1).div_(n.shape[-1])
-        dx = gw.addcmul_(n, mean, value=-1.0).mul_(r)
-        dw = (g * n).sum(dim=tuple(range(g.dim() - 1))) if ctx.needs_input_grad[1] else None
-        return dx, dw, None
+        with torch.autocast(g.device.type, enabled=False):  # vecdot is a bf16 op under autocast
+            g = g.float()
+            gw = g * weight
+            mean = torch.linalg.vecdot(gw, n, dim=-1).unsqueeze(-1).div_(n.shape[-1])
+            dx = gw.addcmul_(n, mean, value=-1.0).mul_(r)
+            dw = (g * n).sum(dim=tuple(range(g.dim() - 1))) if ctx.needs_input_grad[1] else None
+        return dx.to(ctx.x_dtype), dw, None, None
 
 
 def make_norm(config: ModelConfig, dim: int | None = None) -> nn.Module:
@@ -250,7 +264,9 @@ class CausalLM(nn.Module):
         if self.config.pos == "learned":
             x = x + self.model.embed_positions(position_ids)
         else:
-            rope = rope_cos_sin(self.inv_freq, position_ids, x.dtype)
+            inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self.rope_frequencies(x.device)
+            # fp32 frequencies, even after .to(bf16); cos, sin in the dtype of q and k (bf16 under autocast)
+            rope = rope_cos_sin(inv_freq, position_ids, matmul_dtype(x))
         for block in self.model.layers:
             if self.gradient_checkpointing and self.training and (cache is None or cache.differentiable):
                 # keep only each block's input; recompute its activations during backward
@@ -298,5 +314,6 @@ class CausalLM(nn.Module):
         return torch.cat([last, hidden], dim=1)
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """A cache in the dtype of the keys: the weights', or autocast's when autocast is on."""
         p = self.lm_head.weight
-        return KVCache.for_model(self.config, batch, max_len, dtype=p.dtype, device=p.device)
+        return KVCache.for_model(self.config, batch, max_len, dtype=matmul_dtype(p), device=p.device)

@@ -61,6 +61,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
     incoming gradient. This is the fused linear cross-entropy of Liger Kernel (Hsu et al. 2024,
     arXiv:2410.10989). Rows labelled IGNORE_INDEX contribute nothing, so they are dropped before any
     product is computed.
+
+    In bf16 (bf16 weights, or under torch.autocast) the three products run in bf16; the logits are cast to
+    fp32 before the log-softmax, the loss sums in fp32, and dL/dW accumulates over the chunks in fp32 (in the
+    weight's own dtype when it is fp32: the master weight of autocast training).
     """
     return _LinearCrossEntropy.apply(hidden, weight, labels, num_tokens, chunk)
 
@@ -80,26 +84,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
             h, y = h[kept], y[kept]
         scale = 1.0 / torch.as_tensor(num_tokens, dtype=torch.float32, device=h.device)
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        dev = h.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else h.dtype  # of the products
+        w, h_in = weight.to(dtype), h
+        h = h.to(dtype)
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        low = dtype != torch.float32 and dtype != torch.float64  # bf16: each chunk's dL/dW is added up in fp32
         for s in range(0, h.shape[0], chunk):
             hc, yc = h[s:s + chunk], y[s:s + chunk]
-            logp = torch.log_softmax((hc @ weight.t()).float(), dim=-1)  # [rows, V]: the only logits there are
+            logp = torch.log_softmax((hc @ w.t()).float(), dim=-1)  # [rows, V]: the only logits there are
             rows = torch.arange(len(yc), device=h.device)
             total -= logp[rows, yc].sum()
             if not (need_h or need_w):
                 continue
             g = logp.exp_()  # softmax, written over log-softmax
             g[rows, yc] -= 1.0
-            g = g.to(weight.dtype)  # N dL/dz for these rows (1/N is applied to the smaller products below)
+            g = g.to(dtype)  # N dL/dz for these rows (1/N is applied to the smaller products below)
             if need_h:
-                torch.mm(g, weight, out=grad_h[s:s + chunk])
+                torch.mm(g, w, out=grad_h[s:s + chunk])
             if need_w:
-                grad_w.addmm_(g.t().float(), hc.float())
+                if low:
+                    grad_w += (g.t() @ hc).float()  # cast first: an in-place add of bf16 into fp32 is 10x slower
+                else:
+                    grad_w.addmm_(g.t().float(), hc.float())
         if need_h:
-            grad_h.mul_(scale.to(grad_h.dtype))
+            grad_h = grad_h.mul_(scale.to(grad_h.dtype)).to(h_in.dtype)
             if kept is not None:  # put the kept rows' gradients back among zeros
-                grad_h = h.new_zeros(labels.numel(), h.shape[1]).index_copy_(0, kept, grad_h)
+                grad_h = h_in.new_zeros(labels.numel(), h.shape[1]).index_copy_(0, kept, grad_h)
         if need_w:
             grad_w = grad_w.mul_(scale).to(weight.dtype)
         ctx.save_for_backward(grad_h.view(hidden.shape) if need_h else None, grad_w)

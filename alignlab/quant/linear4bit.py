@@ -3,7 +3,8 @@
 QLoRA (Dettmers et al. 2023, arXiv:2305.14314, eq. 5) computes Y = X dequant(W_NF4) ^T + X L1 L2 s: the base
 weight is dequantised on the fly in every forward and backward, gradients flow through it to the input (and to
 LoRA's adapters) but never to the 4-bit weight itself. LoRA wraps a Linear4bit as it wraps any base: through
-`in_features`, `out_features`, `forward(x)` and `dequantize()` (the fp32 weight [out, in]).
+`in_features`, `out_features`, `forward(x)` and `dequantize()` (the fp32 weight [out, in]). Under bf16
+(autocast, or bf16 inputs) the weight is dequantised to bf16 and the products run in bf16.
 """
 
 from __future__ import annotations
@@ -19,17 +20,22 @@ from alignlab.quant.nf4 import NF4Tensor, quantize_nf4
 
 class _NF4Matmul(torch.autograd.Function):
     """y = x W^T with W dequantised from NF4. Backward dequantises W again (dL/dx = dL/dy W) instead of
-    keeping the fp32 weight alive between forward and backward, as bitsandbytes' MatMul4Bit does."""
+    keeping the fp32 weight alive between forward and backward, as bitsandbytes' MatMul4Bit does.
+
+    W is dequantised to the dtype the product runs in: autocast's under torch.autocast (bf16), else x's."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, q: NF4Tensor) -> torch.Tensor:
-        ctx.q = q
-        return F.linear(x, q.dequantize().to(x.dtype))
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        ctx.q, ctx.dtype, ctx.x_dtype = q, dtype, x.dtype
+        return F.linear(x.to(dtype), q.dequantize(dtype))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        grad_x = grad @ ctx.q.dequantize().to(grad.dtype) if ctx.needs_input_grad[0] else None
-        return grad_x, None
+        if not ctx.needs_input_grad[0]:
+            return None, None
+        return (grad.to(ctx.dtype) @ ctx.q.dequantize(ctx.dtype)).to(ctx.x_dtype), None
 
 
 class Linear4bit(nn.Module):

@@ -141,11 +141,15 @@ class NF4Tensor:
         """The unpacked 4-bit codes, uint8 [padded] (padding included)."""
         return torch.stack([self.data >> 4, self.data & 0xF], dim=1).view(-1)
 
-    def dequantize(self) -> torch.Tensor:
-        """w ~= NF4[k] * absmax[block], fp32, in the original shape."""
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """w ~= NF4[k] * absmax[block] in the original shape: computed in fp32, rounded once to `dtype` (as
+        bitsandbytes' dequantize_4bit does for bf16)."""
         pairs = _NF4_PAIRS.to(self.data.device).index_select(0, self.data.int())
         w = pairs.view(torch.float32).view(-1, self.block)
-        w *= self.block_absmax()[:, None]
+        if dtype == torch.float32:
+            w *= self.block_absmax()[:, None]
+        else:  # the product in fp32, written straight into the narrower tensor
+            w = torch.mul(w, self.block_absmax()[:, None], out=torch.empty(w.shape, dtype=dtype, device=w.device))
         return w.view(-1)[: self.numel()].view(self.shape)
 
 
