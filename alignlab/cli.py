@@ -31,17 +31,23 @@ class Command:
 # Models: info, generate, chat
 
 
-def _load(model_dir: str, need_tokenizer: bool = True):
+def _load(model_dir: str, dtype: str = "auto"):
+    """The model in the precision `dtype` resolves to for inference (printed to stderr), and its tokenizer."""
     from alignlab.model.hf import load_model, resolve_model_dir
+    from alignlab.model.precision import resolve_precision
+    from alignlab.text import load_tokenizer
 
     path = resolve_model_dir(model_dir)
-    model = load_model(path)
-    tokenizer = None
-    if need_tokenizer:
-        from alignlab.text import load_tokenizer
-
-        tokenizer = load_tokenizer(path)
+    precision = resolve_precision(dtype, "cpu", "infer")
+    model, tokenizer = load_model(path, dtype=precision.dtype), load_tokenizer(path)
+    print(f"precision: {precision.why}", file=sys.stderr)
     return model, tokenizer
+
+
+def _add_dtype(p):
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="weights' dtype (default auto: bf16 where the CPU runs it natively and faster, else fp32; "
+                        "$ALIGNLAB_AUTO_DTYPE overrides auto)")
 
 
 def _size(n_bytes: float) -> str:
@@ -106,13 +112,14 @@ def generate_arguments(p):
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", required=True)
     p.add_argument("--stream", action="store_true")
+    _add_dtype(p)
     _add_sampling(p, temperature=0.0)
 
 
 def cmd_generate(args):
     from alignlab.infer import Engine
 
-    model, tokenizer = _load(args.model)
+    model, tokenizer = _load(args.model, args.dtype)
     engine = Engine(model, tokenizer)
     params = _params(args)
     if args.stream:
@@ -127,13 +134,14 @@ def chat_arguments(p):
     p.add_argument("--model", required=True)
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--template", default=None, help="a built-in chat template (e.g. chatml) to use instead")
+    _add_dtype(p)
     _add_sampling(p, temperature=0.7)
 
 
 def cmd_chat(args):
     from alignlab.infer import Engine
 
-    model, tokenizer = _load(args.model)
+    model, tokenizer = _load(args.model, args.dtype)
     if tokenizer.chat_template is None and args.template is None:
         raise UserError(f"{args.model}: the tokenizer has no chat template; pass --template chatml")
     engine = Engine(model, tokenizer)
@@ -335,27 +343,23 @@ def eval_world_arguments(p):
     p.add_argument("--levels", default="1,2,3,4", help="the math levels to ask, comma-separated (default 1,2,3,4)")
     p.add_argument("--safety", type=int, default=40, help="attacks, and as many look-alikes (default 40)")
     p.add_argument("--max-new-tokens", type=int, default=96)
+    _add_dtype(p)
     p.add_argument("--out", default=None, help="write every prompt, reply and score to this .jsonl")
 
 
 def cmd_eval_world(args):
     import json
 
-    import torch
-
     from alignlab.data.world import TinyWorld
     from alignlab.errors import ConfigError
     from alignlab.eval.world_suite import check_levels, evaluate_on_world, metric_lines
-    from alignlab.model.hf import load_model, resolve_model_dir
-    from alignlab.text import load_tokenizer
 
     try:
         levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
         raise ConfigError(f"--levels {args.levels!r}: give level numbers separated by commas, e.g. 3,4") from None
     levels = check_levels(levels)  # before the model loads
-    model_dir = resolve_model_dir(args.model)
-    model, tok = load_model(model_dir, dtype=torch.float32), load_tokenizer(model_dir)
+    model, tok = _load(args.model, args.dtype)
     metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
                                       safety=args.safety, max_new_tokens=args.max_new_tokens, levels=levels)
     print("\n".join(metric_lines(metrics)))

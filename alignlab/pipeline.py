@@ -37,8 +37,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
 from alignlab.data.world import TinyWorld
 from alignlab.errors import ConfigError
 from alignlab.recipes.pretrain import DataConfig, PretrainConfig
@@ -258,14 +256,17 @@ def win_rate_vs(run: Run, name: str, other: str, a: list[dict], b: list[dict]) -
 def stage_eval(run: Run) -> dict:
     from alignlab.eval.world_suite import evaluate_on_world
     from alignlab.model.hf import load_model
+    from alignlab.model.precision import resolve_precision
     from alignlab.text import load_tokenizer
 
     s, d = run.sizes, run.dir("eval")
     d.mkdir(parents=True, exist_ok=True)
     evals, replies = {}, {}
+    precision = resolve_precision("auto", "cpu", "infer")
+    print(f"eval precision: {precision.why}")
     for name, stage in _evaluated_models(run):
         model_dir = run.model_dir(stage)
-        model, tok = load_model(model_dir, dtype=torch.float32), load_tokenizer(model_dir)
+        model, tok = load_model(model_dir, dtype=precision.dtype), load_tokenizer(model_dir)
         t0 = time.perf_counter()
         metrics, rows = evaluate_on_world(model, tok, run.world, per_level=s.eval_per_level, safety=s.eval_safety,
                                           max_new_tokens=s.max_new_tokens)

@@ -1,5 +1,8 @@
 """Fixtures shared by the recipe tests: TinyWorld's quick world and a tiny random Llama saved with its tokenizer.
 
+Every test runs with ALIGNLAB_AUTO_DTYPE=fp32, so `dtype=auto` computes in fp32 on every machine (bf16 where the CPU
+has it would change the numbers the parity tests compare); tests of `auto` itself clear it with monkeypatch.
+
 Tests that read ../shared/data carry `@pytest.mark.shared_data(path, ...)`: skipped where a file is missing, except
 under CI (the CI environment variable set), where a missing file fails the test -- CI must run them all.
 """
@@ -15,6 +18,13 @@ import torch
 from alignlab.data.world import TinyWorld
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import save_model
+
+
+@pytest.fixture(scope="session", autouse=True)
+def auto_dtype_is_fp32():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ALIGNLAB_AUTO_DTYPE", "fp32")  # subprocesses inherit it
+        yield
 
 
 @pytest.fixture(scope="module")

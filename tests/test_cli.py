@@ -48,6 +48,23 @@ def test_generate_prints_what_transformers_generates(model_dir, capsys):
     assert capsys.readouterr().out == expected + "\n"
 
 
+def test_generate_loads_the_weights_in_the_dtype_asked_for(model_dir, capsys, monkeypatch):
+    import alignlab.model.hf as hf
+
+    loaded = []
+    real = hf.load_model
+    monkeypatch.setattr(hf, "load_model", lambda *a, **kw: loaded.append(kw["dtype"]) or real(*a, **kw))
+    args = ["generate", "--model", str(model_dir), "--prompt", "The quick brown", "--max-new-tokens", "8"]
+    assert main(args) == 0  # auto, which the test suite's ALIGNLAB_AUTO_DTYPE makes fp32
+    auto = capsys.readouterr()
+    assert auto.err == "precision: fp32: ALIGNLAB_AUTO_DTYPE=fp32\n" and auto.out.strip()
+    assert main([*args, "--dtype", "bf16"]) == 0
+    bf16 = capsys.readouterr()
+    assert bf16.err.startswith("precision: bf16 weights: asked for") and bf16.out.strip()
+    assert loaded == [torch.float32, torch.bfloat16]
+    assert run_cli("generate", "--model", str(model_dir), "--prompt", "hi", "--dtype", "fp16").returncode == 2
+
+
 def test_info(model_dir, capsys):
     assert main(["info", "--model", str(model_dir), "--seq-len", "128"]) == 0
     out = capsys.readouterr().out

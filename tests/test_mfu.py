@@ -1,5 +1,6 @@
-"""MFU never reads above 100%: the peak is a sustained matmul rate in the dtype the model trains in, and a peak that
-read low (measured while the cores were busy) is raised to the rate the model itself reached."""
+"""MFU never reads above 100%: the peak is a sustained matmul rate in the dtype the model trains in (the precision the
+run resolved: bf16 autocast measures the bf16 peak), and a peak that read low (measured while the cores were busy) is
+raised to the rate the model itself reached."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 import alignlab.train.mfu as mfu
 from alignlab.train.distributed import Dist
 from alignlab.train.trainer import TrainConfig, Trainer
+from tests.test_precision import AVX2, AVX512_BF16, fake_cpu
 from tests.train_fixture import VOCAB, RandomWindows, make_trainer
 
 
@@ -26,11 +28,16 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def test_mfu_of_real_steps_is_at_most_one(tmp_path, cache):
-    trainer = make_trainer(tmp_path / "run", steps=3, peak_flops=0.0, save_every=0)  # the peak is measured here
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_mfu_of_real_steps_is_at_most_one(tmp_path, cache, monkeypatch, dtype):
+    measured, real = [], mfu.measure_peak_flops
+    monkeypatch.setattr(mfu, "measure_peak_flops", lambda device, dtype, **kw: measured.append(dtype) or
+                        real(device, dtype, **kw))
+    trainer = make_trainer(tmp_path / "run", steps=3, peak_flops=0.0, save_every=0, dtype=dtype)  # peak measured here
     trainer.fit()
     logged = _logged_mfu(tmp_path / "run")
     assert len(logged) == 3 and all(0 < m <= 1 for m in logged), logged
+    assert measured == [{"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]]  # the peak of the training dtype
 
 
 def test_a_peak_measured_on_a_busy_machine_is_not_cached(cache, monkeypatch):
@@ -83,6 +90,17 @@ def test_the_peak_is_measured_in_the_training_dtype(tmp_path, cache, monkeypatch
             flops_per_token=6 * 64 * VOCAB).fit()
     assert measured == [torch.bfloat16]  # autocast runs the matmuls in bf16, whose peak is ~2x fp32's on AVX-512
     assert all(0 < m <= 1 for m in _logged_mfu(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("machine,dtype", [(AVX512_BF16, torch.bfloat16), (AVX2, torch.float32)])
+def test_auto_measures_the_peak_of_the_precision_it_resolved(tmp_path, monkeypatch, machine, dtype):
+    fake_cpu(monkeypatch, tmp_path, machine, speedup=2.5)  # dtype=auto on a fast bf16 CPU, then on an AVX2 one
+    measured = []
+    monkeypatch.setattr(mfu, "measure_peak_flops", lambda device, dtype, **kw: measured.append(dtype) or 1e12)
+    cfg = TrainConfig(max_steps=2, warmup_steps=0, eval_every=0, save_every=0, plot=False, device="cpu")
+    result = Trainer(cfg, BigramLM(), RandomWindows(4, Dist()), _bigram_step, tmp_path / "run",
+                     flops_per_token=6 * 64 * VOCAB).fit()
+    assert measured == [dtype] and result["precision"]["dtype"] == {torch.bfloat16: "bf16"}.get(dtype, "fp32")
 
 
 def test_measured_peak_is_a_real_rate():

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from alignlab.model.precision import cache_dir as alignlab_cache_dir
+
 BLOCK = 1 << 20
 
 
@@ -25,7 +27,7 @@ def default_cache_dir(cache_dir: str | Path | None = None) -> Path:
     """`cache_dir` if given, else $ALIGNLAB_CACHE, else ~/.cache/alignlab (not created here)."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
-    return Path(os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab").expanduser()
+    return alignlab_cache_dir()
 
 
 @contextmanager

@@ -32,7 +32,8 @@ def generate_replies(model, tokenizer, prompts: list[list[dict]], max_new_tokens
                      batch_size: int = 64, temperature: float = 0.0, seed: int = 0) -> list[str]:
     """Replies to chat prompts (lists of messages), rendered with the tokenizer's chat template: greedy,
     or sampled at `temperature` with prompt i drawing from its own generator seeded seed + i (so a reply
-    does not depend on the batch it was in)."""
+    does not depend on the batch it was in). It computes in the model's dtype, under the caller's autocast if any
+    (a training run's evaluation runs under the Trainer's)."""
     was_training = model.training
     model.eval()
     engine = Engine(model, tokenizer)

@@ -16,6 +16,10 @@ Stopping: a request ends with finish_reason "stop" on an end-of-sequence id (the
 model config's, unless ignore_eos), one of its stop_token_ids, or one of its stop strings appearing in the
 decoded text (a stop string that is one vocabulary token, such as "<|im_end|>", also stops as that id:
 the text skips special tokens); otherwise with "length" after max_new_tokens tokens.
+
+Precision: the engine computes in the model's dtype (load_model(dir, dtype=...) picks it; `alignlab generate
+--dtype auto` gives bf16 weights where the CPU runs bf16 natively) or under the caller's autocast; the logits are
+cast to fp32 before the processors, so sampling and log-probabilities are fp32 whatever the weights are.
 """
 
 from __future__ import annotations
@@ -256,14 +260,14 @@ class Engine:
         where = [order.setdefault(tuple(r.prompt), len(order)) for r in rows]
         if len(order) == B:
             logits = self.model(ids, attention_mask=attn, cache=cache, last_only=True)
-            return batch, logits[:, -1]
+            return batch, logits[:, -1].float()
         # repeated prompts (n samples of one prompt, GRPO's groups): prefill each in its first row, copy that row
         once = [where.index(j) for j in range(len(order))]  # the first row of each distinct prompt
         logits = self.model(ids[once], attention_mask=None if attn is None else attn[once], cache=cache.rows(once),
                             last_only=True)
         others = [i for i in range(B) if once[where[i]] != i]
         cache.copy_rows([once[where[i]] for i in others], others)
-        return batch, logits[torch.tensor(where, device=dev), -1]
+        return batch, logits[torch.tensor(where, device=dev), -1].float()
 
     @torch.inference_mode()
     def _compact(self, tokens: torch.Tensor, batch: _Batch, cache):
@@ -281,7 +285,7 @@ class Engine:
             pos = pos.clamp(max=self.model.config.max_seq_len - 1)
         logits = self.model(tokens[:, None], attention_mask=attn, position_ids=pos, cache=cache)
         batch.pos += 1
-        return logits[:, -1]
+        return logits[:, -1].float()
 
     @torch.inference_mode()
     def _choose(self, logits: torch.Tensor, b: _Batch):

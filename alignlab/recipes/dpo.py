@@ -62,6 +62,7 @@ from alignlab.data.preference import (
 from alignlab.errors import ConfigError
 from alignlab.lora import LoraOptions, apply_lora, merge_and_unload, save_adapter
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
+from alignlab.model.precision import resolve_precision
 from alignlab.objectives.preference import (
     dpo_loss,
     kto_kl_estimate,
@@ -76,7 +77,7 @@ from alignlab.objectives.preference import (
 )
 from alignlab.text import load_tokenizer
 from alignlab.train.reference import Reference
-from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed
+from alignlab.train.trainer import TrainConfig, Trainer, autocast_for, resolve_device, set_seed
 
 LOSSES = ("sigmoid", "hinge", "ipo", "robust", "simpo", "orpo", "safedpo", "kto")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -285,8 +286,11 @@ def precompute_reference(model, examples: list, pad_id: int, cfg: DPOConfig, pat
     cached at `path` (reused while the model's weights and the examples are the same)."""
     kto = bool(examples) and isinstance(examples[0], KTOExample)
     keys = REF_KEYS["kto" if kto else "pairs"]
+    device = next(model.parameters()).device
+    precision = resolve_precision(cfg.train.dtype, device)  # the run's: the policy's log-probs are computed alike
     key = reference_cache_key(model_dir, [(e.example.sequence(), e.kl.sequence()) if kto
                                           else (e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples])
+    key += f"-{precision.name}"
     if path.exists():
         cached = torch.load(path, weights_only=True)
         if cached.get("key") == key:
@@ -295,12 +299,12 @@ def precompute_reference(model, examples: list, pad_id: int, cfg: DPOConfig, pat
     was_training = model.training
     model.eval()
     halves: tuple[list, list] = ([], [])
-    device = next(model.parameters()).device
     for i in range(0, len(examples), cfg.batch_size):
         batch = make_batch(examples, {}, list(range(i, min(i + cfg.batch_size, len(examples)))), pad_id)
-        first, second, _, _ = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
-        halves[0].append(first.cpu())
-        halves[1].append(second.cpu())
+        with autocast_for(precision, device):
+            first, second, _, _ = pair_logps(model, {k: v.to(device) for k, v in batch.items()})
+        halves[0].append(first.float().cpu())
+        halves[1].append(second.float().cpu())
     model.train(was_training)
     result = {k: torch.cat(h) for k, h in zip(keys, halves, strict=True)}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -419,7 +423,7 @@ def run(cfg: DPOConfig, resume: bool = False, train_records: list[dict] | None =
                       weight_fn=weight, run_config=asdict(cfg))
     if val_batches:  # the starting point of the metrics: the policy equals the reference
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), trainer.autocast:
             start = evaluate(model)
         model.train()
         print("at the start: " + ", ".join(f"{k} {v:.4f}" for k, v in start.items()))

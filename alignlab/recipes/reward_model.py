@@ -48,7 +48,7 @@ from alignlab.model.hf import resolve_model_dir
 from alignlab.model.reward import RewardModel, pad_right, reward_input_ids, reward_pad_id, save_reward_model
 from alignlab.objectives.preference import bradley_terry_loss
 from alignlab.text import load_tokenizer
-from alignlab.train.trainer import TrainConfig, Trainer, resolve_device, set_seed, unwrap
+from alignlab.train.trainer import TrainConfig, Trainer, autocast_for, resolve_device, set_seed, unwrap
 
 
 @dataclass
@@ -245,7 +245,8 @@ def run(cfg: RewardModelConfig, resume: bool = False, train_records: list[dict] 
     before = {}
     if val_batches:
         model.to(device).eval()
-        before = evaluate(model)
+        with autocast_for(cfg.train.dtype, device):  # the run's precision, as at every later evaluation
+            before = evaluate(model)
         print(f"reward-model: before training, held-out accuracy {before['val_accuracy']:.1%}, "
               f"loss {before['val_loss']:.4f}")
     data = PairBatches(train, cfg.batch_size, pad_id, cfg.train.seed)

@@ -5,6 +5,9 @@
     held_out_evaluator(tok, task, val_records, ...)      the Trainer's evaluate/sample: greedy held-out accuracy
     start_metrics(...)                                    the held-out metrics before the first step
     finish_run(...), save_policy(...), write_result(...) result.json, plots/rl.png, <out>/model (and adapter/)
+
+The policy stays float32 (the master weights); what runs it outside the Trainer (start_metrics here, the recipes'
+rollouts) does so under autocast_for(train.dtype, device), the Trainer's precision, decided once per run.
 """
 
 from __future__ import annotations

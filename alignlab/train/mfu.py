@@ -3,7 +3,8 @@
     MFU = (training FLOPs per token * tokens per second) / peak FLOP/s        (Chowdhery et al. 2022, PaLM)
 
 FLOPs per token come from the model config (ModelConfig.flops_per_token). The peak is the sustained speed of
-square matrix multiplications in the training dtype on this device: the best of several sizes (a CPU is fastest
+square matrix multiplications in the training dtype (the run's resolved precision: bf16 under bf16 autocast,
+whose peak is 2-4x fp32's on a CPU with bf16 instructions) on this device: the best of several sizes (a CPU is fastest
 on blocks that fit its caches, a GPU on large ones), each timed over back-to-back batches, measured once and
 cached in $ALIGNLAB_CACHE (default ~/.cache/alignlab)/peak_flops.json per (device, dtype, threads, torch
 version). A measured peak is stricter than a datasheet number: it is what a perfect implementation could reach
@@ -16,33 +17,19 @@ With data parallelism the rate is per device: MFU = FLOPs per token * global tok
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
 import time
-from pathlib import Path
 
 import torch
+
+from alignlab.model.precision import cpu_name, read_cache, write_cache
 
 METHOD = "sustained-v2"  # in the cache key: peaks measured another way are measured again
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ALIGNLAB_CACHE", Path.home() / ".cache" / "alignlab"))
-
-
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] | None = None,
@@ -50,12 +37,15 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     """The best sustained FLOP/s of n x n matmuls, 2 n^3 per product, over `sizes` (CPU: 512, 1024, 2048; GPU:
     2048, 4096, 8192). Each size gets seconds / len(sizes): a warm-up product, then batches of back-to-back
     products that each take about 50 ms (a single short product under-reads a GPU's clock ramp and over-weights
-    the timer), best batch kept."""
+    the timer), best batch kept. Sizes after the budget is spent are skipped (an emulated bf16 on a CPU without
+    bf16 instructions would take minutes on the largest)."""
     device = torch.device(device)
     sizes = sizes or ((2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = 0.0
+    best, start = 0.0, time.perf_counter()
     for n in sizes:
+        if best and time.perf_counter() - start > seconds:
+            break
         a = torch.randn(n, n, device=device).to(dtype)
         b = torch.randn(n, n, device=device).to(dtype)
         out = torch.empty(n, n, device=device, dtype=dtype)
@@ -82,21 +72,11 @@ def _key(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def _read() -> dict:
-    try:
-        return json.loads((cache_dir() / "peak_flops.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    return read_cache("peak_flops.json")
 
 
 def _write(table: dict) -> None:
-    path = cache_dir() / "peak_flops.json"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(table, indent=2) + "\n")
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home still gets a measured peak, just not a cached one
+    write_cache("peak_flops.json", table)  # a read-only home still gets a measured peak, just not a cached one
 
 
 def _others_cpu_seconds() -> float:

@@ -21,6 +21,11 @@ The stage supplies the pieces that differ (a recipe composes them):
     step_metrics (step, metrics) -> {...}                      more metrics for each step (e.g. RL's rollout batch)
     sample    (model) -> [str]                                 shown and saved at evaluation time
 
+Precision: train.dtype (auto | fp32 | bf16) goes through alignlab.model.precision.resolve_precision, once per run
+(auto: bf16 on CUDA and on CPUs whose bf16 matmuls are native and faster, else fp32). bf16 is autocast: the forward
+runs its matmuls in bf16 while the weights, gradients and AdamW state stay fp32. The choice and its reason are
+printed at the start and kept in the result ("precision") and in every checkpoint's config.
+
 Around the loop: checkpoints (atomic, last k + best, exact resume), SIGINT/SIGTERM save-and-exit,
 metrics.jsonl + TensorBoard + a loss-curve PNG, a progress bar with loss, tokens/s, MFU and ETA.
 """
@@ -45,6 +50,7 @@ import torch
 from tqdm import tqdm
 
 from alignlab.errors import ConfigError
+from alignlab.model.precision import Precision, resolve_precision
 from alignlab.objectives.lm import IGNORE_INDEX
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.distributed import Dist, all_reduce_sum, barrier, wrap_model
@@ -74,12 +80,12 @@ class TrainConfig:
     log_every: int = 1  # steps between metrics.jsonl lines
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto (CUDA: bf16 autocast, CPU: fp32) | fp32 | bf16
+    dtype: str = "auto"  # auto (bf16 autocast where native and faster, else fp32; see model/precision.py) | fp32 | bf16
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False  # recompute block activations in backward to save memory
     distributed: str = "ddp"  # ddp | fsdp (under torchrun)
     tensorboard: bool = False
-    peak_flops: float = 0.0  # MFU denominator per device; 0 = measure this device's matmul peak once and cache it
+    peak_flops: float = 0.0  # MFU denominator per device; 0 = measure this device's matmul peak in the training dtype
     plot: bool = True
     overwrite: bool = False  # start from scratch even if out_dir holds checkpoints of an earlier run
 
@@ -122,10 +128,11 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def autocast_for(dtype: str, device: torch.device):
-    """The context that runs a forward in `dtype` (auto: bf16 autocast on CUDA, fp32 elsewhere)."""
-    bf16 = dtype == "bf16" or (dtype == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+def autocast_for(dtype: str | Precision, device: torch.device):
+    """The context that runs a forward at a run's precision: bf16 autocast where resolve_precision(dtype, device,
+    "train") picks bf16 (the Trainer's own choice: the measurement behind auto is made once), else nothing."""
+    p = dtype if isinstance(dtype, Precision) else resolve_precision(dtype, device, "train")
+    return torch.autocast(torch.device(device).type, dtype=p.dtype) if p.name == "bf16" else contextlib.nullcontext()
 
 
 def count_targets(batch: dict) -> int:
@@ -151,8 +158,13 @@ class Trainer:
         self.weight_fn = weight_fn
         self.step_metrics = step_metrics  # (step, the step's metrics) -> more metrics for that step (RL's rollouts)
         self.flops_per_token = flops_per_token
-        self.run_config = run_config or {"train": asdict(c)}
-        self.autocast = autocast_for(c.dtype, self.device)
+        if not self.dist.main:  # the first process decides (and measures, if auto must), the others read its cache
+            barrier(self.dist)
+        self.precision = resolve_precision(c.dtype, self.device, "train")
+        if self.dist.main:
+            barrier(self.dist)
+        self.run_config = {**(run_config or {"train": asdict(c)}), "precision": self.precision.as_dict()}
+        self.autocast = autocast_for(self.precision, self.device)
 
         self.raw_model = model.to(self.device)
         if c.gradient_checkpointing:
@@ -342,14 +354,15 @@ class Trainer:
             barrier(d)
         logger = MetricsLogger(self.out_dir, resume_step=self.step if resumed else None,
                                tensorboard=c.tensorboard) if d.main else None
-        matmul_dtype = torch.bfloat16 if isinstance(self.autocast, torch.autocast) else torch.float32
+        matmul_dtype = self.precision.dtype  # the peak of the dtype the matmuls run in
         peak = c.peak_flops or (peak_flops(self.device, matmul_dtype) if self.flops_per_token else 0.0)
         low_peak = False  # said once: the model ran faster than the peak
         if d.main:
             keep_samples(self.out_dir / "samples.jsonl", self.step if resumed else -1)
             start_note = f"resumed from {self.last_checkpoint} at step {self.step}" if resumed else "from scratch"
             print(f"training {c.max_steps} steps {start_note}; device {self.device}, world {d.world}"
-                  + (f", MFU against a peak of {peak / 1e9:.0f} GFLOP/s" if peak else ""))
+                  + (f", MFU against a {self.precision.name} peak of {peak / 1e9:.0f} GFLOP/s" if peak else "")
+                  + f"\nprecision: {self.precision.why}")
         bar = tqdm(total=c.max_steps, initial=self.step, desc="train", unit="step", disable=not d.main,
                    dynamic_ncols=True, mininterval=0.5)
         self.raw_model.train()
@@ -397,7 +410,8 @@ class Trainer:
         bar.close()
         result = {"status": status, "step": self.step, "best_val_loss": self.best, "tokens_seen": self.tokens_seen,
                   "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
-                  "train_seconds": round(time.perf_counter() - t_start, 2), **metrics}
+                  "train_seconds": round(time.perf_counter() - t_start, 2), "precision": self.precision.as_dict(),
+                  **metrics}
         if d.main:
             logger.close()
             if c.plot:
