@@ -1,6 +1,7 @@
-"""DPO step throughput: alignlab's DPO recipe vs trl's DPOTrainer, same random Llama, same preference pairs.
+"""DPO step throughput: alignlab's DPO recipe vs trl's DPOTrainer, same random Llama, same pairs, fp32 and bf16.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_dpo.py [--steps 30] [--batch 4] [--pairs 512] [--max-len 512]
+    OMP_NUM_THREADS=2 python benchmarks/bench_dpo.py [--dtype fp32,bf16] [--steps 30] [--batch 4] [--pairs 512]
+                                                     [--max-len 512] [--quick]
 
 What is compared. The first --pairs rows of ../shared/data/preferences/hh_rlhf_harmless_base_test.jsonl
 (--data), read in place with alignlab.data.preference.load_preference_data(convert="hh_rlhf"): conversational
@@ -8,7 +9,7 @@ pairs {"prompt": [messages], "chosen": [assistant], "rejected": [assistant]}. A 
 (alignlab.text.train_bpe on the pairs' text, ChatML template, eos <|im_end|>, pad <|pad|>) and a random Llama
 (transformers' LlamaConfig with MODELS["5M"] of bench_generate.py, seed 0) are saved to one directory that both
 sides load: trl through AutoTokenizer / LlamaForCausalLM.from_pretrained, alignlab through its own loaders.
-Four runs of --steps optimizer steps of --batch pairs, fp32 on CPU, sigmoid (DPO) loss, beta 0.1:
+Four runs of --steps optimizer steps of --batch pairs on CPU, sigmoid (DPO) loss, beta 0.1, at each dtype of --dtype:
 
     trl live              DPOTrainer(ref_model=None): trl loads a second copy of the model as the reference
     trl precomputed       DPOTrainer(precompute_ref_log_probs=True): one pass over the data before training
@@ -23,8 +24,15 @@ max_prompt_len from its end, then the completions; alignlab runs with max_prompt
 two the same (a prompt that fills max_len is dropped by both); the pairs alignlab drops are left out on both sides
 before the runs. Same hyperparameters: AdamW (lr 1e-6, betas 0.9/0.999, eps 1e-8, weight decay 0), constant
 schedule with no warm-up, gradient clipping at 1.0, seed 0. trl's gradient checkpointing (on by default in
-DPOConfig) and bf16 are turned off; its other defaults stay (its fused LM head, dropout disabled). trl's console
-printing callbacks are removed. Each run waits (up to 60 s) for the CPUs to be idle before it starts.
+DPOConfig) is turned off; its other defaults stay (its fused LM head, dropout disabled). trl's console printing
+callbacks are removed. Each run waits (up to 60 s) for the CPUs to be idle before it starts.
+
+Dtypes. --dtype (default: fp32,bf16 where the CPU runs bf16 natively, else fp32; see dtypes.py) runs the four runs
+at each dtype, back to back. fp32: trl bf16=False, alignlab train.dtype=fp32. bf16: mixed precision on both sides
+(fp32 master weights and optimizer state, forwards under bf16 autocast, the reference's included): trl bf16=True
+with use_cpu=True (accelerate's autocast on CPU), alignlab train.dtype=bf16. A forward hook (dtypes.ForwardDtypes)
+checks in every run that the Linear layers of the first training forwards and of the first reference forwards
+(no_grad) produce the dtype asked for.
 
 Measured. Every step is timed from the end of the previous step to the end of this one (data loading, collation
 and logging count, on both sides): trl by a TrainerCallback, alignlab from metrics.jsonl (elapsed_s). The first 3
@@ -37,11 +45,17 @@ precomputed runs is not in the step times; it is timed on its own (trl: DPOTrain
 alignlab.recipes.dpo.precompute_reference, each wrapped by a timer here) and shown in its own column.
 "loss@1" is each run's loss at step 1: the policy equals the reference there, so it is ln 2 = 0.6931 on both.
 The agreement check (check_agreement) fails the run, with a non-zero exit, unless every run's training loss is ln 2
-at step 1 and within 1e-4 of trl live's at every step the runs share a batch.
+at step 1 and within the dtype's tolerance of trl live's (at the same dtype) at every step the runs share a batch:
+1e-4 in fp32; 2e-3 in bf16, where the policy's and the reference's log-probabilities are each rounded and the loss
+moves by beta / 2 times the rounding of the margin (chosen minus rejected, policy minus reference). Measured (30
+steps, max_len 512): at most 8.8e-4 from trl live; in bf16 alignlab's loss at step 1 is 6.5e-4 from ln 2, as its
+policy forward (the training path) and its reference forward (no gradient) round differently, where trl runs the
+same computation for both.
 "other load" is the fraction of the CPUs other processes used during the run (bench_train.CpuWatch): a run with
 more than a few percent was disturbed and should be repeated on an idle machine.
 
-The last line is JSON with the ratios (alignlab / trl, by tokens/s and by pairs/s, live and precomputed).
+The last line is JSON with the ratios by dtype (alignlab / trl, by tokens/s and by pairs/s, live and precomputed) and
+the CPU.
 """
 
 from __future__ import annotations
@@ -55,10 +69,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_generate
 import torch
 from bench_generate import MODELS, wait_for_idle
 from bench_sft import VOCAB, build_model_dir
 from bench_train import CpuWatch
+from dtypes import ForwardDtypes, add_dtype_argument, capability, describe, parse_dtypes
 
 from alignlab.data.preference import load_preference_data, tokenize_pairs
 from alignlab.data.sampler import EpochSampler
@@ -121,7 +137,7 @@ def window(ends: list[float], pairs: list[int], tokens: list[int]) -> tuple[int,
     return sum(pairs[WARMUP_STEPS:n]), sum(tokens[WARMUP_STEPS:n]), ends[-1] - ends[WARMUP_STEPS - 1]
 
 
-def run_trl(model_dir: str, records: list[dict], examples, args, precompute: bool, out: str) -> dict:
+def run_trl(model_dir: str, records: list[dict], examples, args, precompute: bool, out: str, dtype: str) -> dict:
     import dataclasses
 
     import datasets
@@ -169,11 +185,12 @@ def run_trl(model_dir: str, records: list[dict], examples, args, precompute: boo
 
     tok = tf.AutoTokenizer.from_pretrained(model_dir)
     model = tf.LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    probe = ForwardDtypes(("grad", "no_grad")).start()  # from construction on: trl precomputes the reference there
     kw = dict(
         output_dir=out, per_device_train_batch_size=args.batch, max_steps=args.steps, learning_rate=LR,
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, beta=BETA,
-        loss_type=["sigmoid"], max_length=args.max_len, gradient_checkpointing=False, bf16=False, use_cpu=True,
-        report_to=[], save_strategy="no", logging_steps=1, precompute_ref_log_probs=precompute,
+        loss_type=["sigmoid"], max_length=args.max_len, gradient_checkpointing=False, bf16=dtype == "bf16",
+        use_cpu=True, report_to=[], save_strategy="no", logging_steps=1, precompute_ref_log_probs=precompute,
         dataloader_num_workers=0, seed=SEED, disable_tqdm=True)
     if "activation_checkpointing" in {f.name for f in dataclasses.fields(trl.DPOConfig)}:
         kw["activation_checkpointing"] = False
@@ -189,16 +206,18 @@ def run_trl(model_dir: str, records: list[dict], examples, args, precompute: boo
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     wait_for_idle()
-    with CpuWatch() as watch:
+    with CpuWatch() as watch, probe:
         trainer.train()
+    computes = probe.check(dtype, f"trl {'precomputed' if precompute else 'live'} {dtype}")
     n = len(clock.ends)
     pairs, tokens, seconds = window(clock.ends, counter.pairs[:n], counter.real[:n])
     return dict(steps=n, pairs=pairs, tokens=tokens, seconds=seconds, losses=clock.losses, other=watch.other_load,
-                step_tokens=counter.real[:n], checked=checked,
+                step_tokens=counter.real[:n], checked=checked, computes=computes,
                 precompute_s=TimedDPOTrainer.precompute_seconds if precompute else None)
 
 
-def run_alignlab(model_dir: str, records: list[dict], examples, pad_id: int, args, reference: str, out: str) -> dict:
+def run_alignlab(model_dir: str, records: list[dict], examples, pad_id: int, args, reference: str, out: str,
+                 dtype: str) -> dict:
     timed = {"seconds": 0.0}
     original = dpo.precompute_reference
 
@@ -211,18 +230,19 @@ def run_alignlab(model_dir: str, records: list[dict], examples, pad_id: int, arg
 
     tc = TrainConfig(max_steps=args.steps, lr=LR, schedule="constant", warmup_steps=0, weight_decay=0.0,
                      beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0, eval_every=0, save_every=0, plot=False,
-                     peak_flops=1e11, seed=SEED, device="cpu", dtype="fp32")
+                     peak_flops=1e11, seed=SEED, device="cpu", dtype=dtype)
     cfg = dpo.DPOConfig(out_dir=out, model=model_dir, loss="sigmoid", beta=BETA, reference=reference,
                         batch_size=args.batch, max_len=args.max_len, max_prompt_len=args.max_len, train=tc)
     wait_for_idle()
     dpo.precompute_reference = precompute_reference
     try:
-        with CpuWatch() as watch:
+        with CpuWatch() as watch, ForwardDtypes(("grad", "no_grad")) as probe:
             # val_records=None, not []: an empty held-out list still runs precompute_reference on zero pairs,
             # which fails (torch.cat of nothing)
             result = dpo.run(cfg, train_records=records, val_records=None)
     finally:
         dpo.precompute_reference = original
+    computes = probe.check(dtype, f"alignlab {reference} {dtype}")
     if result.get("status") != "finished":
         raise SystemExit(f"alignlab {reference}: the run did not finish ({result.get('status')})")
     with open(Path(out) / "metrics.jsonl") as f:
@@ -243,16 +263,19 @@ def run_alignlab(model_dir: str, records: list[dict], examples, pad_id: int, arg
                          f"(tokens_seen {seen[:4]}... vs {padded[:4]}...)")
     p, tokens, seconds = window([r["elapsed_s"] for r in log], pairs, real)
     return dict(steps=len(log), pairs=p, tokens=tokens, seconds=seconds, losses=[r["loss"] for r in log],
-                other=watch.other_load, step_tokens=real,
+                other=watch.other_load, step_tokens=real, computes=computes,
                 precompute_s=timed["seconds"] if reference == "precomputed" else None)
 
 
 # --- the agreement check -----------------------------------------------------------------------------------
 
-LOSS_TOLERANCE = 1e-4  # largest difference in the training loss from trl live (measured: 1.1e-5 over 30 steps)
+LOSS_TOLERANCE = {  # largest difference in the training loss from trl live at the same dtype
+    "fp32": 1e-4,  # measured: 1.1e-5 over 30 steps
+    "bf16": 2e-3,  # see the module docstring
+}
 
 
-def check_agreement(runs: dict[str, dict], tolerance: float = LOSS_TOLERANCE) -> float:
+def check_agreement(runs: dict[str, dict], dtype: str, tolerance: float) -> float:
     """Every run's training loss equals trl live's at every step they share the same batch (same real tokens), and
     is ln 2 at step 1 (the policy equals the reference). Returns the largest difference; a disagreement ends the
     run with a non-zero exit: the timings would compare different computations."""
@@ -271,10 +294,11 @@ def check_agreement(runs: dict[str, dict], tolerance: float = LOSS_TOLERANCE) ->
         if bad:
             problems.append(f"{name}: the training loss differs from trl live by more than {tolerance:g} at steps "
                             f"{bad[:5]}{' ...' if len(bad) > 5 else ''} (largest {diff:.2e})")
-    print(f"training loss, {len(shared)} steps on the same batches: largest difference from trl live {diff:.2e} "
-          f"(tolerance {tolerance:g})")
+    step1 = max(abs(r["losses"][0] - math.log(2)) for r in runs.values() if r["losses"])
+    print(f"{dtype} training loss, {len(shared)} steps on the same batches: largest difference from trl live "
+          f"{diff:.2e}, largest |loss@1 - ln 2| {step1:.2e} (tolerance {tolerance:g})")
     if problems:
-        raise SystemExit("agreement check FAILED: alignlab and trl do not compute the same DPO loss\n  "
+        raise SystemExit(f"agreement check FAILED ({dtype}): alignlab and trl do not compute the same DPO loss\n  "
                          + "\n  ".join(problems))
     return diff
 
@@ -290,9 +314,16 @@ def main():
     ap.add_argument("--model", choices=tuple(MODELS), default="5M")
     ap.add_argument("--data", default=DATA, help="HH-RLHF transcripts (.jsonl with chosen/rejected)")
     ap.add_argument("--threads", type=int, default=2)
+    add_dtype_argument(ap)
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 4 steps (1 timed), 32 pairs, max_len 256, short idle waits")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.pairs, args.max_len = 4, 32, 256
+        bench_generate.IDLE_WAIT = bench_generate.QUICK_IDLE_WAIT
     if args.steps <= WARMUP_STEPS:
         ap.error(f"--steps must be more than {WARMUP_STEPS}")
+    dtypes = parse_dtypes(args.dtype, "train")
     torch.set_num_threads(args.threads)
     import datasets
     import transformers as tf
@@ -303,6 +334,8 @@ def main():
     print(f"torch {torch.__version__}, transformers {tf.__version__}, trl {trl.__version__}, threads "
           f"{torch.get_num_threads()}; {len(records)} HH-RLHF pairs; {args.steps} steps ({WARMUP_STEPS} untimed), "
           f"batch {args.batch} pairs, max_len {args.max_len}, lr {LR:g}, beta {BETA}")
+    print(describe(dtypes, "train"))
+    by_dtype: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as work:
         model_dir = os.path.join(work, "base")
         text = "\n".join(m["content"] for r in records for m in r["prompt"] + r["chosen"] + r["rejected"])
@@ -321,57 +354,69 @@ def main():
               f"rejected rows) mean {statistics.mean(lengths):.0f} (min {min(lengths)}, max {max(lengths)})",
               flush=True)
 
-        runs: dict[str, dict] = {}
-        runs["trl live"] = run_trl(model_dir, trl_records, trl_examples, args, False, os.path.join(work, "trl_live"))
-        print(f"trl: {runs['trl live']['checked']} pairs tokenised identically by trl and alignlab "
-              "(prompt, chosen and rejected ids)", flush=True)
-        runs["trl precomputed"] = run_trl(model_dir, trl_records, trl_examples, args, True,
-                                          os.path.join(work, "trl_pre"))
-        runs["alignlab copy"] = run_alignlab(model_dir, records, examples, pad_id, args, "copy",
-                                             os.path.join(work, "al_copy"))
-        runs["alignlab precomputed"] = run_alignlab(model_dir, records, examples, pad_id, args, "precomputed",
-                                                    os.path.join(work, "al_pre"))
-    same = all(r["step_tokens"] == runs["trl live"]["step_tokens"] for r in runs.values())
-    print("batches: " + ("the same pairs every step on all four runs (per-step real tokens equal)" if same else
+        for dtype in dtypes:
+            out = os.path.join(work, dtype)
+            runs = by_dtype[dtype] = {}
+            runs["trl live"] = run_trl(model_dir, trl_records, trl_examples, args, False, os.path.join(out, "trl_live"),
+                                       dtype)
+            print(f"{dtype} trl: {runs['trl live']['checked']} pairs tokenised identically by trl and alignlab "
+                  "(prompt, chosen and rejected ids)", flush=True)
+            runs["trl precomputed"] = run_trl(model_dir, trl_records, trl_examples, args, True,
+                                              os.path.join(out, "trl_pre"), dtype)
+            runs["alignlab copy"] = run_alignlab(model_dir, records, examples, pad_id, args, "copy",
+                                                 os.path.join(out, "al_copy"), dtype)
+            runs["alignlab precomputed"] = run_alignlab(model_dir, records, examples, pad_id, args, "precomputed",
+                                                        os.path.join(out, "al_pre"), dtype)
+    live_tokens = next(iter(by_dtype.values()))["trl live"]["step_tokens"]
+    same = all(r["step_tokens"] == live_tokens for runs in by_dtype.values() for r in runs.values())
+    print("batches: " + ("the same pairs every step on every run (per-step real tokens equal)" if same else
                          "per-step real tokens differ between the runs (more steps than one epoch?): compare tok/s"))
-    for r in runs.values():
-        r["pairs_s"] = r["pairs"] / r["seconds"]
-        r["tok_s"] = r["tokens"] / r["seconds"]
-        r["loss1"] = r["losses"][0] if r["losses"] else float("nan")
+    for runs in by_dtype.values():
+        for r in runs.values():
+            r["pairs_s"] = r["pairs"] / r["seconds"]
+            r["tok_s"] = r["tokens"] / r["seconds"]
+            r["loss1"] = r["losses"][0] if r["losses"] else float("nan")
 
     against = {"trl live": "trl live", "trl precomputed": "trl precomputed", "alignlab copy": "trl live",
                "alignlab precomputed": "trl precomputed"}
     print()
-    print(f"{'side':<21} {'steps':>5} {'pairs':>5} {'tokens':>8} {'seconds':>8} {'pairs/s':>8} {'tok/s':>8} "
-          f"{'vs trl':>6} {'precompute s':>12} {'loss@1':>7} {'other load':>10}")
-    for name, r in runs.items():
-        ratio = r["tok_s"] / runs[against[name]]["tok_s"]
-        pre = f"{r['precompute_s']:.2f}" if r["precompute_s"] is not None else "-"
-        print(f"{name:<21} {r['steps']:>5} {r['pairs']:>5} {r['tokens']:>8,} {r['seconds']:>8.2f} "
-              f"{r['pairs_s']:>8.2f} {r['tok_s']:>8.0f} {ratio:>5.2f}x {pre:>12} {r['loss1']:>7.4f} "
-              f"{r['other']:>10.0%}")
-    print(f"(vs trl: tok/s over trl's run with the same kind of reference; loss@1 should be ln 2 = {math.log(2):.4f})")
-    diff = check_agreement(runs)
-    ratios = {
-        "live": round(runs["alignlab copy"]["tok_s"] / runs["trl live"]["tok_s"], 3),
-        "precomputed": round(runs["alignlab precomputed"]["tok_s"] / runs["trl precomputed"]["tok_s"], 3),
-    }
-    pair_ratios = {
-        "live": round(runs["alignlab copy"]["pairs_s"] / runs["trl live"]["pairs_s"], 3),
-        "precomputed": round(runs["alignlab precomputed"]["pairs_s"] / runs["trl precomputed"]["pairs_s"], 3),
-    }
-    print(f"alignlab / trl (tok/s): live reference {ratios['live']:.2f}x, precomputed {ratios['precomputed']:.2f}x; "
-          f"(pairs/s): live {pair_ratios['live']:.2f}x, precomputed {pair_ratios['precomputed']:.2f}x")
+    print(f"{'dtype':<5} {'side':<21} {'steps':>5} {'pairs':>5} {'tokens':>8} {'seconds':>8} {'pairs/s':>8} "
+          f"{'tok/s':>8} {'vs trl':>6} {'precompute s':>12} {'loss@1':>7} {'other load':>10}  computes in")
+    for dtype, runs in by_dtype.items():
+        for name, r in runs.items():
+            ratio = r["tok_s"] / runs[against[name]]["tok_s"]
+            pre = f"{r['precompute_s']:.2f}" if r["precompute_s"] is not None else "-"
+            print(f"{dtype:<5} {name:<21} {r['steps']:>5} {r['pairs']:>5} {r['tokens']:>8,} {r['seconds']:>8.2f} "
+                  f"{r['pairs_s']:>8.2f} {r['tok_s']:>8.0f} {ratio:>5.2f}x {pre:>12} {r['loss1']:>7.4f} "
+                  f"{r['other']:>10.0%}  {r['computes']}")
+    print(f"(vs trl: tok/s over trl's run with the same kind of reference at the same dtype; loss@1 should be ln 2 = "
+          f"{math.log(2):.4f})")
+    diffs = {dtype: check_agreement(runs, dtype, LOSS_TOLERANCE[dtype]) for dtype, runs in by_dtype.items()}
+    ratios, pair_ratios = {}, {}
+    for dtype, runs in by_dtype.items():
+        ratios[dtype] = {
+            "live": round(runs["alignlab copy"]["tok_s"] / runs["trl live"]["tok_s"], 3),
+            "precomputed": round(runs["alignlab precomputed"]["tok_s"] / runs["trl precomputed"]["tok_s"], 3),
+        }
+        pair_ratios[dtype] = {
+            "live": round(runs["alignlab copy"]["pairs_s"] / runs["trl live"]["pairs_s"], 3),
+            "precomputed": round(runs["alignlab precomputed"]["pairs_s"] / runs["trl precomputed"]["pairs_s"], 3),
+        }
+        print(f"{dtype} alignlab / trl (tok/s): live reference {ratios[dtype]['live']:.2f}x, precomputed "
+              f"{ratios[dtype]['precomputed']:.2f}x; (pairs/s): live {pair_ratios[dtype]['live']:.2f}x, precomputed "
+              f"{pair_ratios[dtype]['precomputed']:.2f}x")
+    flat = {f"{dtype}/{name}": r for dtype, runs in by_dtype.items() for name, r in runs.items()}
     result = {
-        "ratios": ratios,
-        "pair_ratios": pair_ratios,
-        "tokens_per_s": {name: round(r["tok_s"], 1) for name, r in runs.items()},
-        "pairs_per_s": {name: round(r["pairs_s"], 3) for name, r in runs.items()},
-        "precompute_s": {name: round(r["precompute_s"], 2) for name, r in runs.items()
+        "ratio": ratios,
+        "pair_ratio": pair_ratios,
+        "tokens_per_s": {name: round(r["tok_s"], 1) for name, r in flat.items()},
+        "pairs_per_s": {name: round(r["pairs_s"], 3) for name, r in flat.items()},
+        "precompute_s": {name: round(r["precompute_s"], 2) for name, r in flat.items()
                          if r["precompute_s"] is not None},
-        "loss_at_step1": {name: round(r["loss1"], 4) for name, r in runs.items()},
-        "other_load": {name: round(r["other"], 3) for name, r in runs.items()},
-        "same_batches": same, "max_loss_diff": float(f"{diff:.3g}"),
+        "loss_at_step1": {name: round(r["loss1"], 4) for name, r in flat.items()},
+        "other_load": {name: round(r["other"], 3) for name, r in flat.items()},
+        "same_batches": same, "max_loss_diff": {d: float(f"{v:.3g}") for d, v in diffs.items()},
+        "loss_tolerance": {d: LOSS_TOLERANCE[d] for d in by_dtype}, "cpu": capability(),
         "steps": args.steps, "batch": args.batch, "pairs": len(examples), "max_len": args.max_len,
     }
     print(json.dumps(result))

@@ -1,6 +1,7 @@
-"""GRPO step throughput: alignlab's GRPO recipe vs trl's GRPOTrainer, same random Llama, same prompts, same G.
+"""GRPO step throughput: alignlab's GRPO recipe vs trl's GRPOTrainer, same random Llama, same prompts, fp32 and bf16.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_grpo.py [--steps 13] [--prompts 4] [--G 8] [--completion 64]
+    OMP_NUM_THREADS=2 python benchmarks/bench_grpo.py [--dtype fp32,bf16] [--steps 13] [--prompts 4] [--G 8]
+                                                      [--completion 64] [--quick]
 
 What is compared. TinyWorld's verifiable arithmetic prompts (alignlab.data.world.TinyWorld(seed=0).rl_prompts(
 "train", level=--level)): conversational prompt-only records {"prompt": [system, user], "answer", "level", "id"},
@@ -9,8 +10,9 @@ TinyWorld makes them on the fly, so no file of ../shared/data is read.
 A byte-level BPE with 8192 ids (alignlab.text.train_bpe on TinyWorld's tokenizer text, ChatML template, eos
 <|im_end|>, pad <|pad|>) and a random Llama (transformers' LlamaConfig with MODELS["5M"] of bench_generate.py,
 seed 0) are saved to one directory that both sides load (bench_sft.build_model_dir): trl through AutoTokenizer /
-LlamaForCausalLM.from_pretrained, alignlab through its own loaders. Two runs of --steps optimizer steps, fp32 on
-CPU, each step = one rollout batch of --prompts prompts x --G completions, then one update on all of them:
+LlamaForCausalLM.from_pretrained, alignlab through its own loaders. Two runs of --steps optimizer steps on CPU at
+each dtype of --dtype, each step = one rollout batch of --prompts prompts x --G completions, then one update on all
+of them:
 
     trl       GRPOTrainer (use_vllm=False: transformers' generate with the KV cache, then _compute_loss)
     alignlab  alignlab.recipes.grpo.run (alignlab's Engine, one batched call, then grpo_loss in the shared Trainer)
@@ -33,14 +35,23 @@ Fairness. The same work a step on both sides:
     model on either side: alignlab's track_kl=false, which it otherwise computes for its KL monitor), mu =
     num_iterations 1 (no pi_old pass on either side), no truncated-completion masking.
   * optimizer: torch's fused AdamW (lr --lr, betas 0.9/0.999, eps 1e-8, weight decay 0), constant schedule, no
-    warm-up, gradient clipping at 1.0, seed 0. trl's gradient checkpointing (on by default) and bf16 are off; its
+    warm-up, gradient clipping at 1.0, seed 0. trl's gradient checkpointing (on by default) is off; its
     other defaults stay (its entropy and clip-ratio metrics, logging every step). alignlab runs with its defaults
     too (its RL monitors, its per-step rollout metrics, thread-isolated reward calls), no held-out evaluation
     (eval_prompts=0) and no checkpoints until the end. trl's console printing callbacks are removed.
+  * dtype: --dtype (default: fp32,bf16 where the CPU runs bf16 natively, else fp32; see dtypes.py) runs both sides
+    at each dtype, back to back. fp32: trl bf16=False, alignlab train.dtype=fp32. bf16: mixed precision, fp32
+    master weights and optimizer state: trl bf16=True with use_cpu=True (accelerate's autocast on CPU), alignlab
+    train.dtype=bf16 (its rollouts and update under the same autocast). A forward hook (dtypes.ForwardDtypes)
+    checks that the Linear layers of the first training forwards produce the dtype asked for on both sides; the
+    dtype of the sampling forwards is printed ("computes in").
   * step 0: the first step of trl's run is replayed on alignlab's side: the rewards of trl's completions through
     the same function and alignlab's group_advantages must give trl's advantages, and alignlab's grpo_step
-    (grpo_loss, dapo) on trl's first training batch, from the same initial weights, must give trl's loss and
-    gradient (relative L2 error of every parameter's gradient printed; the run fails above 1e-3).
+    (grpo_loss, dapo) on trl's first training batch, from the same initial weights and in the same dtype, must give
+    trl's loss and gradient (relative L2 error of every parameter's gradient printed; the run fails when the worst
+    parameter's is above MAX_GRAD_ERROR: 1e-3 in fp32; in bf16 0.1, and 0.03 for the whole gradient: two bf16
+    computations of one gradient differ by about a percent; for scale, alignlab's fp32 gradient on the same batch
+    is printed against trl's bf16 one, which is trl's own bf16 rounding).
 
 Measured. Each step is timed from the end of the previous step to the end of this one (sampling, rewards,
 advantages, the update and logging all count): trl by a TrainerCallback, alignlab from metrics.jsonl (elapsed_s).
@@ -55,7 +66,8 @@ The first --warmup steps are not timed; "step s" is the median of the remaining 
 "other load" is the fraction of the CPUs other processes used during the run (bench_train.CpuWatch): a run with
 more than a few percent was disturbed and should be repeated on an idle machine.
 
-The last line is JSON: {"benchmark": "grpo", "ratio": ..., the split ratios, seconds, tokens/s, the step-0 check}.
+The last line is JSON: {"benchmark": "grpo", "ratio": {dtype: ...}, the split ratios, seconds, tokens/s, the step-0
+check, the CPU}.
 """
 
 from __future__ import annotations
@@ -72,9 +84,10 @@ import time
 from pathlib import Path
 
 import torch
-from bench_generate import MODELS, wait_for_idle
+from bench_generate import MODELS, QUICK_IDLE_WAIT, wait_for_idle
 from bench_sft import VOCAB, build_model_dir
 from bench_train import CpuWatch
+from dtypes import ForwardDtypes, add_dtype_argument, capability, describe, parse_dtypes
 
 from alignlab.data.sampler import EpochSampler
 from alignlab.data.world import TinyWorld
@@ -84,10 +97,11 @@ from alignlab.recipes import grpo
 from alignlab.rl import collect as collect_module
 from alignlab.rl.collect import RolloutConfig, tokenize_prompts
 from alignlab.text import load_tokenizer
-from alignlab.train.trainer import TrainConfig
+from alignlab.train.trainer import TrainConfig, autocast_for
 
 SEED = 0
-MAX_GRAD_ERROR = 1e-3
+MAX_GRAD_ERROR = {"fp32": 1e-3, "bf16": 0.1}  # the worst parameter's relative L2 error of the step-0 gradient
+MAX_GRAD_ERROR_ALL = {"fp32": 1e-3, "bf16": 0.03}  # the whole gradient's
 
 
 def length_reward(completions, **kwargs) -> list[float]:
@@ -111,7 +125,7 @@ def durations(ends: list[float], start: float = 0.0) -> list[float]:
 
 # --- the runs ----------------------------------------------------------------------------------------------
 
-def run_trl(model_dir: str, records: list[dict], args, out: str) -> dict:
+def run_trl(model_dir: str, records: list[dict], args, out: str, dtype: str) -> dict:
     import datasets
     import transformers as tf
     import trl
@@ -180,7 +194,7 @@ def run_trl(model_dir: str, records: list[dict], args, out: str) -> dict:
         epsilon=0.2, mask_truncated_completions=False, use_vllm=False, shuffle_dataset=False,
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, optim="adamw_torch_fused",
-        bf16=False, fp16=False, use_cpu=True, logging_steps=1, report_to=[], save_strategy="no",
+        bf16=dtype == "bf16", fp16=False, use_cpu=True, logging_steps=1, report_to=[], save_strategy="no",
         dataloader_num_workers=0, seed=SEED, disable_tqdm=True, log_completions=False)
     fields = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
     kw["activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"] = False
@@ -196,20 +210,22 @@ def run_trl(model_dir: str, records: list[dict], args, out: str) -> dict:
     assert not getattr(trainer.model, checkpointing), "trl: gradient checkpointing is still on"
     assert trainer.ref_model is None, "trl: a reference model was loaded (beta should be 0)"
     wait_for_idle(args.idle_wait)
-    with CpuWatch() as watch:
+    with CpuWatch() as watch, ForwardDtypes() as probe:
         trainer.train()
+    probe.check(dtype, f"trl {dtype}")
     n = len(clock.ends)
     steps = durations(clock.ends, clock.start)
     return dict(steps=n, step_s=steps, rollout_s=trainer.rollout_s[:n], generate_s=trainer.generate_s[:n],
                 gen_tokens=trainer.gen_tokens[:n], prompts=trainer.prompts[:n], losses=clock.losses,
-                other=watch.other_load, first_rollout=trainer.first_rollout, first_inputs=trainer.first_inputs,
+                other=watch.other_load, computes=probe.summary(), first_rollout=trainer.first_rollout,
+                first_inputs=trainer.first_inputs,
                 first_grads=trainer.first_grads, first_loss=trainer.first_loss)
 
 
-def alignlab_config(model_dir: str, args, out: str) -> grpo.GRPOConfig:
+def alignlab_config(model_dir: str, args, out: str, dtype: str) -> grpo.GRPOConfig:
     tc = TrainConfig(max_steps=args.steps, lr=args.lr, schedule="constant", warmup_steps=0, weight_decay=0.0,
                      beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0, grad_accum=1, eval_every=0, save_every=0,
-                     log_every=1, plot=False, peak_flops=1e11, seed=SEED, device="cpu", dtype="fp32")
+                     log_every=1, plot=False, peak_flops=1e11, seed=SEED, device="cpu", dtype=dtype)
     rollout = RolloutConfig(data=f"tinyworld:rl:{args.level}", num_generations=args.G, prompts_per_step=args.prompts,
                             max_prompt_len=1024, max_completion_length=args.completion, temperature=1.0, top_p=1.0,
                             top_k=0, reward_funcs={"bench_grpo:length_reward": 1.0}, allow_custom_rewards=True,
@@ -220,7 +236,7 @@ def alignlab_config(model_dir: str, args, out: str) -> grpo.GRPOConfig:
         reference="none", track_kl=False, method="full", train=tc)
 
 
-def run_alignlab(model_dir: str, records: list[dict], args, out: str) -> dict:
+def run_alignlab(model_dir: str, records: list[dict], args, out: str, dtype: str) -> dict:
     timed = {"collect": [], "prompts": [], "gen_tokens": []}
     original_generate, original_collect = collect_module.generate_rollouts, grpo.collect_rollouts
 
@@ -238,14 +254,15 @@ def run_alignlab(model_dir: str, records: list[dict], args, out: str) -> dict:
         finally:
             timed["collect"].append(time.perf_counter() - t0)
 
-    cfg = alignlab_config(model_dir, args, out)
+    cfg = alignlab_config(model_dir, args, out, dtype)
     wait_for_idle(args.idle_wait)
     collect_module.generate_rollouts, grpo.collect_rollouts = generate_rollouts, collect
     try:
-        with CpuWatch() as watch:
+        with CpuWatch() as watch, ForwardDtypes() as probe:
             result = grpo.run(cfg, train_records=records, val_records=[])
     finally:
         collect_module.generate_rollouts, grpo.collect_rollouts = original_generate, original_collect
+    probe.check(dtype, f"alignlab {dtype}")
     if result.get("status") != "finished":
         raise SystemExit(f"alignlab: the run did not finish ({result.get('status')})")
     with open(Path(out) / "metrics.jsonl") as f:
@@ -255,14 +272,15 @@ def run_alignlab(model_dir: str, records: list[dict], args, out: str) -> dict:
         raise SystemExit("alignlab: the logged generated tokens are not the rollouts' (one rollout a step?)")
     return dict(steps=n, step_s=durations([r["elapsed_s"] for r in log]), rollout_s=timed["collect"][:n],
                 generate_s=[r["rollout_s"] for r in log], gen_tokens=timed["gen_tokens"][:n],
-                prompts=timed["prompts"][:n], losses=[r["loss"] for r in log], other=watch.other_load)
+                prompts=timed["prompts"][:n], losses=[r["loss"] for r in log], other=watch.other_load,
+                computes=probe.summary())
 
 
 # --- step 0: alignlab on trl's first batch -----------------------------------------------------------------
 
-def check_step0(model_dir: str, trl_run: dict, args) -> dict:
+def check_step0(model_dir: str, trl_run: dict, args, dtype: str) -> dict:
     """alignlab's rewards -> advantages on trl's first completions, and alignlab's loss and gradient on trl's first
-    training batch, from the same initial weights."""
+    training batch, from the same initial weights, in `dtype` (in bf16 also in fp32, for scale)."""
     tok = load_tokenizer(model_dir)
     pad = tok.pad_token_id
     first = trl_run["first_rollout"]
@@ -283,28 +301,35 @@ def check_step0(model_dir: str, trl_run: dict, args) -> dict:
         input_ids[i, lens[i]:lens[i] + C] = comp[i]
     batch = {"input_ids": input_ids, "prompt_lens": torch.tensor(lens), "completion_ids": comp,
              "completion_mask": cmask, "advantages": x["advantages"].float(), "loss_mask": cmask}
-    cfg = alignlab_config(model_dir, args, "unused")
-    torch.manual_seed(SEED)
-    model = load_model(model_dir, dtype=torch.float32)
-    model.train()
-    loss, _ = grpo.grpo_step(cfg)(model, batch, grpo.grpo_weight(cfg)(batch))
-    loss.backward()
     theirs = trl_run["first_grads"]
-    errors, missing = {}, []
-    for name, p in model.named_parameters():
-        if name not in theirs or p.grad is None:
-            missing.append(name)
+    out = dict(advantage_max_abs_diff=adv_err, zero_std_groups=int((rewards.view(-1, args.G).std(-1) == 0).sum()),
+               loss_trl=trl_run["first_loss"])
+    for d in dict.fromkeys([dtype, "fp32"]):
+        cfg = alignlab_config(model_dir, args, "unused", d)
+        torch.manual_seed(SEED)
+        model = load_model(model_dir, dtype=torch.float32)  # fp32 master weights at both dtypes
+        model.train()
+        with autocast_for(d, torch.device("cpu")):  # as the Trainer runs its loss_fn
+            loss, _ = grpo.grpo_step(cfg)(model, batch, grpo.grpo_weight(cfg)(batch))
+        loss.backward()
+        errors, missing = {}, []
+        for name, p in model.named_parameters():
+            if name not in theirs or p.grad is None:
+                missing.append(name)
+                continue
+            g = theirs[name]
+            errors[name] = float((p.grad - g).norm() / g.norm().clamp(min=1e-30))
+        ours_all = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if n in errors])
+        theirs_all = torch.cat([theirs[n].flatten() for n in errors])
+        err_all = float((ours_all - theirs_all).norm() / theirs_all.norm())
+        if d != dtype:  # fp32 against trl's bf16 gradient: how far bf16 rounding moves trl's own
+            out["grad_rel_err_fp32_vs_trl"] = err_all
             continue
-        g = theirs[name]
-        errors[name] = float((p.grad - g).norm() / g.norm().clamp(min=1e-30))
-    ours_all = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if n in errors])
-    theirs_all = torch.cat([theirs[n].flatten() for n in errors])
-    worst = max(errors, key=errors.get)
-    return dict(advantage_max_abs_diff=adv_err, zero_std_groups=int((rewards.view(-1, args.G).std(-1) == 0).sum()),
-                loss_alignlab=float(loss.detach()), loss_trl=trl_run["first_loss"], params=len(errors), missing=missing,
-                grad_rel_err_max=errors[worst], grad_rel_err_worst=worst,
-                grad_rel_err_all=float((ours_all - theirs_all).norm() / theirs_all.norm()),
-                grad_norm_trl=float(theirs_all.norm()))
+        worst = max(errors, key=errors.get)
+        out.update(loss_alignlab=float(loss.detach()), params=len(errors), missing=missing,
+                   grad_rel_err_max=errors[worst], grad_rel_err_worst=worst, grad_rel_err_all=err_all,
+                   grad_norm_trl=float(theirs_all.norm()))
+    return out
 
 
 # --- main ------------------------------------------------------------------------------------------------
@@ -320,10 +345,17 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--model", choices=tuple(MODELS), default="5M")
     ap.add_argument("--threads", type=int, default=2)
+    add_dtype_argument(ap)
     ap.add_argument("--idle-wait", type=float, default=60.0, help="seconds to wait for idle CPUs before each run")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 5 steps (2 timed), 2 prompts x G=4 completions of 16 tokens, short idle waits")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.prompts, args.G, args.completion = 5, 2, 4, 16
+        args.idle_wait = min(args.idle_wait, QUICK_IDLE_WAIT)
     if args.steps <= args.warmup:
         ap.error(f"--steps must be more than --warmup ({args.warmup})")
+    dtypes = parse_dtypes(args.dtype, "train")
     torch.set_num_threads(args.threads)
     sys.modules.setdefault("bench_grpo", sys.modules[__name__])  # reward_funcs "bench_grpo:length_reward"
     import datasets
@@ -339,6 +371,9 @@ def main():
           f"{torch.get_num_threads()}; {len(records)} TinyWorld level-{args.level} prompts; {args.steps} steps "
           f"({args.warmup} untimed), {B} prompts x G={G} completions of exactly {C} tokens a step, lr {args.lr:g}, "
           f"loss dapo, beta 0, mu 1")
+    print(describe(dtypes, "train"))
+    by_dtype: dict[str, dict[str, dict]] = {}
+    step0: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as work:
         model_dir = os.path.join(work, "base")
         world = TinyWorld(seed=0)
@@ -356,75 +391,98 @@ def main():
         print(f"model {args.model}: {n_params / 1e6:.2f}M parameters, vocab {VOCAB}; prompts (chat template) mean "
               f"{statistics.mean(lens):.0f} tokens (min {min(lens)}, max {max(lens)})", flush=True)
 
-        runs: dict[str, dict] = {}
-        runs["trl"] = run_trl(model_dir, trl_records, args, os.path.join(work, "trl"))
-        step0 = check_step0(model_dir, runs["trl"], args)
-        runs["alignlab"] = run_alignlab(model_dir, records, args, os.path.join(work, "alignlab"))
+        for dtype in dtypes:
+            runs = by_dtype[dtype] = {}
+            runs["trl"] = run_trl(model_dir, trl_records, args, os.path.join(work, dtype, "trl"), dtype)
+            step0[dtype] = check_step0(model_dir, runs["trl"], args, dtype)
+            runs["alignlab"] = run_alignlab(model_dir, records, args, os.path.join(work, dtype, "alignlab"), dtype)
 
-    # the same prompts and the same number of generated tokens, every step
-    n = min(r["steps"] for r in runs.values())
-    same_prompts = runs["trl"]["prompts"][:n] == runs["alignlab"]["prompts"][:n]
     want = B * G * C
-    tokens = {name: r["gen_tokens"] for name, r in runs.items()}
-    same = "the same prompt token ids every step on both sides" if same_prompts else "DIFFER between the sides"
-    print(f"prompts: {same}; generated tokens a step: " + ", ".join(f"{k} {sorted(set(v))}" for k, v in tokens.items())
-          + f" (want {want})")
-    if not all(t == want for v in tokens.values() for t in v):
-        raise SystemExit("the sides did not generate B x G x C tokens every step")
-    if not same_prompts:
-        raise SystemExit("the sides answered different prompts")
-    print(f"step 0 (alignlab on trl's first batch, same weights): advantages max |diff| "
-          f"{step0['advantage_max_abs_diff']:.2e} ({step0['zero_std_groups']} of {B} groups with zero reward std); "
-          f"loss trl {step0['loss_trl']:+.6f}, alignlab {step0['loss_alignlab']:+.6f}; gradient: relative L2 error "
-          f"{step0['grad_rel_err_all']:.2e} over {step0['params']} tensors (worst {step0['grad_rel_err_max']:.2e}, "
-          f"{step0['grad_rel_err_worst']}), trl's gradient norm {step0['grad_norm_trl']:.4f}")
-    if step0["missing"] or step0["grad_rel_err_max"] > MAX_GRAD_ERROR or step0["advantage_max_abs_diff"] > 1e-4:
-        raise SystemExit(f"step 0: alignlab does not compute what trl computes (missing {step0['missing']})")
+    failed = []
+    for dtype, runs in by_dtype.items():
+        # the same prompts and the same number of generated tokens, every step
+        n = min(r["steps"] for r in runs.values())
+        same_prompts = runs["trl"]["prompts"][:n] == runs["alignlab"]["prompts"][:n]
+        tokens = {name: r["gen_tokens"] for name, r in runs.items()}
+        same = "the same prompt token ids every step on both sides" if same_prompts else "DIFFER between the sides"
+        print(f"{dtype} prompts: {same}; generated tokens a step: "
+              + ", ".join(f"{k} {sorted(set(v))}" for k, v in tokens.items()) + f" (want {want})")
+        if not all(t == want for v in tokens.values() for t in v):
+            failed.append(f"{dtype}: the sides did not generate B x G x C tokens every step")
+        if not same_prompts:
+            failed.append(f"{dtype}: the sides answered different prompts")
+        s0 = step0[dtype]
+        scale = (f"; for scale, alignlab's fp32 gradient vs trl's bf16 one: {s0['grad_rel_err_fp32_vs_trl']:.2e}"
+                 if "grad_rel_err_fp32_vs_trl" in s0 else "")
+        print(f"{dtype} step 0 (alignlab on trl's first batch, same weights): advantages max |diff| "
+              f"{s0['advantage_max_abs_diff']:.2e} ({s0['zero_std_groups']} of {B} groups with zero reward std); "
+              f"loss trl {s0['loss_trl']:+.6f}, alignlab {s0['loss_alignlab']:+.6f}; gradient: relative L2 error "
+              f"{s0['grad_rel_err_all']:.2e} over {s0['params']} tensors (worst {s0['grad_rel_err_max']:.2e}, "
+              f"{s0['grad_rel_err_worst']}), trl's gradient norm {s0['grad_norm_trl']:.4f}; tolerance "
+              f"{MAX_GRAD_ERROR_ALL[dtype]:g} (all), {MAX_GRAD_ERROR[dtype]:g} (worst){scale}")
+        if (s0["missing"] or s0["grad_rel_err_max"] > MAX_GRAD_ERROR[dtype]
+                or s0["grad_rel_err_all"] > MAX_GRAD_ERROR_ALL[dtype] or s0["advantage_max_abs_diff"] > 1e-4):
+            failed.append(f"{dtype} step 0: alignlab does not compute what trl computes (missing {s0['missing']})")
+    if failed:
+        raise SystemExit("; ".join(failed))
 
     w = args.warmup
-    for r in runs.values():
-        r["step_med"] = median_after(r["step_s"], w)
-        r["rollout_med"] = median_after(r["rollout_s"], w)
-        r["generate_med"] = median_after(r["generate_s"], w)
-        r["train_med"] = median_after([s - ro for s, ro in zip(r["step_s"], r["rollout_s"])], w)
-        r["tok_step"] = statistics.mean(r["gen_tokens"][w:])
-        r["tok_s"] = r["tok_step"] / r["step_med"]
-        r["gen_tok_s"] = r["tok_step"] / r["generate_med"]
-        r["other_rollout"] = r["rollout_med"] - r["generate_med"]
-    ref = runs["trl"]
+    for runs in by_dtype.values():
+        for r in runs.values():
+            r["step_med"] = median_after(r["step_s"], w)
+            r["rollout_med"] = median_after(r["rollout_s"], w)
+            r["generate_med"] = median_after(r["generate_s"], w)
+            r["train_med"] = median_after([s - ro for s, ro in zip(r["step_s"], r["rollout_s"])], w)
+            r["tok_step"] = statistics.mean(r["gen_tokens"][w:])
+            r["tok_s"] = r["tok_step"] / r["step_med"]
+            r["gen_tok_s"] = r["tok_step"] / r["generate_med"]
+            r["other_rollout"] = r["rollout_med"] - r["generate_med"]
     print()
-    print(f"{'side':<9} {'steps':>5} {'timed':>5} {'step s':>7} {'rollout s':>9} {'generate s':>10} {'rew+adv s':>9} "
-          f"{'train s':>7} {'gen tok/step':>12} {'tok/s':>7} {'gen tok/s':>9} {'vs trl':>6} {'other load':>10}")
-    for name, r in runs.items():
-        print(f"{name:<9} {r['steps']:>5} {r['steps'] - w:>5} {r['step_med']:>7.3f} {r['rollout_med']:>9.3f} "
-              f"{r['generate_med']:>10.3f} {r['other_rollout']:>9.3f} {r['train_med']:>7.3f} {r['tok_step']:>12.0f} "
-              f"{r['tok_s']:>7.0f} {r['gen_tok_s']:>9.0f} {r['tok_s'] / ref['tok_s']:>5.2f}x {r['other']:>10.0%}")
+    print(f"{'dtype':<5} {'side':<9} {'steps':>5} {'timed':>5} {'step s':>7} {'rollout s':>9} {'generate s':>10} "
+          f"{'rew+adv s':>9} {'train s':>7} {'gen tok/step':>12} {'tok/s':>7} {'gen tok/s':>9} {'vs trl':>6} "
+          f"{'other load':>10}  computes in (train; sampling)")
+    for dtype, runs in by_dtype.items():
+        ref = runs["trl"]
+        for name, r in runs.items():
+            print(f"{dtype:<5} {name:<9} {r['steps']:>5} {r['steps'] - w:>5} {r['step_med']:>7.3f} "
+                  f"{r['rollout_med']:>9.3f} {r['generate_med']:>10.3f} {r['other_rollout']:>9.3f} "
+                  f"{r['train_med']:>7.3f} {r['tok_step']:>12.0f} {r['tok_s']:>7.0f} {r['gen_tok_s']:>9.0f} "
+                  f"{r['tok_s'] / ref['tok_s']:>5.2f}x {r['other']:>10.0%}  {r['computes']['grad']}; "
+                  f"{r['computes']['no_grad']}")
     print("(medians over the timed steps; rew+adv s = rollout s - generate s: tokenising, decoding, rewards, "
           "advantages, rollout metrics; train s = step s - rollout s)")
-    al = runs["alignlab"]
-    ratio = al["tok_s"] / ref["tok_s"]
-    split = {"generate": ref["generate_med"] / al["generate_med"], "train": ref["train_med"] / al["train_med"],
-             "rollout": ref["rollout_med"] / al["rollout_med"]}
-    print(f"alignlab / trl: {ratio:.2f}x completion tokens/s (step time); generation {split['generate']:.2f}x, "
-          f"rollout {split['rollout']:.2f}x, train {split['train']:.2f}x faster")
+    ratio, split = {}, {}
+    for dtype, runs in by_dtype.items():
+        al, ref = runs["alignlab"], runs["trl"]
+        ratio[dtype] = al["tok_s"] / ref["tok_s"]
+        split[dtype] = {"generate": ref["generate_med"] / al["generate_med"],
+                        "train": ref["train_med"] / al["train_med"], "rollout": ref["rollout_med"] / al["rollout_med"]}
+        sp = split[dtype]
+        print(f"{dtype} alignlab / trl: {ratio[dtype]:.2f}x completion tokens/s (step time); generation "
+              f"{sp['generate']:.2f}x, rollout {sp['rollout']:.2f}x, train {sp['train']:.2f}x faster")
+    flat = {f"{dtype}/{name}": r for dtype, runs in by_dtype.items() for name, r in runs.items()}
     result = {
-        "benchmark": "grpo", "ratio": round(ratio, 3),
-        "split_ratios": {k: round(v, 3) for k, v in split.items()},
-        "step_s": {k: round(r["step_med"], 4) for k, r in runs.items()},
-        "rollout_s": {k: round(r["rollout_med"], 4) for k, r in runs.items()},
-        "generate_s": {k: round(r["generate_med"], 4) for k, r in runs.items()},
-        "train_s": {k: round(r["train_med"], 4) for k, r in runs.items()},
-        "completion_tokens_per_s": {k: round(r["tok_s"], 1) for k, r in runs.items()},
-        "generate_tokens_per_s": {k: round(r["gen_tok_s"], 1) for k, r in runs.items()},
-        "other_load": {k: round(r["other"], 3) for k, r in runs.items()},
-        "step0": {"grad_rel_err": float(f"{step0['grad_rel_err_all']:.3g}"),
-                  "grad_rel_err_max": float(f"{step0['grad_rel_err_max']:.3g}"),
-                  "advantage_max_abs_diff": float(f"{step0['advantage_max_abs_diff']:.3g}"),
-                  "loss": {"trl": step0["loss_trl"], "alignlab": round(step0["loss_alignlab"], 8)}},
-        "same_prompts": same_prompts, "steps": args.steps, "warmup": w, "prompts": B, "G": G, "completion": C,
+        "benchmark": "grpo", "ratio": {d: round(v, 3) for d, v in ratio.items()},
+        "split_ratios": {d: {k: round(v, 3) for k, v in sp.items()} for d, sp in split.items()},
+        "step_s": {k: round(r["step_med"], 4) for k, r in flat.items()},
+        "rollout_s": {k: round(r["rollout_med"], 4) for k, r in flat.items()},
+        "generate_s": {k: round(r["generate_med"], 4) for k, r in flat.items()},
+        "train_s": {k: round(r["train_med"], 4) for k, r in flat.items()},
+        "completion_tokens_per_s": {k: round(r["tok_s"], 1) for k, r in flat.items()},
+        "generate_tokens_per_s": {k: round(r["gen_tok_s"], 1) for k, r in flat.items()},
+        "other_load": {k: round(r["other"], 3) for k, r in flat.items()},
+        "computes": {k: r["computes"] for k, r in flat.items()},
+        "step0": {d: {"grad_rel_err": float(f"{s0['grad_rel_err_all']:.3g}"),
+                      "grad_rel_err_max": float(f"{s0['grad_rel_err_max']:.3g}"),
+                      "advantage_max_abs_diff": float(f"{s0['advantage_max_abs_diff']:.3g}"),
+                      "loss": {"trl": s0["loss_trl"], "alignlab": round(s0["loss_alignlab"], 8)},
+                      **({"grad_rel_err_fp32_vs_trl": float(f"{s0['grad_rel_err_fp32_vs_trl']:.3g}")}
+                         if "grad_rel_err_fp32_vs_trl" in s0 else {})}
+                  for d, s0 in step0.items()},
+        "cpu": capability(), "steps": args.steps, "warmup": w, "prompts": B, "G": G, "completion": C,
         "threads": torch.get_num_threads(), "model": args.model,
     }
-    if not all(math.isfinite(v) for v in (ratio, *split.values())):
+    if not all(math.isfinite(v) for v in (*ratio.values(), *(x for sp in split.values() for x in sp.values()))):
         raise SystemExit("non-finite timing")
     print(json.dumps(result))
 

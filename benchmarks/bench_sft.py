@@ -1,7 +1,7 @@
-"""SFT throughput: alignlab's SFT recipe vs trl's SFTTrainer, same random Llama, same conversations.
+"""SFT throughput: alignlab's SFT recipe vs trl's SFTTrainer, same random Llama, same conversations, fp32 and bf16.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_sft.py [--steps 40] [--batch 8] [--max-len 512] [--lr 3e-4]
-                                                     [--skip-trl-packing] [--no-memory]
+    OMP_NUM_THREADS=2 python benchmarks/bench_sft.py [--dtype fp32,bf16] [--steps 40] [--batch 8] [--max-len 512]
+                                                     [--lr 3e-4] [--skip-trl-packing] [--no-memory] [--quick]
 
 What is compared. The 999 Alpaca records of ../shared/data/instructions/alpaca_en_demo.json (--data) become
 conversational prompt-completion records ({"prompt": [user], "completion": [assistant]},
@@ -10,7 +10,7 @@ ids (alignlab.text.train_bpe on the training text, ChatML template, eos <|im_end
 Llama (transformers' LlamaConfig with MODELS["5M"] of bench_generate.py, seed 0; 7.1M parameters with its
 untied 8192-token embedding and head) are saved to one directory that both sides load: trl through
 AutoTokenizer / LlamaForCausalLM.from_pretrained, alignlab through alignlab.text.load_tokenizer /
-alignlab.model.hf.load_model. Four runs of --steps optimizer steps, fp32 on CPU:
+alignlab.model.hf.load_model. Four runs of --steps optimizer steps on CPU, at each dtype of --dtype:
 
     trl              SFTTrainer with its defaults (packing=False: --batch padded examples a step)
     trl packed       SFTTrainer(packing=True): best-fit-decreasing rows, padding-free (position_ids, no mask);
@@ -20,6 +20,14 @@ alignlab.model.hf.load_model. Four runs of --steps optimizer steps, fp32 on CPU:
 
 The packed runs take R rows of --max-len tokens a step, R chosen so that a step holds about as many real tokens
 as --batch examples do (R = round(batch x mean example length / mean tokens per packed row)).
+
+Dtypes. --dtype (default: fp32,bf16 where the CPU runs bf16 natively, else fp32; see dtypes.py) runs the four runs
+at each dtype, back to back. fp32: everything in fp32 (trl bf16=False). bf16: mixed precision on both sides, fp32
+master weights and optimizer state with the forward under bf16 autocast: trl with bf16=True and use_cpu=True
+(transformers hands accelerate mixed_precision="bf16", whose autocast wraps the training forward on CPU), alignlab
+with train.dtype=bf16. That both really compute in bf16 is checked: a forward hook (dtypes.ForwardDtypes) sees
+the output dtype of the Linear layers in the first training steps of every run, and the run fails unless it is
+the dtype asked for.
 
 Fairness. Before training, every training example's token ids and trained positions are checked to be the same
 on both sides (trl's tokenized dataset vs alignlab.data.sft.tokenize_records; with ChatML both train the reply,
@@ -40,20 +48,24 @@ log; alignlab: the batches rebuilt from the same seed, checked against the train
 every token is real). tok/s = effective tokens / seconds; ratio = tok/s / trl's (default, unpacked) tok/s.
 "other load" is the fraction of the CPUs other processes used during the run (bench_train.CpuWatch): a run with
 more than a few percent was disturbed and should be repeated on an idle machine.
-Loss: each final model is saved, loaded into alignlab and evaluated on the 100 held-out examples with the same
-completion-only loss (alignlab.objectives.lm_step, summed over all their trained tokens / their count);
+Loss: each final model is saved, loaded into alignlab in fp32 and evaluated on the 100 held-out examples with the
+same completion-only loss (alignlab.objectives.lm_step, summed over all their trained tokens / their count);
 the mean training loss of the last 10 steps is printed too (its batches differ between the runs).
 
 Memory (--memory, the default): alignlab's SFT step (Trainer.train_step) runs --memory-steps steps on the packed
-batches in a fresh process for method=full and method=lora (r=16, all-linear); the number is the peak resident
+batches in a fresh process for method=full and method=lora (r=16, all-linear), at each dtype; the number is the peak
+resident
 memory (VmHWM of /proc/self/status, reset after loading) minus the resident memory after loading the model (and
 adding the adapters): gradients, optimizer states, activations and working buffers. The child runs with
 MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the resident set (as in bench_memory.py). When
-alignlab/memory.py is there, its estimate_memory of the same terms is printed next to it.
+alignlab/memory.py is there, its estimate_memory of the same terms (and dtype) is printed next to it.
 
-The last line is JSON with the ratios, tokens/s, held-out losses and memory. The run fails (exit status 1)
-when the two sides do not train on the same data (tokens or packed token counts differ, token counts disagree
-with trl's own) or their held-out losses differ by more than --loss-tol (default 1%, relative).
+The last line is JSON with the ratios by dtype, tokens/s, held-out losses, memory and the CPU. The run fails (exit
+status 1) when the two sides do not train on the same data (tokens or packed token counts differ, token counts
+disagree with trl's own), when a run does not compute in its dtype, or when the held-out losses of alignlab packed
+and trl differ by more than --loss-tol (relative; 1% at both dtypes: the difference comes from the two runs'
+different batches, -0.19% measured after 40 steps; bf16 moved each side's held-out loss by at most 0.001% from its
+fp32 value, which the run prints for scale).
 """
 
 from __future__ import annotations
@@ -67,9 +79,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import bench_generate
 import torch
 from bench_generate import MODELS, wait_for_idle
 from bench_train import CpuWatch
+from dtypes import ForwardDtypes, add_dtype_argument, capability, describe, parse_dtypes
 
 from alignlab.data.converters import alpaca_to_prompt_completion
 from alignlab.data.packing import PackedBatches, pack
@@ -87,6 +101,7 @@ HELD_OUT = 100
 WARMUP_STEPS = 3
 SEED = 0
 EOS, PAD = "<|im_end|>", "<|pad|>"
+LOSS_TOL = {"fp32": 0.01, "bf16": 0.01}  # held-out loss, alignlab packed vs trl, relative (see the docstring)
 
 
 # --- data, tokenizer, model ------------------------------------------------------------------------------
@@ -158,7 +173,7 @@ def window(ends: list[float], tokens: list[int]) -> tuple[int, float]:
     return sum(tokens[WARMUP_STEPS:len(ends)]), ends[-1] - ends[WARMUP_STEPS - 1]
 
 
-def run_trl(model_dir: str, train: list[dict], examples, args, packing: bool, rows: int, out: str) -> dict:
+def run_trl(model_dir: str, train: list[dict], examples, args, packing: bool, rows: int, out: str, dtype: str) -> dict:
     import datasets
     import transformers as tf
     import trl
@@ -195,7 +210,7 @@ def run_trl(model_dir: str, train: list[dict], examples, args, packing: bool, ro
         output_dir=out, per_device_train_batch_size=rows if packing else args.batch, max_steps=args.steps,
         learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=1, report_to=[], save_strategy="no", gradient_checkpointing=False, activation_checkpointing=False,
-        bf16=False, use_cpu=True,
+        bf16=dtype == "bf16", use_cpu=True,
         max_length=args.max_len, dataloader_num_workers=0, seed=SEED, optim="adamw_torch_fused", packing=packing,
         disable_tqdm=True)
     clock = Clock()
@@ -218,8 +233,9 @@ def run_trl(model_dir: str, train: list[dict], examples, args, packing: bool, ro
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     wait_for_idle()
-    with CpuWatch() as watch:
+    with CpuWatch() as watch, ForwardDtypes() as probe:
         trainer.train()
+    info["computes"] = probe.check(dtype, f"trl {'packed ' if packing else ''}{dtype}")
     real = counter.real[:len(clock.ends)]
     trl_counted = [b - a for a, b in zip([0] + clock.num_tokens, clock.num_tokens)]
     if trl_counted and trl_counted != real:
@@ -233,17 +249,18 @@ def run_trl(model_dir: str, train: list[dict], examples, args, packing: bool, ro
 
 
 def run_alignlab(model_dir: str, train: list[dict], examples, pad_id: int, args, packing: bool, rows: int,
-                 out: str) -> dict:
+                 out: str, dtype: str) -> dict:
     from alignlab.recipes import sft
 
     tc = TrainConfig(max_steps=args.steps, lr=args.lr, schedule="constant", warmup_steps=0, weight_decay=0.0,
                      beta1=0.9, beta2=0.999, eps=1e-8, grad_clip=1.0, eval_every=0, save_every=0, plot=False,
-                     peak_flops=args.peak * 1e9, seed=SEED, device="cpu", dtype="fp32")
+                     peak_flops=args.peak * 1e9, seed=SEED, device="cpu", dtype=dtype)
     cfg = SFTConfig(out_dir=out, model=model_dir, method="full", packing=packing, max_len=args.max_len,
                     batch_size=rows if packing else args.batch, sample_prompts=0, train=tc)
     wait_for_idle()
-    with CpuWatch() as watch:
+    with CpuWatch() as watch, ForwardDtypes() as probe:
         result = sft.run(cfg, train_records=train, val_records=[])
+    computes = probe.check(dtype, f"alignlab {'packed ' if packing else ''}{dtype}")
     with open(Path(out) / "metrics.jsonl") as f:
         log = [r for r in map(json.loads, f) if "loss" in r]
     # the same batches again, from the same seed: real (non-pad) tokens, checked against the trainer's count
@@ -261,7 +278,8 @@ def run_alignlab(model_dir: str, train: list[dict], examples, pad_id: int, args,
         raise SystemExit("alignlab packed: a flattened packed batch holds pad tokens")
     tokens, seconds = window([r["elapsed_s"] for r in log], real)
     return dict(steps=len(log), tokens=tokens, seconds=seconds, losses=[r["loss"] for r in log], other=watch.other_load,
-                padded=sum(padded[WARMUP_STEPS:]), model_dir=result["model_dir"], tokens_per_step=statistics.mean(real))
+                padded=sum(padded[WARMUP_STEPS:]), model_dir=result["model_dir"], tokens_per_step=statistics.mean(real),
+                computes=computes)
 
 
 # --- peak memory, LoRA vs full (a fresh process each) -------------------------------------------------------
@@ -286,7 +304,7 @@ def memory_child(spec: dict) -> dict:
     cfg = SFTConfig(model=spec["model_dir"], method=spec["method"], max_len=spec["max_len"], packing=True,
                     batch_size=spec["rows"], lora=LoraOptions(r=16, targets="all-linear"),
                     train=TrainConfig(max_steps=spec["steps"], lr=1e-4, schedule="constant", warmup_steps=0,
-                                      weight_decay=0.0, device="cpu", plot=False))
+                                      weight_decay=0.0, device="cpu", dtype=spec["dtype"], plot=False))
     model = build_model(cfg, spec["model_dir"], torch.device("cpu"))
     data = PackedBatches(examples, spec["max_len"], spec["rows"], SEED, pad_id)
     gc.collect()
@@ -306,7 +324,7 @@ def memory_child(spec: dict) -> dict:
     except ImportError:
         return out
     est = estimate_memory(model.config, method=spec["method"], seq=spec["max_len"], batch=spec["rows"], rank=16,
-                          lora_targets="all-linear")
+                          lora_targets="all-linear", dtype=spec["dtype"])
     loaded = sum(c.bytes for c in est.components if c.counted and c.name in ("weights", "LoRA adapters"))
     out["estimate_mb"] = (est.total - loaded) / 2**20
     return out
@@ -329,21 +347,30 @@ def main():
     ap.add_argument("--model", choices=tuple(MODELS), default="5M")
     ap.add_argument("--data", default=DATA, help="Alpaca records (a .json list)")
     ap.add_argument("--threads", type=int, default=2)
+    add_dtype_argument(ap)
     ap.add_argument("--skip-trl-packing", action="store_true", help="do not run trl with packing=True")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True,
                     help="measure peak memory of full vs LoRA SFT steps (a subprocess each)")
     ap.add_argument("--memory-steps", type=int, default=3)
     ap.add_argument("--peak", type=float, default=170.0,
                     help="peak GFLOP/s for alignlab's logged MFU (given: the trainer does not measure it)")
-    ap.add_argument("--loss-tol", type=float, default=0.01,
-                    help="the largest relative difference of the held-out losses (alignlab packed vs trl) that passes")
+    ap.add_argument("--loss-tol", default=",".join(f"{k}={v:g}" for k, v in LOSS_TOL.items()),
+                    help="the largest relative difference of the held-out losses (alignlab packed vs trl) that "
+                         "passes, by dtype")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: 5 steps, max_len 256, no trl packing, no memory, short idle waits")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         print(json.dumps(memory_child(json.loads(args.memory_child))))
         return
+    if args.quick:
+        args.steps, args.max_len, args.skip_trl_packing, args.memory = 5, 256, True, False
+        bench_generate.IDLE_WAIT = bench_generate.QUICK_IDLE_WAIT
     if args.steps <= WARMUP_STEPS:
         ap.error(f"--steps must be more than {WARMUP_STEPS}")
+    dtypes = parse_dtypes(args.dtype, "train")
+    loss_tol = {**LOSS_TOL, **{k: float(v) for k, v in (x.split("=") for x in args.loss_tol.split(","))}}
     torch.set_num_threads(args.threads)
     import transformers as tf
     import trl
@@ -352,6 +379,10 @@ def main():
     print(f"torch {torch.__version__}, transformers {tf.__version__}, trl {trl.__version__}, threads "
           f"{torch.get_num_threads()}; {len(train)} training / {len(held)} held-out Alpaca conversations; "
           f"{args.steps} steps ({WARMUP_STEPS} untimed), batch {args.batch}, max_len {args.max_len}, lr {args.lr:g}")
+    print(describe(dtypes, "train"))
+    runs: dict[tuple[str, str], dict] = {}  # (dtype, side) -> run
+    unavailable: dict[str, str] = {}
+    memory: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as work:
         model_dir = os.path.join(work, "base")
         text = "\n".join(m["content"] for r in train for m in r["prompt"] + r["completion"])
@@ -359,7 +390,7 @@ def main():
         examples, pad_id = alignlab_examples(model_dir, train, args.max_len)
         held_examples, _ = alignlab_examples(model_dir, held, args.max_len)
         rows = rows_per_step(examples, args.batch, args.max_len)
-        base = load_model(model_dir)
+        base = load_model(model_dir, dtype=torch.float32)
         n_params = sum(p.numel() for p in base.parameters())
         init_loss = heldout_loss(base, held_examples, pad_id, args.batch)
         del base
@@ -369,79 +400,96 @@ def main():
               f"{sum(e.n_targets for e in examples) / sum(lengths):.0%} trained; packed runs take {rows} rows "
               f"of {args.max_len} a step; held-out loss at init {init_loss:.4f}", flush=True)
 
-        runs: dict[str, dict] = {}
-        unavailable: dict[str, str] = {}
-        runs["trl"] = run_trl(model_dir, train, examples, args, False, rows, os.path.join(work, "trl"))
-        print(f"trl: {runs['trl']['checked_examples']} training examples tokenized identically by trl and alignlab "
-              "(ids and trained positions)", flush=True)
-        if not args.skip_trl_packing:
-            try:
-                runs["trl packed"] = run_trl(model_dir, train, examples, args, True, rows,
-                                             os.path.join(work, "trl_packed"))
-            except Exception as e:  # noqa: BLE001 -- reported as a row, not a crash
-                unavailable["trl packed"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-            else:
-                print(f"trl packed: {runs['trl packed']['rows']} rows of {args.max_len} tokens (alignlab: "
-                      f"{pack(examples, args.max_len)[1].rows}), {runs['trl packed']['packed_tokens']:,} tokens in all",
-                      flush=True)
-        runs["alignlab packed"] = run_alignlab(model_dir, train, examples, pad_id, args, True, rows,
-                                               os.path.join(work, "al_packed"))
-        runs["alignlab"] = run_alignlab(model_dir, train, examples, pad_id, args, False, rows,
-                                        os.path.join(work, "al_unpacked"))
-        for r in runs.values():
-            r["heldout"] = heldout_loss(load_model(r["model_dir"]), held_examples, pad_id, args.batch)
-            r["tok_s"] = r["tokens"] / r["seconds"]
-            r["last10"] = statistics.mean(r["losses"][-10:])
+        for dtype in dtypes:
+            out = os.path.join(work, dtype)
+            runs[dtype, "trl"] = run_trl(model_dir, train, examples, args, False, rows, os.path.join(out, "trl"), dtype)
+            print(f"{dtype} trl: {runs[dtype, 'trl']['checked_examples']} training examples tokenized identically by "
+                  "trl and alignlab (ids and trained positions)", flush=True)
+            if not args.skip_trl_packing:
+                try:
+                    runs[dtype, "trl packed"] = run_trl(model_dir, train, examples, args, True, rows,
+                                                        os.path.join(out, "trl_packed"), dtype)
+                except Exception as e:  # noqa: BLE001 -- reported as a row, not a crash
+                    unavailable[f"{dtype} trl packed"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                else:
+                    r = runs[dtype, "trl packed"]
+                    print(f"{dtype} trl packed: {r['rows']} rows of {args.max_len} tokens (alignlab: "
+                          f"{pack(examples, args.max_len)[1].rows}), {r['packed_tokens']:,} tokens in all", flush=True)
+            runs[dtype, "alignlab packed"] = run_alignlab(model_dir, train, examples, pad_id, args, True, rows,
+                                                          os.path.join(out, "al_packed"), dtype)
+            runs[dtype, "alignlab"] = run_alignlab(model_dir, train, examples, pad_id, args, False, rows,
+                                                   os.path.join(out, "al_unpacked"), dtype)
+            for (d, _), r in runs.items():
+                if d == dtype:
+                    r["heldout"] = heldout_loss(load_model(r["model_dir"], dtype=torch.float32), held_examples,
+                                                pad_id, args.batch)
+                    r["tok_s"] = r["tokens"] / r["seconds"]
+                    r["last10"] = statistics.mean(r["losses"][-10:])
+            if args.memory:
+                for method in ("full", "lora"):
+                    wait_for_idle()
+                    memory[f"{dtype}/{method}"] = measure_memory(dict(
+                        model_dir=model_dir, data=args.data, method=method, rows=rows, max_len=args.max_len,
+                        steps=args.memory_steps, threads=args.threads, dtype=dtype))
 
-        memory = {}
-        if args.memory:
-            for method in ("full", "lora"):
-                wait_for_idle()
-                memory[method] = measure_memory(dict(model_dir=model_dir, data=args.data, method=method,
-                                                     rows=rows, max_len=args.max_len, steps=args.memory_steps,
-                                                     threads=args.threads))
-
-    ref = runs["trl"]["tok_s"]
     print()
-    print(f"{'side':<16} {'steps':>5} {'tok/step':>8} {'eff. tokens':>11} {'pad':>5} {'seconds':>8} {'eff. tok/s':>10} "
-          f"{'vs trl':>6} {'held-out':>8} {'last-10 train':>13} {'other load':>10}")
-    for name, r in runs.items():
+    print(f"{'dtype':<5} {'side':<16} {'steps':>5} {'tok/step':>8} {'eff. tokens':>11} {'pad':>5} {'seconds':>8} "
+          f"{'eff. tok/s':>10} {'vs trl':>6} {'held-out':>8} {'last-10 train':>13} {'other load':>10}  computes in")
+    for (dtype, name), r in runs.items():
         pad = 1 - r["tokens"] / r["padded"] if r["padded"] else 0.0
-        print(f"{name:<16} {r['steps']:>5} {r['tokens_per_step']:>8.0f} {r['tokens']:>11,} {pad:>5.1%} "
+        ref = runs[dtype, "trl"]["tok_s"]
+        print(f"{dtype:<5} {name:<16} {r['steps']:>5} {r['tokens_per_step']:>8.0f} {r['tokens']:>11,} {pad:>5.1%} "
               f"{r['seconds']:>8.2f} {r['tok_s']:>10.0f} {r['tok_s'] / ref:>5.2f}x {r['heldout']:>8.4f} "
-              f"{r['last10']:>13.4f} {r['other']:>10.0%}")
+              f"{r['last10']:>13.4f} {r['other']:>10.0%}  {r['computes']}")
     for name, why in unavailable.items():
-        print(f"{name:<16} not available on CPU: {why}")
-    ours, theirs = runs["alignlab packed"]["heldout"], runs["trl"]["heldout"]
-    rel = (ours - theirs) / theirs
-    print(f"held-out loss (100 examples, completion tokens): init {init_loss:.4f}; trl {theirs:.4f}, alignlab packed "
-          f"{ours:.4f}: relative difference {rel:+.2%} (the drop from init: trl {init_loss - theirs:.4f}, "
-          f"alignlab packed {init_loss - ours:.4f})")
-    unpacked = runs["alignlab"]["heldout"]
-    print(f"  for scale: alignlab's own packed and unpacked runs (same code, other batches) differ by "
-          f"{(unpacked - ours) / ours:+.2%}")
-    for method, m in memory.items():
+        print(f"{name:<22} not available on CPU: {why}")
+    rel, failed = {}, []
+    for dtype in dtypes:
+        ours, theirs = runs[dtype, "alignlab packed"]["heldout"], runs[dtype, "trl"]["heldout"]
+        rel[dtype] = (ours - theirs) / theirs
+        unpacked = runs[dtype, "alignlab"]["heldout"]
+        print(f"{dtype} held-out loss (100 examples, completion tokens): init {init_loss:.4f}; trl {theirs:.4f}, "
+              f"alignlab packed {ours:.4f}: relative difference {rel[dtype]:+.2%}, tolerance {loss_tol[dtype]:.0%} "
+              f"(the drop from init: trl {init_loss - theirs:.4f}, alignlab packed {init_loss - ours:.4f}); for "
+              f"scale: alignlab's own packed and unpacked runs (same code, other batches) differ by "
+              f"{(unpacked - ours) / ours:+.2%}")
+        if abs(rel[dtype]) > loss_tol[dtype]:
+            failed.append(f"{dtype}: alignlab packed {ours:.4f} vs trl {theirs:.4f}, a relative difference of "
+                          f"{rel[dtype]:+.2%} (more than {loss_tol[dtype]:.0%})")
+    if {"fp32", "bf16"} <= set(dtypes):
+        shift = {name: runs["bf16", name]["heldout"] / runs["fp32", name]["heldout"] - 1 for d, name in runs
+                 if d == "bf16"}
+        print("for scale, bf16 vs fp32 held-out loss of each side: "
+              + ", ".join(f"{name} {v:+.3%}" for name, v in shift.items()))
+    for key, m in memory.items():
+        dtype, method = key.split("/")
         est = f", estimate_memory {m['estimate_mb']:.1f} MB" if "estimate_mb" in m else ""
-        print(f"peak memory, alignlab {method:<4} (packed, {rows} x {args.max_len} tokens a step): "
+        print(f"peak memory, alignlab {method:<4} {dtype} (packed, {rows} x {args.max_len} tokens a step): "
               f"{m['peak_mb']:.1f} MB above the loaded model{est}")
-    if len(memory) == 2:
-        print(f"LoRA / full: {memory['lora']['peak_mb'] / memory['full']['peak_mb']:.2f}")
+    for dtype in dtypes:
+        if f"{dtype}/lora" in memory:
+            lora, full = memory[f"{dtype}/lora"]["peak_mb"], memory[f"{dtype}/full"]["peak_mb"]
+            print(f"LoRA / full, {dtype}: {lora / full:.2f}")
     result = {
-        "ratios": {name: round(r["tok_s"] / ref, 3) for name, r in runs.items() if name != "trl"},
-        "tokens_per_s": {name: round(r["tok_s"], 1) for name, r in runs.items()},
-        "heldout_loss": {"init": round(init_loss, 4), **{name: round(r["heldout"], 4) for name, r in runs.items()}},
-        "heldout_rel_diff": round(rel, 4),
-        "last10_train_loss": {name: round(r["last10"], 4) for name, r in runs.items()},
+        "ratio": {d: round(runs[d, "alignlab packed"]["tok_s"] / runs[d, "trl"]["tok_s"], 3) for d in dtypes},
+        "ratios": {d: {name: round(r["tok_s"] / runs[d, "trl"]["tok_s"], 3) for (dd, name), r in runs.items()
+                       if dd == d and name != "trl"} for d in dtypes},
+        "tokens_per_s": {f"{d}/{name}": round(r["tok_s"], 1) for (d, name), r in runs.items()},
+        "heldout_loss": {"init": round(init_loss, 4),
+                         **{f"{d}/{name}": round(r["heldout"], 4) for (d, name), r in runs.items()}},
+        "heldout_rel_diff": {d: round(v, 4) for d, v in rel.items()},
+        "last10_train_loss": {f"{d}/{name}": round(r["last10"], 4) for (d, name), r in runs.items()},
         "unavailable": unavailable,
         "memory_mb": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in memory.items()},
+        "cpu": capability(), "steps": args.steps,
     }
-    if "trl packed" in runs:
-        result["alignlab_packed_vs_trl_packed"] = round(runs["alignlab packed"]["tok_s"] / runs["trl packed"]["tok_s"],
-                                                        3)
+    packed = {d: round(runs[d, "alignlab packed"]["tok_s"] / runs[d, "trl packed"]["tok_s"], 3) for d in dtypes
+              if (d, "trl packed") in runs}
+    if packed:
+        result["alignlab_packed_vs_trl_packed"] = packed
     print(json.dumps(result))
-    if abs(rel) > args.loss_tol:
-        raise SystemExit(f"held-out losses disagree: alignlab packed {ours:.4f} vs trl {theirs:.4f}, a relative "
-                         f"difference of {rel:+.2%} (more than --loss-tol {args.loss_tol:.0%})")
+    if failed:
+        raise SystemExit("held-out losses disagree: " + "; ".join(failed))
 
 
 if __name__ == "__main__":
