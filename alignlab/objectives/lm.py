@@ -126,11 +126,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, None, None, None
 
 
-def head_weight(model: torch.nn.Module) -> torch.Tensor:
-    """The output head's weight [V, D] of a CausalLM, inside DDP (`.module`) and torch.compile wrappers."""
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
-    return model.lm_head.weight
+    return model
+
+
+def head_weight(model: torch.nn.Module) -> torch.Tensor:
+    """The output head's weight [V, D] of a CausalLM, inside DDP and torch.compile wrappers."""
+    return unwrap(model).lm_head.weight
 
 
 def lm_step(model: torch.nn.Module, batch: dict, normaliser: float) -> torch.Tensor:

@@ -91,7 +91,6 @@ from alignlab.train.trainer import TrainConfig, Trainer, autocast_for, resolve_d
 ALGORITHMS = ("grpo", "rloo")
 LOSS_TYPES = ("dapo", "grpo", "bnpo", "dr_grpo")
 SCALES = ("group", "batch", "none")
-REFERENCES = ("auto", "copy", "lora", "none")
 RLOO_DEFAULTS = {"out_dir": "runs/rloo", "algorithm": "rloo", "beta": 0.05}  # `alignlab rloo`
 
 
@@ -135,7 +134,7 @@ def rloo_config(**fields) -> GRPOConfig:
 def check(cfg: GRPOConfig) -> str:
     """Validate the config; returns the resolved reference kind."""
     for name, value, allowed in (("algorithm", cfg.algorithm, ALGORITHMS), ("loss_type", cfg.loss_type, LOSS_TYPES),
-                                 ("scale_rewards", cfg.scale_rewards, SCALES), ("reference", cfg.reference, REFERENCES),
+                                 ("scale_rewards", cfg.scale_rewards, SCALES),
                                  ("method", cfg.method, ("full", "lora")),
                                  ("importance_sampling_level", cfg.importance_sampling_level, ("token", "sequence"))):
         if value not in allowed:

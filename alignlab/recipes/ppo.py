@@ -108,7 +108,6 @@ from alignlab.train.trainer import TrainConfig, Trainer, autocast_for, resolve_d
 KL_ESTIMATORS = ("k1", "k3")
 
 
-REFERENCES = ("auto", "copy", "lora", "none")
 
 
 @dataclass
@@ -312,7 +311,7 @@ def ppo_weight(batch: dict) -> float:
 
 def check(cfg: PPOConfig) -> str:
     """Validate the config; returns the resolved reference kind."""
-    for name, value, allowed in (("reference", cfg.reference, REFERENCES), ("method", cfg.method, ("full", "lora")),
+    for name, value, allowed in (("method", cfg.method, ("full", "lora")),
                                  ("kl_estimator", cfg.kl_estimator, KL_ESTIMATORS)):
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

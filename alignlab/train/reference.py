@@ -22,6 +22,7 @@ from alignlab.lora import disable_lora
 from alignlab.train.trainer import unwrap
 
 KINDS = ("copy", "lora")
+RL_CHOICES = ("auto", *KINDS, "none")  # an RL config's `reference`: none only without a KL term
 
 
 class Reference:
@@ -52,6 +53,8 @@ class Reference:
 def resolve_reference(reference: str, method: str, track_kl: bool, penalty: str, coef: float) -> str:
     """The reference kind (copy | lora | none) of an RL run: auto is lora for method=lora, else copy; none when the
     KL penalty (`penalty` = coef: beta, kl_coef) is 0 and track_kl is off."""
+    if reference not in RL_CHOICES:
+        raise ConfigError(f"reference must be one of {', '.join(RL_CHOICES)}, got {reference!r}")
     reference = reference if reference != "auto" else ("lora" if method == "lora" else "copy")
     if reference == "lora" and method != "lora":
         raise ConfigError("reference=lora needs method=lora: the reference is the model with its adapters disabled")

@@ -51,7 +51,10 @@ from tqdm import tqdm
 
 from alignlab.errors import ConfigError
 from alignlab.model.precision import Precision, resolve_precision
-from alignlab.objectives.lm import IGNORE_INDEX
+from alignlab.objectives.lm import (
+    IGNORE_INDEX,
+    unwrap,  # noqa: F401  (trainer.unwrap, as recipes import it)
+)
 from alignlab.train import checkpoint as ckpt
 from alignlab.train.distributed import Dist, all_reduce_sum, barrier, wrap_model
 from alignlab.train.metrics import MetricsLogger, plot_curves
@@ -119,13 +122,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r}: CUDA is not available here (train.device=auto or cpu)")
     return device
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The user's module inside DDP (`.module`) and torch.compile (`._orig_mod`) wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or model._orig_mod
-    return model
 
 
 def autocast_for(dtype: str | Precision, device: torch.device):
