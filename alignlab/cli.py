@@ -40,6 +40,7 @@ def _load(model_dir: str, dtype: str = "auto"):
     path = resolve_model_dir(model_dir)
     precision = resolve_precision(dtype, "cpu", "infer")
     model, tokenizer = load_model(path, dtype=precision.dtype), load_tokenizer(path)
+    model.requires_grad_(False)  # inference only: the engine keeps the weights' packed layout between requests
     print(f"precision: {precision.why}", file=sys.stderr)
     return model, tokenizer
 

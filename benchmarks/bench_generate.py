@@ -68,6 +68,9 @@ def build(name: str, tmp: str, dtypes: list[str]):
     hf.save_pretrained(tmp)
     pairs = {d: (hf if d == "fp32" else copy.deepcopy(hf).to(DTYPES[d]), load_model(tmp, dtype=DTYPES[d]))
              for d in dtypes}
+    for pair in pairs.values():  # inference models on both sides (alignlab's engine then packs the weights once)
+        for model in pair:
+            model.requires_grad_(False)
     return hf, pairs
 
 

@@ -21,7 +21,7 @@ from alignlab.lora import LoraConfig, apply_lora
 from alignlab.model import CausalLM, preset
 from alignlab.model.attention import ATTENTION, causal_attention_train, naive_attention
 from alignlab.model.hf import load_model
-from alignlab.model.linear import Linear
+from alignlab.model.linear import Linear, PackedWeights, packed_weights
 from alignlab.model.rope import apply_rope, rope_cos_sin
 from alignlab.model.transformer import RMSNorm
 from alignlab.objectives import IGNORE_INDEX, ClipConfig, dpo_loss, grpo_loss, linear_cross_entropy, lm_loss, lm_step
@@ -277,10 +277,11 @@ def test_bf16_logits_match_transformers_bf16(twins):
 
 @torch.no_grad()
 def test_bf16_greedy_tokens_match_transformers_bf16(twins):
-    """The engine with bf16 weights (and a bf16 KV cache) against transformers' bf16 generate, greedy, 16 prompts
-    of 16 new tokens: near-ties can flip under different but equally valid bf16 roundings, so most, not all."""
+    """The engine with bf16 weights (and an fp32 KV cache on the CPU, see CausalLM.new_cache) against transformers'
+    bf16 generate, greedy, 16 prompts of 16 new tokens: near-ties can flip under different but equally valid bf16
+    roundings, so most, not all."""
     arch, _, hf16, ours, _ = twins
-    assert ours.new_cache(1, 8)._k.dtype == BF16
+    assert ours.new_cache(1, 8)._k.dtype == torch.float32
     prompts = random_prompts(16, seed=1)
     outs = Engine(ours).generate(prompts, SamplingParams(max_new_tokens=16, temperature=0.0, ignore_eos=True))
     same = 0
@@ -293,14 +294,32 @@ def test_bf16_greedy_tokens_match_transformers_bf16(twins):
 
 
 @torch.no_grad()
-def test_engine_under_autocast_keeps_a_bf16_cache(twins):
-    """fp32 weights under autocast: the cache holds what autocast produces (bf16), and greedy decoding agrees with
-    the bf16-weights engine on most prompts."""
+def test_bf16_engine_ragged_and_repeated_prompts(twins):
+    """bf16 weights through the engine's other cache paths: ragged prompts (padding) and one prompt sampled several
+    times (prefilled once, its row copied): each row as it would be alone."""
+    _, _, _, ours, _ = twins
+    engine = Engine(ours)
+    prompts = random_prompts(3, seed=3)
+    prompts = [prompts[0][:5], prompts[1], prompts[0][:5], prompts[2][:9]]
+    params = SamplingParams(max_new_tokens=6, temperature=0.0, ignore_eos=True)
+    together = engine.generate(prompts, params)
+    alone = [engine.generate([p], params)[0] for p in prompts]
+    assert together[0].token_ids == together[2].token_ids
+    assert sum(a.token_ids == b.token_ids for a, b in zip(together, alone)) >= 3  # bf16: a near tie may flip
+
+
+@torch.no_grad()
+def test_engine_under_autocast_agrees_with_bf16_weights(twins):
+    """fp32 weights under autocast: the keys are autocast's bf16 values (the CPU cache keeps them in fp32, exactly),
+    and greedy decoding agrees with the bf16-weights engine on most prompts."""
     _, _, _, ours16, ours32 = twins
     prompts = random_prompts(8, seed=2)
     params = SamplingParams(max_new_tokens=8, temperature=0.0, ignore_eos=True)
     with autocast():
-        assert ours32.new_cache(1, 8)._k.dtype == BF16
+        cache = ours32.new_cache(1, 8)
+        ours32(torch.tensor([prompts[0][:8]]), cache=cache)
+        keys = cache._k[:, :, :, :8]
+        assert cache._k.dtype == torch.float32 and torch.equal(keys, keys.to(BF16).float())
         a = Engine(ours32).generate(prompts, params)
     b = Engine(ours16).generate(prompts, params)
     assert all(p.dtype == torch.float32 for p in ours32.parameters())
@@ -308,15 +327,22 @@ def test_engine_under_autocast_keeps_a_bf16_cache(twins):
 
 
 def test_decode_linear_with_bf16_weights():
-    """bf16 weights and autocast take F.linear (faster there than the per-thread split; see Linear)."""
+    """bf16 weights and autocast: F.linear with gradients, and the same values from the packed weight without."""
     lin = Linear(64, 256, bias=True)
     x = torch.randn(3, 64)
     lin16 = copy.deepcopy(lin).to(BF16)
-    torch.testing.assert_close(lin16(x.to(BF16)), F.linear(x.to(BF16), lin16.weight, lin16.bias), rtol=0, atol=0)
+    want16 = F.linear(x.to(BF16), lin16.weight, lin16.bias)
+    torch.testing.assert_close(lin16(x.to(BF16)), want16, rtol=0, atol=0)
     with autocast():
         y = lin(x)
-    assert y.dtype == BF16
-    torch.testing.assert_close(y, F.linear(x.to(BF16), lin.weight.to(BF16), lin.bias.to(BF16)), rtol=0, atol=0)
+        with torch.no_grad(), packed_weights(PackedWeights()):
+            packed = lin(x)
+    want = F.linear(x.to(BF16), lin.weight.to(BF16), lin.bias.to(BF16))
+    assert y.dtype == packed.dtype == BF16
+    torch.testing.assert_close(y, want, rtol=0, atol=0)
+    with torch.no_grad(), packed_weights(PackedWeights()):
+        torch.testing.assert_close(lin16(x.to(BF16)), want16, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(packed, want, rtol=1e-2, atol=1e-2)
 
 
 # ----------------------------------------------------------------------------------------------------------------

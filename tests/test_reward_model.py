@@ -223,7 +223,7 @@ def test_reward_step_is_a_mean_over_the_global_batch_of_pairs():
     with torch.no_grad():
         r = model(ids, mask)
     assert metrics["accuracy"] == pytest.approx((r[:4] > r[4:]).float().mean().item())
-    assert metrics["min_reward"] == pytest.approx(r.min().item(), abs=1e-6)
+    assert metrics["min_reward"] == pytest.approx(r.min().item(), rel=1e-6, abs=1e-6)  # two fp32 paths, ~1 ulp
 
 
 def test_implicit_prompts_and_bad_records(world):

@@ -19,7 +19,9 @@ the text skips special tokens); otherwise with "length" after max_new_tokens tok
 
 Precision: the engine computes in the model's dtype (load_model(dir, dtype=...) picks it; `alignlab generate
 --dtype auto` gives bf16 weights where the CPU runs bf16 natively) or under the caller's autocast; the logits are
-cast to fp32 before the processors, so sampling and log-probabilities are fp32 whatever the weights are.
+cast to fp32 before the processors, so sampling and log-probabilities are fp32 whatever the weights are. On the
+CPU each generation multiplies by weights laid out once for oneDNN (`model/linear.py: packed_weights`; an
+inference model's frozen weights stay laid out between calls) and keeps its KV cache in fp32 (CausalLM.new_cache).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.infer import sampling as S
+from alignlab.model.linear import PackedWeights, packed_weights
 
 COMPACT_FRACTION = 0.25  # compact the batch once this fraction of its rows has finished
 
@@ -148,6 +151,7 @@ class Engine:
             eos += list(tokenizer.eos_token_ids or [])
         self.eos_token_ids = sorted(set(eos))
         self.device = next(model.parameters()).device
+        self.packs = PackedWeights()
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -226,7 +230,10 @@ class Engine:
         if c.pos == "learned" and longest - 1 > c.max_seq_len:  # the last token is never fed back
             raise ValueError(f"prompt + max_new_tokens exceeds the model's {c.max_seq_len} positions")
         cache = self.model.new_cache(len(live), L + max_new)
-        batch, logits = self._prefill(live, L, max_new, cache)  # 1
+        packs = self.packs  # the weights laid out once for the CPU's products (model/linear.py)
+        packs.new_generation()
+        with packed_weights(packs):
+            batch, logits = self._prefill(live, L, max_new, cache)  # 1
         while True:
             tokens, logprobs = self._choose(logits, batch)  # 2
             done = self._record(batch, tokens.tolist(), logprobs)
@@ -235,7 +242,8 @@ class Engine:
                 return
             if done >= max(1, COMPACT_FRACTION * len(batch.rows)):  # 3
                 tokens, batch = self._compact(tokens, batch, cache)
-            logits = self._decode_step(tokens, batch, cache)  # 4
+            with packed_weights(packs):
+                logits = self._decode_step(tokens, batch, cache)  # 4
 
     @torch.inference_mode()
     def _prefill(self, rows: list[_Request], L: int, max_new: int, cache):

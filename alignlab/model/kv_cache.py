@@ -58,6 +58,7 @@ class KVCache:
         """Write k, v [B, Hkv, T, d] at slots [lengths[b], lengths[b] + T) of each row b (of `rows`, else of all
         rows) and return this layer's K, V over slots [0, max(lengths) + T) of those rows."""
         lengths = self._lengths if rows is None else [self._lengths[i] for i in rows]
+        k, v = k.to(self._k.dtype), v.to(self._v.dtype)  # bf16 keys into the CPU's fp32 cache (exact)
         T, start = k.shape[2], lengths[0]
         end = max(lengths) + T
         if end > self.max_len:

@@ -60,14 +60,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """x: [B, heads, T, d]; cos, sin: [B, T, d] (broadcast over heads). Returns x's dtype, computed in the
     wider of x's and cos's (the model passes cos and sin in q's dtype: bf16 under autocast, as with bf16 weights).
 
-    When x needs a gradient this goes through `_Rotate`: the same values in fewer passes over q and k, and
-    a backward that is the inverse rotation instead of autograd's record of the cat, neg, two products
-    and a sum.
+    Computed by `rotate`: the same values in fewer passes over q and k than the formula's cat, neg, two
+    products and a sum; when x needs a gradient, through `_Rotate`, whose backward is the inverse rotation.
     """
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     if torch.is_grad_enabled() and x.requires_grad:
         return _Rotate.apply(x, cos, sin)
-    return (x * cos + rotate_half(x) * sin).to(x.dtype)
+    return rotate(x, cos, sin)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
