@@ -24,7 +24,7 @@ LAYERS = [
     {"eval"},
     {"rl"},
     {"recipes"},
-    {"pipeline", "demo", "memory"},
+    {"pipeline", "demo", "memory", "serve"},
     {"cli", "__main__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
