@@ -80,6 +80,7 @@ from alignlab.rl.run import (
     load_policy,
     model_meta,
     reward_runner,
+    rl_title,
     save_policy,
     start_metrics,
     write_result,
@@ -270,7 +271,7 @@ def run(cfg: GRPOConfig, resume: bool = False, train_records: list[dict] | None 
                       weight_fn=grpo_weight(cfg), run_config=asdict(cfg), step_metrics=data.step_metrics)
     start = start_metrics(model, evaluate, cfg.train, device, out, resume)
     result = trainer.fit(resume=resume)
-    finish_run(result, out, start, monitor, runner, names, len(prompts.records), title=f"{cfg.algorithm} {out.name}",
+    finish_run(result, out, start, monitor, runner, names, len(prompts.records), title=rl_title(cfg.algorithm, out),
                plot=cfg.train.plot)
 
     # 8. the model directory

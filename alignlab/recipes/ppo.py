@@ -97,6 +97,7 @@ from alignlab.rl.run import (
     load_policy,
     model_meta,
     reward_runner,
+    rl_title,
     save_policy,
     start_metrics,
     write_result,
@@ -387,7 +388,7 @@ def run(cfg: PPOConfig, resume: bool = False, train_records: list[dict] | None =
                       weight_fn=ppo_weight, run_config=asdict(cfg), step_metrics=data.step_metrics)
     start = start_metrics(model, evaluate, cfg.train, device, out, resume)
     result = trainer.fit(resume=resume)
-    finish_run(result, out, start, monitor, runner, names, len(prompts.records), title=f"ppo {out.name}",
+    finish_run(result, out, start, monitor, runner, names, len(prompts.records), title=rl_title("ppo", out),
                plot=cfg.train.plot, rollouts=data.rollouts)
 
     # the model directories: the policy, and the critic

@@ -87,6 +87,11 @@ def start_metrics(model, evaluate: Callable | None, train: TrainConfig, device: 
     return start
 
 
+def rl_title(algorithm: str, out: Path) -> str:
+    """The plot's title: the algorithm, and the run directory's name when it says more ("grpo: runs/drgrpo")."""
+    return algorithm if out.name == algorithm else f"{algorithm}: {out.name}"
+
+
 def finish_run(result: dict, out: Path, start: dict, monitor: RLMonitor, runner: RewardRunner, names: list[str],
                prompts: int, title: str, plot: bool = True, **extra) -> dict:
     """After the training loop: into result the start metrics (the monitor's step-0 evaluation when this process

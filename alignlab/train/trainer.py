@@ -355,7 +355,7 @@ class Trainer:
         low_peak = False  # said once: the model ran faster than the peak
         if d.main:
             keep_samples(self.out_dir / "samples.jsonl", self.step if resumed else -1)
-            start_note = f"resumed from {self.last_checkpoint} at step {self.step}" if resumed else "from scratch"
+            start_note = f"resumed from {self.last_checkpoint} at step {self.step}" if resumed else "from step 0"
             print(f"training {c.max_steps} steps {start_note}; device {self.device}, world {d.world}"
                   + (f", MFU against a {self.precision.name} peak of {peak / 1e9:.0f} GFLOP/s" if peak else "")
                   + f"\nprecision: {self.precision.why}")
