@@ -371,6 +371,43 @@ def cmd_eval_world(args):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Serving: an OpenAI-compatible server (alignlab/serve)
+
+
+def serve_arguments(p):
+    p.description = ("Serve a model and its LoRA adapters over an OpenAI-compatible HTTP API (/v1/completions, "
+                     "/v1/chat/completions, /v1/models), with a chat page at /.")
+    p.add_argument("model", help="model directory or Hugging Face Hub id")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=DIR",
+                   help="a PEFT adapter to serve as model NAME (repeatable)")
+    p.add_argument("--api-keys", default=None, metavar="FILE",
+                   help='JSON {"KEY": ["model-or-adapter", ...]} ("*" = admin); without it the server is open')
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                   help="the names the base model answers to (default: MODEL as given)")
+    _add_dtype(p)
+    p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together (default 64)")
+    p.add_argument("--max-queue", type=int, default=None,
+                   help="sequences that may wait beyond --max-num-seqs before requests get 429 (default: no limit)")
+
+
+def cmd_serve(args):
+    from alignlab.serve import build_state, serve
+
+    loras = {}
+    for spec in args.lora:
+        name, eq, path = spec.partition("=")
+        if not eq or not name or not path:
+            raise UserError(f"--lora {spec!r}: give NAME=DIR")
+        loras[name] = path
+    model, tokenizer = _load(args.model, args.dtype)
+    state = build_state(model, tokenizer, model_names=args.served_model_name or [args.model], model_path=args.model,
+                        loras=loras, api_keys=args.api_keys, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+    serve(state, host=args.host, port=args.port)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The pipeline and the demo
 
 PIPELINE_EPILOG = """\
@@ -439,6 +476,8 @@ COMMANDS = [
     Command("memory", "memory of a training step: weights, gradients, optimizer, activations", memory_arguments,
             cmd_memory),
     Command("eval-world", "score a chat model on TinyWorld's held-out prompts", eval_world_arguments, cmd_eval_world),
+    Command("serve", "an OpenAI-compatible server with LoRA adapters, tenants and a chat page", serve_arguments,
+            cmd_serve),
     Command("pipeline", "the main job: every stage on TinyWorld, then a report", pipeline_arguments, cmd_pipeline),
     Command("demo", "train a tiny model from scratch on arithmetic and sample from it", demo_arguments, cmd_demo),
 ]

@@ -49,6 +49,8 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings (need a tokenizer)
     seed: int | None = None  # None: drawn from torch's global RNG
     logprobs: bool = False
+    top_logprobs: int = 0  # also the log-probs of the k most likely tokens at each step (raw logits, as logprobs)
+    prompt_logprobs: bool = False  # also log pi(prompt token | the prompt before it); None for the first token
     ignore_eos: bool = False  # do not stop on end-of-sequence ids (benchmarks, fixed-length rollouts)
 
     def __post_init__(self):
@@ -59,6 +61,7 @@ class SamplingParams:
         checks = [(self.max_new_tokens >= 0, "max_new_tokens must be >= 0"),
                   (self.temperature >= 0, "temperature must be >= 0"),
                   (self.top_k >= 0, "top_k must be >= 0"),
+                  (self.top_logprobs >= 0, "top_logprobs must be >= 0"),
                   (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
                   (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
                   (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
@@ -79,7 +82,11 @@ class Completion:
         distribution: log_softmax of the raw logits, i.e. temperature 1 and no top-k/top-p/min-p/penalty,
         whatever the sampling settings were. This is the log-probability RL objectives need; it is not the
         probability of the (processed) distribution the token was drawn from.
-    finish_reason: "stop" or "length".
+    finish_reason: "stop" or "length" ("abort" for a request LLMEngine.abort cancelled).
+    top_logprobs: if params.top_logprobs = k > 0, per generated token the k most likely tokens and their
+        log-probabilities under the same raw distribution, {token id: log-prob}.
+    prompt_logprobs: if params.prompt_logprobs, log pi(prompt[i] | prompt[:i]) for each prompt token, None for the
+        first (nothing predicts it).
     """
 
     token_ids: list[int]
@@ -87,6 +94,8 @@ class Completion:
     logprobs: list[float] | None
     finish_reason: str
     prompt_token_ids: list[int]
+    top_logprobs: list[dict[int, float]] | None = None
+    prompt_logprobs: list[float | None] | None = None
 
 
 class _Request:
@@ -100,6 +109,8 @@ class _Request:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
+        self.top_logprobs: list[dict[int, float]] = []
+        self.prompt_logprobs: list[float | None] | None = None
         self.text: str | None = None
         self.finish_reason: str | None = None
 
@@ -113,6 +124,8 @@ class _Batch:
         p = [r.params for r in rows]
         dev = pos.device
         self.logprobs = any(q.logprobs for q in p)
+        self.top = max(q.top_logprobs for q in p)  # k of the row that wants the most
+        self.top_logprobs: list[dict[int, float]] | None = None  # this step's, when some row wants them
         self.penalty = _param([q.repetition_penalty for q in p], 1.0, dev)
         self.sampled = [i for i, q in enumerate(p) if q.temperature > 0]
         s = [p[i] for i in self.sampled]
@@ -129,6 +142,31 @@ class _Batch:
             mask = None  # the padded rows are gone
         seen = None if self.seen is None else self.seen[idx]
         return _Batch([self.rows[i] for i in idx.tolist()], mask, self.pos[idx], seen)
+
+
+def completion(r: _Request) -> Completion:
+    """A finished request's result, with the log-probs it asked for."""
+    p = r.params
+    return Completion(r.tokens, r.text, r.logprobs if p.logprobs else None, r.finish_reason, r.prompt,
+                      r.top_logprobs if p.top_logprobs else None, r.prompt_logprobs if p.prompt_logprobs else None)
+
+
+def top_logprobs(logits: torch.Tensor, k: int) -> list[dict[int, float]]:
+    """Per row, the k most likely tokens under log_softmax(logits) [B, V] (raw logits), most likely first."""
+    values, ids = logits.float().log_softmax(dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
+    return [dict(zip(i, v)) for i, v in zip(ids.tolist(), values.tolist())]
+
+
+def _prompt_logprobs(rows: list[_Request], logits: torch.Tensor, where: list[int]):
+    """log pi(prompt[i] | prompt[:i]) of the rows that ask, from the prefill's logits [distinct prompts, L, V] of
+    left-padded prompts (row i's prompt is prompt number where[i])."""
+    L = logits.shape[1]
+    for r, j in zip(rows, where):
+        if r.params.prompt_logprobs:
+            P = len(r.prompt)
+            lp = logits[j, L - P:L - 1].float().log_softmax(dim=-1)  # [P - 1, V]: position t predicts token t + 1
+            target = torch.tensor(r.prompt[1:], device=lp.device)
+            r.prompt_logprobs = [None] + lp.gather(1, target[:, None])[:, 0].tolist()
 
 
 def _param(values: list, off, device):
@@ -161,8 +199,7 @@ class Engine:
         requests = self._requests(prompts, params)
         for _ in self._run(requests):
             pass
-        return [Completion(r.tokens, r.text, r.logprobs if r.params.logprobs else None, r.finish_reason,
-                           r.prompt) for r in requests]
+        return [completion(r) for r in requests]
 
     def stream(self, prompt: list[int] | str, params: SamplingParams | None = None) -> Iterator[str]:
         """Yield the completion's text piece by piece; the pieces concatenate to Completion.text.
@@ -266,13 +303,16 @@ class Engine:
         attn = None if mask is None else mask[:, :L]
         order: dict[tuple[int, ...], int] = {}  # each distinct prompt -> its number
         where = [order.setdefault(tuple(r.prompt), len(order)) for r in rows]
+        last_only = not any(r.params.prompt_logprobs for r in rows)  # else every position's logits
         if len(order) == B:
-            logits = self.model(ids, attention_mask=attn, cache=cache, last_only=True)
+            logits = self.model(ids, attention_mask=attn, cache=cache, last_only=last_only)
+            _prompt_logprobs(rows, logits, where)
             return batch, logits[:, -1].float()
         # repeated prompts (n samples of one prompt, GRPO's groups): prefill each in its first row, copy that row
         once = [where.index(j) for j in range(len(order))]  # the first row of each distinct prompt
         logits = self.model(ids[once], attention_mask=None if attn is None else attn[once], cache=cache.rows(once),
-                            last_only=True)
+                            last_only=last_only)
+        _prompt_logprobs(rows, logits, where)
         others = [i for i in range(B) if once[where[i]] != i]
         cache.copy_rows([once[where[i]] for i in others], others)
         return batch, logits[torch.tensor(where, device=dev), -1].float()
@@ -320,6 +360,7 @@ class Engine:
                 tokens[b.sampled_idx] = drawn
         if b.seen is not None:
             b.seen.scatter_(1, tokens[:, None], True)
+        b.top_logprobs = top_logprobs(raw, b.top) if b.top else None
         return tokens, (S.token_logprobs(raw, tokens).tolist() if b.logprobs else None)
 
     def _record(self, batch: _Batch, tokens: list[int], logprobs: list[float] | None) -> int:
@@ -332,6 +373,8 @@ class Engine:
             r.tokens.append(t)
             if logprobs is not None:
                 r.logprobs.append(logprobs[i])
+            if batch.top_logprobs is not None and r.params.top_logprobs:
+                r.top_logprobs.append(dict(list(batch.top_logprobs[i].items())[:r.params.top_logprobs]))
             if t in r.stop_ids:
                 self._finish(r, "stop", drop_last=True)
             elif r.params.stop and self._stop_string(r):

@@ -1,0 +1,77 @@
+"""Tool calls in Hermes' format: the model writes them as tagged JSON, the API returns them as tool_calls.
+
+    model text:  I'll compute it.<tool_call>{"name": "calculator", "arguments": {"expression": "2+3"}}</tool_call>
+    API message: {"content": "I'll compute it.", "tool_calls": [{"id": "call_...", "type": "function",
+                  "function": {"name": "calculator", "arguments": "{\\"expression\\": \\"2+3\\"}"}}]}
+
+The tools themselves reach the model through the chat template (`tools=` of apply_chat_template), which lists
+them in the system turn (Qwen2.5/Hermes: JSON schemas inside <tools></tools>). tool_choice:
+    "none"      the tools are not rendered and the text is returned as it is
+    "auto"      rendered; every <tool_call>...</tool_call> block is parsed out of the reply
+    "required"  as auto, and the reply is started with "<tool_call>" (forced tokens, as nanochat's engine does)
+    a function  the reply is started with '<tool_call>{"name": "NAME", "arguments": ' so only the arguments are
+                left to the model
+A block counts only if its JSON has "name" and "arguments" (vLLM's hermes parser); anything else stays text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+
+from alignlab.serve.protocol import APIError
+
+OPEN, CLOSE = "<tool_call>", "</tool_call>"
+BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+
+def tool_mode(tools: list | None, tool_choice) -> tuple[bool, str]:
+    """(render the tools?, the forced start of the reply) for a request's tools and tool_choice."""
+    if not tools:
+        if tool_choice not in (None, "none", "auto"):
+            raise APIError(400, "tool_choice needs tools", param="tool_choice")
+        return False, ""
+    names = [t.function.name for t in tools]
+    if tool_choice is None or tool_choice == "auto":
+        return True, ""
+    if tool_choice == "none":
+        return False, ""
+    if tool_choice == "required":
+        return True, OPEN
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        if name not in names:
+            raise APIError(400, f"tool_choice names {name!r}, which is not one of the tools {names}",
+                           param="tool_choice")
+        return True, OPEN + '{"name": ' + json.dumps(name) + ', "arguments": '
+    raise APIError(400, f"tool_choice must be none, auto, required or a function, not {tool_choice!r}",
+                   param="tool_choice")
+
+
+def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
+    """(the text before the first call, or None if empty; the calls as the API returns them).
+
+    With no valid call, (text, []). A block the model did not close (it stopped first) is still parsed.
+    """
+    calls = []
+    for m in BLOCK.finditer(text):
+        try:
+            obj = json.loads(m.group(1))
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(obj, dict) or "name" not in obj or "arguments" not in obj:
+            continue
+        args = obj["arguments"]
+        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                      "function": {"name": str(obj["name"]),
+                                   "arguments": args if isinstance(args, str) else json.dumps(args)}})
+    if not calls:
+        return text, []
+    content = text[:text.find(OPEN)].strip()
+    return content or None, calls
+
+
+def held_back(text: str, marker: str = OPEN) -> int:
+    """How many trailing characters of `text` could be the start of `marker` (not streamed yet)."""
+    return max((n for n in range(1, min(len(marker), len(text) + 1)) if text.endswith(marker[:n])), default=0)
