@@ -283,10 +283,35 @@ def stage_eval(run: Run) -> dict:
         print(f"eval dpo vs sft: win rate {w['win_rate_vs_sft']:.1%} (95% CI {w['win_rate_low_vs_sft']:.1%}-"
               f"{w['win_rate_high_vs_sft']:.1%}; {w['wins_vs_sft']} wins, {w['losses_vs_sft']} losses, "
               f"{w['ties_vs_sft']} ties)")
+    if "sft" in evals and "grpo" in evals:  # GRPO's headroom and what it did with it: pass@1 and pass@8 on its levels
+        evals["grpo"]["pass_vs_sft"] = pass_before_after(run, precision.dtype)
     (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
     last = evals[[MODEL_NAMES.get(s.name, s.name) for s in STAGES if s.makes_model and not s.side][-1]]
     return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
 
+
+def pass_before_after(run: Run, dtype) -> dict:
+    """pass@1 (greedy and sampled) and pass@8 of the SFT and GRPO models on GRPO's levels (eval_per_level held-out
+    prompts each), and the paired change in greedy pass@1 with its 95% interval."""
+    from alignlab.eval.winrate import paired_difference
+    from alignlab.eval.world_suite import pass_rates
+    from alignlab.model.hf import load_model
+    from alignlab.text import load_tokenizer
+
+    out, rows = {}, {}
+    for name in ("sft", "grpo"):
+        model_dir = run.model_dir(name)
+        model, tok = load_model(model_dir, dtype=dtype), load_tokenizer(model_dir)
+        out[name], rows[name] = pass_rates(model, tok, run.world, GRPO_LEVELS, run.sizes.eval_per_level,
+                                           k=PASS_K, max_new_tokens=run.sizes.max_new_tokens, seed=run.seed)
+        print(f"eval {name}: levels {GRPO_LEVELS}, pass@1 greedy {out[name]['pass1_greedy']:.1%}, sampled "
+              f"{out[name]['pass1_sampled']:.1%}, pass@{PASS_K} {out[name][f'pass{PASS_K}']:.1%}")
+    change, low, high = paired_difference([r["greedy"] for r in rows["sft"]], [r["greedy"] for r in rows["grpo"]])
+    return {**{f"{name}_{k}": v for name in out for k, v in out[name].items()},
+            "greedy_change": change, "greedy_change_low": low, "greedy_change_high": high}
+
+
+PASS_K = 8  # samples per prompt for pass@k
 
 STAGES = [
     Stage("tokenizer", "a BPE fitted to TinyWorld, and the pretraining text", stage_tokenizer, makes_model=False),

@@ -60,6 +60,10 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     grpo = json.loads((out / "grpo" / "stage.json").read_text())["metrics"]  # before/after on every L3-4 test prompt
     assert grpo["step"] == 8 and 0.0 <= grpo["accuracy_L3_4_after"] <= 1.0 and grpo["held_out_prompts"] > 0
     assert (out / "grpo" / "plots" / "rl.png").exists()
+    p = evals["grpo"]["pass_vs_sft"]  # GRPO's headroom: greedy <= ... pass@1 sampled <= pass@8, on the same prompts
+    for name in ("sft", "grpo"):
+        assert p[f"{name}_pass1_sampled"] <= p[f"{name}_pass8"] and p[f"{name}_prompts"] == 20
+    assert p["greedy_change_low"] <= p["greedy_change"] <= p["greedy_change_high"]
     steps = evals["sft"]["step_errors"]  # every worked step of SFT's replies checked, by kind
     assert steps and all(0 <= wrong <= total for wrong, total in steps.values())
     report_md, report_html = out / "report.md", out / "report.html"
@@ -68,6 +72,7 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     assert "format rate" in md and "| base | sft | sft (LoRA) | dpo | grpo |" in md.replace("| metric ", "")
     assert "SFT stage: full parameters. Held-out accuracy" in md and "DPO vs SFT: win rate" in md
     assert "GRPO from SFT, levels 3-4: held-out accuracy" in md and "](grpo/plots/rl.png)" in md
+    assert "pass@k on levels 3-4 (20 held-out prompts, 8 samples each" in md and "paired 95% interval" in md
     assert "Worked steps wrong, by kind" in md
     assert "win rate vs sft" in md
     assert "data:image/png;base64," in page and (out / "plots" / "metrics.png").exists()

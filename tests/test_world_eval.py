@@ -242,3 +242,16 @@ def test_step_errors_check_every_worked_step_by_kind():
             "<think>8 * 24 = 192\n40 - 13 = 27\n12 + 3 = 15</think>\nAnswer: 15", "no steps here"]
     assert step_errors(outs) == {"+ no carry": [0, 1], "+ carry": [1, 1], "- borrow": [0, 2], "*": [0, 1]}
     assert step_errors([]) == {}
+
+
+def test_paired_difference():
+    """The change of a rate on the same prompts, with the paired (McNemar) interval."""
+    from alignlab.eval.winrate import paired_difference
+
+    before, after = [True, True, False, False], [True, False, True, True]  # 2 gained, 1 lost, of 4
+    d, low, high = paired_difference(before, after)
+    se = (3 - 1 / 4) ** 0.5 / 4
+    assert d == 0.25 and abs(low - (0.25 - 1.96 * se)) < 1e-12 and abs(high - (0.25 + 1.96 * se)) < 1e-12
+    assert paired_difference([True] * 10, [True] * 10) == (0.0, 0.0, 0.0)  # nothing changed: no doubt
+    with pytest.raises(ValueError):
+        paired_difference([True], [True, False])

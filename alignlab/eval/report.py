@@ -180,7 +180,22 @@ def stage_notes(stages: dict[str, dict], evals: dict[str, dict], per_level: int,
         notes.append(dpo_summary(evals["dpo"], evals["sft"], stages.get("dpo")))
     if "grpo" in stages:
         notes.append(grpo_summary(stages["grpo"], per_level, grpo_levels))
+    if "pass_vs_sft" in evals.get("grpo", {}):
+        notes.append(pass_summary(evals["grpo"]["pass_vs_sft"], grpo_levels))
     return notes
+
+
+def pass_summary(p: dict, levels: tuple[int, ...]) -> str:
+    """GRPO's headroom (pass@k above pass@1 before) and what it made of it, with the change's paired interval."""
+    k = p["sft_k"]
+    noise = ("the interval includes 0: within noise" if p["greedy_change_low"] <= 0 <= p["greedy_change_high"]
+             else "the interval excludes 0")
+    return (f"pass@k on levels {'-'.join(map(str, levels))} ({p['sft_prompts']} held-out prompts, {k} samples each at "
+            f"temperature 1): SFT pass@1 {p['sft_pass1_greedy']:.1%} greedy, {p['sft_pass1_sampled']:.1%} sampled, "
+            f"pass@{k} {p[f'sft_pass{k}']:.1%}; after GRPO {p['grpo_pass1_greedy']:.1%}, "
+            f"{p['grpo_pass1_sampled']:.1%} and {p[f'grpo_pass{k}']:.1%}. RL can raise pass@1 toward pass@{k}, not "
+            f"past it. Greedy pass@1 changed by {100 * p['greedy_change']:+.1f} points (paired 95% interval "
+            f"{100 * p['greedy_change_low']:+.1f} to {100 * p['greedy_change_high']:+.1f}; {noise}).")
 
 
 def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:

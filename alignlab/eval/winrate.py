@@ -17,6 +17,7 @@ Evals" (Miller 2024, arXiv:2411.00640) for reporting them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -103,3 +104,20 @@ def compare_models(judge: Judge, prompts: Sequence[Prompt], records: Sequence[di
         rows.append({"id": (r or {}).get("id", i), "question": question_text(p), "answer_a": a, "answer_b": b,
                      "outcome": res.outcome, "agreed": res.agreed, "first": res.first, "second": res.second})
     return win_rate(results, n_boot, seed), rows
+
+
+def paired_difference(before: Sequence[bool], after: Sequence[bool], z: float = 1.96) -> tuple[float, float, float]:
+    """The change in a rate measured on the same prompts twice (before and after training), with a 95% interval.
+
+    With b prompts right only after and c right only before, out of n, the change is (b - c) / n, and its
+    standard error (the paired, McNemar-style normal approximation) sqrt(b + c - (b - c)^2 / n) / n. Pairing
+    matters: most prompts stay right or stay wrong, so the interval is much narrower than two independent
+    rates' would be. Returns (change, low, high)."""
+    if len(before) != len(after) or not before:
+        raise ValueError("paired_difference needs two equally long, non-empty lists")
+    n = len(before)
+    b = sum(1 for x, y in zip(before, after) if y and not x)
+    c = sum(1 for x, y in zip(before, after) if x and not y)
+    d = (b - c) / n
+    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
+    return d, d - z * se, d + z * se

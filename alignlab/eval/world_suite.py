@@ -91,6 +91,35 @@ def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, saf
     return metrics, rows
 
 
+@torch.no_grad()
+def pass_rates(model, tokenizer, world, levels: Sequence[int], per_level: int | None = None, k: int = 8,
+               max_new_tokens: int = 128, seed: int = 0) -> tuple[dict, list[dict]]:
+    """How often a model solves held-out problems greedily, and how often one of k samples (temperature 1) does:
+
+        pass@1 (greedy)   the share of prompts answered right by the greedy reply (what the accuracy table reports)
+        pass@1 (sampled)  the mean share of right answers among k samples: c / k averaged over prompts
+        pass@k            the share of prompts with at least one right sample (Chen et al. 2021, arXiv:2107.03374,
+                          with n = k samples, where the unbiased estimator 1 - C(n - c, k) / C(n, k) is [c > 0])
+
+    RL with a verifiable reward turns what a model sometimes does into what it usually does: it can raise pass@1
+    toward pass@k, not beyond what the samples ever reach, so pass@k well above pass@1 is the headroom it has.
+    Returns the three rates and a row per prompt ({"id", "level", "greedy": bool, "right": c}), for paired
+    comparisons of two models on the same prompts."""
+    records = [r for level in check_levels(levels) for r in world.rl_prompts("test", level=level)[:per_level]]
+    prompts = [r["prompt"] for r in records]
+    greedy = generate_replies(model, tokenizer, prompts, max_new_tokens, seed=seed)
+    sampled = generate_replies(model, tokenizer, [p for p in prompts for _ in range(k)], max_new_tokens,
+                               temperature=1.0, seed=seed)
+    rows = []
+    for i, r in enumerate(records):
+        right = sum(tw.is_correct(out, r["answer"]) for out in sampled[i * k:(i + 1) * k])
+        rows.append({"id": r["id"], "level": r["level"], "greedy": tw.is_correct(greedy[i], r["answer"]),
+                     "right": right})
+    rates = {"pass1_greedy": _mean(r["greedy"] for r in rows), "pass1_sampled": _mean(r["right"] / k for r in rows),
+             f"pass{k}": _mean(r["right"] > 0 for r in rows), "k": k, "prompts": len(rows)}
+    return rates, rows
+
+
 def _mean(xs) -> float:
     xs = [float(x) for x in xs]
     return sum(xs) / len(xs) if xs else float("nan")
