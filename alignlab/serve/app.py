@@ -204,6 +204,17 @@ def _engine_error(e: Exception) -> APIError:
 
 # --- the app -------------------------------------------------------------------------------------------------------
 
+async def _complete(request: Request, state: ServerState, prompts, params, adapter, reservation):
+    """Every prompt's completion, or a Response when the client left first; the engine's errors as 4xx; the
+    queue slots released either way."""
+    try:
+        return await _unless_disconnected(request, _gather(state, prompts, params, adapter))
+    except (UserError, ValueError, RuntimeError) as e:
+        raise _engine_error(e) from None
+    finally:
+        reservation.release()
+
+
 def create_app(state: ServerState) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -300,12 +311,7 @@ def create_app(state: ServerState) -> FastAPI:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             gen = S.chat_stream(state, meta, ids, params, adapter, forced, parse, body.logprobs, top, include_usage)
             return _Stream(gen, reservation.release)
-        try:
-            choices = await _unless_disconnected(request, _gather(state, [ids] * body.n, params, adapter))
-        except (UserError, ValueError, RuntimeError) as e:
-            raise _engine_error(e) from None
-        finally:
-            reservation.release()
+        choices = await _complete(request, state, [ids] * body.n, params, adapter, reservation)
         if isinstance(choices, Response):
             return choices
         out = []
@@ -356,12 +362,7 @@ def create_app(state: ServerState) -> FastAPI:
             gen = S.completion_stream(state, meta, prompts, seqs, params, adapter, body.n, echoed, want_lp, top,
                                      include_usage)
             return _Stream(gen, reservation.release)
-        try:
-            choices = await _unless_disconnected(request, _gather(state, seqs, params, adapter))
-        except (UserError, ValueError, RuntimeError) as e:
-            raise _engine_error(e) from None
-        finally:
-            reservation.release()
+        choices = await _complete(request, state, seqs, params, adapter, reservation)
         if isinstance(choices, Response):
             return choices
         pieces, out = R.Pieces(tok), []
