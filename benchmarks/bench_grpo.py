@@ -1,7 +1,7 @@
 """GRPO step throughput: alignlab's GRPO recipe vs trl's GRPOTrainer, same random Llama, same prompts, fp32 and bf16.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_grpo.py [--dtype fp32,bf16] [--steps 13] [--prompts 4] [--G 8]
-                                                      [--completion 64] [--quick]
+                                                      [--completion 64] [--engine static|paged] [--quick]
 
 What is compared. TinyWorld's verifiable arithmetic prompts (alignlab.data.world.TinyWorld(seed=0).rl_prompts(
 "train", level=--level)): conversational prompt-only records {"prompt": [system, user], "answer", "level", "id"},
@@ -15,7 +15,8 @@ each dtype of --dtype, each step = one rollout batch of --prompts prompts x --G 
 of them:
 
     trl       GRPOTrainer (use_vllm=False: transformers' generate with the KV cache, then _compute_loss)
-    alignlab  alignlab.recipes.grpo.run (alignlab's Engine, one batched call, then grpo_loss in the shared Trainer)
+    alignlab  alignlab.recipes.grpo.run (alignlab's Engine, one batched call, or LLMEngine with --engine paged;
+              then grpo_loss in the shared Trainer)
 
 Fairness. The same work a step on both sides:
   * prompts: B = --prompts a step (trl: per_device_train_batch_size = B x G completions, gradient_accumulation_steps
@@ -229,7 +230,7 @@ def alignlab_config(model_dir: str, args, out: str, dtype: str) -> grpo.GRPOConf
     rollout = RolloutConfig(data=f"tinyworld:rl:{args.level}", num_generations=args.G, prompts_per_step=args.prompts,
                             max_prompt_len=1024, max_completion_length=args.completion, temperature=1.0, top_p=1.0,
                             top_k=0, reward_funcs={"bench_grpo:length_reward": 1.0}, allow_custom_rewards=True,
-                            eval_prompts=0)
+                            eval_prompts=0, engine=args.engine or RolloutConfig.engine)
     return grpo.GRPOConfig(
         out_dir=out, model=model_dir, algorithm="grpo", rollout=rollout, loss_type="dapo", scale_rewards="group",
         epsilon=0.2, beta=0.0, num_iterations=1, mask_truncated_completions=False, dynamic_sampling=False,
@@ -344,6 +345,8 @@ def main():
     ap.add_argument("--level", type=int, default=3, help="TinyWorld level of the prompts")
     ap.add_argument("--lr", type=float, default=1e-6)
     ap.add_argument("--model", choices=tuple(MODELS), default="5M")
+    ap.add_argument("--engine", choices=("static", "paged"), default=None,
+                    help="alignlab's rollout engine (rollout.engine; default: RolloutConfig's)")
     ap.add_argument("--threads", type=int, default=2)
     add_dtype_argument(ap)
     ap.add_argument("--idle-wait", type=float, default=60.0, help="seconds to wait for idle CPUs before each run")
@@ -480,7 +483,7 @@ def main():
                          if "grad_rel_err_fp32_vs_trl" in s0 else {})}
                   for d, s0 in step0.items()},
         "cpu": capability(), "steps": args.steps, "warmup": w, "prompts": B, "G": G, "completion": C,
-        "threads": torch.get_num_threads(), "model": args.model,
+        "threads": torch.get_num_threads(), "model": args.model, "engine": args.engine or RolloutConfig.engine,
     }
     if not all(math.isfinite(v) for v in (*ratio.values(), *(x for sp in split.values() for x in sp.values()))):
         raise SystemExit("non-finite timing")

@@ -12,6 +12,8 @@ optimizer steps on it (`grpo_step`):
                engine call with the KV cache, eval mode, no gradients, the policy's own weights. Seeds are fixed
                per (rollout, completion), so a resumed run samples what the first did. Completions without EOS are
                flagged truncated (mask_truncated_completions=true leaves them out of the loss, DAPO's filter).
+               rollout.backend=server (method=lora): from an OpenAI-compatible server instead, the policy's adapter
+               pushed to it before each rollout batch (alignlab/rl/remote.py); held-out evaluation stays local.
 3. rewards     every function of rollout.reward_funcs on every completion, through RewardRunner: one that raises,
                hangs past reward_timeout_s or returns the wrong length is warned about once, counted and gives
                None; the total is the weighted sum of the parts that are not None (trl's rule), NaN when all are.
@@ -73,6 +75,7 @@ from alignlab.rl.collect import (
     rollout_seeds,
 )
 from alignlab.rl.monitor import AlarmConfig, RLMonitor
+from alignlab.rl.remote import server_rollouts
 from alignlab.rl.rollout import completion_logps
 from alignlab.rl.run import (
     finish_run,
@@ -142,7 +145,7 @@ def check(cfg: GRPOConfig) -> str:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
     if not cfg.model:
         raise ConfigError("model: the model directory to start from is not set (model=path/to/model)")
-    cfg.rollout.check()
+    cfg.rollout.check(cfg.method)
     r = cfg.rollout
     if r.num_generations < 2:
         raise ConfigError(f"rollout.num_generations must be >= 2 (a group needs a baseline), got {r.num_generations}")
@@ -252,11 +255,12 @@ def run(cfg: GRPOConfig, resume: bool = False, train_records: list[dict] | None 
     monitor = RLMonitor(cfg.alarms, warn=tqdm.write)
     autocast = autocast_for(cfg.train.dtype, device)
     need_old = cfg.num_iterations > 1 or (cfg.algorithm == "rloo" and cfg.beta != 0)
+    remote = server_rollouts(r, tok, cfg.model, warn=tqdm.write)  # None: rollouts in this process
 
     def rollout_batch(indices: list[int], index: int) -> RolloutBatch:
         seeds = rollout_seeds(cfg.train.seed, index, len(indices) * r.num_generations)
         return collect_rollouts(model, tok, prompts, indices, r, runner, names, reference, seeds, tok.padding_id,
-                                need_old, advantages_rule(cfg), autocast)
+                                need_old, advantages_rule(cfg), autocast, remote)
 
     sampler = EpochSampler(len(prompts.records), r.prompts_per_step, cfg.train.seed, what="prompts")
     data = RolloutBuffer(rollout_batch, sampler, runner, monitor, device, parts=cfg.train.grad_accum,
@@ -270,7 +274,11 @@ def run(cfg: GRPOConfig, resume: bool = False, train_records: list[dict] | None 
     trainer = Trainer(cfg.train, model, data, grpo_step(cfg), out, evaluate=evaluate, sample=sample,
                       weight_fn=grpo_weight(cfg), run_config=asdict(cfg), step_metrics=data.step_metrics)
     start = start_metrics(model, evaluate, cfg.train, device, out, resume)
-    result = trainer.fit(resume=resume)
+    try:
+        result = trainer.fit(resume=resume)
+    finally:
+        if remote is not None:
+            remote.close()
     finish_run(result, out, start, monitor, runner, names, len(prompts.records), title=rl_title(cfg.algorithm, out),
                plot=cfg.train.plot)
 

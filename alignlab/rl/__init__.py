@@ -2,8 +2,11 @@
 
     collect.py   RolloutConfig (the `rollout:` block of every RL config), load_prompt_sets, collect_rollouts: one
                  rollout batch in order -- prompts -> generate -> score -> old/reference log-probs -> advantages
-    rollout.py   generate_rollouts (G completions per prompt, one batched engine call), completion_logps (per-token
-                 log-probs and entropies from one training forward, the head chunked), rollout_logps (pi_old, pi_ref)
+    rollout.py   generate_rollouts (G completions per prompt, one batched engine call: static or paged),
+                 completion_logps (per-token log-probs and entropies from one training forward, the head chunked),
+                 rollout_logps (pi_old, pi_ref)
+    remote.py    ServerRollouts: the same rollouts from an OpenAI-compatible server, the LoRA policy pushed to it
+                 through /v1/load_lora_adapter every rollout batch (rollout.backend=server)
     buffer.py    RolloutBuffer: the Trainer's data, micro-batches of the current rollout batch, exact resume
     monitor.py   RLMonitor and check_alarms: reward hacking, length growth, KL blow-up, entropy collapse and
                  zero-variance batches, from the metric history; plot_rl_curves

@@ -6,10 +6,14 @@
                                       rollout.completion_mask, temperature=1.0, entropy=True)
 
 1. generate   every prompt is repeated G times next to itself (trl's repeat_interleave order: rows i*G .. i*G+G-1
-              answer prompt i), and all B*G requests go to `alignlab.infer.Engine` in ONE call: one prefill, then
-              one batched decode step per token with the KV cache, each request drawing from its own seeded
-              generator (so a completion does not depend on its neighbours, and a resumed run redraws the same
-              ones). The model is in eval mode under no_grad; the weights are the policy's own (no copy).
+              answer prompt i), and all B*G requests go to one engine call, each request drawing from its own
+              seeded generator (so a completion does not depend on its neighbours or on the engine, and a resumed
+              run redraws the same ones). The model is in eval mode under no_grad; the weights are the policy's
+              own (no copy). engine="static": `alignlab.infer.Engine`, one padded prefill of all B*G rows, then
+              one batched decode step per token. engine="paged": `alignlab.infer.LLMEngine` over a paged KV cache,
+              where the G requests of a prompt share its blocks (the prompt runs once, its followers fork its
+              block table) and finished rows leave the batch; a fresh engine per call, since the weights change
+              between rollouts and cached blocks would hold the old policy's keys and values.
 2. tensors    sequence = prompt + completion, right-padded: input_ids [N, T] needs no attention mask (attention
               is causal, so padding at the end changes nothing before it). completion_ids [N, C] and
               completion_mask [N, C]: 1 on every generated token up to and including the end-of-sequence token
@@ -36,7 +40,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.infer import Engine, SamplingParams
+from alignlab.infer import Completion, Engine, LLMEngine, SamplingParams
 from alignlab.model.kv_cache import SharedPrefix
 from alignlab.objectives.logprobs import chunked_token_logps
 from alignlab.train.trainer import unwrap
@@ -70,17 +74,23 @@ class Rollout:
                 "prompt_index": self.prompt_index}
 
 
+ENGINES = ("static", "paged")
+
+
 @torch.no_grad()
 def generate_rollouts(model, tokenizer, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,
-                      seeds: list[int], pad_id: int, autocast=None) -> Rollout:
+                      seeds: list[int], pad_id: int, autocast=None, engine: str = "static") -> Rollout:
     """G = num_generations completions of each prompt (token ids), sampled with `params` in one batched engine call.
 
     seeds: one per completion (len B * G), in the rows' order; params.seed is ignored. autocast: a context manager
-    to generate under (bf16 on CUDA), or None.
+    to generate under (bf16 on CUDA), or None. engine: static | paged (the module docstring); the same seeds give
+    the same tokens on both.
     """
     G = num_generations
     if len(seeds) != len(prompt_ids) * G:
         raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} prompts x {G} generations")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -88,28 +98,47 @@ def generate_rollouts(model, tokenizer, prompt_ids: list[list[int]], num_generat
     requests = [SamplingParams(**{**params.__dict__, "seed": int(s)}) for s in seeds]
     try:
         with autocast or contextlib.nullcontext():
-            outs = Engine(model, tokenizer).generate(repeated, requests)
+            if engine == "static":
+                outs = Engine(model, tokenizer).generate(repeated, requests)
+            else:
+                outs = paged_engine(model, tokenizer, prompt_ids, G, params).generate(repeated, requests)
     finally:
         model.train(was_training)
-    seconds = time.perf_counter() - start
+    device = next(model.parameters()).device
+    return make_rollout(repeated, outs, G, pad_id, device, time.perf_counter() - start)
 
+
+def paged_engine(model, tokenizer, prompt_ids: list[list[int]], G: int, params: SamplingParams) -> LLMEngine:
+    """An LLMEngine sized for one rollout batch: all B*G rows at once, every prompt prefilled in one step, and
+    blocks for each prompt once plus each row's completion (and the copy of a shared last prompt block it writes
+    into), so nothing is preempted. No prefix cache: the next rollout runs other weights."""
+    bs = 16
+    blocks = sum(-(-len(p) // bs) + G * (-(-params.max_new_tokens // bs) + 1) for p in prompt_ids)
+    return LLMEngine(model, tokenizer, block_size=bs, num_blocks=blocks, max_num_seqs=len(prompt_ids) * G,
+                     max_num_batched_tokens=max(512, sum(map(len, prompt_ids)) + len(prompt_ids) * G),
+                     enable_prefix_caching=False)
+
+
+def make_rollout(prompts: list[list[int]], outs: list[Completion], G: int, pad_id: int, device: torch.device,
+                 seconds: float) -> Rollout:
+    """The Rollout of N = B * G completions `outs` of `prompts` (one per row, the G of a prompt next to each other):
+    token ids, text and finish reason ("length": truncated) are what is read."""
     N = len(outs)
     C = max(1, max(len(o.token_ids) for o in outs))
-    T = max(len(p) + len(o.token_ids) for p, o in zip(repeated, outs))
+    T = max(len(p) + len(o.token_ids) for p, o in zip(prompts, outs))
     input_ids = torch.full((N, T), pad_id, dtype=torch.long)
     completion_ids = torch.full((N, C), pad_id, dtype=torch.long)
     completion_mask = torch.zeros(N, C)
-    for i, (p, o) in enumerate(zip(repeated, outs)):
+    for i, (p, o) in enumerate(zip(prompts, outs)):
         seq = p + o.token_ids
         input_ids[i, :len(seq)] = torch.tensor(seq)
         if o.token_ids:
             completion_ids[i, :len(o.token_ids)] = torch.tensor(o.token_ids)
             completion_mask[i, :len(o.token_ids)] = 1.0
-    device = next(model.parameters()).device
-    return Rollout(input_ids=input_ids.to(device), prompt_lens=torch.tensor([len(p) for p in repeated], device=device),
+    return Rollout(input_ids=input_ids.to(device), prompt_lens=torch.tensor([len(p) for p in prompts], device=device),
                    completion_ids=completion_ids.to(device), completion_mask=completion_mask.to(device),
                    truncated=torch.tensor([o.finish_reason == "length" for o in outs], device=device),
-                   prompt_index=torch.arange(len(prompt_ids), device=device).repeat_interleave(G),
+                   prompt_index=torch.arange(N // G, device=device).repeat_interleave(G),
                    texts=[o.text or "" for o in outs], seconds=seconds)
 
 

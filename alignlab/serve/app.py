@@ -360,12 +360,12 @@ def create_app(state: ServerState) -> FastAPI:
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             gen = S.completion_stream(state, meta, prompts, seqs, params, adapter, body.n, echoed, want_lp, top,
-                                     include_usage)
+                                     include_usage, body.return_tokens_as_token_ids)
             return _Stream(gen, reservation.release)
         choices = await _complete(request, state, seqs, params, adapter, reservation)
         if isinstance(choices, Response):
             return choices
-        pieces, out = R.Pieces(tok), []
+        pieces, out = R.Pieces(tok, body.return_tokens_as_token_ids), []
         for k, c in enumerate(choices):
             p = k // body.n
             text, lp = c.text, None

@@ -72,6 +72,7 @@ class CompletionRequest(_Sampling):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = None
+    return_tokens_as_token_ids: bool = False  # vLLM's: log-prob tokens spelled "token_id:<id>" (exact ids for RL)
 
 
 class FunctionCall(_Body):

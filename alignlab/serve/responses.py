@@ -40,12 +40,15 @@ SSE_DONE = "data: [DONE]\n\n"
 
 
 class Pieces:
-    """Token ids -> their strings, cached (each token decoded alone)."""
+    """Token ids -> their strings, cached (each token decoded alone); with as_ids, vLLM's "token_id:<id>" instead
+    (return_tokens_as_token_ids: a client that must know the exact sampled ids, such as an RL trainer, reads them)."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer, self.cache = tokenizer, {}
+    def __init__(self, tokenizer, as_ids: bool = False):
+        self.tokenizer, self.cache, self.as_ids = tokenizer, {}, as_ids
 
     def __call__(self, i: int) -> str:
+        if self.as_ids:
+            return f"token_id:{i}"
         s = self.cache.get(i)
         if s is None:
             s = self.cache[i] = self.tokenizer.decode([i])

@@ -77,8 +77,8 @@ async def chat_stream(state, meta, ids, params, adapter, forced, parse, logprobs
 
 
 async def completion_stream(state, meta, prompts, seqs, params, adapter, n, echoed, want_lp, top,
-                             include_usage):
-    tok, pieces = state.tokenizer, R.Pieces(state.tokenizer)
+                             include_usage, as_ids: bool = False):
+    tok, pieces = state.tokenizer, R.Pieces(state.tokenizer, as_ids)
     streams = [R.TextStream(tok, p.stop) for p in params]
 
     def chunk(k, text, finish=None, lp=None):
