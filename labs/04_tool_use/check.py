@@ -1,0 +1,224 @@
+"""Grade Lab 04's serving exercises (labs/04_tool_use/exercises.py).
+
+    python labs/04_tool_use/check.py                    # every exercise: PASS, FAIL (with why) or TODO
+    python labs/04_tool_use/check.py 1 4                # some of them
+    python labs/04_tool_use/check.py --module my.py     # grade another file with the same functions
+
+Each check runs the same operations through alignlab's paged KV cache (alignlab/infer/paged.py) or multi-LoRA
+kernels (alignlab/lora/multi_kernels.py) and compares, or compares with values computed by hand. The exit status
+is 0 when every selected exercise passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import random
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+from alignlab.infer.paged import BlockTable, PagedKVCache
+from alignlab.lora.multi_kernels import lora_bmm, lora_sgmv, segments
+
+HERE = Path(__file__).parent
+
+
+def paged_cache(num_blocks: int, block_size: int) -> PagedKVCache:
+    """A pool with the smallest tensors: only its block bookkeeping matters here."""
+    return PagedKVCache(n_layers=1, n_kv_heads=1, head_dim=1, num_blocks=num_blocks, block_size=block_size)
+
+
+def expect(got, want, what: str) -> None:
+    if got != want:
+        raise AssertionError(f"{what}: got {got!r}, expected {want!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The checks, one per exercise
+
+
+def check_1(ex) -> str:
+    by_hand = [([], 16, (0, 0)), ([0], 16, (0, 0)), ([1], 16, (1, 15)), ([16], 16, (1, 0)), ([17], 16, (2, 15)),
+               ([5, 16, 17, 33, 40], 16, (10, 49)), ([100, 3], 8, (14, 9))]
+    for lengths, bs, want in by_hand:
+        expect(tuple(ex.blocks_and_waste(lengths, bs)), want, f"blocks_and_waste({lengths}, {bs})")
+    g = random.Random(1)
+    for bs in (1, 4, 16, 32):
+        lengths = [g.randint(0, 300) for _ in range(12)]
+        cache = paged_cache(4096, bs)
+        live = []
+        for n in lengths:
+            table = BlockTable()
+            assert cache.reserve(table, 0, n)
+            live.append((table, n))
+        s = cache.stats(live)
+        expect(tuple(ex.blocks_and_waste(lengths, bs)), (s["used"], s["wasted"]),
+               f"blocks_and_waste({lengths}, {bs}) against PagedKVCache.stats")
+    cases = [(40, 8, 0, 16, 3), (40, 8, 1, 16, 10), (32, 8, 1, 16, 10), (40, 1, 30, 16, 5), (40, 4, 30, 16, 14)]
+    for P, n, new, bs, want in cases:
+        expect(ex.blocks_with_sharing(P, n, new, bs), want, f"blocks_with_sharing({P}, {n}, {new}, {bs})")
+    for _ in range(40):
+        P, n, new, bs = g.randint(1, 90), g.randint(1, 9), g.randint(0, 40), g.choice([2, 4, 16])
+        cache = paged_cache(4096, bs)
+        first = BlockTable()
+        cache.reserve(first, 0, P)
+        tables = [first] + [cache.fork(first) for _ in range(n - 1)]
+        for t in tables:
+            assert cache.reserve(t, P, P + new)
+        expect(ex.blocks_with_sharing(P, n, new, bs), cache.stats()["used"],
+               f"blocks_with_sharing({P}, {n}, {new}, {bs}) against PagedKVCache (fork, then reserve)")
+    return "by hand and against PagedKVCache on random lengths, block sizes and sample counts"
+
+
+def check_2(ex) -> str:
+    details = []
+    for P, bs in ((10, 4), (8, 4), (40, 16)):
+        n, steps = 5, 9
+        pool, cache = ex.ToyPool(64, bs), paged_cache(64, bs)
+        prompt = list(range(100, 100 + P))
+        table, ref = [], BlockTable()
+        for i, tok in enumerate(prompt):
+            before = list(table)
+            ex.append(pool, table, i, tok)
+            if table[:len(before)] != before:
+                raise AssertionError(f"block size {bs}: appending to a sequence nobody shares changed its table "
+                                     f"{before} -> {table} (write in place; copy only a shared block)")
+        cache.reserve(ref, 0, P)
+        expect(pool.read(table, P), prompt, f"block size {bs}: the prompt read back")
+        expect(len(pool.refs) - len(pool.free), cache.stats()["used"], f"block size {bs}: blocks after the prompt")
+        tables, refs = [table] + [ex.fork(pool, table) for _ in range(n - 1)], [ref] + [cache.fork(ref)
+                                                                                          for _ in range(n - 1)]
+        expect(len(pool.refs) - len(pool.free), cache.stats()["used"], f"block size {bs}: blocks after {n - 1} forks")
+        shared = sorted(pool.refs[b] for b in table)
+        expect(shared, [n] * len(table), f"block size {bs}: reference counts of the prompt's blocks after the forks")
+        own = [[] for _ in range(n)]
+        for step in range(steps):
+            for s in range(n):
+                tok = 1000 * (s + 1) + step
+                ex.append(pool, tables[s], P + step, tok)
+                own[s].append(tok)
+                cache.reserve(refs[s], P + step, P + step + 1)
+                expect(len(pool.refs) - len(pool.free), cache.stats()["used"],
+                       f"prompt {P}, block size {bs}: blocks in use after sample {s} wrote token {step + 1}")
+        for s in range(n):
+            got = pool.read(tables[s], P + steps)
+            if got != prompt + own[s]:
+                raise AssertionError(f"prompt {P}, block size {bs}: sample {s} reads {got}, expected its prompt then "
+                                     f"its own tokens {prompt + own[s]} (did a write go into a shared block?)")
+        details.append(f"{P}/{bs}: {cache.stats()['used']} blocks")
+        for s in range(n):
+            ex.free(pool, tables[s])
+            if tables[s]:
+                raise AssertionError("free() must empty the table")
+        if any(pool.refs) or len(pool.free) != len(pool.refs):
+            raise AssertionError(f"after every sequence is freed the pool is not whole: refs {pool.refs}, "
+                                 f"{len(pool.free)} of {len(pool.refs)} blocks free")
+    return ("prompt, 4 forks, 9 divergent tokens each; block counts equal PagedKVCache's at every write "
+            f"({'; '.join(details)}), each sample reads its own tokens, the pool whole at the end")
+
+
+def check_3(ex) -> str:
+    g = torch.Generator().manual_seed(3)
+    n_in, n_out = 24, 20
+    for ranks, N, base_frac in (([4, 8, 2], 30, 0.2), ([8] * 5 + [16], 64, 0.0), ([4, 0, 6], 17, 0.5), ([3], 5, 1.0)):
+        S, r_max = len(ranks), max(max(ranks), 1)
+        A = torch.randn(S, r_max, n_in, generator=g, dtype=torch.float64)
+        B = torch.randn(S, n_out, r_max, generator=g, dtype=torch.float64)
+        A0, B0 = A.clone(), B.clone()
+        for s, r in enumerate(ranks):  # MultiLora's stacking: zeros past each rank
+            A0[s, r:], B0[s, :, r:] = 0, 0
+        scaling = [0.5 + s for s in range(S)]
+        index = torch.randint(0, S, (N,), generator=g)
+        index[torch.rand(N, generator=g) < base_frac] = -1
+        x = torch.randn(N, n_in, generator=g, dtype=torch.float64)
+        got = torch.as_tensor(ex.sgmv_by_hand(x, A, B, scaling, ranks, index), dtype=torch.float64)
+        want = lora_sgmv(x, A, B, scaling, ranks, segments(index))
+        what = f"ranks {ranks}, {N} tokens, {int((index < 0).sum())} base tokens"
+        if got.shape != want.shape:
+            raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+        if not torch.allclose(got, want, atol=1e-9):
+            i = int((got - want).abs().max(1).values.argmax())
+            raise AssertionError(f"{what}: token {i} (slot {int(index[i])}) differs from lora_sgmv; "
+                                 "does your code read A and B past each adapter's rank?")
+        zeroed = torch.tensor(scaling, dtype=torch.float64).masked_fill(torch.tensor(ranks) == 0, 0.0)
+        bmm = lora_bmm(x, A0, B0, zeroed, index)
+        if not torch.allclose(got, bmm, atol=1e-9):
+            raise AssertionError(f"{what}: differs from lora_bmm on the zero-padded weights")
+    return "four mixes (base tokens, an untargeted slot, one adapter); equal to lora_sgmv and to lora_bmm"
+
+
+def check_4(ex) -> str:
+    g = random.Random(4)
+    for bs in (4, 16):
+        for length in (0, bs - 1, bs, 3 * bs + 1, 5 * bs):
+            tokens = [g.randrange(1000) for _ in range(length)]
+            for adapter in (None, "sql"):
+                cache, table = paged_cache(64, bs), BlockTable()
+                cache.reserve(table, 0, length)
+                cache.commit(table, tokens, length, adapter)
+                expect(list(ex.block_hashes(tokens, bs, adapter)), table.hashes,
+                       f"block_hashes of {length} tokens, block size {bs}, adapter {adapter!r}")
+    bs = 16
+    first = [g.randrange(1000) for _ in range(80)]
+    cache, table = paged_cache(64, bs), BlockTable()
+    cache.reserve(table, 0, len(first))
+    cache.commit(table, first, len(first), "sql")
+    cache.free(table)  # its blocks stay cached at reference count 0
+    cached = set(cache.pool.block_of)
+    swap = list(first)
+    swap[20] = -1  # block 1 differs, block 2 is the same tokens: the chain breaks at block 1
+    cases = {"the same prompt": (first, "sql"), "the first 48 tokens, then others": (first[:48] + [1] * 20, "sql"),
+             "exactly 32 tokens of it": (first[:32], "sql"), "33 tokens of it": (first[:33], "sql"),
+             "another adapter": (first, None), "block 1 changed": (swap, "sql"), "nothing": ([], "sql")}
+    for what, (tokens, adapter) in cases.items():
+        t = BlockTable()
+        want = cache.match_prefix(t, tokens, adapter)
+        cache.free(t)
+        expect(ex.cached_prefix(tokens, cached, bs, adapter), want, f"cached_prefix: {what}")
+    return "hash chains with and without an adapter; seven prompts against PagedKVCache.match_prefix"
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4}
+
+
+def load_module(path: Path):
+    spec = importlib.util.spec_from_file_location("lab04_exercises", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Grade Lab 04's serving exercises.")
+    p.add_argument("exercises", nargs="*", type=int, help=f"exercise numbers (default: all of {sorted(CHECKS)})")
+    p.add_argument("--module", type=Path, default=HERE / "exercises.py", help="the file to grade")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    ex = load_module(args.module)
+    failed = 0
+    for n in args.exercises or sorted(CHECKS):
+        if n not in CHECKS:
+            print(f"exercise {n}: no such exercise (1 to {max(CHECKS)})")
+            failed += 1
+            continue
+        try:
+            detail = CHECKS[n](ex)
+        except NotImplementedError:
+            print(f"exercise {n}: TODO (not implemented yet)")
+            failed += 1
+        except AssertionError as e:
+            print(f"exercise {n}: FAIL: {e}")
+            failed += 1
+        except Exception:
+            print(f"exercise {n}: FAIL: your code raised\n{traceback.format_exc(limit=-2)}")
+            failed += 1
+        else:
+            print(f"exercise {n}: PASS ({detail})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Lab 04 exercises (serving): fill in each function, then grade your work with
+
+    python labs/04_tool_use/check.py          # every exercise
+    python labs/04_tool_use/check.py 2 3      # only exercises 2 and 3
+
+The checker compares your functions with alignlab's paged KV cache (alignlab/infer/paged.py) and multi-LoRA
+kernels (alignlab/lora/multi_kernels.py) on the same inputs, or with values computed by hand. Write each one from
+the lab's README, not by calling the alignlab function it is checked against: that would pass and teach nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def blocks_and_waste(lengths: list[int], block_size: int = 16) -> tuple[int, int]:
+    """Exercise 1a. Sequences holding lengths[s] tokens each, every one with its own blocks (no sharing).
+
+    Returns (blocks in use, wasted slots): a sequence of n tokens holds ceil(n / block_size) blocks, and the slots
+    of those blocks that hold no token are wasted (only its last block has any). A sequence of 0 tokens holds none.
+    """
+    raise NotImplementedError
+
+
+def blocks_with_sharing(prompt_len: int, n: int, new_tokens: int, block_size: int = 16) -> int:
+    """Exercise 1b. Blocks in use for n samples of one prompt of prompt_len tokens, forked after the prompt's
+    prefill, once each sample has written new_tokens more tokens into the cache (copy-on-write: a sample that
+    writes into a block it shares gets its own copy first; full prompt blocks stay shared).
+    """
+    raise NotImplementedError
+
+
+class ToyPool:
+    """A block pool small enough to print: data[b] is block b's slots (None where nothing is written), refs[b]
+    the number of block tables that hold block b, free the blocks nobody holds. Given, not an exercise."""
+
+    def __init__(self, num_blocks: int, block_size: int = 4):
+        self.block_size = block_size
+        self.data: list[list[int | None]] = [[None] * block_size for _ in range(num_blocks)]
+        self.refs = [0] * num_blocks
+        self.free = list(range(num_blocks))
+
+    def allocate(self) -> int:
+        """A free block, empty, with one reference."""
+        if not self.free:
+            raise RuntimeError("no free block")
+        block = self.free.pop(0)
+        self.refs[block] = 1
+        self.data[block] = [None] * self.block_size
+        return block
+
+    def retain(self, block: int) -> None:
+        self.refs[block] += 1
+
+    def release(self, block: int) -> None:
+        self.refs[block] -= 1
+        if self.refs[block] == 0:
+            self.free.append(block)
+
+    def read(self, table: list[int], n: int) -> list[int | None]:
+        """The first n tokens of the sequence whose block table is `table`."""
+        bs = self.block_size
+        return [self.data[table[i // bs]][i % bs] for i in range(n)]
+
+
+def fork(pool: ToyPool, table: list[int]) -> list[int]:
+    """Exercise 2a. A new sequence that reads the same blocks as `table` (one more reference each, nothing
+    copied). Returns its block table."""
+    raise NotImplementedError
+
+
+def append(pool: ToyPool, table: list[int], n_held: int, token: int) -> None:
+    """Exercise 2b. Write `token` at slot n_held of the sequence (it holds n_held tokens), changing `table` in place:
+    a new block when n_held is a multiple of the block size; otherwise, if the last block is shared with another
+    sequence, first replace it in this table by a private copy (copy-on-write). A block this sequence alone holds
+    is written in place, never copied."""
+    raise NotImplementedError
+
+
+def free(pool: ToyPool, table: list[int]) -> None:
+    """Exercise 2c. The sequence is done: drop its reference to each of its blocks and empty its table."""
+    raise NotImplementedError
+
+
+def sgmv_by_hand(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: list[float], ranks: list[int],
+                 index: torch.Tensor) -> torch.Tensor:
+    """Exercise 3. The LoRA updates of a batch whose tokens use different adapters, by sorted segments (SGMV).
+
+    x [N, in]; A [S, r_max, in] and B [S, out, r_max]: adapter slot s's weights in the first ranks[s] rows of A[s]
+    and columns of B[s] (what lies past them is NOT zero here: ignore it); scaling[s], ranks[s] per slot (rank 0:
+    the adapter does not target this layer); index [N] long, the slot of each token, -1 for the base model.
+        delta[t] = scaling[i] * B[i, :, :r_i] @ A[i, :r_i] @ x[t]      for i = index[t] >= 0 with r_i > 0; else 0
+    Group the tokens by slot and do one pair of matrix products per slot at its own rank. Returns [N, out].
+    """
+    raise NotImplementedError
+
+
+def block_hashes(tokens: list[int], block_size: int = 16, adapter: str | None = None) -> list[int]:
+    """Exercise 4a. The prefix cache's names of the FULL blocks of `tokens` (a partial last block has none):
+
+        h_0 = hash((None, tuple(tokens[0:bs]), adapter))
+        h_i = hash((h_{i-1}, tuple(tokens[i*bs:(i+1)*bs]), adapter))
+
+    with Python's built-in hash, exactly this tuple. Returns [h_0, h_1, ...]."""
+    raise NotImplementedError
+
+
+def cached_prefix(tokens: list[int], cached: set[int], block_size: int = 16, adapter: str | None = None) -> int:
+    """Exercise 4b. How many of a new prompt's tokens the prefix cache supplies, given the set of block names it
+    holds: the longest run of the prompt's full blocks, from the first, whose names are all cached, but never the
+    block that holds the prompt's last token (that token must run through the model to give the next token's
+    logits). Returns a multiple of block_size."""
+    raise NotImplementedError
