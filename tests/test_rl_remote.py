@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import torch
+import uvicorn
 
 from alignlab.errors import ConfigError, UserError
 from alignlab.infer import SamplingParams
@@ -35,8 +36,6 @@ from alignlab.serve import responses as serve_responses
 from alignlab.text import load_tokenizer
 
 from .test_recipe_grpo import config, metrics
-
-uvicorn = pytest.importorskip("uvicorn")
 
 LOW_IDS = "tests.test_recipe_grpo:low_ids"  # rewards token ids in the lower half of the vocabulary
 
