@@ -48,8 +48,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from alignlab.model.attention import matmul_dtype
-
 
 @dataclass
 class BlockTable:
@@ -132,10 +130,10 @@ class PagedKVCache:
 
     @classmethod
     def for_model(cls, model, num_blocks: int, block_size: int = 16, prefix_caching: bool = True) -> PagedKVCache:
-        """A pool in the dtype CausalLM.new_cache would use (fp32 on the CPU, else the keys' dtype)."""
-        c, p = model.config, model.lm_head.weight
-        dtype = torch.float32 if p.device.type == "cpu" else matmul_dtype(p)
-        return cls(c.n_layers, c.n_kv_heads, c.head_dim, num_blocks, block_size, dtype, p.device, prefix_caching)
+        """A pool in the model's `cache_dtype()` (fp32 on the CPU, else the keys' dtype)."""
+        c, device = model.config, model.lm_head.weight.device
+        return cls(c.n_layers, c.n_kv_heads, c.head_dim, num_blocks, block_size, model.cache_dtype(), device,
+                   prefix_caching)
 
     def blocks_for(self, n_tokens: int) -> int:
         return math.ceil(n_tokens / self.block_size)

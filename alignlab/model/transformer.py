@@ -320,12 +320,16 @@ class CausalLM(nn.Module):
         hidden = self.hidden_states(continuations, mask, cache=cache.for_rows(group_sizes, N))  # [N, C, dim]
         return torch.cat([last, hidden], dim=1)
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """A cache in the dtype of the keys (the weights', or autocast's when autocast is on), except on the CPU,
-        where it is fp32 whatever the weights: torch's CPU attention kernels are several times slower in bf16 at
-        decode shapes (one query per row; measured on 2 cores, AVX512-BF16, 8 query and 4 kv heads of 64, 96
-        keys: 0.84 ms in bf16 vs 0.18 ms in fp32 at 16 rows, 3.0 vs 0.54 ms at 64). bf16 keys and values are
-        exact in fp32, so the cache holds the same numbers at twice the bytes; attention then runs in fp32."""
+    def cache_dtype(self) -> torch.dtype:
+        """What a KV cache of this model holds: the keys' dtype (the weights', or autocast's when autocast is on),
+        except on the CPU, where it is fp32 whatever the weights: torch's CPU attention kernels are several times
+        slower in bf16 at decode shapes (one query per row; measured on 2 cores, AVX512-BF16, 8 query and 4 kv heads
+        of 64, 96 keys: 0.84 ms in bf16 vs 0.18 ms in fp32 at 16 rows, 3.0 vs 0.54 ms at 64). bf16 keys and values
+        are exact in fp32, so the cache holds the same numbers at twice the bytes; attention then runs in fp32."""
         p = self.lm_head.weight
-        dtype = torch.float32 if p.device.type == "cpu" else matmul_dtype(p)
-        return KVCache.for_model(self.config, batch, max_len, dtype=dtype, device=p.device)
+        return torch.float32 if p.device.type == "cpu" else matmul_dtype(p)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """A cache for `batch` rows of up to `max_len` tokens, in `cache_dtype()`."""
+        return KVCache.for_model(self.config, batch, max_len, dtype=self.cache_dtype(),
+                                 device=self.lm_head.weight.device)
