@@ -14,14 +14,11 @@ from __future__ import annotations
 import json
 import math
 import socket
-import threading
-import time
 from contextlib import contextmanager
 
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from alignlab.errors import ConfigError, UserError
 from alignlab.infer import SamplingParams
@@ -31,11 +28,12 @@ from alignlab.recipes.grpo import run
 from alignlab.rl.collect import RolloutConfig, prompt_token_ids, rollout_seeds
 from alignlab.rl.remote import ServerRollouts, request_body
 from alignlab.rl.rollout import generate_rollouts
-from alignlab.serve import build_state, create_app
+from alignlab.serve import build_state
 from alignlab.serve import responses as serve_responses
 from alignlab.text import load_tokenizer
 
 from .test_recipe_grpo import config, metrics
+from .test_serve import Server
 
 LOW_IDS = "tests.test_recipe_grpo:low_ids"  # rewards token ids in the lower half of the vocabulary
 
@@ -43,26 +41,6 @@ LOW_IDS = "tests.test_recipe_grpo:low_ids"  # rewards token ids in the lower hal
 @pytest.fixture(scope="module")
 def prompts(world):
     return world.rl_prompts("train", level=2)[:40], world.rl_prompts("test", level=2)[:6]
-
-
-class Server:
-    """alignlab serve's app under uvicorn on a free port, in a thread."""
-
-    def __init__(self, state):
-        self.state = state
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(state), log_level="warning",
-                                                    timeout_graceful_shutdown=5))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +64,7 @@ def a_server_without_token_ids():
 
 
 def server_config(tmp_path, base, server, **kw):
-    return config(tmp_path, base, method="lora", backend="server", server_url=server.url, server_model="base",
+    return config(tmp_path, base, method="lora", backend="server", server_url=server.api, server_model="base",
                   **kw)
 
 
@@ -147,7 +125,7 @@ def test_grpo_rollouts_through_the_server_equal_local_ones(tmp_path, base, promp
 
 def served(server) -> list[str]:
     """The ids the server's /v1/models lists."""
-    return [d["id"] for d in httpx.get(server.url + "/models").json()["data"]]
+    return [d["id"] for d in httpx.get(server.api + "/models").json()["data"]]
 
 
 def test_request_body_and_seeds():
@@ -170,7 +148,7 @@ def test_server_seeds_not_consecutive_go_one_request_each(tmp_path, base, world,
     ids = [prompt_token_ids(tok, r) for r in world.rl_prompts("train", level=2)[:2]]
     params = SamplingParams(max_new_tokens=10, temperature=1.0)
     seeds = [5, 900, 31, 7, 1234, 2, 77, 8]
-    with ServerRollouts(server.url, "base", tok) as remote:
+    with ServerRollouts(server.api, "base", tok) as remote:
         got = remote(policy, tok, ids, 4, params, seeds, tok.padding_id)
         assert remote.loaded in served(server)
     want = generate_rollouts(policy, tok, ids, 4, params, seeds, tok.padding_id)
@@ -187,11 +165,11 @@ def test_server_errors_name_the_url_and_the_message(base, server):
     with pytest.raises(UserError, match=rf"{down}/models: no answer from the server .*rollout.server_url"):
         ServerRollouts(down, "base", tok)
     with pytest.raises(UserError, match=r"does not serve 'nope' \(rollout.server_model\); it serves base"):
-        ServerRollouts(server.url, "nope", tok)
+        ServerRollouts(server.api, "nope", tok)
     # a 4xx: alignlab serve refuses DoRA adapters in mixed batches
     dora = apply_lora(load_model(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], use_dora=True))
-    with ServerRollouts(server.url, "base", tok) as remote:
-        with pytest.raises(UserError, match=rf"{server.url}/load_lora_adapter answered 400: .*DoRA"):
+    with ServerRollouts(server.api, "base", tok) as remote:
+        with pytest.raises(UserError, match=rf"{server.api}/load_lora_adapter answered 400: .*DoRA"):
             remote.push(dora)
 
 
@@ -206,11 +184,11 @@ def test_tenants_keys_reach_the_server(tmp_path, base):
     policy = apply_lora(load_model(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
     try:
         with pytest.raises(UserError, match=r"/models answered 401"):
-            ServerRollouts(s.url, "base", tok)
-        with ServerRollouts(s.url, "base", tok, api_key="user-key") as remote:
+            ServerRollouts(s.api, "base", tok)
+        with ServerRollouts(s.api, "base", tok, api_key="user-key") as remote:
             with pytest.raises(UserError, match=r"/load_lora_adapter answered 403"):
                 remote.push(policy)
-        with ServerRollouts(s.url, "base", tok, api_key="admin-key") as remote:
+        with ServerRollouts(s.api, "base", tok, api_key="admin-key") as remote:
             name = remote.push(policy)
             assert name in remote.models()
     finally:
@@ -219,17 +197,17 @@ def test_tenants_keys_reach_the_server(tmp_path, base):
 
 def test_config_checks(tmp_path, base, server):
     with pytest.raises(ConfigError, match="needs method=lora"):
-        run(config(tmp_path, base, backend="server", server_url=server.url, server_model="base"))
+        run(config(tmp_path, base, backend="server", server_url=server.api, server_model="base"))
     with pytest.raises(ConfigError, match="rollout.server_url"):
         run(config(tmp_path, base, method="lora", backend="server", server_model="base"))
     with pytest.raises(ConfigError, match="rollout.server_model"):
-        run(config(tmp_path, base, method="lora", backend="server", server_url=server.url))
+        run(config(tmp_path, base, method="lora", backend="server", server_url=server.api))
     with pytest.raises(ConfigError, match="rollout.backend must be local or server"):
         RolloutConfig(backend="vllm").check("lora")
     with pytest.raises(ConfigError, match="rollout.engine must be one of static, paged"):
         RolloutConfig(engine="dynamic").check()
     with pytest.raises(ConfigError, match="rolls out locally only"):  # PPO checks without a method
-        RolloutConfig(backend="server", server_url=server.url, server_model="base").check()
+        RolloutConfig(backend="server", server_url=server.api, server_model="base").check()
 
 
 # --- local rollouts on the paged engine ------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from alignlab.model.config import ModelConfig
 from alignlab.model.hf import load_model
 from alignlab.model.transformer import CausalLM
 
-from .hf_models import VOCAB, make_hf_model, require
+from .hf_models import make_hf_model, require
+from .test_engine import prompts
 
 N_NEW = 12
 GREEDY = SamplingParams(max_new_tokens=N_NEW, temperature=0.0, ignore_eos=True)
@@ -31,11 +32,6 @@ def models(tmp_path_factory):
     hf.save_pretrained(path)
     hf.generation_config.eos_token_id = None
     return hf, load_model(path)
-
-
-def prompts(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in lengths]
 
 
 def hf_greedy(hf, prompt: list[int], n: int) -> list[int]:

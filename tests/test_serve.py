@@ -76,6 +76,7 @@ class Server:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.api = self.url + "/v1"  # the OpenAI base URL
         config = uvicorn.Config(create_app(state), log_level="warning", timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -84,7 +85,7 @@ class Server:
             time.sleep(0.01)
 
     def client(self, key="none", **kw) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, **kw)
+        return openai.OpenAI(base_url=self.api, api_key=key, max_retries=0, **kw)
 
     def stop(self):
         self.server.should_exit = True
