@@ -369,7 +369,9 @@ def test_packed_linear_matches_f_linear(dtype):
                 layer(x)
             store.new_generation()
             assert len(store) == 1  # a frozen weight's copy stays
-            layer.weight.mul_(0.5)  # ... until the weight changes
+            layer.weight.mul_(0.5)  # ... until the weight changes (seen at the next generation)
+            store.new_generation()
+            assert len(store) == 0
             with packed_weights(store):
                 torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias), **tol)
     store, layer = PackedWeights(), Linear(64, 96)

@@ -58,7 +58,6 @@ class KVCache:
         """Write k, v [B, Hkv, T, d] at slots [lengths[b], lengths[b] + T) of each row b (of `rows`, else of all
         rows) and return this layer's K, V over slots [0, max(lengths) + T) of those rows."""
         lengths = self._lengths if rows is None else [self._lengths[i] for i in rows]
-        k, v = k.to(self._k.dtype), v.to(self._v.dtype)  # bf16 keys into the CPU's fp32 cache (exact)
         T, start = k.shape[2], lengths[0]
         end = max(lengths) + T
         if end > self.max_len:
@@ -71,8 +70,9 @@ class KVCache:
             self._written = end
         K, V = self._k[layer], self._v[layer]  # [rows, Hkv, max_len, d]
         if rows is None and even:  # the engine's usual step: one slice, and a view of the history
-            K[:, :, start:end], V[:, :, start:end] = k, v
+            K[:, :, start:end], V[:, :, start:end] = k, v  # the copy casts (bf16 into the CPU's fp32 cache: exact)
             return K[:, :, :end], V[:, :, :end]
+        k, v = k.to(K.dtype), v.to(V.dtype)
         index = torch.tensor(rows if rows is not None else list(range(len(lengths))), device=k.device)
         if even:
             K[index, :, start:end], V[index, :, start:end] = k, v

@@ -17,32 +17,37 @@ _state = threading.local()  # .store: the PackedWeights of the forward in progre
 class PackedWeights:
     """Packed bf16 copies of weights for the products of generation, by the ids of their layers.
 
-    A trainable weight's copy lasts one generation (`new_generation` drops it): fused optimizers update weights in
-    place without moving their version counter, so nothing else says when it went stale. A frozen weight's copy
-    (requires_grad False: an inference model) is kept across generations while its version and storage stay.
+    Weights do not change during a generation, so a copy is looked up by key alone; `new_generation`, called
+    before each one, drops the copies that may have gone stale. A trainable weight's copy lasts one generation:
+    fused optimizers update weights in place without moving their version counter, so nothing else says when it
+    went stale. A frozen weight's copy (requires_grad False: an inference model) is kept while its version and
+    storage stay.
     """
 
     def __init__(self):
-        self._packs: dict[tuple, tuple] = {}  # key -> (frozen, versions, packed copy)
+        self._packs: dict[tuple, tuple] = {}  # key -> (weights, versions, packed copy)
 
     def new_generation(self) -> None:
-        self._packs = {k: v for k, v in self._packs.items() if v[0]}
+        self._packs = {k: v for k, v in self._packs.items()
+                       if not any(w.requires_grad for w in v[0]) and _versions(v[0]) == v[1]}
 
     def get(self, key: tuple, weights: list[torch.Tensor]) -> torch.Tensor:
-        """The packed bf16 copy of the weights stacked by rows (made on first use)."""
-        versions = tuple((w._version, w.data_ptr()) for w in weights)
+        """The packed bf16 copy of the weights stacked by rows (made on first use in a generation)."""
         hit = self._packs.get(key)
-        if hit is None or hit[1] != versions:
+        if hit is None:
             with torch.no_grad():
                 dense = weights[0] if len(weights) == 1 else torch.cat(weights)
                 dense = dense.detach().to(torch.bfloat16).contiguous()
-                hit = (not any(w.requires_grad for w in weights), versions,
-                       torch.ops.mkldnn._reorder_linear_weight(dense, 1))
+                hit = (weights, _versions(weights), torch.ops.mkldnn._reorder_linear_weight(dense, 1))
             self._packs[key] = hit
         return hit[2]
 
     def __len__(self) -> int:
         return len(self._packs)
+
+
+def _versions(weights: list[torch.Tensor]) -> tuple:
+    return tuple((w._version, w.data_ptr()) for w in weights)
 
 
 @contextmanager

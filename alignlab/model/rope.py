@@ -56,40 +56,45 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def rope_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `rotate` takes, from cos, sin [B, T, d]: cos [B, 1, T, d] (broadcast over heads) and sin with the
+    signs of rotate_half folded in, [-sin, sin] by halves. The model makes them once per forward."""
+    half = sin.shape[-1] // 2
+    return cos.unsqueeze(1), torch.cat((-sin[..., :half], sin[..., half:]), dim=-1).unsqueeze(1)
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, heads, T, d]; cos, sin: [B, T, d] (broadcast over heads). Returns x's dtype, computed in the
-    wider of x's and cos's (the model passes cos and sin in q's dtype: bf16 under autocast, as with bf16 weights).
+    """x: [B, heads, T, d]; cos, sin: [B, T, d] as rope_cos_sin gives them. See `rotate`."""
+    return rotate(x, *rope_tables(cos, sin))
 
-    Computed by `rotate`: the same values in fewer passes over q and k than the formula's cat, neg, two
-    products and a sum; when x needs a gradient, through `_Rotate`, whose backward is the inverse rotation.
-    """
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """rope(x) for x [B, heads, T, d] and the tables of `rope_tables`. rotate_half(x) * sin is the halves of x
+    swapped, times [-sin, sin]:
+
+        rope(x) = x * cos + roll(x, d/2) * signed_sin
+
+    the formula's products and sum, so fp32 and bf16 give transformers' values, in fewer passes than its cat and
+    negation. Computed in the wider of x's and cos's dtypes, returned in x's. When x needs a gradient, through
+    `_Rotate`, whose backward is the inverse rotation."""
     if torch.is_grad_enabled() and x.requires_grad:
-        return _Rotate.apply(x, cos, sin)
-    return rotate(x, cos, sin)
+        return _Rotate.apply(x, cos, signed_sin)
+    return _rotate(x, cos, signed_sin)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
-    """x * cos + rotate_half(x) * sin without building rotate_half(x): with x = [x1, x2] and the two halves
-    of cos (and of sin) equal, the result is [x1 cos - x2 sin, x2 cos + x1 sin]. sign=-1 rotates back.
-    Computed in the wider of the two dtypes, returned in x's."""
-    half = x.shape[-1] // 2
-    x1, x2, s = x[..., :half], x[..., half:], sin[..., :half]
-    out = x * cos
-    out[..., :half].addcmul_(x2, s, value=-sign)
-    out[..., half:].addcmul_(x1, s, value=sign)
-    return out.to(x.dtype)
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    return (x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin).to(x.dtype)
 
 
 class _Rotate(torch.autograd.Function):
     """RoPE rotates each channel pair by an angle; the gradient goes back through the opposite angle."""
 
     @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return rotate(x, cos, sin)
+    def forward(ctx, x, cos, signed_sin):
+        ctx.save_for_backward(cos, signed_sin)
+        return _rotate(x, cos, signed_sin)
 
     @staticmethod
     def backward(ctx, grad):
-        cos, sin = ctx.saved_tensors
-        return rotate(grad, cos, sin, sign=-1.0), None, None
+        cos, signed_sin = ctx.saved_tensors
+        return _rotate(grad, cos, -signed_sin), None, None

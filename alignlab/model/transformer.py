@@ -27,7 +27,7 @@ from alignlab.model.attention import ATTENTION, documents, matmul_dtype
 from alignlab.model.config import ModelConfig
 from alignlab.model.kv_cache import CacheRows, KVCache, SharedPrefix, SharedPrefixCache
 from alignlab.model.linear import Linear, fused_linear
-from alignlab.model.rope import apply_rope, inv_frequencies, rope_cos_sin
+from alignlab.model.rope import inv_frequencies, rope_cos_sin, rope_tables, rotate
 
 
 class RMSNorm(nn.Module):
@@ -43,9 +43,8 @@ class RMSNorm(nn.Module):
         cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # what the next matmul takes
         if self.weight.dtype == torch.float32 and torch.is_grad_enabled() and x.dtype in (torch.float32, cast):
             return _RMSNormFunction.apply(x, self.weight, self.eps, cast or x.dtype)
-        xf = x.float()
-        r = torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square().div(x.shape[-1]).add(self.eps).rsqrt()
-        y = self.weight * (xf * r).to(x.dtype)  # few ops: decoding one token per row is bound by their count
+        xf = x.float()  # few ops: decoding one token per row is bound by their count
+        y = self.weight * (xf * xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).to(x.dtype)
         return y if cast is None else y.to(cast)
 
 
@@ -138,7 +137,7 @@ class Attention(nn.Module):
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
             k, v = cache.append(self.layer_idx, k, v)
         attend = ATTENTION[self.config.attn_impl]
@@ -273,7 +272,7 @@ class CausalLM(nn.Module):
         else:
             inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self.rope_frequencies(x.device)
             # fp32 frequencies, even after .to(bf16); cos, sin in the dtype of q and k (bf16 under autocast)
-            rope = rope_cos_sin(inv_freq, position_ids, matmul_dtype(x))
+            rope = rope_tables(*rope_cos_sin(inv_freq, position_ids, matmul_dtype(x)))
         for block in self.model.layers:
             if self.gradient_checkpointing and self.training and (cache is None or cache.differentiable):
                 # keep only each block's input; recompute its activations during backward
