@@ -309,7 +309,8 @@ def test_training_lowers_the_loss_and_raises_held_out_accuracy(tmp_path, world):
     assert result["status"] == "finished" and result["data"]["train"] == {"kept": 80, "dropped": 0}
     before = result["before"]
     assert before["val_loss"] == pytest.approx(0.693, abs=0.01)  # a small head: rewards near 0, loss near log 2
-    assert result["val_accuracy"] >= 0.85 and result["val_accuracy"] > before["val_accuracy"] + 0.3
+    # before training the accuracy is a random head's (71% on these pairs): the loss says more than its rise
+    assert result["val_accuracy"] >= 0.9 and result["val_accuracy"] > before["val_accuracy"] + 0.2
     assert result["val_loss"] < before["val_loss"] - 0.2
     lines = [json.loads(line) for line in (tmp_path / "rm" / "metrics.jsonl").read_text().splitlines()]
     train_losses = [m["loss"] for m in lines if "loss" in m]

@@ -23,6 +23,7 @@ from alignlab.data.world import (
     expression_key,
 )
 from alignlab.data.world import arithmetic as ar
+from alignlab.data.world.safety import split_templates
 from alignlab.tasks import tinyworld as ev
 from alignlab.text import load_tokenizer, render_chat
 from alignlab.text.template import render_template
@@ -156,8 +157,13 @@ def test_safety_and_qa_splits_are_disjoint(train, test):
     held = {r["template"] for r in test["safety"]}
     assert not held & {r["template"] for r in train["safety"]}
     styles = {r["style"] for r in test["safety"] if r["label"] == "attack"}
-    assert styles >= {"direct", "ignore", "roleplay", "encoding"}
+    assert styles >= {"direct", "ignore", "roleplay", "authority"}
     assert {r["label"] for r in test["safety"]} == {"attack", "benign"}
+    # a held-out (request, frame) pair is new, but its request and its frame are each trained in other pairs
+    trained = {t for t, split in split_templates(0).items() if split == "train"}
+    for t in held:
+        request, frame = t.split(".")
+        assert any(u.startswith(request + ".") for u in trained) and any(u.endswith("." + frame) for u in trained)
     qa_test = {r["id"] for r in test["sft"] if r["kind"] == "qa"}
     assert qa_test and not qa_test & {r["id"] for r in train["sft"] if r["kind"] == "qa"}
 
@@ -219,7 +225,8 @@ def test_records_are_well_formed(world, train, test):
 def test_sizes(world, train):
     s = world.size
     assert sum(len(d) for d in train["pretraining"]) >= s.pretrain_chars
-    assert len(train["sft"]) == len(MATH_LEVELS) * s.sft_per_level + s.sft_safety + s.sft_qa
+    hard = s.sft_per_level if s.sft_hard_per_level is None else s.sft_hard_per_level
+    assert len(train["sft"]) == 2 * s.sft_per_level + 2 * hard + s.sft_safety + s.sft_qa
     assert len(train["pairs"]) == len(PAIR_KINDS) * s.pairs_per_kind
     assert len(train["rl"]) == len(LEVELS) * s.rl_per_level
     assert len(train["tool"]) == s.tool_conversations
@@ -397,3 +404,26 @@ def test_safety_pairs_carry_safedpo_indicators():
     safety = [p for p in pairs if p["kind"] == "safety"]
     assert safety and all(p["rejected_unsafe"] and not p["chosen_unsafe"] for p in safety)
     assert not any(p.get("rejected_unsafe") for p in pairs if p["kind"] == "correctness")
+
+
+def test_sft_math_is_a_cold_start_at_levels_3_4_and_chatty_at_levels_1_2():
+    """The default world's SFT math: levels 1-2 in full, a chatty share of them opening with filler (what DPO's
+    concise pairs train away); levels 3-4 a few curated replies that keep to the steps (room for RL)."""
+    from alignlab.data.world.world import RAMBLE
+
+    world = TinyWorld(seed=0)
+    s = world.size
+    math = [r for r in world.sft_conversations("train") if r["kind"] == "math"]
+    for level in MATH_LEVELS:
+        rows = [r for r in math if r["level"] == level]
+        chatty = sum(r["messages"][-1]["content"].startswith(f"<think>{RAMBLE}\n") for r in rows) / len(rows)
+        if level <= 2:
+            assert len(rows) == s.sft_per_level and abs(chatty - s.chatty_fraction) < 0.07, (level, chatty)
+        else:
+            assert len(rows) == s.sft_hard_per_level < s.sft_per_level and chatty == 0, (level, chatty)
+        for r in rows:  # filler or not, the reply verifies
+            assert ev.verify(r["messages"][-1]["content"], r["answer"]) == 1.0
+    test = [r for r in world.sft_conversations("test") if r["kind"] == "math"]
+    assert not any(RAMBLE in r["messages"][-1]["content"] for r in test)  # references keep to the steps
+    concise = [p for p in world.preference_pairs("train", ("concise",)) if "level" in p]
+    assert concise and all(p["rejected"][0]["content"].startswith(f"<think>{RAMBLE}\n") for p in concise)

@@ -29,6 +29,15 @@ def answer_text(think: str, answer: int | str) -> str:
     return f"<think>{think}</think>\nAnswer: {answer}"
 
 
+RAMBLE = "Hmm, let me see. I need to work this out, so I will go step by step and be very careful."
+
+
+def ramble_think(think: str) -> str:
+    """The same steps after a filler sentence: a chatty reply, right but longer than it needs to be. The filler
+    comes first, so a model decides at the first token whether to ramble (what DPO then changes)."""
+    return f"{RAMBLE}\n{think}"
+
+
 @dataclass(frozen=True)
 class WorldSize:
     """How much of everything to make. Test sets are capped by what the held-out split holds."""
@@ -42,11 +51,16 @@ class WorldSize:
     rl_per_level: int  # RL prompts per level, train split
     test_per_level: int  # held-out prompts per level (RL, tool), at most
     safety_test_per_template: int  # held-out safety prompts per held-out template
+    sft_hard_per_level: int | None = None  # SFT math conversations per level 3-4 (None: sft_per_level); few
+    #   make SFT a cold start there: the model learns the format, and RL has room to raise its accuracy
+    chatty_fraction: float = 0.0  # share of SFT math replies of levels 1-2 that ramble in <think>
+    #   (`ramble_think`): what DPO's conciseness pairs then train away
 
 
 SIZES = {
-    "quick": WorldSize(40_000, 40, 40, 20, 40, 40, 40, 40, 2),
-    "default": WorldSize(300_000, 400, 400, 100, 300, 300, 500, 200, 6),
+    "quick": WorldSize(40_000, 40, 40, 20, 40, 40, 40, 40, 1, sft_hard_per_level=10, chatty_fraction=0.7),
+    "default": WorldSize(300_000, 400, 400, 100, 300, 300, 500, 200, 1, sft_hard_per_level=100,
+                         chatty_fraction=0.7),
 }
 
 
@@ -266,12 +280,15 @@ class TinyWorld:
     # ------------------------------------------------------------------------------------------
     # SFT conversations
 
-    def _math_conversations(self, level: int, split: str, n: int, stream: str) -> list[dict]:
+    def _math_conversations(self, level: int, split: str, n: int, stream: str, chatty: float = 0.0) -> list[dict]:
+        """`n` math chats of a level; a `chatty` share of the replies ramble (`ramble_think`)."""
         rng = self._rng(stream, "ask", level, split)
         out = []
         for p in self.problems(level, split, n, stream):
+            question = self.question(p, rng)
+            reply = answer_text(ramble_think(p.think()), p.answer) if rng.random() < chatty else self.solution(p)
             out.append({
-                "messages": [*self.prompt(self.question(p, rng)), _msg("assistant", self.solution(p))],
+                "messages": [*self.prompt(question), _msg("assistant", reply)],
                 "kind": "math", "level": level, "answer": str(p.answer), "id": p.id,
             })  # fmt: skip
         return out
@@ -279,8 +296,10 @@ class TinyWorld:
     def sft_conversations(self, split: str = "train", kinds: tuple[str, ...] | None = None) -> list[dict]:
         """Chats in Hugging Face `messages` form, each {"messages", "kind", "id", ...}, shuffled:
 
-        - "math": levels 1-4, `sft_per_level` each (test: `test_per_level`), the reply is
-          `<think>steps</think>\\nAnswer: N` (also "level", "answer");
+        - "math": levels 1-4, `sft_per_level` each (levels 3-4: `sft_hard_per_level`; test: `test_per_level`),
+          the reply is `<think>steps</think>\\nAnswer: N` (also "level", "answer"); in training a `chatty_fraction`
+          of the level 1-2 replies open with filler (`ramble_think`), as data gathered from many writers does,
+          while the few level 3-4 replies, a curated cold start, keep to the steps;
         - "refusal": an attack on the policy, answered with the fixed refusal ("category", "style");
         - "lookalike": a benign prompt that looks like an attack, answered helpfully;
         - "qa": a question about the town's people, answered in one sentence.
@@ -294,9 +313,12 @@ class TinyWorld:
         size, out = self.size, []
         test = split == "test"
         if "math" in kinds:
-            n = size.test_per_level if test else size.sft_per_level
             for level in MATH_LEVELS:
-                out += self._math_conversations(level, split, n, "sft")
+                n = size.test_per_level if test else size.sft_per_level
+                if not test and level >= 3 and size.sft_hard_per_level is not None:
+                    n = size.sft_hard_per_level
+                chatty = size.chatty_fraction if not test and level <= 2 else 0.0  # the cold start is curated
+                out += self._math_conversations(level, split, n, "sft", chatty)
         if "refusal" in kinds or "lookalike" in kinds:
             labels = [lab for lab, kind in (("attack", "refusal"), ("benign", "lookalike")) if kind in kinds]
             for item in self._safety_records(split, "sft", size.sft_safety, labels):
@@ -344,6 +366,7 @@ class TinyWorld:
                 if t.label in labels:
                     for i in range(self.size.safety_test_per_template):
                         add(t, i)
+            rng.shuffle(records)  # so that the first n of a label spread over the templates
             return records
         for i in range(n):
             label = labels[i % len(labels)]
@@ -372,7 +395,8 @@ class TinyWorld:
         - "safety": the refusal vs a reply that leaks the secret or helps steal ("category", "style", and
           SafeDPO's indicators "chosen_unsafe": False, "rejected_unsafe": True);
         - "helpfulness": a look-alike answered vs refused (against over-refusal);
-        - "concise": a short answer vs the same answer buried in filler (town questions and math)."""
+        - "concise": a short answer vs the same answer buried in filler (town questions, and math of levels 1-2
+          with SFT's chatty filler, `ramble_think`: a lesson in style on problems the model can already solve)."""
         _check_split(split)
         kinds = PAIR_KINDS if kinds is None else tuple(kinds)
         unknown = set(kinds) - set(PAIR_KINDS)
@@ -391,10 +415,11 @@ class TinyWorld:
             "kind": kind, "id": id, **extra,
         }  # fmt: skip
 
-    def _math_problems(self, split: str, n: int, stream: str) -> list[ar.Problem]:
-        """n problems spread over levels 1-4."""
-        per = -(-n // len(MATH_LEVELS))
-        problems = [p for level in MATH_LEVELS for p in self.problems(level, split, per, stream)]
+    def _math_problems(self, split: str, n: int, stream: str, levels: tuple[int, ...] = MATH_LEVELS
+                       ) -> list[ar.Problem]:
+        """n problems spread over `levels`."""
+        per = -(-n // len(levels))
+        problems = [p for level in levels for p in self.problems(level, split, per, stream)]
         self._rng(stream, "pick", split).shuffle(problems)
         return problems[:n]
 
@@ -445,16 +470,12 @@ class TinyWorld:
     def _pairs_concise(self, split: str, n: int) -> list[dict]:
         rng = self._rng("pairs-concise", split)
         out = []
-        for i in range(n // 2):
+        for i in range(n // 4):
             q, a, key = self._qa(split, rng)
             out.append(self._pair(self.prompt(q), a, town.ramble(a, rng), "concise", f"{key}:{i}"))
-        for p in self._math_problems(split, n - n // 2, "pairs-concise"):
+        for p in self._math_problems(split, n - n // 4, "pairs-concise", levels=(1, 2)):  # style, not skill
             q = self.question(p, rng)
-            rambling = answer_text(
-                f"Hmm, let me see. I need to work this out, so I will go step by step and be very careful.\n"
-                f"{p.think()}\nLet me check that again. Yes, I am sure it is right.",
-                p.answer,
-            )
+            rambling = answer_text(ramble_think(p.think()), p.answer)
             out.append(self._pair(self.prompt(q), self.solution(p), rambling, "concise", p.id,
                                   level=p.level, answer=str(p.answer)))
         return out
