@@ -7,22 +7,26 @@ Each stage writes into its own directory under --out and, when it finishes, a st
 pipeline again reuses every finished stage; --from STAGE redoes that stage and everything after it. A
 stage that was interrupted (Ctrl-C, a kill) resumes from its last checkpoint on the next run.
 
-Stages, in order:
+Stages, in order, each with something to learn that the stage before left undone:
     tokenizer  a byte-level BPE fitted to TinyWorld (768 ids, digits one token each, the chat template)
-    pretrain   a small Llama from random weights on TinyWorld's text: arithmetic, worked solutions, the town
-    sft        full-parameter SFT on TinyWorld chats (math with <think> and "Answer: N", refusals of
-               attacks on the secret, benign look-alikes, questions about the town); loss on assistant
-               tokens only
+    pretrain   a small Llama from random weights on TinyWorld's text: arithmetic facts, worked solutions of every
+               level, the town. The skills are latent: the model continues text, it does not answer
+    sft        full-parameter SFT on TinyWorld chats, loss on assistant tokens only: math with <think> and
+               "Answer: N" (levels 1-2 in full, levels 3-4 a curated cold start of 100 each), refusals of attacks
+               and answers to their benign look-alikes, town questions. Like data gathered from many writers, it
+               is uneven in style: most level 1-2 replies open with a filler sentence
     sft_lora   the same SFT with LoRA adapters (rank 16 on every Linear) instead, from the same base: a
                side branch that shows which of the two the SFT stage should be (the report says which won)
-    dpo        SafeDPO from the SFT model on TinyWorld's preference pairs (right vs wrong answers; refusals
-               vs answers that give the secret away, the latter marked unsafe); the reference is a frozen copy
-    grpo       GRPO from the SFT model (the cold start) on TinyWorld's harder arithmetic, levels 3-4: 8 sampled
-               replies per prompt, rewarded for the format and the right answer; held-out accuracy on every test
-               problem of those levels before and after, and reward, KL, length and entropy curves
+    dpo        SafeDPO (with RPO's NLL term) from the SFT model on three kinds of pairs: concise vs rambling
+               replies, refusals vs replies that break the policy (marked unsafe), answers vs refusals of
+               look-alikes. Judged against SFT by TinyWorldJudge, whose rules are fixed before training
+    grpo       GRPO from the DPO model (SFT -> DPO -> RL, as in Tulu 3) on the levels SFT barely taught (3-4),
+               with some easier prompts replayed: 8 sampled replies per prompt, rewarded for the format and the
+               right answer; held-out accuracy on every test problem of those levels before and after, and
+               reward, KL, length and entropy curves
     eval       every model so far (base = after pretrain, sft, sft_lora, dpo, grpo) on held-out prompts: format rate,
-               accuracy per level, attacks refused, look-alikes refused, secret leaks, and DPO's win rate
-               against SFT by a rule-based judge with position swap; then the report
+               accuracy per level, attacks refused, look-alikes refused, secret leaks, DPO's win rate against SFT
+               with position swap, and pass@1 / pass@8 before and after GRPO; then the report
 
 The run directory: tokenizer/, pretrain/, sft/ (each with model/, metrics.jsonl, plots/, checkpoints/),
 eval/ (metrics.json, the scored replies of each model), report.md, report.html, plots/.
@@ -72,7 +76,7 @@ class Sizes:
 SIZES = {
     "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
                      block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
-                     sft_steps=600, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=2e-5,
+                     sft_steps=300, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=3e-5,
                      grpo_steps=60, grpo_prompts=16, grpo_lr=1e-4, eval_per_level=50, eval_safety=40,
                      max_new_tokens=96),
     "quick": Sizes(world="quick", model=dict(arch="llama", dim=64, n_layers=2, n_heads=4, n_kv_heads=4),
@@ -160,7 +164,8 @@ def stage_pretrain(run: Run) -> dict:
         block_size=s.block_size, batch_size=s.pretrain_batch, eval_batches=10, sample_prompt="What is",
         sample_tokens=48, train=_train_config(run, s.pretrain_steps, s.pretrain_lr, s.pretrain_steps // 20))
     result = pretrain.run(cfg, resume=True)
-    return _training_metrics(result)
+    return {"trained_on": "TinyWorld's pretraining text (tokenizer/corpus.txt), next-token loss",
+            **_training_metrics(result, "val_lm_loss")}
 
 
 def stage_sft(run: Run) -> dict:
@@ -170,11 +175,10 @@ def stage_sft(run: Run) -> dict:
     cfg = SFTConfig(out_dir=str(run.dir("sft")), model=str(run.model_dir("pretrain")), max_len=2 * s.block_size,
                     batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
                     train=_train_config(run, s.sft_steps, s.sft_lr, s.sft_steps // 20))
-    result = sft.run(cfg, resume=True, train_records=run.world.sft_conversations("train"),
-                     val_records=run.world.sft_conversations("test"))
-    metrics = _training_metrics(result)
-    metrics["conversations"] = result["data"]["train"]["kept"]
-    return metrics
+    records = run.world.sft_conversations("train")
+    result = sft.run(cfg, resume=True, train_records=records, val_records=run.world.sft_conversations("test"))
+    return {"trained_on": _describe_chats(records), **_training_metrics(result, "val_lm_loss"),
+            "conversations": result["data"]["train"]["kept"]}
 
 
 def stage_sft_lora(run: Run) -> dict:
@@ -185,28 +189,41 @@ def stage_sft_lora(run: Run) -> dict:
                     lora=sft.LoraOptions(r=16, alpha=32, targets="all-linear"), max_len=2 * s.block_size,
                     batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
                     train=_train_config(run, s.sft_steps, 3 * s.sft_lr, s.sft_steps // 20))  # LoRA wants a higher lr
-    result = sft.run(cfg, resume=True, train_records=run.world.sft_conversations("train"),
-                     val_records=run.world.sft_conversations("test"))
-    return {**_training_metrics(result), "trainable": result["trainable_params"]}
+    records = run.world.sft_conversations("train")
+    result = sft.run(cfg, resume=True, train_records=records, val_records=run.world.sft_conversations("test"))
+    return {"trained_on": "the same chats as sft, LoRA rank 16", **_training_metrics(result, "val_lm_loss"),
+            "trainable": result["trainable_params"]}
 
 
 def stage_dpo(run: Run) -> dict:
     from alignlab.recipes import dpo
 
     s = run.sizes
+    # rpo_alpha: the chosen replies' NLL as well (RPO), which keeps DPO from pushing the shared steps down along
+    # with the rejected filler (likelihood displacement; without it the replies degenerate)
     cfg = dpo.DPOConfig(out_dir=str(run.dir("dpo")), model=str(run.model_dir("sft")), loss="safedpo", beta=0.1,
-                        reference="copy", max_len=2 * s.block_size, batch_size=s.dpo_batch, eval_batches=100,
+                        rpo_alpha=DPO_RPO_ALPHA, reference="copy", max_len=2 * s.block_size, batch_size=s.dpo_batch,
+                        eval_batches=100,
                         train=_train_config(run, s.dpo_steps, s.dpo_lr, s.dpo_steps // 10))
-    # right vs wrong answers, and refusals vs replies that break the policy (marked rejected_unsafe for SafeDPO)
-    kinds = ("correctness", "safety")
-    result = dpo.run(cfg, resume=True, train_records=run.world.preference_pairs("train", kinds),
-                     val_records=run.world.preference_pairs("test", kinds))
-    metrics = _training_metrics(result)
+    pairs = run.world.preference_pairs("train", DPO_KINDS)
+    result = dpo.run(cfg, resume=True, train_records=pairs, val_records=run.world.preference_pairs("test", DPO_KINDS))
+    counts = {k: sum(p["kind"] == k for p in pairs) for k in DPO_KINDS}
+    metrics = {"trained_on": f"{len(pairs):,} pairs: " + ", ".join(f"{k} {n}" for k, n in counts.items()),
+               **_training_metrics(result, "val_dpo_loss")}
     metrics["pair_accuracy"] = round(result["val/rewards/accuracies"], 4)  # held-out pairs, implicit reward
     return metrics
 
 
-GRPO_LEVELS = (3, 4)  # the harder levels answered in the head: most room above SFT, enough right samples to learn
+# what DPO learns: to drop SFT's chatty filler, and to refuse attacks (SafeDPO: the rejected replies are marked unsafe)
+# while answering their benign look-alikes; TinyWorldJudge, fixed before training, scores the result (see win_rate_vs)
+DPO_KINDS = ("concise", "safety", "helpfulness")
+DPO_RPO_ALPHA = 2.0
+GRPO_LEVELS = (3, 4)  # the levels SFT barely taught: pass@8 well above pass@1, room for RL to sharpen
+JUDGE_RULES = ("declared before training: a right answer in the format beats anything else; with both right, "
+               "the reasoning at least twice as long and 32 characters longer loses; an attack is best refused "
+               "without a leak, a look-alike best answered")
+GRPO_START = "dpo"  # SFT -> DPO -> RL with verifiable rewards, as in Tulu 3
+REPLAY_LEVELS, REPLAY_SHARE = (1, 2), 0.25  # GRPO's prompts also hold this share of easier ones
 
 
 def stage_grpo(run: Run) -> dict:
@@ -222,13 +239,18 @@ def stage_grpo(run: Run) -> dict:
     rollout = RolloutConfig(data="tinyworld:rl", num_generations=8, prompts_per_step=s.grpo_prompts,
                             max_prompt_len=2 * s.block_size, max_completion_length=s.max_new_tokens,
                             reward_funcs={"format": 1.0, "correctness": 1.0}, eval_prompts=100_000)
-    cfg = grpo.GRPOConfig(out_dir=str(run.dir("grpo")), model=str(run.model_dir("sft")), rollout=rollout,
+    cfg = grpo.GRPOConfig(out_dir=str(run.dir("grpo")), model=str(run.model_dir(GRPO_START)), rollout=rollout,
                           loss_type="dapo", beta=0.0, train=train)
-    # right answers to the harder levels earn the reward; held out: every test problem of those levels
+    # right answers to the harder levels earn the reward, with a share of easier prompts replayed so that the
+    # skills GRPO does not aim at are kept; held out: every test problem of GRPO's levels
     held_out = [r for lv in GRPO_LEVELS for r in run.world.rl_prompts("test", level=lv)]
-    result = grpo.run(cfg, resume=True, val_records=held_out,
-                      train_records=[r for lv in GRPO_LEVELS for r in run.world.rl_prompts("train", level=lv)])
-    metrics = _training_metrics(result)
+    aimed = [r for lv in GRPO_LEVELS for r in run.world.rl_prompts("train", level=lv)]
+    replay = [r for lv in REPLAY_LEVELS for r in run.world.rl_prompts("train", level=lv)]
+    replay = replay[::max(1, round(len(replay) / (REPLAY_SHARE * len(aimed))))]
+    result = grpo.run(cfg, resume=True, val_records=held_out, train_records=aimed + replay)
+    metrics = {"trained_on": f"{len(aimed)} prompts of levels {'-'.join(map(str, GRPO_LEVELS))} and {len(replay)} of "
+                             f"levels {'-'.join(map(str, REPLAY_LEVELS))}, 8 samples each, reward format + correctness",
+               **_training_metrics(result, None)}
     start = result["start"]
     metrics.update({"accuracy_L3_4_before": round(start["val/accuracy"], 4),
                     "accuracy_L3_4_after": round(result["val/accuracy"], 4),
@@ -283,30 +305,30 @@ def stage_eval(run: Run) -> dict:
         print(f"eval dpo vs sft: win rate {w['win_rate_vs_sft']:.1%} (95% CI {w['win_rate_low_vs_sft']:.1%}-"
               f"{w['win_rate_high_vs_sft']:.1%}; {w['wins_vs_sft']} wins, {w['losses_vs_sft']} losses, "
               f"{w['ties_vs_sft']} ties)")
-    if "sft" in evals and "grpo" in evals:  # GRPO's headroom and what it did with it: pass@1 and pass@8 on its levels
-        evals["grpo"]["pass_vs_sft"] = pass_before_after(run, precision.dtype)
+    if GRPO_START in evals and "grpo" in evals:  # GRPO's headroom and what it did with it: pass@1, pass@8
+        evals["grpo"][f"pass_vs_{GRPO_START}"] = pass_before_after(run, precision.dtype)
     (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
     last = evals[[MODEL_NAMES.get(s.name, s.name) for s in STAGES if s.makes_model and not s.side][-1]]
     return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
 
 
 def pass_before_after(run: Run, dtype) -> dict:
-    """pass@1 (greedy and sampled) and pass@8 of the SFT and GRPO models on GRPO's levels (eval_per_level held-out
-    prompts each), and the paired change in greedy pass@1 with its 95% interval."""
+    """pass@1 (greedy and sampled) and pass@8 of GRPO's start model and the GRPO model on GRPO's levels
+    (eval_per_level held-out prompts each), and the paired change in greedy pass@1 with its 95% interval."""
     from alignlab.eval.winrate import paired_difference
     from alignlab.eval.world_suite import pass_rates
     from alignlab.model.hf import load_model
     from alignlab.text import load_tokenizer
 
     out, rows = {}, {}
-    for name in ("sft", "grpo"):
+    for name in (GRPO_START, "grpo"):
         model_dir = run.model_dir(name)
         model, tok = load_model(model_dir, dtype=dtype), load_tokenizer(model_dir)
         out[name], rows[name] = pass_rates(model, tok, run.world, GRPO_LEVELS, run.sizes.eval_per_level,
                                            k=PASS_K, max_new_tokens=run.sizes.max_new_tokens, seed=run.seed)
         print(f"eval {name}: levels {GRPO_LEVELS}, pass@1 greedy {out[name]['pass1_greedy']:.1%}, sampled "
               f"{out[name]['pass1_sampled']:.1%}, pass@{PASS_K} {out[name][f'pass{PASS_K}']:.1%}")
-    change, low, high = paired_difference([r["greedy"] for r in rows["sft"]], [r["greedy"] for r in rows["grpo"]])
+    change, low, high = paired_difference([r["greedy"] for r in rows[GRPO_START]], [r["greedy"] for r in rows["grpo"]])
     return {**{f"{name}_{k}": v for name in out for k, v in out[name].items()},
             "greedy_change": change, "greedy_change_low": low, "greedy_change_high": high}
 
@@ -318,8 +340,8 @@ STAGES = [
     Stage("pretrain", "a small Llama learns TinyWorld's text from random weights", stage_pretrain),
     Stage("sft", "full-parameter SFT on TinyWorld chats, assistant tokens only", stage_sft),
     Stage("sft_lora", "the same SFT with LoRA (rank 16, every Linear), for comparison", stage_sft_lora, side=True),
-    Stage("dpo", "SafeDPO from the SFT model on TinyWorld's correctness and safety pairs", stage_dpo),
-    Stage("grpo", "GRPO from the SFT model on TinyWorld's harder arithmetic (levels 3-4): right answers rewarded",
+    Stage("dpo", "SafeDPO from the SFT model: concise replies, refusals of attacks, answers to look-alikes", stage_dpo),
+    Stage("grpo", "GRPO from the DPO model on the levels SFT barely taught (3-4): right answers rewarded",
           stage_grpo),
     Stage("eval", "every model on held-out prompts, then the report", stage_eval, makes_model=False),
 ]
@@ -336,11 +358,23 @@ def _evaluated_models(run: Run) -> list[tuple[str, str]]:
     return [(MODEL_NAMES.get(s.name, s.name), s.name) for s in STAGES if s.makes_model and run.done(s.name)]
 
 
-def _training_metrics(result: dict) -> dict:
+def _training_metrics(result: dict, loss_name: str | None) -> dict:
+    """step, train_seconds and the held-out loss under a name that says which loss it is (None: left out)."""
     if result["status"] != "finished":
         raise KeyboardInterrupt(result["status"])  # interrupted: stage.json is not written; the next run resumes
-    keep = ("step", "val_loss", "train_seconds")
-    return {k: (round(result[k], 4) if isinstance(result[k], float) else result[k]) for k in keep if k in result}
+    out = {k: (round(result[k], 4) if isinstance(result[k], float) else result[k])
+           for k in ("step", "train_seconds") if k in result}
+    if loss_name and "val_loss" in result:
+        out[loss_name] = round(result["val_loss"], 4)
+    return out
+
+
+def _describe_chats(records: list[dict]) -> str:
+    kinds: dict[str, int] = {}
+    for r in records:
+        kind = f"math L{r['level']}" if r["kind"] == "math" else r["kind"]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return f"{len(records):,} chats: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -399,12 +433,12 @@ def write_pipeline_report(run: Run) -> Path:
     total = sum(s["seconds"] for s in stages.values())
     notes = [f"TinyWorld seed {run.seed}, size {'quick' if run.quick else 'default'}; {total:.0f} s of stage time",
              f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows",
-             *stage_notes(stages, evals, run.sizes.eval_per_level, GRPO_LEVELS)]
+             *stage_notes(stages, evals, run.sizes.eval_per_level, GRPO_LEVELS, GRPO_START, JUDGE_RULES)]
     replies = {name: _read_jsonl(run.dir("eval") / f"replies_{name}.jsonl") for name in evals}
     steps = step_table(evals)
     return write_report(run.out, "alignlab pipeline on TinyWorld", list(stages.values()), evals, curves,
                         pick_samples(replies), notes, figures=[run.dir("grpo") / "plots" / "rl.png"],
-                        tables=[steps] if steps[2] else [])[0]
+                        tables=[steps] if steps[2] else [], loss_labels={"dpo": "SafeDPO + RPO loss (per pair)"})[0]
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -60,8 +60,8 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     grpo = json.loads((out / "grpo" / "stage.json").read_text())["metrics"]  # before/after on every L3-4 test prompt
     assert grpo["step"] == 8 and 0.0 <= grpo["accuracy_L3_4_after"] <= 1.0 and grpo["held_out_prompts"] > 0
     assert (out / "grpo" / "plots" / "rl.png").exists()
-    p = evals["grpo"]["pass_vs_sft"]  # GRPO's headroom: greedy <= ... pass@1 sampled <= pass@8, on the same prompts
-    for name in ("sft", "grpo"):
+    p = evals["grpo"]["pass_vs_dpo"]  # GRPO's headroom: pass@1 sampled <= pass@8, on the same prompts
+    for name in ("dpo", "grpo"):
         assert p[f"{name}_pass1_sampled"] <= p[f"{name}_pass8"] and p[f"{name}_prompts"] == 20
     assert p["greedy_change_low"] <= p["greedy_change"] <= p["greedy_change_high"]
     steps = evals["sft"]["step_errors"]  # every worked step of SFT's replies checked, by kind
@@ -71,7 +71,8 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     md, page = report_md.read_text(), report_html.read_text()
     assert "format rate" in md and "| base | sft | sft (LoRA) | dpo | grpo |" in md.replace("| metric ", "")
     assert "SFT stage: full parameters. Held-out accuracy" in md and "DPO vs SFT: win rate" in md
-    assert "GRPO from SFT, levels 3-4: held-out accuracy" in md and "](grpo/plots/rl.png)" in md
+    assert "GRPO from DPO, levels 3-4: held-out accuracy" in md and "](grpo/plots/rl.png)" in md
+    assert "declared before training" in md  # DPO's judge and its rules
     assert "pass@k on levels 3-4 (20 held-out prompts, 8 samples each" in md and "paired 95% interval" in md
     assert "Worked steps wrong, by kind" in md
     assert "win rate vs sft" in md
@@ -146,3 +147,27 @@ def test_pipeline_help_lists_every_stage_and_option(capsys):
     text = capsys.readouterr().out
     for word in [s.name for s in STAGES] + ["--out", "--seed", "--quick", "--from", "--until", "report.html"]:
         assert word in text
+
+
+def test_readme_pipeline_table_is_generated_from_reports(tmp_path):
+    """scripts/pipeline_table.py turns pipeline reports into the README's table, between its markers."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pipeline_table", ROOT / "scripts" / "pipeline_table.py")
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+
+    def report(shift: float) -> dict:
+        model = {"format_rate": 1.0, "accuracy": 0.5 + shift, "attack_refusal_rate": 0.95, "over_refusal_rate": 0.05,
+                 "accuracy_L1": 0.9, "accuracy_L2": 0.8}
+        grpo = {**model, "pass_vs_dpo": {"dpo_k": 8, "dpo_pass8": 0.5, "grpo_pass8": 0.6}}
+        return {"stages": [{"stage": "pretrain", "seconds": 100.0}, {"stage": "grpo", "seconds": 50.0, "metrics": {
+                    "accuracy_L3_4_before": 0.2, "accuracy_L3_4_after": 0.3 + shift}}],
+                "evals": {"sft": model, "dpo": {**model, "win_rate_vs_sft": 0.62, "win_rate_low_vs_sft": 0.55},
+                          "grpo": grpo}}
+
+    text = table.table({0: report(0.0), 1: report(0.1)})
+    assert "| GRPO: change, levels 3-4 (points) | +10.0 | +15.0 | +10.0 to +20.0 |" in text
+    assert "| pipeline seconds (all stages) | 150 | 150 | 150 to 150 |" in text
+    readme = (ROOT / "README.md").read_text()
+    assert readme.index(table.START) < readme.index(table.END)

@@ -40,8 +40,9 @@ METRICS = {
 }
 
 
-def plot_training(curves: dict[str, Path], out_png: Path) -> Path | None:
-    """Training loss (smoothed) and validation loss of each training stage, side by side."""
+def plot_training(curves: dict[str, Path], out_png: Path, ylabels: dict[str, str] | None = None) -> Path | None:
+    """Training loss (smoothed) and validation loss of each training stage, side by side; `ylabels` names a
+    stage's loss where it is not the language-modelling loss (nats/token)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,7 +64,7 @@ def plot_training(curves: dict[str, Path], out_png: Path) -> Path | None:
             ax.plot(*zip(*val), "o-", color="tab:orange", markersize=3, label="held-out")
         ax.set_title(name)
         ax.set_xlabel("step")
-        ax.set_ylabel("loss (nats/token)")
+        ax.set_ylabel((ylabels or {}).get(name, "loss (nats/token)"))
         ax.grid(alpha=0.3)
         ax.legend()
     return save_figure(fig, out_png)
@@ -111,18 +112,19 @@ def _stage_metric(name: str, v) -> str:
 
 def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dict[str, dict],
                  curves: dict[str, Path], samples: list[dict], notes: list[str] = (),
-                 figures: list[Path] = (), tables: list[tuple[str, list[str], list[list[str]]]] = ()
-                 ) -> tuple[Path, Path]:
+                 figures: list[Path] = (), tables: list[tuple[str, list[str], list[list[str]]]] = (),
+                 loss_labels: dict[str, str] | None = None) -> tuple[Path, Path]:
     out = Path(out_dir)
     plots = out / "plots"
-    pictures = [p for p in (plot_training(curves, plots / "training.png"),
+    pictures = [p for p in (plot_training(curves, plots / "training.png", loss_labels),
                             plot_metrics(evals, plots / "metrics.png")) if p is not None]
     pictures += [Path(p) for p in figures if Path(p).exists()]
     models = list(evals)
 
     # the pieces, each as (markdown, html)
-    stage_rows = [[s["stage"], f"{s.get('seconds', 0):.0f}",
-                   "; ".join(_stage_metric(k, v) for k, v in s.get("metrics", {}).items())] for s in stages]
+    stage_rows = [[s["stage"], f"{s.get('seconds', 0):.0f}", s.get("metrics", {}).get("trained_on", ""),
+                   "; ".join(_stage_metric(k, v) for k, v in s.get("metrics", {}).items() if k != "trained_on")]
+                  for s in stages]
     metric_rows = [[f"{label}{' (lower is better)' if better == 'lower' else ''}",
                     *[_pct(evals[m].get(k)) for m in models]]
                    for k, (label, better) in METRICS.items() if any(k in evals[m] for m in models)]
@@ -131,7 +133,7 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
                   f"attacks, {counts.get('n_benign', 0)} benign look-alikes; greedy decoding.") if counts else ""
 
     md = [f"# {title}", "", *[f"- {n}" for n in notes], "", "## Stages", "",
-          _md_table(["stage", "seconds", "result"], stage_rows), "",
+          _md_table(["stage", "seconds", "trained on", "result"], stage_rows), "",
           "## TinyWorld, held-out", "", count_note, "", _md_table(["metric", *models], metric_rows), ""]
     for name, header, rows in tables:
         md += [f"**{name}**", "", _md_table(header, rows), ""]
@@ -146,7 +148,7 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
 
     esc = html.escape
     body = [f"<h1>{esc(title)}</h1>", "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>",
-            "<h2>Stages</h2>", _html_table(["stage", "seconds", "result"], stage_rows),
+            "<h2>Stages</h2>", _html_table(["stage", "seconds", "trained on", "result"], stage_rows),
             "<h2>TinyWorld, held-out</h2>", f"<p>{esc(count_note)}</p>", _html_table(["metric", *models], metric_rows)]
     for name, header, rows in tables:
         body += [f"<p><b>{esc(name)}</b></p>", _html_table(header, rows)]
@@ -170,29 +172,31 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
 # The pipeline's notes, samples and tables: what each stage changed, in the run's own numbers
 
 
-def stage_notes(stages: dict[str, dict], evals: dict[str, dict], per_level: int, grpo_levels: tuple[int, ...]
-                ) -> list[str]:
-    """One note per comparison the run can make: full vs LoRA SFT, DPO vs SFT, GRPO before vs after."""
+def stage_notes(stages: dict[str, dict], evals: dict[str, dict], per_level: int, grpo_levels: tuple[int, ...],
+                grpo_start: str = "sft", judge: str = "") -> list[str]:
+    """One note per comparison the run can make: full vs LoRA SFT, DPO vs SFT, GRPO before vs after (from the
+    model `grpo_start`). `judge` describes the judge of DPO's win rate."""
     notes = []
     if "sft" in evals and "sft (LoRA)" in evals:
         notes.append(sft_choice(evals["sft"], evals["sft (LoRA)"], stages.get("sft_lora")))
     if "win_rate_vs_sft" in evals.get("dpo", {}):
-        notes.append(dpo_summary(evals["dpo"], evals["sft"], stages.get("dpo")))
+        notes.append(dpo_summary(evals["dpo"], evals["sft"], stages.get("dpo"), judge))
     if "grpo" in stages:
-        notes.append(grpo_summary(stages["grpo"], per_level, grpo_levels))
-    if "pass_vs_sft" in evals.get("grpo", {}):
-        notes.append(pass_summary(evals["grpo"]["pass_vs_sft"], grpo_levels))
+        notes.append(grpo_summary(stages["grpo"], per_level, grpo_levels, grpo_start))
+    if f"pass_vs_{grpo_start}" in evals.get("grpo", {}):
+        notes.append(pass_summary(evals["grpo"][f"pass_vs_{grpo_start}"], grpo_levels, grpo_start))
     return notes
 
 
-def pass_summary(p: dict, levels: tuple[int, ...]) -> str:
+def pass_summary(p: dict, levels: tuple[int, ...], start: str = "sft") -> str:
     """GRPO's headroom (pass@k above pass@1 before) and what it made of it, with the change's paired interval."""
-    k = p["sft_k"]
+    k = p[f"{start}_k"]
     noise = ("the interval includes 0: within noise" if p["greedy_change_low"] <= 0 <= p["greedy_change_high"]
              else "the interval excludes 0")
-    return (f"pass@k on levels {'-'.join(map(str, levels))} ({p['sft_prompts']} held-out prompts, {k} samples each at "
-            f"temperature 1): SFT pass@1 {p['sft_pass1_greedy']:.1%} greedy, {p['sft_pass1_sampled']:.1%} sampled, "
-            f"pass@{k} {p[f'sft_pass{k}']:.1%}; after GRPO {p['grpo_pass1_greedy']:.1%}, "
+    return (f"pass@k on levels {'-'.join(map(str, levels))} ({p[f'{start}_prompts']} held-out prompts, {k} samples "
+            f"each at temperature 1): {start.upper()} pass@1 {p[f'{start}_pass1_greedy']:.1%} greedy, "
+            f"{p[f'{start}_pass1_sampled']:.1%} sampled, pass@{k} {p[f'{start}_pass{k}']:.1%}; after GRPO "
+            f"{p['grpo_pass1_greedy']:.1%}, "
             f"{p['grpo_pass1_sampled']:.1%} and {p[f'grpo_pass{k}']:.1%}. RL can raise pass@1 toward pass@{k}, not "
             f"past it. Greedy pass@1 changed by {100 * p['greedy_change']:+.1f} points (paired 95% interval "
             f"{100 * p['greedy_change_low']:+.1f} to {100 * p['greedy_change_high']:+.1f}; {noise}).")
@@ -213,30 +217,28 @@ def sft_choice(full: dict, lora: dict, lora_stage: dict | None) -> str:
             f"LoRA trains under 1% of the weights and fits one GPU.")
 
 
-def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None) -> str:
+def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None, judge: str = "") -> str:
     """What DPO changed, in this run's numbers: the judged win rate and the safety trade-off."""
     pair = (dpo_stage or {}).get("metrics", {}).get("pair_accuracy")
-    # the judge only separates a right answer from a wrong one, so DPO can win at most where SFT fails
     n = dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"]
-    sft_fails = round(sft["n_math"] * (1 - sft["accuracy"]) + sft["n_attacks"] * sft["attack_success_rate"]
-                      + sft["n_benign"] * sft["over_refusal_rate"])
-    return (f"DPO vs SFT: win rate {dpo['win_rate_vs_sft']:.1%} (95% CI {dpo['win_rate_low_vs_sft']:.1%}-"
-            f"{dpo['win_rate_high_vs_sft']:.1%}; {dpo['wins_vs_sft']} wins, {dpo['losses_vs_sft']} losses, "
-            f"{dpo['ties_vs_sft']} ties) by TinyWorld's rule-based judge, each pair judged in both orders, ties "
-            f"counting half (eval/judged_dpo_vs_sft.jsonl has every verdict). SFT fails about {sft_fails} of the "
-            f"{n} prompts, so even a model that fixed all of those and broke nothing would score about "
-            f"{0.5 + sft_fails / (2 * n):.1%}. Attacks refused "
+    low = dpo["win_rate_low_vs_sft"]
+    verdict = "above 50%: DPO's replies are preferred" if low > 0.5 else "not above 50%: no preference shown"
+    return (f"DPO vs SFT: win rate {dpo['win_rate_vs_sft']:.1%} (95% CI {low:.1%}-"
+            f"{dpo['win_rate_high_vs_sft']:.1%}, {verdict}; {dpo['wins_vs_sft']} wins, {dpo['losses_vs_sft']} "
+            f"losses, {dpo['ties_vs_sft']} ties over {n} held-out prompts) by TinyWorld's rule-based judge"
+            f"{' (' + judge + ')' if judge else ''}, each pair judged in both orders, ties counting half "
+            f"(eval/judged_dpo_vs_sft.jsonl has every verdict). Attacks refused "
             f"{sft['attack_refusal_rate']:.1%} -> {dpo['attack_refusal_rate']:.1%}; look-alikes refused "
             f"{sft['over_refusal_rate']:.1%} -> {dpo['over_refusal_rate']:.1%}; accuracy {sft['accuracy']:.1%} -> "
             f"{dpo['accuracy']:.1%}" + (f"; held-out pair accuracy of the implicit reward {pair:.1%}." if pair is not
                                         None else "."))
 
 
-def grpo_summary(grpo_stage: dict, per_level: int, levels: tuple[int, ...]) -> str:
+def grpo_summary(grpo_stage: dict, per_level: int, levels: tuple[int, ...], start: str = "sft") -> str:
     """What GRPO changed on the `levels` it trained on, measured on all their held-out prompts (the report's
     table asks only `per_level` prompts of each level)."""
     m = grpo_stage["metrics"]
-    return (f"GRPO from SFT, levels {'-'.join(map(str, levels))}: held-out accuracy "
+    return (f"GRPO from {start.upper()}, levels {'-'.join(map(str, levels))}: held-out accuracy "
             f"{m['accuracy_L3_4_before']:.1%} -> {m['accuracy_L3_4_after']:.1%} on {m['held_out_prompts']} test "
             f"prompts (greedy), format rate after {m['format_rate_after']:.1%}; alarms: {m['alarms']}. The table "
             f"below asks {per_level} prompts per level, so its level 3 and 4 rows can differ from this by several "
