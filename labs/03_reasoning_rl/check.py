@@ -12,11 +12,9 @@ own machinery. The exit status is 0 when every selected exercise passes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -26,6 +24,8 @@ from alignlab.rewards import RewardRunner
 from alignlab.rl.monitor import ALARMS, check_alarms
 
 HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE.parent))  # labs/grading.py, shared by the labs' checkers
+from grading import grade, load_module  # noqa: E402
 
 
 def close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 1e-6) -> None:
@@ -225,13 +225,6 @@ def print_runs(runs: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load_module(path: Path):
-    spec = importlib.util.spec_from_file_location("lab03_exercises", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Grade Lab 03's exercises, or summarise RL run directories.")
     p.add_argument("exercises", nargs="*", type=int, help=f"exercise numbers (default: all of {sorted(CHECKS)})")
@@ -242,26 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         print_runs(args.runs)
         return 0
     torch.set_num_threads(1)
-    ex = load_module(args.module)
-    failed = 0
-    for n in args.exercises or sorted(CHECKS):
-        if n not in CHECKS:
-            print(f"exercise {n}: no automatic check (exercise 8: check.py --runs DIR ...)")
-            continue
-        try:
-            detail = CHECKS[n](ex)
-        except NotImplementedError:
-            print(f"exercise {n}: TODO (not implemented yet)")
-            failed += 1
-        except AssertionError as e:
-            print(f"exercise {n}: FAIL: {e}")
-            failed += 1
-        except Exception:
-            print(f"exercise {n}: FAIL: your code raised\n{traceback.format_exc(limit=-2)}")
-            failed += 1
-        else:
-            print(f"exercise {n}: PASS ({detail})")
-    return 1 if failed else 0
+    ex = load_module(args.module, "lab03_exercises")
+    return grade(CHECKS, ex, args.exercises, "no automatic check (exercise 8: check.py --runs DIR ...)",
+                 no_check_fails=False)
 
 
 if __name__ == "__main__":
