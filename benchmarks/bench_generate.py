@@ -45,6 +45,7 @@ from dtypes import DTYPES, add_dtype_argument, capability, describe, parse_dtype
 
 import alignlab.infer.engine as engine_module
 from alignlab.infer import Engine, SamplingParams
+from alignlab.model.decode import DecodeStep
 from alignlab.model.hf import load_model
 
 MODELS = {  # Llama shapes; vocab 8192
@@ -109,7 +110,10 @@ def wait_for_idle(max_wait: float | None = None, idle: float = 0.9):
 
 
 class StepClock:
-    """Timestamps every forward call of a model: the prefill, then one call per generated token."""
+    """Timestamps every forward call of a model: the prefill, then one call per generated token (alignlab's engine
+    decodes through model/decode.py's DecodeStep where it applies, and those calls tick the running clock too)."""
+
+    running: StepClock | None = None
 
     def __init__(self, model: torch.nn.Module):
         self.ticks: list[float] = []
@@ -119,11 +123,23 @@ class StepClock:
         """(durations of [prefill, step 1, ..., step n-1, finish], fn's result) for one timed run."""
         wait_for_idle()
         self.ticks = []
+        StepClock.running = self
         t0 = time.perf_counter()
         out = fn(*fn_args)
         t1 = time.perf_counter()
         marks = [t0, *self.ticks, t1]
         return [b - a for a, b in zip(marks, marks[1:])], out
+
+
+def _ticking(call):
+    def step(*args, **kwargs):
+        if StepClock.running is not None:
+            StepClock.running.ticks.append(time.perf_counter())
+        return call(*args, **kwargs)
+    return step
+
+
+DecodeStep.__call__ = _ticking(DecodeStep.__call__)
 
 
 def robust_seconds(runs: list[list[float]]) -> float:

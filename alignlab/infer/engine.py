@@ -21,7 +21,8 @@ Precision: the engine computes in the model's dtype (load_model(dir, dtype=...) 
 --dtype auto` gives bf16 weights where the CPU runs bf16 natively) or under the caller's autocast; the logits are
 cast to fp32 before the processors, so sampling and log-probabilities are fp32 whatever the weights are. On the
 CPU each generation multiplies by weights laid out once for oneDNN (`model/linear.py: packed_weights`; an
-inference model's frozen weights stay laid out between calls) and keeps its KV cache in fp32 (CausalLM.new_cache).
+inference model's frozen weights stay laid out between calls), keeps its KV cache in fp32 (CausalLM.new_cache), and
+decodes through model/decode.py's flat one-token step where it applies (same logits, fewer operations).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.infer import sampling as S
+from alignlab.model.decode import DecodeStep
 from alignlab.model.linear import PackedWeights, packed_weights
 
 COMPACT_FRACTION = 0.25  # compact the batch once this fraction of its rows has finished
@@ -269,6 +271,8 @@ class Engine:
         cache = self.model.new_cache(len(live), L + max_new)
         packs = self.packs  # the weights laid out once for the CPU's products (model/linear.py)
         packs.new_generation()
+        with torch.inference_mode():
+            step = DecodeStep.plan(self.model, cache, packs)  # the flat one-token step, where it applies
         with packed_weights(packs):
             batch, logits = self._prefill(live, L, max_new, cache)  # 1
         while True:
@@ -280,7 +284,7 @@ class Engine:
             if done >= max(1, COMPACT_FRACTION * len(batch.rows)):  # 3
                 tokens, batch = self._compact(tokens, batch, cache)
             with packed_weights(packs):
-                logits = self._decode_step(tokens, batch, cache)  # 4
+                logits = self._decode_step(tokens, batch, cache, step)  # 4
 
     @torch.inference_mode()
     def _prefill(self, rows: list[_Request], L: int, max_new: int, cache):
@@ -326,12 +330,15 @@ class Engine:
         return tokens[idx], batch.keep(idx)
 
     @torch.inference_mode()
-    def _decode_step(self, tokens: torch.Tensor, batch: _Batch, cache) -> torch.Tensor:
+    def _decode_step(self, tokens: torch.Tensor, batch: _Batch, cache, step: DecodeStep | None = None) -> torch.Tensor:
         attn = None if batch.mask is None else batch.mask[:, :max(cache.lengths) + 1]
         pos = batch.pos
         if self.model.config.pos == "learned":  # finished rows run on past the table; their outputs are unused
             pos = pos.clamp(max=self.model.config.max_seq_len - 1)
-        logits = self.model(tokens[:, None], attention_mask=attn, position_ids=pos, cache=cache)
+        if step is not None and step.fits(cache):
+            logits = step(tokens[:, None], pos, cache, attn)
+        else:
+            logits = self.model(tokens[:, None], attention_mask=attn, position_ids=pos, cache=cache)
         batch.pos += 1
         return logits[:, -1].float()
 

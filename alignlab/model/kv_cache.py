@@ -7,6 +7,7 @@ to a cache through these methods only, so another layout (a paged cache) can sta
     lengths              filled slots of each row (host ints: read without waiting for the device)
     append(layer, k, v)  write k, v [B, Hkv, T, d] after each row's filled slots; return the layer's K, V
     advance(n)           once per forward, after every layer has appended its n slots
+    next_slot()          a one-token step that writes the buffers itself (model/decode.py): its slot, K, V
     rows(index)          the cache seen as its rows `index`, for a forward over some of them (a prefill)
     copy_rows(src, dst)  row dst[i] becomes a copy of row src[i] (one prompt prefilled for several requests)
     keep_rows(index)     keep only the rows `index`, in that order (drop finished rows)
@@ -85,6 +86,17 @@ class KVCache:
         if end == T:  # nothing before: the new keys are all there is
             return k, v
         return K[index, :, :end], V[index, :, :end]  # a copy of these rows' history
+
+    def next_slot(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """For a caller that writes one token of every row itself (model/decode.py): the slot n it goes to, and
+        the buffers K, V [layers, B, Hkv, max_len, d]. Rows must hold equal lengths; call advance(1) after."""
+        n = self._lengths[0]
+        if min(self._lengths) != max(self._lengths):
+            raise ValueError("next_slot needs rows of equal lengths")
+        if n >= self.max_len:
+            raise ValueError(f"KV cache is full: {n + 1} tokens > max_len {self.max_len}")
+        self._written = max(self._written, n + 1)
+        return n, self._k, self._v
 
     def advance(self, n: int, rows: list[int] | None = None):
         """Called once per forward, after every layer has written its n new slots."""

@@ -88,9 +88,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _packs(self, x):
-            packed = _state.store.get((id(self.weight),), [self.weight])
-            bias = None if self.bias is None else self.bias.to(torch.bfloat16)
-            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).contiguous(), packed, bias, "none", [], "")
+            return packed_linear(x, *packed([self]))
         n, w = torch.get_num_threads(), self.weight
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if not 0 < rows <= self.max_split_rows or n < 2 or self.out_features % n or x.device.type != "cpu" \
@@ -115,10 +113,26 @@ def fused_linear(x: torch.Tensor, layers: list[nn.Module]) -> list[torch.Tensor]
     has_bias = [m.bias is not None for m in layers] if ok else []
     if not ok or any(has_bias) != all(has_bias) or any(m.weight.dtype != first.weight.dtype for m in layers):
         return [m(x) for m in layers]
-    packed = _state.store.get((id(first), len(layers)), [m.weight for m in layers])
-    bias = torch.cat([m.bias for m in layers]).to(torch.bfloat16) if has_bias[0] else None
-    y = torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16).contiguous(), packed, bias, "none", [], "")
+    y = packed_linear(x, *packed(layers))
     return list(y.split([m.out_features for m in layers], dim=-1))
+
+
+def packed(layers: list[Linear], store: PackedWeights | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The packed bf16 weight of `layers` stacked by rows, from `store` (default: the one `packed_weights` set),
+    and their biases as one bf16 vector (None without). Layers that read the same input share one product."""
+    store = store if store is not None else _state.store
+    key = (id(layers[0].weight),) if len(layers) == 1 else (id(layers[0]), len(layers))
+    weight = store.get(key, [m.weight for m in layers])
+    if layers[0].bias is None:
+        return weight, None
+    return weight, torch.cat([m.bias for m in layers]).to(torch.bfloat16)
+
+
+def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x W^T + b for a weight of `packed`, in bf16."""
+    if x.dtype != torch.bfloat16 or not x.is_contiguous():
+        x = x.to(torch.bfloat16).contiguous()
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
 def _packs(layer: Linear, x: torch.Tensor) -> bool:
@@ -132,9 +146,10 @@ def _packs(layer: Linear, x: torch.Tensor) -> bool:
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
     autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
     bf16 = w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
-    return 0 < rows <= layer.max_packed_rows and (bf16 or (autocast and w.dtype == torch.float32)) and _mkldnn_bf16()
+    return 0 < rows <= layer.max_packed_rows and (bf16 or (autocast and w.dtype == torch.float32)) and mkldnn_bf16()
 
 
 @functools.cache
-def _mkldnn_bf16() -> bool:
+def mkldnn_bf16() -> bool:
+    """Whether oneDNN multiplies bf16 on this CPU (the packed path's condition)."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()

@@ -43,9 +43,15 @@ class RMSNorm(nn.Module):
         cast = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None  # what the next matmul takes
         if self.weight.dtype == torch.float32 and torch.is_grad_enabled() and x.dtype in (torch.float32, cast):
             return _RMSNormFunction.apply(x, self.weight, self.eps, cast or x.dtype)
-        xf = x.float()  # few ops: decoding one token per row is bound by their count
-        y = self.weight * (xf * xf.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()).to(x.dtype)
+        y = rms_norm(x, self.weight, self.eps)
         return y if cast is None else y.to(cast)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without gradients: computed in fp32, rounded to x's dtype, then scaled by the weight (as
+    transformers does). Few ops: decoding one token per row is bound by their count."""
+    xf = x.float()
+    return weight * (xf * xf.square().mean(-1, keepdim=True).add_(eps).rsqrt_()).to(x.dtype)
 
 
 class _RMSNormFunction(torch.autograd.Function):
@@ -196,6 +202,12 @@ class CausalLM(nn.Module):
         c = self.config
         return inv_frequencies(c.head_dim, c.rope_theta, c.rope_scaling).to(device)
 
+    def rope(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE's tables for `rotate` at position_ids [B, T]: cos, signed sin [B, 1, T, d] in `dtype`, from fp32
+        frequencies (even after .to(bf16))."""
+        inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self.rope_frequencies(position_ids.device)
+        return rope_tables(*rope_cos_sin(inv_freq, position_ids, dtype))
+
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
@@ -270,9 +282,7 @@ class CausalLM(nn.Module):
         if self.config.pos == "learned":
             x = x + self.model.embed_positions(position_ids)
         else:
-            inv_freq = self.inv_freq if self.inv_freq.dtype == torch.float32 else self.rope_frequencies(x.device)
-            # fp32 frequencies, even after .to(bf16); cos, sin in the dtype of q and k (bf16 under autocast)
-            rope = rope_tables(*rope_cos_sin(inv_freq, position_ids, matmul_dtype(x)))
+            rope = self.rope(position_ids, matmul_dtype(x))  # in the dtype of q and k (bf16 under autocast)
         for block in self.model.layers:
             if self.gradient_checkpointing and self.training and (cache is None or cache.differentiable):
                 # keep only each block's input; recompute its activations during backward
