@@ -10,13 +10,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "alignlab"
 
-# lowest first; a module may import its own layer or a lower one (docs/layers.md and the README say why)
+# lowest first; a module may import its own layer or a lower one (the README's Layers section says why)
 LAYERS = [
     {"errors", "config", "objectives"},
     {"model"},
     {"lora", "quant"},
     {"text"},
     {"data"},
+    {"tools"},
     {"tasks"},
     {"rewards"},
     {"infer"},
