@@ -11,19 +11,19 @@ them in the system turn (Qwen2.5/Hermes: JSON schemas inside <tools></tools>). t
     "required"  as auto, and the reply is started with "<tool_call>" (forced tokens, as nanochat's engine does)
     a function  the reply is started with '<tool_call>{"name": "NAME", "arguments": ' so only the arguments are
                 left to the model
-A block counts only if its JSON has "name" and "arguments" (vLLM's hermes parser); anything else stays text.
+A block counts only if its JSON has "name" and "arguments" (vLLM's hermes parser); anything else stays text
+(`alignlab/tools/calls.py` reads the blocks).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import uuid
 
 from alignlab.serve.protocol import APIError
+from alignlab.tools.calls import HERMES_OPEN, parse_calls
 
-OPEN, CLOSE = "<tool_call>", "</tool_call>"
-BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+OPEN = HERMES_OPEN
 
 
 def tool_mode(tools: list | None, tool_choice) -> tuple[bool, str]:
@@ -50,26 +50,15 @@ def tool_mode(tools: list | None, tool_choice) -> tuple[bool, str]:
 
 
 def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
-    """(the text before the first call, or None if empty; the calls as the API returns them).
-
-    With no valid call, (text, []). A block the model did not close (it stopped first) is still parsed.
-    """
-    calls = []
-    for m in BLOCK.finditer(text):
-        try:
-            obj = json.loads(m.group(1))
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(obj, dict) or "name" not in obj or "arguments" not in obj:
-            continue
-        args = obj["arguments"]
-        calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                      "function": {"name": str(obj["name"]),
-                                   "arguments": args if isinstance(args, str) else json.dumps(args)}})
+    """(the text around the calls, or None if empty; the calls as the API returns them), read by
+    `alignlab.tools.calls` (Hermes format). With no valid call, (text, []). A block the model did not close (it
+    stopped first) is still parsed."""
+    content, calls = parse_calls(text, "hermes")
     if not calls:
         return text, []
-    content = text[:text.find(OPEN)].strip()
-    return content or None, calls
+    return content or None, [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                              "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+                             for c in calls]
 
 
 def held_back(text: str, marker: str = OPEN) -> int:
