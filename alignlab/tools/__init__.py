@@ -1,5 +1,6 @@
 """Tool use: tools described in OpenAI's format and calls checked against them (schema.py); tool calls written and
-read in the formats open models use (calls.py); calls run and answered as `role: tool` messages (executor.py)."""
+read in the formats open models use (calls.py); calls run and answered as `role: tool` messages (executor.py); a
+model's Python run in a sandboxed child process (sandbox.py)."""
 
 from alignlab.tools.calls import FORMATS, CallFormatError, format_calls, parse_calls
 from alignlab.tools.executor import ToolBox

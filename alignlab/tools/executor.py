@@ -10,7 +10,9 @@ A call's arguments may be a dict or the JSON string the API carries. What goes b
 result (a string as it is, anything else as JSON), or "error: ..." for an unknown tool, arguments that do not fit
 the schema (`check_arguments`' message), or an exception raised by the function. Functions given to a ToolBox are
 the application's own code and run in this process; the built-in calculator parses its input with `ast` and never
-evaluates it (`alignlab/data/world/calculator.py`).
+evaluates it (`alignlab/data/world/calculator.py`); the built-in python tool runs the model's code in a sandboxed child
+process (`alignlab/tools/sandbox.py`: time, memory, file and output limits, no network, writes only in a temporary
+directory).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import json
 from collections.abc import Callable
 
 from alignlab.data.world.calculator import CALCULATOR_TOOL, calculator_output
+from alignlab.tools.sandbox import python
 from alignlab.tools.schema import ToolArgumentError, check_arguments, function_schema
 
 BUILTINS: dict[str, tuple[dict, Callable[..., str]]] = {
     "calculator": (CALCULATOR_TOOL, lambda expression: calculator_output({"expression": expression})),
+    "python": (function_schema(python), python),  # runs in tools/sandbox.py's child process, with its limits
 }
 
 
