@@ -172,6 +172,61 @@ def cmd_chat(args):
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
+def agent_arguments(p):
+    p.add_argument("--model", required=True,
+                   help="a model directory (run here with alignlab's engine) or an OpenAI-compatible base URL")
+    p.add_argument("--served-model", default=None, help="with a URL: the model name to ask for (default: the first "
+                                                        "one /models lists)")
+    p.add_argument("--api-key", default="none")
+    p.add_argument("--tools", default="calculator", help="comma list of built-in tools: calculator, python")
+    p.add_argument("--prompt", required=True, help="the user's message")
+    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--max-turns", type=int, default=5)
+    p.add_argument("--template", default=None, help="a chat template (e.g. chatml) instead of the tokenizer's")
+    p.add_argument("--format", default="hermes", choices=("hermes", "llama3", "pythonic"),
+                   help="how the local model writes its calls (the template's format)")
+    p.add_argument("--out", default=None, help="append the transcript to this JSON Lines file")
+    _add_dtype(p)
+    _add_sampling(p)
+
+
+def cmd_agent(args):
+    from alignlab.tools import ToolBox
+    from alignlab.tools.agent import LocalChat, OpenAIChat, run_agent
+
+    try:
+        box = ToolBox(builtins=[t.strip() for t in args.tools.split(",") if t.strip()])
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.model.startswith(("http://", "https://")):
+        import httpx
+
+        name = args.served_model
+        if name is None:
+            listed = httpx.get(args.model.rstrip("/") + "/models", headers={"Authorization": f"Bearer {args.api_key}"})
+            name = listed.json()["data"][0]["id"]
+        chat = OpenAIChat(args.model, name, api_key=args.api_key, max_tokens=args.max_new_tokens,
+                          temperature=args.temperature)
+    else:
+        from alignlab.infer import Engine
+
+        model, tokenizer = _load(args.model, args.dtype)
+        if tokenizer.chat_template is None and args.template is None:
+            raise UserError(f"{args.model}: the tokenizer has no chat template; pass --template chatml")
+        chat = LocalChat(Engine(model, tokenizer), _params(args), fmt=args.format, chat_template=args.template)
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}]
+    result = run_agent(chat, messages, box, max_turns=args.max_turns)
+    for m in result.messages[len(messages):]:
+        calls = "".join(f"\n  -> {c['function']['name']}({c['function']['arguments']})"
+                        for c in m.get("tool_calls", []))
+        print(f"{m['role']}> {m.get('content') or ''}{calls}")
+    print(f"({result.turns} turns, {result.calls} tool calls, {'finished' if result.finished else 'turn limit'})",
+          file=sys.stderr)
+    if args.out:
+        result.save(args.out)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Training recipes: `alignlab NAME [--config YAML] [--resume] [key=value ...]`, each run(config, resume=...)
 
@@ -457,6 +512,8 @@ COMMANDS = [
     Command("info", "architecture, parameters, FLOPs and memory of a model", info_arguments, cmd_info),
     Command("generate", "complete a prompt (prints only the completion)", generate_arguments, cmd_generate),
     Command("chat", "interactive chat with streaming, using the chat template", chat_arguments, cmd_chat),
+    Command("agent", "a model (a directory or an OpenAI-compatible URL) that calls tools until it answers",
+            agent_arguments, cmd_agent),
     Command("pretrain", "train a language model on raw text (from scratch or a checkpoint)",
             recipe_arguments("configs/pretrain/shakespeare_char.yaml", "train.lr=3e-3"), cmd_pretrain),
     Command("sft", "supervised fine-tuning: full, LoRA or QLoRA, on the tokens each answer trains",
