@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.model.kv_cache import KVCache
-from alignlab.model.linear import Linear, PackedWeights, mkldnn_bf16, packed, packed_linear
+from alignlab.model.linear import Linear, PackedWeights, packable, packed, packed_linear
 from alignlab.model.rope import rotate
 from alignlab.model.transformer import CausalLM, RMSNorm, rms_norm
 
@@ -67,11 +67,10 @@ class DecodeStep:
         products = [model.lm_head] + [m for b in blocks for m in (b.self_attn.q_proj, b.self_attn.k_proj,
                                                                   b.self_attn.v_proj, b.self_attn.o_proj,
                                                                   b.mlp.gate_proj, b.mlp.up_proj, b.mlp.down_proj)]
-        dtype = model.lm_head.weight.dtype
-        autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        ok = (all(type(n) is RMSNorm for n in norms) and len(cache.lengths) <= Linear.max_packed_rows
-              and all(type(m) is Linear and m.weight.device.type == "cpu" and m.weight.dtype == dtype for m in products)
-              and (dtype == torch.bfloat16 or (autocast and dtype == torch.float32)) and mkldnn_bf16())
+        rows, dtype = len(cache.lengths), model.lm_head.weight.dtype  # one dtype, as fused_linear's groups want
+        ok = all(type(n) is RMSNorm for n in norms) and all(  # each product's input: a norm's bf16 output
+            type(m) is Linear and m.weight.dtype == dtype and packable(m.weight, torch.bfloat16, rows,
+                                                                       m.max_packed_rows) for m in products)
         return cls(model, store) if ok else None
 
     def fits(self, cache) -> bool:

@@ -138,15 +138,22 @@ def packed_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 def _packs(layer: Linear, x: torch.Tensor) -> bool:
     """Whether layer(x) takes the packed bf16 product (see Linear)."""
     w = layer.weight
-    if getattr(_state, "store", None) is None or x.device.type != "cpu" or w.device.type != "cpu":
+    if getattr(_state, "store", None) is None or x.device.type != "cpu":
         return False
     if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad or
                                     (layer.bias is not None and layer.bias.requires_grad)):
         return False
     rows = x.numel() // x.shape[-1] if x.dim() and x.shape[-1] else 0
+    return packable(w, x.dtype, rows, layer.max_packed_rows)
+
+
+def packable(weight: torch.Tensor, x_dtype: torch.dtype, rows: int, max_rows: int) -> bool:
+    """Whether a product of `rows` rows of x_dtype by this CPU weight is one the packed bf16 path computes: bf16 by
+    bf16, or an fp32 weight under bf16 autocast, at most max_rows rows, where oneDNN has bf16."""
     autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-    bf16 = w.dtype == torch.bfloat16 and x.dtype == torch.bfloat16
-    return 0 < rows <= layer.max_packed_rows and (bf16 or (autocast and w.dtype == torch.float32)) and mkldnn_bf16()
+    bf16 = weight.dtype == torch.bfloat16 and x_dtype == torch.bfloat16
+    cast = autocast and weight.dtype == torch.float32
+    return weight.device.type == "cpu" and 0 < rows <= max_rows and (bf16 or cast) and mkldnn_bf16()
 
 
 @functools.cache

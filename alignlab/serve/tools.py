@@ -21,7 +21,7 @@ import json
 import uuid
 
 from alignlab.serve.protocol import APIError
-from alignlab.tools.calls import HERMES_OPEN, parse_calls
+from alignlab.tools.calls import HERMES_OPEN, api_tool_calls, parse_calls
 
 OPEN = HERMES_OPEN
 
@@ -56,9 +56,7 @@ def parse_tool_calls(text: str) -> tuple[str | None, list[dict]]:
     content, calls = parse_calls(text, "hermes")
     if not calls:
         return text, []
-    return content or None, [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
-                              "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-                             for c in calls]
+    return content or None, api_tool_calls(calls, [f"call_{uuid.uuid4().hex[:24]}" for _ in calls])
 
 
 def held_back(text: str, marker: str = OPEN) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alignlab.infer import Engine, SamplingParams
-from alignlab.tools.calls import parse_calls
+from alignlab.tools.calls import api_tool_calls, parse_calls
 from alignlab.tools.executor import ToolBox
 
 ChatBackend = Callable[[list[dict], list[dict]], dict]
@@ -67,9 +67,7 @@ def assistant_message(content: str, calls: list[dict], turn: int = 0) -> dict:
     """OpenAI's assistant message for parsed calls [{"name", "arguments": dict}]."""
     message = {"role": "assistant", "content": content or None}
     if calls:
-        message["tool_calls"] = [{"id": f"call_{turn}_{i}", "type": "function",
-                                  "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-                                 for i, c in enumerate(calls)]
+        message["tool_calls"] = api_tool_calls(calls, [f"call_{turn}_{i}" for i in range(len(calls))])
     return message
 
 

@@ -55,6 +55,13 @@ def parse_calls(text: str, fmt: str) -> tuple[str, list[dict]]:
     raise ValueError(f"unknown tool-call format {fmt!r} (choose from {', '.join(FORMATS)})")
 
 
+def api_tool_calls(calls: list[dict], ids: list[str]) -> list[dict]:
+    """OpenAI's `tool_calls` entries for calls [{"name", "arguments": dict}], with the given ids: the arguments
+    travel as a JSON string."""
+    return [{"id": i, "type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+            for c, i in zip(calls, ids)]
+
+
 def _call(obj, args_key: str) -> dict | None:
     """{"name", "arguments"} from a parsed JSON object, or None if it is not a call."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or args_key not in obj:

@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import cache
 
@@ -137,7 +138,6 @@ def run_python(code: str, timeout_s: float = 5.0, memory_mb: int = 512, max_outp
 
 def _communicate(proc: subprocess.Popen, data: bytes, timeout_s: float, max_output: int) -> tuple[bytes, bytes]:
     """Feed stdin and read stdout/stderr, keeping at most max_output + 1 bytes of each (the rest is drained)."""
-    import threading
     outs = {}
 
     def read(name, stream):
