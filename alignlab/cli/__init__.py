@@ -1,7 +1,8 @@
 """`alignlab <command>`: the command-line entry point.
 
 Every command is one row of COMMANDS: its name, its help line, a function that adds its arguments to its
-parser, and a function that runs it on the parsed arguments. Errors a user can fix (alignlab.errors.UserError:
+parser, and a function that runs it on the parsed arguments (the tool-use commands live in cli/tools.py, the
+helpers several commands share in cli/common.py). Errors a user can fix (alignlab.errors.UserError:
 a bad option, path, file, record or checkpoint) print one line and exit with status 2; a training run that
 diverged exits with 1; anything else is a bug and raises with its traceback. `alignlab --debug <command>`
 shows the traceback of every error.
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
+from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
 from alignlab.errors import UserError
 
 
@@ -29,33 +32,6 @@ class Command:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Models: info, generate, chat
-
-
-def _load(model_dir: str, dtype: str = "auto"):
-    """The model in the precision `dtype` resolves to for inference (printed to stderr), and its tokenizer."""
-    from alignlab.model.hf import load_model, resolve_model_dir
-    from alignlab.model.precision import resolve_precision
-    from alignlab.text import load_tokenizer
-
-    path = resolve_model_dir(model_dir)
-    precision = resolve_precision(dtype, "cpu", "infer")
-    model, tokenizer = load_model(path, dtype=precision.dtype), load_tokenizer(path)
-    model.requires_grad_(False)  # inference only: the engine keeps the weights' packed layout between requests
-    print(f"precision: {precision.why}", file=sys.stderr)
-    return model, tokenizer
-
-
-def _add_dtype(p):
-    p.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="weights' dtype (default auto: bf16 where the CPU runs it natively and faster, else fp32; "
-                        "$ALIGNLAB_AUTO_DTYPE overrides auto)")
-
-
-def _size(n_bytes: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n_bytes < 1024 or unit == "GiB":
-            return f"{n_bytes:.1f} {unit}"
-        n_bytes /= 1024
 
 
 def info_arguments(p):
@@ -81,48 +57,30 @@ def cmd_info(args):
         ("parameters", f"{n:,} ({c.num_params(include_embedding=False):,} without embeddings)"),
         ("FLOPs/token", f"{c.flops_per_token(args.seq_len):.3g} forward, "
                         f"{c.flops_per_token(args.seq_len, training=True):.3g} training (at {args.seq_len} tokens)"),
-        ("weights", f"{_size(n * 4)} fp32, {_size(n * 2)} bf16"),
-        ("KV cache", f"{_size(c.kv_cache_bytes(1, 1))}/token fp32; {_size(c.kv_cache_bytes(args.batch, args.seq_len))}"
-                     f" for batch {args.batch} x {args.seq_len} tokens"),
+        ("weights", f"{human_size(n * 4)} fp32, {human_size(n * 2)} bf16"),
+        ("KV cache", f"{human_size(c.kv_cache_bytes(1, 1))}/token fp32; "
+                     f"{human_size(c.kv_cache_bytes(args.batch, args.seq_len))} "
+                     f"for batch {args.batch} x {args.seq_len} tokens"),
     ]
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
 
 
-def _add_sampling(p, temperature=0.0):
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=temperature, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
-
-
-def _params(args):
-    from alignlab.infer import SamplingParams
-
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                          seed=args.seed, stop=args.stop or [])
-
-
 def generate_arguments(p):
     p.add_argument("--model", required=True)
     p.add_argument("--prompt", required=True)
     p.add_argument("--stream", action="store_true")
-    _add_dtype(p)
-    _add_sampling(p, temperature=0.0)
+    add_dtype(p)
+    add_sampling(p, temperature=0.0)
 
 
 def cmd_generate(args):
     from alignlab.infer import Engine
 
-    model, tokenizer = _load(args.model, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.dtype)
     engine = Engine(model, tokenizer)
-    params = _params(args)
+    params = sampling_params(args)
     if args.stream:
         for piece in engine.stream(args.prompt, params):
             print(piece, end="", flush=True)
@@ -135,18 +93,18 @@ def chat_arguments(p):
     p.add_argument("--model", required=True)
     p.add_argument("--system", default=None, help="system message")
     p.add_argument("--template", default=None, help="a built-in chat template (e.g. chatml) to use instead")
-    _add_dtype(p)
-    _add_sampling(p, temperature=0.7)
+    add_dtype(p)
+    add_sampling(p, temperature=0.7)
 
 
 def cmd_chat(args):
     from alignlab.infer import Engine
 
-    model, tokenizer = _load(args.model, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.dtype)
     if tokenizer.chat_template is None and args.template is None:
         raise UserError(f"{args.model}: the tokenizer has no chat template; pass --template chatml")
     engine = Engine(model, tokenizer)
-    params = _params(args)
+    params = sampling_params(args)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("alignlab chat: type a message, an empty line or Ctrl-D to quit, /reset to start over.",
           file=sys.stderr)
@@ -170,61 +128,6 @@ def cmd_chat(args):
             print(piece, end="", flush=True)
         print()
         messages.append({"role": "assistant", "content": "".join(reply)})
-
-
-def agent_arguments(p):
-    p.add_argument("--model", required=True,
-                   help="a model directory (run here with alignlab's engine) or an OpenAI-compatible base URL")
-    p.add_argument("--served-model", default=None, help="with a URL: the model name to ask for (default: the first "
-                                                        "one /models lists)")
-    p.add_argument("--api-key", default="none")
-    p.add_argument("--tools", default="calculator", help="comma list of built-in tools: calculator, python")
-    p.add_argument("--prompt", required=True, help="the user's message")
-    p.add_argument("--system", default=None, help="system message")
-    p.add_argument("--max-turns", type=int, default=5)
-    p.add_argument("--template", default=None, help="a chat template (e.g. chatml) instead of the tokenizer's")
-    p.add_argument("--format", default="hermes", choices=("hermes", "llama3", "pythonic"),
-                   help="how the local model writes its calls (the template's format)")
-    p.add_argument("--out", default=None, help="append the transcript to this JSON Lines file")
-    _add_dtype(p)
-    _add_sampling(p)
-
-
-def cmd_agent(args):
-    from alignlab.tools import ToolBox
-    from alignlab.tools.agent import LocalChat, OpenAIChat, run_agent
-
-    try:
-        box = ToolBox(builtins=[t.strip() for t in args.tools.split(",") if t.strip()])
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    if args.model.startswith(("http://", "https://")):
-        import httpx
-
-        name = args.served_model
-        if name is None:
-            listed = httpx.get(args.model.rstrip("/") + "/models", headers={"Authorization": f"Bearer {args.api_key}"})
-            name = listed.json()["data"][0]["id"]
-        chat = OpenAIChat(args.model, name, api_key=args.api_key, max_tokens=args.max_new_tokens,
-                          temperature=args.temperature)
-    else:
-        from alignlab.infer import Engine
-
-        model, tokenizer = _load(args.model, args.dtype)
-        if tokenizer.chat_template is None and args.template is None:
-            raise UserError(f"{args.model}: the tokenizer has no chat template; pass --template chatml")
-        chat = LocalChat(Engine(model, tokenizer), _params(args), fmt=args.format, chat_template=args.template)
-    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": args.prompt}]
-    result = run_agent(chat, messages, box, max_turns=args.max_turns)
-    for m in result.messages[len(messages):]:
-        calls = "".join(f"\n  -> {c['function']['name']}({c['function']['arguments']})"
-                        for c in m.get("tool_calls", []))
-        print(f"{m['role']}> {m.get('content') or ''}{calls}")
-    print(f"({result.turns} turns, {result.calls} tool calls, {'finished' if result.finished else 'turn limit'})",
-          file=sys.stderr)
-    if args.out:
-        result.save(args.out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -399,7 +302,7 @@ def eval_world_arguments(p):
     p.add_argument("--levels", default="1,2,3,4", help="the math levels to ask, comma-separated (default 1,2,3,4)")
     p.add_argument("--safety", type=int, default=40, help="attacks, and as many look-alikes (default 40)")
     p.add_argument("--max-new-tokens", type=int, default=96)
-    _add_dtype(p)
+    add_dtype(p)
     p.add_argument("--out", default=None, help="write every prompt, reply and score to this .jsonl")
 
 
@@ -415,7 +318,7 @@ def cmd_eval_world(args):
     except ValueError:
         raise ConfigError(f"--levels {args.levels!r}: give level numbers separated by commas, e.g. 3,4") from None
     levels = check_levels(levels)  # before the model loads
-    model, tok = _load(args.model, args.dtype)
+    model, tok = load_for_inference(args.model, args.dtype)
     metrics, rows = evaluate_on_world(model, tok, TinyWorld(seed=args.seed), per_level=args.per_level,
                                       safety=args.safety, max_new_tokens=args.max_new_tokens, levels=levels)
     print("\n".join(metric_lines(metrics)))
@@ -441,7 +344,7 @@ def serve_arguments(p):
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
                    help="the names the base model answers to (default: MODEL as given)")
-    _add_dtype(p)
+    add_dtype(p)
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together (default 64)")
     p.add_argument("--max-queue", type=int, default=None,
                    help="sequences that may wait beyond --max-num-seqs before requests get 429 (default: no limit)")
@@ -456,7 +359,7 @@ def cmd_serve(args):
         if not eq or not name or not path:
             raise UserError(f"--lora {spec!r}: give NAME=DIR")
         loras[name] = path
-    model, tokenizer = _load(args.model, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.dtype)
     state = build_state(model, tokenizer, model_names=args.served_model_name or [args.model], model_path=args.model,
                         loras=loras, api_keys=args.api_keys, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
     serve(state, host=args.host, port=args.port)
@@ -514,6 +417,8 @@ COMMANDS = [
     Command("chat", "interactive chat with streaming, using the chat template", chat_arguments, cmd_chat),
     Command("agent", "a model (a directory or an OpenAI-compatible URL) that calls tools until it answers",
             agent_arguments, cmd_agent),
+    Command("bfcl", "BFCL's AST check of a model's function calls (simple, multiple, parallel, irrelevance)",
+            bfcl_arguments, cmd_bfcl),
     Command("pretrain", "train a language model on raw text (from scratch or a checkpoint)",
             recipe_arguments("configs/pretrain/shakespeare_char.yaml", "train.lr=3e-3"), cmd_pretrain),
     Command("sft", "supervised fine-tuning: full, LoRA or QLoRA, on the tokens each answer trains",
