@@ -451,7 +451,7 @@ def test_a_named_tool_choice_forces_the_call(model_dir):
     (call,) = r.choices[0].message.tool_calls
     assert call.function.name == "calculator" and json.loads(call.function.arguments) == {"expression": "7*6"}
     prompt = state.tokenizer.decode(next(iter(core.prompts.values())))
-    assert prompt.endswith('<tool_call>{"name": "calculator", "arguments": ')
+    assert prompt.endswith('<tool_call>\n{"name": "calculator", "arguments": ')
 
 
 # --- tenants -------------------------------------------------------------------------------------------------------

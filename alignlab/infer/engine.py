@@ -54,6 +54,10 @@ class SamplingParams:
     top_logprobs: int = 0  # also the log-probs of the k most likely tokens at each step (raw logits, as logprobs)
     prompt_logprobs: bool = False  # also log pi(prompt token | the prompt before it); None for the first token
     ignore_eos: bool = False  # do not stop on end-of-sequence ids (benchmarks, fixed-length rollouts)
+    # constrained decoding: an object whose start() gives each request a state with allowed(vocab_size) -> bool
+    # mask of the tokens it may draw next, advance(token_id) and done; its end_ids also stop the request
+    # (alignlab.tools.guided: a tool call that always fits its schema)
+    guide: object | None = None
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -107,6 +111,9 @@ class _Request:
                  device: torch.device):
         self.prompt, self.params = prompt, params
         self.stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else eos) | stop_ids
+        self.guide = None if params.guide is None else params.guide.start()
+        if self.guide is not None:
+            self.stop_ids |= set(params.guide.end_ids)
         seed = params.seed if params.seed is not None else int(torch.randint(2**62, ()))
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.tokens: list[int] = []
@@ -348,6 +355,14 @@ class Engine:
         raw = logits
         if b.penalty is not None:
             logits = S.repetition_penalty(logits, b.seen, b.penalty)
+        guided = [i for i, r in enumerate(b.rows) if r.guide is not None and r.finish_reason is None]
+        if guided:  # constrained decoding: what the guide does not allow cannot be drawn
+            logits = logits.clone() if logits is raw else logits
+            for i in guided:
+                allowed = b.rows[i].guide.allowed(logits.shape[-1]).to(logits.device)
+                if not bool(allowed.any()):
+                    raise ValueError("the guide allows no token here: the vocabulary cannot spell what it needs")
+                logits[i].masked_fill_(~allowed, float("-inf"))
         if len(b.sampled) < len(b.rows):
             tokens = S.greedy(logits)
         if b.sampled:
@@ -378,6 +393,8 @@ class Engine:
                 done += 1
                 continue
             r.tokens.append(t)
+            if r.guide is not None and t not in r.stop_ids:
+                r.guide.advance(t)
             if logprobs is not None:
                 r.logprobs.append(logprobs[i])
             if batch.top_logprobs is not None and r.params.top_logprobs:

@@ -295,7 +295,7 @@ def create_app(state: ServerState) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
         adapter = state.resolve(body.model, allowed(request))
-        render_tools, forced = tool_mode(body.tools, body.tool_choice)
+        render_tools, forced, guide = tool_mode(body.tools, body.tool_choice, tok)
         tools = [t.model_dump(exclude_none=True) for t in body.tools] if render_tools else None
         ids = P.chat_prompt(tok, body.messages, tools, body.add_generation_prompt, forced, body.chat_template_kwargs)
         asked = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -303,6 +303,8 @@ def create_app(state: ServerState) -> FastAPI:
         top = body.top_logprobs or 0
         params = [P.sampling_params(body, max_tokens, None if body.seed is None else body.seed + j, body.logprobs, top)
                   for j in range(body.n)]
+        for p in params:
+            p.guide = guide
         state.metrics.model(body.model)
         parse = bool(render_tools or forced)
         meta = {"id": R.new_id("chatcmpl"), "created": R.now(), "model": body.model}

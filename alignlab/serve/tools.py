@@ -8,43 +8,46 @@ The tools themselves reach the model through the chat template (`tools=` of appl
 them in the system turn (Qwen2.5/Hermes: JSON schemas inside <tools></tools>). tool_choice:
     "none"      the tools are not rendered and the text is returned as it is
     "auto"      rendered; every <tool_call>...</tool_call> block is parsed out of the reply
-    "required"  as auto, and the reply is started with "<tool_call>" (forced tokens, as nanochat's engine does)
-    a function  the reply is started with '<tool_call>{"name": "NAME", "arguments": ' so only the arguments are
-                left to the model
+    "required"  as auto, and the reply is started with "<tool_call>\n" (forced tokens, as nanochat's engine does)
+                and decoded under a guide (alignlab/tools/guided.py): the call is always JSON of one of the tools
+    a function  the reply is started with '<tool_call>\n{"name": "NAME", "arguments": ' and the guide keeps the
+                arguments to that function's schema
 A block counts only if its JSON has "name" and "arguments" (vLLM's hermes parser); anything else stays text
 (`alignlab/tools/calls.py` reads the blocks).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
 
 from alignlab.serve.protocol import APIError
 from alignlab.tools.calls import HERMES_OPEN, api_tool_calls, parse_calls
+from alignlab.tools.guided import REQUIRED_START, call_guide, named_start
 
 OPEN = HERMES_OPEN
 
 
-def tool_mode(tools: list | None, tool_choice) -> tuple[bool, str]:
-    """(render the tools?, the forced start of the reply) for a request's tools and tool_choice."""
+def tool_mode(tools: list | None, tool_choice, tokenizer) -> tuple[bool, str, object | None]:
+    """(render the tools?, the forced start of the reply, the guide that keeps the rest a valid call or None) for a
+    request's tools and tool_choice."""
     if not tools:
         if tool_choice not in (None, "none", "auto"):
             raise APIError(400, "tool_choice needs tools", param="tool_choice")
-        return False, ""
+        return False, "", None
     names = [t.function.name for t in tools]
     if tool_choice is None or tool_choice == "auto":
-        return True, ""
+        return True, "", None
     if tool_choice == "none":
-        return False, ""
+        return False, "", None
+    specs = [t.model_dump(exclude_none=True) for t in tools]
     if tool_choice == "required":
-        return True, OPEN
+        return True, REQUIRED_START, call_guide(tokenizer, specs)
     if isinstance(tool_choice, dict):
         name = (tool_choice.get("function") or {}).get("name")
         if name not in names:
             raise APIError(400, f"tool_choice names {name!r}, which is not one of the tools {names}",
                            param="tool_choice")
-        return True, OPEN + '{"name": ' + json.dumps(name) + ', "arguments": '
+        return True, named_start(name), call_guide(tokenizer, specs, name)
     raise APIError(400, f"tool_choice must be none, auto, required or a function, not {tool_choice!r}",
                    param="tool_choice")
 
