@@ -17,6 +17,9 @@ Stages, in order, each with something to learn that the stage before left undone
                is uneven in style: most level 1-2 replies open with a filler sentence
     sft_lora   the same SFT with LoRA adapters (rank 16 on every Linear) instead, from the same base: a
                side branch that shows which of the two the SFT stage should be (the report says which won)
+    tools      tool-use SFT from the SFT model (a side branch): chats that call the town's services (weather,
+               calendar, directory) and the calculator, read the result and answer from it, and questions that need
+               no tool; scored on held-out cities, titles and directory entries by calling the tools for real
     dpo        SafeDPO (with RPO's NLL term) from the SFT model on three kinds of pairs: concise vs rambling
                replies, refusals vs replies that break the policy (marked unsafe), answers vs refusals of
                look-alikes. Judged against SFT by TinyWorldJudge, whose rules are fixed before training
@@ -68,6 +71,8 @@ class Sizes:
     grpo_steps: int
     grpo_prompts: int  # prompts per step, G = 8 completions each
     grpo_lr: float
+    tools_steps: int
+    tools_lr: float
     eval_per_level: int  # held-out math prompts per level 1-4 (level 1 has 25 in all)
     eval_safety: int  # held-out attacks, and as many look-alikes
     max_new_tokens: int
@@ -77,12 +82,14 @@ SIZES = {
     "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
                      block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
                      sft_steps=300, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=3e-5,
-                     grpo_steps=60, grpo_prompts=16, grpo_lr=1e-4, eval_per_level=50, eval_safety=40,
+                     grpo_steps=60, grpo_prompts=16, grpo_lr=1e-4, tools_steps=150, tools_lr=3e-3,
+                     eval_per_level=50, eval_safety=40,
                      max_new_tokens=96),
     "quick": Sizes(world="quick", model=dict(arch="llama", dim=64, n_layers=2, n_heads=4, n_kv_heads=4),
                    block_size=128, pretrain_steps=200, pretrain_batch=16, pretrain_lr=3e-3,
                    sft_steps=300, sft_batch=16, sft_lr=2e-3, dpo_steps=40, dpo_batch=8, dpo_lr=5e-5,
-                   grpo_steps=8, grpo_prompts=4, grpo_lr=1e-4, eval_per_level=10, eval_safety=10,
+                   grpo_steps=8, grpo_prompts=4, grpo_lr=1e-4, tools_steps=40, tools_lr=3e-3,
+                   eval_per_level=10, eval_safety=10,
                    max_new_tokens=64),
 }
 
@@ -193,6 +200,25 @@ def stage_sft_lora(run: Run) -> dict:
     result = sft.run(cfg, resume=True, train_records=records, val_records=run.world.sft_conversations("test"))
     return {"trained_on": "the same chats as sft, LoRA rank 16", **_training_metrics(result, "val_lm_loss"),
             "trainable": result["trainable_params"]}
+
+
+def stage_tools(run: Run) -> dict:
+    from alignlab.recipes import sft
+
+    s = run.sizes
+    cfg = SFTConfig(out_dir=str(run.dir("tools")), model=str(run.model_dir("sft")), max_len=3 * s.block_size,
+                    batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
+                    train=_train_config(run, s.tools_steps, s.tools_lr, s.tools_steps // 20))
+    # the town's services and the calculator, with SFT's own chats replayed so that the rest is kept
+    records = run.world.service_conversations("train")
+    replay = run.world.sft_conversations("train")[::TOOLS_REPLAY_EVERY]
+    result = sft.run(cfg, resume=True, train_records=records + replay,
+                     val_records=run.world.service_conversations("test")[:100])
+    return {"trained_on": f"{len(records):,} tool-use chats and {len(replay)} of SFT's chats replayed",
+            **_training_metrics(result, "val_lm_loss")}
+
+
+TOOLS_REPLAY_EVERY = 5  # the tools stage replays every 5th SFT chat
 
 
 def stage_dpo(run: Run) -> dict:
@@ -314,6 +340,9 @@ def stage_eval(run: Run) -> dict:
               f"{w['ties_vs_sft']} ties)")
     if GRPO_START in evals and "grpo" in evals:  # GRPO's headroom and what it did with it: pass@1, pass@8
         evals["grpo"][f"pass_vs_{GRPO_START}"] = pass_before_after(run, precision.dtype)
+    if "tools" in evals:  # tool use, before and after the tools stage, with the calls run for real
+        for name, stage in (("base", "pretrain"), ("sft", "sft"), ("tools", "tools")):
+            evals[name]["tool_use"] = tool_use(run, stage, name, precision.dtype)
     (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
     last = evals[[MODEL_NAMES.get(s.name, s.name) for s in STAGES if s.makes_model and not s.side][-1]]
     return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
@@ -340,6 +369,24 @@ def pass_before_after(run: Run, dtype) -> dict:
             "greedy_change": change, "greedy_change_low": low, "greedy_change_high": high}
 
 
+def tool_use(run: Run, stage: str, name: str, dtype) -> dict:
+    """A model's tool-use metrics on TinyWorld's held-out tool prompts (eval/tool_use.py); the conversations as
+    they went go to eval/tool_use_<name>.jsonl."""
+    from alignlab.eval.tool_use import evaluate_tool_use
+    from alignlab.model.hf import load_model
+    from alignlab.text import load_tokenizer
+
+    model_dir = run.model_dir(stage)
+    model, tok = load_model(model_dir, dtype=dtype), load_tokenizer(model_dir)
+    metrics, rows = evaluate_tool_use(model, tok, run.world, run.world.service_conversations("test"),
+                                      max_new_tokens=run.sizes.max_new_tokens)
+    with open(run.dir("eval") / f"tool_use_{name}.jsonl", "w") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    print(f"eval {name}: tool use: exact call {metrics['exact_call']:.1%}, no call where none is needed "
+          f"{metrics['no_call']:.1%}, answer {metrics['answer']:.1%}")
+    return metrics
+
+
 PASS_K = 8  # samples per prompt for pass@k
 
 STAGES = [
@@ -347,6 +394,8 @@ STAGES = [
     Stage("pretrain", "a small Llama learns TinyWorld's text from random weights", stage_pretrain),
     Stage("sft", "full-parameter SFT on TinyWorld chats, assistant tokens only", stage_sft),
     Stage("sft_lora", "the same SFT with LoRA (rank 16, every Linear), for comparison", stage_sft_lora, side=True),
+    Stage("tools", "tool-use SFT from the SFT model: weather, calendar, directory, calculator", stage_tools,
+          side=True),
     Stage("dpo", "SafeDPO from the SFT model: concise replies, refusals of attacks, answers to look-alikes", stage_dpo),
     Stage("grpo", "GRPO from the DPO model on the levels SFT barely taught (3-4): right answers rewarded",
           stage_grpo),
@@ -430,7 +479,7 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
 
 def write_pipeline_report(run: Run) -> Path:
     """report.md and report.html from what the finished stages left in the run directory."""
-    from alignlab.eval.report import pick_samples, stage_notes, step_table, write_report
+    from alignlab.eval.report import pick_samples, stage_notes, step_table, tool_table, transcript_table, write_report
 
     stages = {s.name: run.done(s.name) for s in STAGES if run.done(s.name)}
     evals_path = run.dir("eval") / "metrics.json"
@@ -442,10 +491,14 @@ def write_pipeline_report(run: Run) -> Path:
              f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows",
              *stage_notes(stages, evals, run.sizes.eval_per_level, GRPO_LEVELS, GRPO_START, judge_rules())]
     replies = {name: _read_jsonl(run.dir("eval") / f"replies_{name}.jsonl") for name in evals}
-    steps = step_table(evals)
+    tables = [t for t in (step_table(evals), tool_table(evals)) if t[2]]
+    tool_rows = _read_jsonl(run.dir("eval") / "tool_use_tools.jsonl")
+    shown = next((r for r in tool_rows if r["kind"] == "weather"), None)
+    if shown:
+        tables.append(transcript_table(shown["messages"]))
     return write_report(run.out, "alignlab pipeline on TinyWorld", list(stages.values()), evals, curves,
                         pick_samples(replies), notes, figures=[run.dir("grpo") / "plots" / "rl.png"],
-                        tables=[steps] if steps[2] else [], loss_labels={"dpo": "SafeDPO + RPO loss (per pair)"})[0]
+                        tables=tables, loss_labels={"dpo": "SafeDPO + RPO loss (per pair)"})[0]
 
 
 def _read_jsonl(path: Path) -> list[dict]:

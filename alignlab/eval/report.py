@@ -185,7 +185,48 @@ def stage_notes(stages: dict[str, dict], evals: dict[str, dict], per_level: int,
         notes.append(grpo_summary(stages["grpo"], per_level, grpo_levels, grpo_start))
     if f"pass_vs_{grpo_start}" in evals.get("grpo", {}):
         notes.append(pass_summary(evals["grpo"][f"pass_vs_{grpo_start}"], grpo_levels, grpo_start))
+    if "tool_use" in evals.get("tools", {}):
+        scores = {m: e["tool_use"] for m, e in evals.items() if "tool_use" in e}
+        notes.append(tools_summary(scores, stages.get("tools")))
     return notes
+
+
+def tools_summary(scores: dict[str, dict], tools_stage: dict | None) -> str:
+    """What tool-use SFT taught, in this run's numbers: the tools model against the models before it."""
+    t = scores["tools"]
+    others = "; ".join(f"{m}: exact call {s['exact_call']:.1%}, answer {s['answer']:.1%}" for m, s in scores.items()
+                       if m != "tools")
+    trained = (tools_stage or {}).get("metrics", {}).get("trained_on", "tool-use chats")
+    return (f"Tools (SFT from the SFT model on {trained}): on {t['prompts']} held-out prompts whose cities, event "
+            f"titles and directory entries it never saw, the right call with exactly the right arguments "
+            f"{t['exact_call']:.1%} of the time where a tool is needed (a call at all {t['call_rate']:.1%}), no call "
+            f"{t['no_call']:.1%} of the time where none is, and after the calls ran, an answer that says what the "
+            f"tools returned {t['answer']:.1%}. Before tool training ({others}) the tools in the system prompt only "
+            f"confuse the model.")
+
+
+TOOL_ROWS = [("a call where one is needed", "call_rate"), ("exactly the expected call", "exact_call"),
+             ("no call where none is needed", "no_call"), ("answer after the calls ran", "answer"),
+             *((f"answer: {k}", f"answer_{k}") for k in ("weather", "event", "lookup", "calculator", "direct"))]
+
+
+def tool_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:
+    """The tool-use metrics of every model the evaluation scored on them (empty rows if none)."""
+    models = [m for m, e in evals.items() if "tool_use" in e]
+    rows = [[label, *(_pct(evals[m]["tool_use"][key]) for m in models)] for label, key in TOOL_ROWS] if models else []
+    n = evals[models[0]]["tool_use"]["prompts"] if models else 0
+    return f"Tool use, {n} held-out prompts (calls run for real)", ["metric", *models], rows
+
+
+def transcript_table(messages: list[dict]) -> tuple[str, list[str], list[list[str]]]:
+    """One held-out tool-use conversation, turn by turn."""
+    rows = []
+    for m in messages[1:]:  # the system prompt is the same everywhere
+        text = m.get("content") or ""
+        for c in m.get("tool_calls") or []:
+            text += f" -> {c['function']['name']}({c['function']['arguments']})"
+        rows.append([m["role"], text])
+    return "A held-out conversation of the tools model", ["turn", "text"], rows
 
 
 def pass_summary(p: dict, levels: tuple[int, ...], start: str = "sft") -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from alignlab.data.errors import DataError
 from alignlab.data.world import arithmetic as ar
 from alignlab.data.world import safety as sf
-from alignlab.data.world import town
+from alignlab.data.world import services, town
 from alignlab.data.world.calculator import CALCULATOR_TOOL, calculator_output
 from alignlab.data.world.template import CHAT_TEMPLATE, SPECIAL_TOKENS
 
@@ -55,12 +55,14 @@ class WorldSize:
     #   make SFT a cold start there: the model learns the format, and RL has room to raise its accuracy
     chatty_fraction: float = 0.0  # share of SFT math replies of levels 1-2 that ramble in <think>
     #   (`ramble_think`): what DPO's conciseness pairs then train away
+    service_conversations: int = 0  # tool-use chats over the town's services (services.py), train split
 
 
 SIZES = {
-    "quick": WorldSize(40_000, 40, 40, 20, 40, 40, 40, 40, 1, sft_hard_per_level=10, chatty_fraction=0.7),
+    "quick": WorldSize(40_000, 40, 40, 20, 40, 40, 40, 40, 1, sft_hard_per_level=10, chatty_fraction=0.7,
+                       service_conversations=200),
     "default": WorldSize(300_000, 400, 400, 100, 300, 300, 500, 200, 1, sft_hard_per_level=100,
-                         chatty_fraction=0.7),
+                         chatty_fraction=0.7, service_conversations=1500),
 }
 
 
@@ -89,6 +91,7 @@ class TinyWorld:
         self.system_prompt = sf.make_system_prompt(self.secret)
         self.refusal = sf.REFUSAL
         self.tools = [CALCULATOR_TOOL]
+        self.directory = services.Directory(seed, tuple(self.cast))  # phone numbers etc.: only a call finds them
         self.chat_template = CHAT_TEMPLATE
         self.special_tokens = SPECIAL_TOKENS
         self._secret_re = sf.secret_pattern(self.secret)
@@ -540,6 +543,12 @@ class TinyWorld:
             })  # fmt: skip
         self._rng("tool-shuffle", split).shuffle(out)
         return out
+
+    def service_conversations(self, split: str = "train") -> list[dict]:
+        """Tool-use chats over the town's services and the calculator (services.conversations)."""
+        _check_split(split)
+        n = self.size.service_conversations if split == "train" else 5 * min(40, self.size.test_per_level)
+        return services.conversations(self, split, n)
 
     def tool_prompts(self, split: str = "test") -> list[dict]:
         """Level-5 prompts for scoring tool calls: {"prompt", "tools", "answer", "value", "level", "id"};

@@ -1,0 +1,103 @@
+"""alignlab.data.world.services: the weather, calendar and directory tools are deterministic, check their input, and
+work through ToolBox; the tool-use conversations hold out what they say they do, and every call in them is what
+ToolBox answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from alignlab.data.world import TinyWorld
+from alignlab.data.world.services import (
+    ADD_EVENT_TOOL,
+    CITIES,
+    KINDS,
+    LOOKUP_TOOL,
+    WEATHER_TOOL,
+    Calendar,
+    Directory,
+    get_weather,
+)
+from alignlab.text import render_chat
+from alignlab.tools import ToolBox, function_schema
+
+
+def test_weather_is_deterministic_and_seasonal():
+    a = get_weather("Paris", "2026-07-14")
+    assert a == get_weather(" paris ", "2026-07-14") | {"city": "Paris"}
+    assert set(a) == {"city", "date", "condition", "high_c", "low_c"} and a["low_c"] < a["high_c"]
+    july = [get_weather(c, "2026-07-14")["high_c"] for c in ("Paris", "Oslo", "Lima", "Rome")]
+    january = [get_weather(c, "2026-01-14")["high_c"] for c in ("Paris", "Oslo", "Lima", "Rome")]
+    assert min(july) > max(january)
+    with pytest.raises(ValueError, match="date must be YYYY-MM-DD"):
+        get_weather("Paris", "14/07/2026")
+
+
+def test_calendar_through_a_toolbox():
+    cal = Calendar()
+    box = ToolBox([get_weather, cal.add_event, cal.list_events])
+    assert [t["function"]["name"] for t in box.tools] == ["get_weather", "add_event", "list_events"]
+    add = box.run({"name": "add_event", "arguments": {"title": "Dentist", "date": "2026-07-14", "start": "09:30",
+                                                      "duration_minutes": 45}})
+    assert json.loads(add["content"]) == {"title": "Dentist", "date": "2026-07-14", "start": "09:30", "end": "10:15"}
+    clash = box.run({"name": "add_event", "arguments": {"title": "Gym", "date": "2026-07-14", "start": "10:00"}})
+    assert clash["content"] == "error: add_event raised ValueError: overlaps 'Dentist' (2026-07-14 09:30-10:15)"
+    box.run({"name": "add_event", "arguments": {"title": "Lunch", "date": "2026-07-14", "start": "12:00"}})
+    box.run({"name": "add_event", "arguments": {"title": "Early", "date": "2026-07-14", "start": "07:00"}})
+    listed = json.loads(box.run({"name": "list_events", "arguments": {"date": "2026-07-14"}})["content"])
+    assert [e["title"] for e in listed] == ["Early", "Dentist", "Lunch"]
+    assert box.run({"name": "add_event", "arguments": {"title": "X", "date": "2026-07-15", "start": "25:00"}})[
+        "content"].endswith("start must be HH:MM (24-hour), got '25:00'")
+
+
+def test_directory_and_the_schemas_the_model_sees():
+    d = Directory(0, ("Ana", "Ben"))
+    assert d.lookup("Ana", "phone") == Directory(0, ("Ana", "Ben")).lookup("Ana", "phone") != \
+        Directory(1, ("Ana", "Ben")).lookup("Ana", "phone")
+    with pytest.raises(ValueError, match="no one named 'Zed'"):
+        d.lookup("Zed", "phone")
+    with pytest.raises(ValueError, match="field must be one of phone, birthday, street"):
+        d.lookup("Ana", "email")
+    for tool, fn in ((WEATHER_TOOL, get_weather), (ADD_EVENT_TOOL, Calendar().add_event), (LOOKUP_TOOL, d.lookup)):
+        written = function_schema(fn)["function"]
+        assert tool["function"] == {k: written[k] for k in ("name", "description", "parameters")}
+
+
+@pytest.fixture(scope="module")
+def world():
+    return TinyWorld(seed=0, size="quick")
+
+
+def test_conversations_hold_out_titles_entries_and_dates(world):
+    train, test = world.service_conversations("train"), world.service_conversations("test")
+    assert {r["kind"] for r in train} == {r["kind"] for r in test} == set(KINDS)
+    assert train == world.service_conversations("train")  # deterministic
+
+    def values(records, kind, key):
+        return {r["call"]["arguments"][key] for r in records if r["kind"] == kind}
+    assert not values(train, "event", "title") & values(test, "event", "title")
+    assert values(test, "weather", "city") <= set(CITIES)  # one list of cities for both splits
+    pairs = {(r["call"]["arguments"]["city"], r["call"]["arguments"]["date"]) for r in train if r["kind"] == "weather"}
+    assert not pairs & {(r["call"]["arguments"]["city"], r["call"]["arguments"]["date"]) for r in test
+                        if r["kind"] == "weather"}
+    entries = {(r["call"]["arguments"]["person"], r["call"]["arguments"]["field"]) for r in train
+               if r["kind"] == "lookup"}
+    assert not entries & {(r["call"]["arguments"]["person"], r["call"]["arguments"]["field"]) for r in test
+                          if r["kind"] == "lookup"}
+
+
+def test_every_call_is_answered_as_toolbox_answers_it(world):
+    tok = world.tokenizer()
+    for r in world.service_conversations("train")[:60]:
+        m = r["messages"]
+        if r["call"] is None:
+            assert len(m) == 3 and "tool_calls" not in m[2]
+            continue
+        (call,) = m[2]["tool_calls"]
+        assert call["function"] == r["call"]
+        box = ToolBox([get_weather, Calendar().add_event, world.directory.lookup], builtins=["calculator"])
+        assert box.run(r["call"])["content"] == m[3]["content"]
+        assert all(f in m[4]["content"] for f in r["facts"])  # the answer says what the tool returned
+        ids, mask = render_chat(tok, m, tools=r["tools"])
+        assert sum(mask) > 0 and "get_weather(city, date)" in tok.decode(ids)
