@@ -47,12 +47,21 @@ def rows(report: dict) -> dict[str, float]:
     for level in (1, 2):
         change = ev["grpo"][f"accuracy_L{level}"] - ev[start][f"accuracy_L{level}"]
         out[f"GRPO: change, level {level} (points)"] = change
+    if "tool_use" in ev.get("tools", {}):
+        t, before = ev["tools"]["tool_use"], ev["sft"]["tool_use"]
+        out.update({"Tools: exactly the expected call, SFT model": before["exact_call"],
+                    "Tools: exactly the expected call, after the tools stage": t["exact_call"],
+                    "Tools: no call where none is needed": t["no_call"],
+                    "Tools: answer after the calls ran": t["answer"]})
     out["pipeline seconds (all stages)"] = sum(s["seconds"] for s in report["stages"])
+    if "tools" in stages:
+        out["pipeline seconds without the tools stage"] = out["pipeline seconds (all stages)"] - stages["tools"][
+            "seconds"]
     return out
 
 
 def fmt(name: str, v: float) -> str:
-    if name.endswith("seconds (all stages)"):
+    if "seconds" in name:
         return f"{v:.0f}"
     if name.endswith("(points)"):
         return f"{100 * v:+.1f}"

@@ -68,3 +68,21 @@ def test_bad_records():
         bfcl_to_messages({"id": "a", "question": "hi"})
     with pytest.raises(DataError, match="field 'ground_truth'"):
         bfcl_to_messages(q, {"id": "a", "ground_truth": [{"f": {}, "g": {}}]})
+
+
+@pytest.mark.shared_data(*FILES)
+def test_bfcl_source_trains_on_the_calls(tmp_path):
+    """`data=bfcl:DIR/CATEGORY` gives chat records whose trained tokens are the assistant's calls."""
+    from alignlab.data.loaders import read_rows
+    from alignlab.data.world import TinyWorld
+    from alignlab.text import render_chat
+
+    rows = read_rows(f"bfcl:{BFCL}/parallel")
+    assert len(rows) == 200 and rows[0].where.startswith(str(BFCL / "BFCL_v4_parallel.json"))
+    record = rows[0].record
+    tok = TinyWorld(seed=0, size="quick").tokenizer()
+    ids, mask = render_chat(tok, record["messages"], tools=record["tools"], chat_template="chatml")
+    trained = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert trained.count("<tool_call>") == 2 and "Taylor Swift" in trained and "Play songs" not in trained
+    with pytest.raises(DataError, match="irrelevance has none"):
+        read_rows(f"bfcl:{BFCL}/irrelevance")

@@ -100,4 +100,9 @@ def test_every_call_is_answered_as_toolbox_answers_it(world):
         assert box.run(r["call"])["content"] == m[3]["content"]
         assert all(f in m[4]["content"] for f in r["facts"])  # the answer says what the tool returned
         ids, mask = render_chat(tok, m, tools=r["tools"])
-        assert sum(mask) > 0 and "get_weather(city, date)" in tok.decode(ids)
+        assert "get_weather(city, date)" in tok.decode(ids)
+        trained = tok.decode([i for i, k in zip(ids, mask) if k])  # the loss: the call and the answer, not the result
+        assert call["function"]["name"] in trained and m[4]["content"] in trained
+        before, _ = render_chat(tok, m[:3], tools=r["tools"])
+        upto, _ = render_chat(tok, m[:4], tools=r["tools"])
+        assert ids[:len(upto)] == upto and not any(mask[len(before):len(upto)])  # the tool's turn is not trained

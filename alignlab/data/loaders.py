@@ -21,6 +21,9 @@ Sources, chosen by the file's suffix (`.gz` on the text formats is decompressed 
     hf:NAME[:CONFIG][/SPLIT], hf:NAME:SPLIT                                   hf:NAME/SPLIT: row i
                       a Hugging Face dataset (needs `datasets`: pip install 'alignlab[hf]'); the
                       split defaults to "train"
+    tinyworld:KIND[:SPLIT][@SEED]   TinyWorld's chats: sft, tools (calculator), services   tinyworld:...: record i
+    bfcl:DIR/CATEGORY  BFCL's questions with their ground truth as chats with   BFCL_v4_CATEGORY.json:LINE
+                      tools and tool_calls (simple_python, multiple, parallel)
 
 Rows count from 0, lines from 1. Nothing is validated here beyond "each row is an object": what the
 fields must hold depends on the format (alignlab.data.sft), and a converter (data.converters) may run first.
@@ -55,6 +58,8 @@ def read_rows(source: str | Path) -> list[Row]:
         return _read_hf(source)
     if source.startswith("tinyworld:"):
         return _read_world(source)
+    if source.startswith("bfcl:"):
+        return _read_bfcl(source)
     path = Path(source)
     if not path.is_file():
         raise DataNotFoundError(f"{source}: no such data file")
@@ -71,12 +76,13 @@ def read_rows(source: str | Path) -> list[Row]:
     raise DataError(f"{source}: unknown data file type; expected one of {', '.join(SUFFIXES)} (or hf:NAME)")
 
 
-WORLD_KINDS = {"sft": "sft_conversations", "tools": "tool_conversations"}
+WORLD_KINDS = {"sft": "sft_conversations", "tools": "tool_conversations", "services": "service_conversations"}
 
 
 def _read_world(source: str) -> list[Row]:
-    """`tinyworld:KIND[:SPLIT][@SEED]`: TinyWorld's SFT chats (sft) or calculator chats (tools), made on the
-    fly (alignlab.data.world); SPLIT train (default) or test, SEED 0 by default."""
+    """`tinyworld:KIND[:SPLIT][@SEED]`: TinyWorld's SFT chats (sft), calculator chats (tools) or tool-use chats
+    over its services (services), made on the fly (alignlab.data.world); SPLIT train (default) or test, SEED 0 by
+    default."""
     from alignlab.data.world import TinyWorld
 
     spec, _, seed = source.removeprefix("tinyworld:").partition("@")
@@ -86,6 +92,24 @@ def _read_world(source: str) -> list[Row]:
                         "SPLIT train or test, SEED an integer")
     records = getattr(TinyWorld(seed=int(seed or 0)), WORLD_KINDS[kind])(split or "train")
     return [Row(f"{source}: record {i}", r) for i, r in enumerate(records)]
+
+
+def _read_bfcl(source: str) -> list[Row]:
+    """`bfcl:DIR/CATEGORY` (e.g. bfcl:../shared/data/bfcl/simple_python): BFCL's questions of a category with their
+    ground truth as chat records with `tools` and the answer's `tool_calls` (alignlab.data.bfcl)."""
+    from alignlab.data.bfcl import bfcl_to_messages
+
+    path = Path(source.removeprefix("bfcl:"))
+    questions, answers = path.parent / f"BFCL_v4_{path.name}.json", path.parent / "possible_answer" / \
+        f"BFCL_v4_{path.name}.json"
+    if not questions.is_file():
+        raise DataNotFoundError(f"{source}: no {questions}")
+    if not answers.is_file():
+        raise DataError(f"{source}: no answers at {answers} (irrelevance has none: nothing to train on)")
+    qs, ans = _json_lines(_read_text(questions), str(questions)), _json_lines(_read_text(answers), str(answers))
+    if len(qs) != len(ans):
+        raise DataError(f"{source}: {len(qs)} questions but {len(ans)} answers")
+    return [Row(q.where, bfcl_to_messages(q.record, a.record)) for q, a in zip(qs, ans)]
 
 
 def _read_text(path: Path) -> str:

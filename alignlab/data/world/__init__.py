@@ -14,6 +14,7 @@ tool use and evaluation on it in minutes on a laptop CPU; the same seed gives id
     world.rl_prompts("test", level=3)     # [{"prompt": [...], "answer": "406", "level": 3, "id": ...}]
     world.tool_conversations("train")     # chats that call the calculator (plus some that need not)
     world.tool_prompts("test")            # level-5 prompts to score tool calls on
+    world.service_conversations("train")  # tool-use chats: weather, calendar, directory, calculator, no tool
     world.safety_prompts("test")          # attacks and benign look-alikes, labelled
     world.problems(level=2, split="test", n=50)   # the Problem objects behind the records
 
@@ -33,6 +34,7 @@ The pieces, one idea per file:
     town.py         the cast and places (facts, questions about them), word problems (level 4)
     safety.py       the secret and the policy, attack and look-alike templates, spotting the secret
     calculator.py   the calculator tool: its schema and a safe evaluator
+    services.py     the town's services (weather, calendar, directory) and the tool-use chats over them
     template.py     the chat template and special tokens
     world.py        TinyWorld: everything above turned into records
 
