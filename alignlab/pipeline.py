@@ -351,7 +351,7 @@ def stage_eval(run: Run) -> dict:
 def pass_before_after(run: Run, dtype) -> dict:
     """pass@1 (greedy and sampled) and pass@8 of GRPO's start model and the GRPO model on GRPO's levels
     (eval_per_level held-out prompts each), and the paired change in greedy pass@1 with its 95% interval."""
-    from alignlab.eval.winrate import paired_difference
+    from alignlab.eval.stats import paired_difference
     from alignlab.eval.world_suite import pass_rates
     from alignlab.model.hf import load_model
     from alignlab.text import load_tokenizer

@@ -19,7 +19,8 @@ from alignlab.eval.judge import (
     parse_verdict,
     question_text,
 )
-from alignlab.eval.winrate import WinRate, bootstrap_ci, compare_models, win_rate
+from alignlab.eval.stats import bootstrap_ci
+from alignlab.eval.winrate import WinRate, compare_models, win_rate
 from alignlab.model import CausalLM, preset
 
 SECRET = "1530"

@@ -246,7 +246,7 @@ def test_step_errors_check_every_worked_step_by_kind():
 
 def test_paired_difference():
     """The change of a rate on the same prompts, with the paired (McNemar) interval."""
-    from alignlab.eval.winrate import paired_difference
+    from alignlab.eval.stats import paired_difference
 
     before, after = [True, True, False, False], [True, False, True, True]  # 2 gained, 1 lost, of 4
     d, low, high = paired_difference(before, after)

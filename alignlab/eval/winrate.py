@@ -4,9 +4,9 @@
     print(result)   # WinRate(win_rate=0.62, wins=..., ci_low=0.55, ci_high=0.69, agreement=0.97, ...)
 
 Each item scores 1 if A wins, 0.5 for a tie, 0 if B wins (AlpacaEval's and MT-Bench's convention);
-the win rate is the mean. The 95% interval is the percentile bootstrap: resample the n item scores
-with replacement `n_boot` times (a seeded generator, so the interval is reproducible), take the mean of
-each resample, and report the 2.5th and 97.5th percentiles. It narrows like 1/sqrt(n). Every pair is
+the win rate is the mean. The 95% interval is the percentile bootstrap (`stats.bootstrap_ci`): resample the
+n item scores with replacement `n_boot` times (a seeded generator, so the interval is reproducible), take
+the mean of each resample, and report the 2.5th and 97.5th percentiles. It narrows like 1/sqrt(n). Every pair is
 judged in both orders (see `judge.judge_pairs`); `agreement` is the fraction of pairs whose two
 verdicts agreed, the judge's position consistency.
 
@@ -17,13 +17,11 @@ Evals" (Miller 2024, arXiv:2411.00640) for reporting them.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from alignlab.eval.judge import Judge, PairResult, Prompt, judge_pairs, question_text
+from alignlab.eval.stats import bootstrap_ci
 
 SCORE = {"A": 1.0, "tie": 0.5, "B": 0.0}
 
@@ -49,19 +47,6 @@ class WinRate:
         agree = "" if self.agreement is None else f", agreement {self.agreement:.0%}"
         return (f"win rate {self.win_rate:.1%} [{self.ci_low:.1%}, {self.ci_high:.1%}] "
                 f"({self.wins} wins, {self.losses} losses, {self.ties} ties of {self.n}{agree})")
-
-
-def bootstrap_ci(scores: Sequence[float], n_boot: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `scores`."""
-    x = np.asarray(scores, dtype=np.float64)
-    if len(x) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)  # [n_boot] resampled means
-    alpha = (1 - level) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
-    return float(low), float(high)
 
 
 def win_rate(outcomes: Sequence[str | PairResult], n_boot: int = 1000, seed: int = 0) -> WinRate:
@@ -104,20 +89,3 @@ def compare_models(judge: Judge, prompts: Sequence[Prompt], records: Sequence[di
         rows.append({"id": (r or {}).get("id", i), "question": question_text(p), "answer_a": a, "answer_b": b,
                      "outcome": res.outcome, "agreed": res.agreed, "first": res.first, "second": res.second})
     return win_rate(results, n_boot, seed), rows
-
-
-def paired_difference(before: Sequence[bool], after: Sequence[bool], z: float = 1.96) -> tuple[float, float, float]:
-    """The change in a rate measured on the same prompts twice (before and after training), with a 95% interval.
-
-    With b prompts right only after and c right only before, out of n, the change is (b - c) / n, and its
-    standard error (the paired, McNemar-style normal approximation) sqrt(b + c - (b - c)^2 / n) / n. Pairing
-    matters: most prompts stay right or stay wrong, so the interval is much narrower than two independent
-    rates' would be. Returns (change, low, high)."""
-    if len(before) != len(after) or not before:
-        raise ValueError("paired_difference needs two equally long, non-empty lists")
-    n = len(before)
-    b = sum(1 for x, y in zip(before, after) if y and not x)
-    c = sum(1 for x, y in zip(before, after) if x and not y)
-    d = (b - c) / n
-    se = math.sqrt(max(b + c - (b - c) ** 2 / n, 0.0)) / n
-    return d, d - z * se, d + z * se
