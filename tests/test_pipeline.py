@@ -48,7 +48,11 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     for stage in STAGES:
         assert (out / stage.name / "stage.json").exists(), stage.name
     evals = json.loads((out / "eval" / "metrics.json").read_text())
-    assert list(evals) == ["base", "sft", "sft (LoRA)", "dpo", "grpo"]
+    assert list(evals) == ["base", "sft", "sft (LoRA)", "tools", "dpo", "grpo"]
+    for name in ("base", "sft", "tools"):  # tool use before and after the tools stage, the calls run for real
+        t = evals[name]["tool_use"]
+        assert t["prompts"] == 200 and 0 <= t["exact_call"] <= t["call_rate"] <= 1
+        assert len((out / "eval" / f"tool_use_{name}.jsonl").read_text().splitlines()) == 200
     assert evals["sft"]["format_rate"] > evals["base"]["format_rate"] + 0.3, evals
     dpo = evals["dpo"]  # judged against SFT on the same prompts: every prompt is a win, a loss or a tie
     assert dpo["wins_vs_sft"] + dpo["losses_vs_sft"] + dpo["ties_vs_sft"] == dpo["n_math"] + dpo["n_attacks"] + \
@@ -69,7 +73,8 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     report_md, report_html = out / "report.md", out / "report.html"
     assert f"report: {report_md}" in second
     md, page = report_md.read_text(), report_html.read_text()
-    assert "format rate" in md and "| base | sft | sft (LoRA) | dpo | grpo |" in md.replace("| metric ", "")
+    assert "format rate" in md and "| base | sft | sft (LoRA) | tools | dpo | grpo |" in md.replace("| metric ", "")
+    assert "Tool use, 200 held-out prompts" in md and "| base | sft | tools |" in md.replace("| metric ", "")
     assert "SFT stage: full parameters. Held-out accuracy" in md and "DPO vs SFT: win rate" in md
     assert "GRPO from DPO, levels 3-4: held-out accuracy" in md and "](grpo/plots/rl.png)" in md
     assert "declared before training" in md  # DPO's judge and its rules
