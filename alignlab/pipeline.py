@@ -175,13 +175,19 @@ def stage_pretrain(run: Run) -> dict:
             **_training_metrics(result, "val_lm_loss")}
 
 
+def _sft_config(run: Run, stage: str, start: str, steps: int, lr: float, max_len: int, **extra) -> SFTConfig:
+    """The SFT recipe's config of a stage that fine-tunes the model of stage `start`."""
+    s = run.sizes
+    return SFTConfig(out_dir=str(run.dir(stage)), model=str(run.model_dir(start)), max_len=max_len,
+                     batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
+                     train=_train_config(run, steps, lr, steps // 20), **extra)
+
+
 def stage_sft(run: Run) -> dict:
     from alignlab.recipes import sft
 
     s = run.sizes
-    cfg = SFTConfig(out_dir=str(run.dir("sft")), model=str(run.model_dir("pretrain")), max_len=2 * s.block_size,
-                    batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
-                    train=_train_config(run, s.sft_steps, s.sft_lr, s.sft_steps // 20))
+    cfg = _sft_config(run, "sft", "pretrain", s.sft_steps, s.sft_lr, 2 * s.block_size)
     records = run.world.sft_conversations("train")
     result = sft.run(cfg, resume=True, train_records=records, val_records=run.world.sft_conversations("test"))
     return {"trained_on": _describe_chats(records), **_training_metrics(result, "val_lm_loss"),
@@ -192,10 +198,8 @@ def stage_sft_lora(run: Run) -> dict:
     from alignlab.recipes import sft
 
     s = run.sizes
-    cfg = SFTConfig(out_dir=str(run.dir("sft_lora")), model=str(run.model_dir("pretrain")), method="lora",
-                    lora=sft.LoraOptions(r=16, alpha=32, targets="all-linear"), max_len=2 * s.block_size,
-                    batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
-                    train=_train_config(run, s.sft_steps, 3 * s.sft_lr, s.sft_steps // 20))  # LoRA wants a higher lr
+    cfg = _sft_config(run, "sft_lora", "pretrain", s.sft_steps, 3 * s.sft_lr, 2 * s.block_size,  # LoRA: higher lr
+                      method="lora", lora=sft.LoraOptions(r=16, alpha=32, targets="all-linear"))
     records = run.world.sft_conversations("train")
     result = sft.run(cfg, resume=True, train_records=records, val_records=run.world.sft_conversations("test"))
     return {"trained_on": "the same chats as sft, LoRA rank 16", **_training_metrics(result, "val_lm_loss"),
@@ -206,9 +210,7 @@ def stage_tools(run: Run) -> dict:
     from alignlab.recipes import sft
 
     s = run.sizes
-    cfg = SFTConfig(out_dir=str(run.dir("tools")), model=str(run.model_dir("sft")), max_len=3 * s.block_size,
-                    batch_size=s.sft_batch, eval_batches=4, sample_prompts=2, sample_tokens=s.max_new_tokens,
-                    train=_train_config(run, s.tools_steps, s.tools_lr, s.tools_steps // 20))
+    cfg = _sft_config(run, "tools", "sft", s.tools_steps, s.tools_lr, 3 * s.block_size)  # tool chats run longer
     # the town's services and the calculator, with SFT's own chats replayed so that the rest is kept
     records = run.world.service_conversations("train")
     replay = run.world.sft_conversations("train")[::TOOLS_REPLAY_EVERY]
