@@ -12,6 +12,7 @@ import pytest
 from alignlab.eval.stats import (
     bootstrap_ci,
     clustered_se,
+    length_controlled_win_rate,
     mcnemar,
     mean_se,
     min_detectable_effect,
@@ -105,3 +106,21 @@ def test_pass_at_k_is_the_unbiased_estimator(n, c, k, expected):
     assert pass_at_k(n, c, k) == pytest.approx(expected)
     if 0 < c < n:  # drawing with replacement is biased low
         assert 1 - (1 - c / n) ** k <= pass_at_k(n, c, k) + 1e-12
+
+
+def test_length_controlled_win_rate_matches_statsmodels_and_removes_a_length_bias():
+    sm = require("statsmodels.api")
+    rng = random.Random(3)
+    la = [rng.randint(150, 500) for _ in range(300)]  # A writes longer replies
+    lb = [rng.randint(20, 400) for _ in range(300)]
+    d = np.asarray(la, dtype=float) - np.asarray(lb, dtype=float)
+    z = np.tanh(d / d.std(ddof=1))
+    # a judge with no preference between the models but a strong taste for the longer reply
+    p = 1 / (1 + np.exp(-(0.0 + 2.0 * z)))
+    scores = [1.0 if rng.random() < q else (0.5 if rng.random() < 0.2 else 0.0) for q in p]
+    lc, phi = length_controlled_win_rate(scores, la, lb)
+    fit = sm.GLM(np.asarray(scores), np.stack([np.ones_like(z), z], axis=1), family=sm.families.Binomial()).fit()
+    assert phi == pytest.approx(fit.params[1], rel=1e-6) and lc == pytest.approx(1 / (1 + np.exp(-fit.params[0])),
+                                                                                   rel=1e-6)
+    # A is no better, only longer: the raw win rate rewards the length, the LC win rate does not
+    assert np.mean(scores) > 0.6 and abs(lc - 0.5) < 0.1 and phi > 1

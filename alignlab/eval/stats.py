@@ -10,6 +10,7 @@
     permutation_test(a, b)                 p-value of "the mean difference is zero" on paired scores
     min_detectable_effect(n)               the smallest difference of two rates n items can show
     pass_at_k(n, c, k)                     the unbiased pass@k from n samples of which c pass
+    length_controlled_win_rate(...)        a win rate with a judge's taste for length taken out
 
 References: "Adding Error Bars to Evals" (Miller 2024, arXiv:2411.00640) for SEs, clustering and paired tests;
 Wilson (1927) for the score interval; Efron (1979) for the bootstrap; McNemar (1947); Chen et al. 2021
@@ -166,3 +167,31 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def length_controlled_win_rate(scores: Sequence[float], length_a: Sequence[int], length_b: Sequence[int],
+                               iterations: int = 50) -> tuple[float, float]:
+    """(length-controlled win rate, the fitted length coefficient), after AlpacaEval 2's LC win rate (Dubois et
+    al. 2024, arXiv:2404.04475) without its per-instruction term. A logistic model of A's score (1 win, 0.5 tie,
+    0 loss) on the length difference,
+
+        P(A wins) = sigmoid(theta + phi * tanh((len_a - len_b) / sd(len_a - len_b))),
+
+    is fitted by maximum likelihood (Newton's method; ties count as half a win, as a fractional binomial outcome),
+    and the win rate is read off with the length term set to zero: sigmoid(theta). A judge that prefers longer
+    replies gets phi > 0, and the LC win rate takes that preference out."""
+    y = np.asarray(scores, dtype=np.float64)
+    d = np.asarray(length_a, dtype=np.float64) - np.asarray(length_b, dtype=np.float64)
+    if not len(y) == len(d) >= 3:
+        raise ValueError("length_controlled_win_rate needs at least 3 items and a length for each reply")
+    sd = d.std(ddof=1)
+    x = np.stack([np.ones_like(d), np.tanh(d / sd) if sd > 0 else np.zeros_like(d)], axis=1)  # [n, 2]
+    w = np.zeros(2)
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-x @ w))
+        hessian = x.T @ (x * (p * (1 - p))[:, None]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, x.T @ (y - p))
+        w += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(1 / (1 + np.exp(-w[0]))), float(w[1])
