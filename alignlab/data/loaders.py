@@ -94,22 +94,32 @@ def _read_world(source: str) -> list[Row]:
     return [Row(f"{source}: record {i}", r) for i, r in enumerate(records)]
 
 
+def read_bfcl(data_dir: str | Path, category: str) -> list[tuple[Row, dict | None]]:
+    """BFCL's questions of a category (DIR/BFCL_v4_CATEGORY.json), each with its ground-truth record from
+    DIR/possible_answer/ (matched by id), or with None where the category has no answer file (irrelevance)."""
+    name = f"BFCL_v4_{category}.json"
+    questions = read_rows(Path(data_dir) / name)
+    answers_path = Path(data_dir) / "possible_answer" / name
+    if not answers_path.is_file():
+        return [(q, None) for q in questions]
+    answers = {a.record.get("id"): a.record for a in read_rows(answers_path)}
+    missing = [q.record.get("id") for q in questions if q.record.get("id") not in answers]
+    if missing:
+        raise DataError(f"{answers_path}: no answer for {len(missing)} question(s), e.g. {missing[0]}")
+    return [(q, answers[q.record.get("id")]) for q in questions]
+
+
 def _read_bfcl(source: str) -> list[Row]:
     """`bfcl:DIR/CATEGORY` (e.g. bfcl:../shared/data/bfcl/simple_python): BFCL's questions of a category with their
     ground truth as chat records with `tools` and the answer's `tool_calls` (alignlab.data.bfcl)."""
     from alignlab.data.bfcl import bfcl_to_messages
 
     path = Path(source.removeprefix("bfcl:"))
-    questions, answers = path.parent / f"BFCL_v4_{path.name}.json", path.parent / "possible_answer" / \
-        f"BFCL_v4_{path.name}.json"
-    if not questions.is_file():
-        raise DataNotFoundError(f"{source}: no {questions}")
-    if not answers.is_file():
-        raise DataError(f"{source}: no answers at {answers} (irrelevance has none: nothing to train on)")
-    qs, ans = _json_lines(_read_text(questions), str(questions)), _json_lines(_read_text(answers), str(answers))
-    if len(qs) != len(ans):
-        raise DataError(f"{source}: {len(qs)} questions but {len(ans)} answers")
-    return [Row(q.where, bfcl_to_messages(q.record, a.record)) for q, a in zip(qs, ans)]
+    pairs = read_bfcl(path.parent, path.name)
+    if any(a is None for _, a in pairs):
+        raise DataError(f"{source}: no answers in {path.parent / 'possible_answer'} (irrelevance has none: nothing "
+                        "to train on)")
+    return [Row(q.where, bfcl_to_messages(q.record, a)) for q, a in pairs]
 
 
 def _read_text(path: Path) -> str:

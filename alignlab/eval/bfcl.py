@@ -27,6 +27,7 @@ from pathlib import Path
 
 from alignlab.data.bfcl import openai_tool
 from alignlab.data.errors import DataError
+from alignlab.data.loaders import read_bfcl
 
 CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple", "irrelevance")
 
@@ -169,29 +170,10 @@ def check_calls(functions: list[dict], calls: list[dict], answer: list[dict] | N
 
 def load_category(data_dir: str | Path, category: str) -> list[tuple[dict, list | None]]:
     """[(question record, ground truth or None)] of one category, from BFCL_v4_<category>.json and its answers."""
-    data_dir = Path(data_dir)
-    path = data_dir / f"BFCL_v4_{category}.json"
-    if not path.exists():
-        raise DataError(f"{path}: no such file (categories: {', '.join(CATEGORIES)})")
-    questions = _jsonl(path)
-    if category == "irrelevance":
-        return [(q, None) for q in questions]
-    answers = {a["id"]: a["ground_truth"] for a in _jsonl(data_dir / "possible_answer" / path.name)}
-    missing = [q["id"] for q in questions if q["id"] not in answers]
-    if missing:
-        raise DataError(f"{path}: no answer for {len(missing)} question(s), e.g. {missing[0]}")
-    return [(q, answers[q["id"]]) for q in questions]
-
-
-def _jsonl(path: Path) -> list[dict]:
-    out = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{i}: not JSON ({e.msg})") from None
-    return out
+    pairs = read_bfcl(data_dir, category)
+    if category != "irrelevance" and any(a is None for _, a in pairs):
+        raise DataError(f"{data_dir}: no possible_answer/BFCL_v4_{category}.json (only irrelevance has no answers)")
+    return [(q.record, None if category == "irrelevance" else a["ground_truth"]) for q, a in pairs]
 
 
 def reply_calls(message: dict) -> list[dict]:
