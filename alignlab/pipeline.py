@@ -19,7 +19,7 @@ Stages, in order, each with something to learn that the stage before left undone
                side branch that shows which of the two the SFT stage should be (the report says which won)
     tools      tool-use SFT from the SFT model (a side branch): chats that call the town's services (weather,
                calendar, directory) and the calculator, read the result and answer from it, and questions that need
-               no tool; scored on held-out cities, titles and directory entries by calling the tools for real
+               no tool; scored on held-out event titles, (city, day) pairs and directory entries, the calls run for real
     dpo        SafeDPO (with RPO's NLL term) from the SFT model on three kinds of pairs: concise vs rambling
                replies, refusals vs replies that break the policy (marked unsafe), answers vs refusals of
                look-alikes. Judged against SFT by TinyWorldJudge, whose rules are fixed before training
@@ -343,8 +343,9 @@ def stage_eval(run: Run) -> dict:
     if GRPO_START in evals and "grpo" in evals:  # GRPO's headroom and what it did with it: pass@1, pass@8
         evals["grpo"][f"pass_vs_{GRPO_START}"] = pass_before_after(run, precision.dtype)
     if "tools" in evals:  # tool use, before and after the tools stage, with the calls run for real
+        records = run.world.service_conversations("test")
         for name, stage in (("base", "pretrain"), ("sft", "sft"), ("tools", "tools")):
-            evals[name]["tool_use"] = tool_use(run, stage, name, precision.dtype)
+            evals[name]["tool_use"] = tool_use(run, stage, name, records, precision.dtype)
     (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
     last = evals[[MODEL_NAMES.get(s.name, s.name) for s in STAGES if s.makes_model and not s.side][-1]]
     return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
@@ -371,17 +372,16 @@ def pass_before_after(run: Run, dtype) -> dict:
             "greedy_change": change, "greedy_change_low": low, "greedy_change_high": high}
 
 
-def tool_use(run: Run, stage: str, name: str, dtype) -> dict:
-    """A model's tool-use metrics on TinyWorld's held-out tool prompts (eval/tool_use.py); the conversations as
-    they went go to eval/tool_use_<name>.jsonl."""
+def tool_use(run: Run, stage: str, name: str, records: list[dict], dtype) -> dict:
+    """A model's tool-use metrics on TinyWorld's held-out tool prompts `records` (eval/tool_use.py); the
+    conversations as they went go to eval/tool_use_<name>.jsonl."""
     from alignlab.eval.tool_use import evaluate_tool_use
     from alignlab.model.hf import load_model
     from alignlab.text import load_tokenizer
 
     model_dir = run.model_dir(stage)
     model, tok = load_model(model_dir, dtype=dtype), load_tokenizer(model_dir)
-    metrics, rows = evaluate_tool_use(model, tok, run.world, run.world.service_conversations("test"),
-                                      max_new_tokens=run.sizes.max_new_tokens)
+    metrics, rows = evaluate_tool_use(model, tok, run.world, records, max_new_tokens=run.sizes.max_new_tokens)
     with open(run.dir("eval") / f"tool_use_{name}.jsonl", "w") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     print(f"eval {name}: tool use: exact call {metrics['exact_call']:.1%}, no call where none is needed "

@@ -52,7 +52,6 @@ class Lit:
         return (Lit(self.text[1:]),) if len(self.text) > 1 else ()
 
 
-
 @dataclass(frozen=True)
 class Choice:
     """One of several texts (enum values, true/false, null); done when one is complete and the next character
@@ -66,7 +65,6 @@ class Choice:
         return PASS if "" in self.texts else REFUSE
 
 
-
 @dataclass(frozen=True)
 class Str:
     """A JSON string of printable ASCII, no escapes; n characters so far (-1: the opening quote is next)."""
@@ -78,7 +76,6 @@ class Str:
         if c == '"':
             return ()
         return (Str(self.n + 1),) if c in STRING_CHARS and self.n < MAX_STRING else REFUSE
-
 
 
 @dataclass(frozen=True)
@@ -103,7 +100,6 @@ class Num:
         if self.part == "dot":
             return (Num(self.integer, "frac", self.digits + 1),) if digit else REFUSE
         return PASS  # complete (zero, int, frac): the character is the next frame's
-
 
 
 def value(schema: dict):
@@ -143,7 +139,6 @@ class Value:
         return REFUSE
 
 
-
 @dataclass(frozen=True)
 class Obj:
     """{"key": value, ...}: keys of `properties` in any order, each once; closes once every required key is in."""
@@ -177,7 +172,6 @@ class Obj:
         return (self._with(key=typed),) if any(k.startswith(typed) for k in self._left()) else REFUSE
 
 
-
 @dataclass(frozen=True)
 class Arr:
     """[value, ...]: prefixItems in order if given, else up to MAX_ITEMS values of `items`."""
@@ -203,7 +197,6 @@ class Arr:
         return r if r in (REFUSE, PASS) else (Arr(self.items, self.prefix, self.n + 1, True), *r)
 
 
-
 @dataclass(frozen=True)
 class Call:
     """The name of one of the tools, then its arguments: "NAME", "arguments": {...}"""
@@ -218,7 +211,6 @@ class Call:
             return (Lit("}"), value({"type": "object", **self.functions[self.typed]}), Lit(', "arguments": '))
         typed = self.typed + c
         return (Call(self.functions, typed),) if any(n.startswith(typed) for n in names) else REFUSE
-
 
 
 def _longest(schema: dict) -> int:
@@ -294,7 +286,7 @@ class GuideState:
     """One request's place in the grammar."""
 
     def __init__(self, guide: Guide):
-        self.guide, self.stack, self.pending = guide, guide.start_stack, ""
+        self.guide, self.stack = guide, guide.start_stack
 
     @property
     def done(self) -> bool:

@@ -24,6 +24,7 @@ call (with made-up city names, 20-40% of its calls were exact after 150-400 step
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -219,9 +220,8 @@ def _service_chat(world, kind: str, split: str, rng: random.Random) -> dict:
         city, date = _held_out(seed, split, rng, lambda r: f"{r.choice(CITIES)} {_random_day(r)}").split()
         args, result = {"city": city, "date": date}, get_weather(city, date)
         user = rng.choice(ASK[kind]).format(city=city, date=date)
-        w = result
-        answer = (f"{w['condition'].capitalize()} in {city} on {date}: high {w['high_c']} C, low {w['low_c']} C.")
-        facts = [w["condition"].capitalize(), f"high {w['high_c']} C", f"low {w['low_c']} C"]
+        facts = [result["condition"].capitalize(), f"high {result['high_c']} C", f"low {result['low_c']} C"]
+        answer = f"{facts[0]} in {city} on {date}: {facts[1]}, {facts[2]}."
         name = "get_weather"
     elif kind == "event":
         title = _held_out(seed, split, rng, lambda r: f"{r.choice(ACTIVITIES)} with {r.choice(tuple(world.cast))}")
@@ -262,7 +262,7 @@ def conversations(world, split: str, n: int) -> list[dict]:
                     world.solution(p)}], "kind": "direct", "call": None, "facts": [f"Answer: {p.answer}"], "id": p.id})
     tools = [WEATHER_TOOL, ADD_EVENT_TOOL, LOOKUP_TOOL]
     for r in out:
-        r["tools"] = [*world._tools(), *json.loads(json.dumps(tools))]  # each record its own copy
+        r["tools"] = [*world._tools(), *copy.deepcopy(tools)]  # each record its own copy
     world._rng("services-shuffle", split).shuffle(out)
     return out[:n]
 
