@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
+from alignlab.cli.evaluate import cmd_eval, eval_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
 from alignlab.errors import UserError
 
@@ -437,6 +438,8 @@ COMMANDS = [
             cmd_inspect_data),
     Command("memory", "memory of a training step: weights, gradients, optimizer, activations", memory_arguments,
             cmd_memory),
+    Command("eval", "benchmarks (multiple choice, HumanEval, GSM8K, TinyWorld) on a model or a URL, resumable",
+            eval_arguments, cmd_eval),
     Command("eval-world", "score a chat model on TinyWorld's held-out prompts", eval_world_arguments, cmd_eval_world),
     Command("serve", "an OpenAI-compatible server with LoRA adapters, tenants and a chat page", serve_arguments,
             cmd_serve),
