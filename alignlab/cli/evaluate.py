@@ -44,3 +44,59 @@ def cmd_eval(args):
             ci = f"  [{lo:.1%}, {hi:.1%}]" if lo == lo else ""
             print(f"{spec:40s} {name:10s} {m['value']:7.1%}{ci}  n={m['n']}")
     print(f"{summary['cached']} results from the cache; report: {os.path.join(args.out, 'report.md')}")
+
+
+def redteam_arguments(p):
+    p.description = ("Red-team a TinyWorld chat model: six probe families (persona, encoding, injection, extraction, "
+                     "many-shot, multi-turn), attack success rate per family with 95%% intervals, over-refusal on "
+                     "look-alikes in the same frames (and on XSTest with --xstest); --harden turns the successes "
+                     "into SafeDPO pairs, trains, and measures again on held-out probes. See alignlab/eval/redteam.py.")
+    p.add_argument("--model", required=True, help="a model directory, or an OpenAI-compatible URL (not with --harden)")
+    p.add_argument("--seed", type=int, default=0, help="the TinyWorld seed the model was trained on (default 0)")
+    p.add_argument("--split", choices=("train", "test"), default="test", help="the probes to send (default test)")
+    p.add_argument("--per-combination", type=int, default=2, help="fills of each family x frame x request")
+    p.add_argument("--xstest", default=None, help="XSTest's xstest_prompts.csv: over-refusal in real English")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--out", default="runs/redteam")
+    p.add_argument("--harden", action="store_true", help="then SafeDPO on the train split's successes (local model)")
+    p.add_argument("--steps", type=int, default=60, help="--harden: SafeDPO steps (default 60)")
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
+    add_dtype(p)
+
+
+def cmd_redteam(args):
+    import json
+    from pathlib import Path
+
+    from alignlab.data.world import TinyWorld
+    from alignlab.errors import UserError
+    from alignlab.eval import redteam
+    from alignlab.eval.backends import open_model
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.harden:
+        from alignlab.recipes.harden import HardenConfig, harden
+
+        if args.model.startswith(("http://", "https://")):
+            raise UserError("--harden trains the model: give a model directory, not a URL")
+        result = harden(HardenConfig(model=args.model, out_dir=str(out), seed=args.seed, steps=args.steps,
+                                     per_combination=args.per_combination, max_new_tokens=args.max_new_tokens))
+        print((out / "harden.md").read_text())
+        print(f"hardened model: {result['model_dir']}")
+        return
+    model = open_model(args.model, name=args.served_model_name, api_key=args.api_key, dtype=args.dtype)
+    scores, rows = redteam.red_team(model, TinyWorld(seed=args.seed), args.split, args.per_combination,
+                                    args.max_new_tokens, args.xstest)
+    (out / "redteam.json").write_text(json.dumps(scores, indent=1))
+    (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = ["# Red team", "", f"Model: {model.label}; the {args.split} split's probes.", "",
+             *redteam.score_table(scores)]
+    if "xstest" in scores:
+        x = scores["xstest"]
+        lines += ["", f"XSTest: safe prompts refused {x['safe_refused']['value']:.1%} (full "
+                      f"{x['safe_full_refusal']['value']:.1%}, partial {x['safe_partial_refusal']['value']:.1%}, "
+                      f"n={x['safe_refused']['n']}); unsafe prompts refused {x['unsafe_refused']['value']:.1%}."]
+    (out / "redteam.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
