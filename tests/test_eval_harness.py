@@ -14,12 +14,15 @@ import torch
 from alignlab.cli import main
 from alignlab.data.errors import DataError
 from alignlab.eval.backends import GenRequest, LocalModel, RemoteModel, encode_pair
-from alignlab.eval.harness import Cache, evaluate
+from alignlab.eval.harness import Cache, chat, evaluate
 from alignlab.model import CausalLM, preset
 from alignlab.model.hf import save_model
 from alignlab.serve import build_state
+from alignlab.tasks import load_source
+from alignlab.tasks.instructions import INSTRUCTIONS, FormatInstructions
 from alignlab.tasks.multiple_choice import MultipleChoice, choose
 
+from .conftest import SHARED_DATA
 from .test_eval_humaneval import ADD
 from .test_serve import load, serving
 
@@ -189,3 +192,58 @@ def test_cache_keys_depend_on_every_part():
     assert Cache.key("m", "a") != Cache.key("m", "b") != Cache.key("n", "a")
     assert Cache.key("m", GenRequest("x").key()) != Cache.key("m", GenRequest("x", temperature=0.5).key())
     assert not math.isnan(len(Cache.key("m")))
+
+
+MT_BENCH = SHARED_DATA / "mt_bench" / "question.jsonl"
+
+
+class Judge7:
+    """A judge model that grades every answer 7 (and remembers what it was shown)."""
+
+    name = label = "judge7"
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, requests):
+        self.prompts += [r.prompt[-1]["content"] for r in requests]
+        return ["Fine. Rating: [[7]]"] * len(requests)
+
+
+@pytest.mark.shared_data(MT_BENCH)
+def test_mt_bench_two_turns_graded_by_a_judge(local, tmp_path):
+    judge = Judge7()
+    res = evaluate(local, [f"mt_bench:{MT_BENCH}"], tmp_path / "mt", max_tokens=6, judge=judge)
+    metrics = res["tasks"][f"mt_bench:{MT_BENCH}"]["metrics"]
+    assert metrics["turn 1"]["value"] == metrics["turn 2"]["value"] == 7 and metrics["turn 1"]["n"] == 80
+    assert set(metrics) >= {"math", "coding", "writing", "unparseable"} and metrics["unparseable"]["value"] == 0
+    assert len(judge.prompts) == 160
+    assert sum("[The Start of the Reference Answer]" in p for p in judge.prompts) == 60  # 30 questions x 2 turns
+    assert sum("[Follow-up]" in p for p in judge.prompts) == 80  # turn 2 shows the first answer
+    report = (tmp_path / "mt" / "report.md").read_text()
+    assert "| turn 1 | 7.00 |" in report and "A judge model's 1-10 grade" in report
+    with pytest.raises(Exception, match="--judge"):
+        evaluate(local, [f"mt_bench:{MT_BENCH}"], tmp_path / "mt2")
+
+
+def test_chat_interleaves_questions_and_answers():
+    assert [m["role"] for m in chat(["q1", "q2"], ["a1"])] == ["user", "assistant", "user"]
+    assert chat(["q1"], []) == [{"role": "user", "content": "q1"}]
+
+
+def test_format_instructions_are_checked_by_program(world):
+    task = FormatInstructions(seed=0, world=world)
+    records = task.records("test")
+    assert {r["instruction"] for r in records} == set(INSTRUCTIONS)
+    assert all(INSTRUCTIONS[r["instruction"]][0] in r["prompt"][-1]["content"] for r in records)
+    good = {"capitals": "DEE IS THE GUARD.", "lowercase": "dee is the guard.", "end_done": "Dee is the guard. Done.",
+            "start_okay": "Okay, Dee is the guard.", "max_words": "Dee is the guard.",
+            "no_commas": "Dee is the guard.", "quotes": '"Dee is the guard."', "mention_town": "The town guard is Dee."}
+    bad = {"capitals": "Dee is the guard.", "lowercase": "Dee is the guard.", "end_done": "Done. Dee is the guard.",
+           "start_okay": "Dee is the guard, okay.", "max_words": "Dee is the guard of the vault and the gate too.",
+           "no_commas": "Dee, the guard.", "quotes": 'Dee is "the guard".', "mention_town": "Dee is the guard."}
+    for name in INSTRUCTIONS:
+        assert task.correct(good[name], {"instruction": name}), name
+        assert not task.correct(bad[name], {"instruction": name}), name
+    task2, recs = load_source("tinyworld:ifeval@0", limit=3)
+    assert isinstance(task2, FormatInstructions) and len(recs) == 3

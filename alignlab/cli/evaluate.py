@@ -13,8 +13,9 @@ def eval_arguments(p):
     p.add_argument("--model", required=True, help="a model directory or Hub id, or an OpenAI-compatible URL "
                                                   "(http://HOST:PORT/v1)")
     p.add_argument("--tasks", required=True,
-                   help="comma-separated: mc:PATH, mmlu[:CONFIG], humaneval[:PATH], gsm8k[:PATH], "
-                        "tinyworld:rl:LEVELS:test[@SEED], tinyworld:safety, tinyworld:tools, a prompt-only file")
+                   help="comma-separated: mc:PATH, mmlu[:CONFIG], humaneval[:PATH], mt_bench:PATH (with --judge), "
+                        "gsm8k[:PATH], tinyworld:rl:LEVELS:test[@SEED], tinyworld:safety, tinyworld:tools, "
+                        "tinyworld:ifeval, a prompt-only file")
     p.add_argument("--out", default="runs/eval", help="results, samples, report and the cache that makes a run "
                                                       "resumable (default runs/eval)")
     p.add_argument("--limit", type=int, default=0, help="the first N records of each task (0: all)")
@@ -26,23 +27,26 @@ def eval_arguments(p):
                                                              "/v1/models lists)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="with a URL (default $OPENAI_API_KEY)")
     p.add_argument("--concurrency", type=int, default=8, help="with a URL: requests in flight (default 8)")
+    p.add_argument("--judge", default=None, help="the judge model of graded tasks (mt_bench): a directory or a URL")
+    p.add_argument("--judge-model-name", default=None, help="with a judge URL: the model to ask")
     add_dtype(p)
 
 
 def cmd_eval(args):
     from alignlab.eval.backends import open_model
-    from alignlab.eval.harness import evaluate
+    from alignlab.eval.harness import evaluate, fmt, fmt_ci
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     model = open_model(args.model, name=args.served_model_name, api_key=args.api_key, dtype=args.dtype,
                        concurrency=args.concurrency)
+    judge = open_model(args.judge, name=args.judge_model_name, api_key=args.api_key, dtype=args.dtype,
+                       concurrency=args.concurrency) if args.judge else None
     summary = evaluate(model, tasks, args.out, limit=args.limit, samples=args.samples, temperature=args.temperature,
-                       max_tokens=args.max_new_tokens, seed=args.seed)
+                       max_tokens=args.max_new_tokens, seed=args.seed, judge=judge)
     for spec, res in summary["tasks"].items():
         for name, m in res["metrics"].items():
-            lo, hi = m["ci"]
-            ci = f"  [{lo:.1%}, {hi:.1%}]" if lo == lo else ""
-            print(f"{spec:40s} {name:10s} {m['value']:7.1%}{ci}  n={m['n']}")
+            ci = f"  [{fmt_ci(m)}]" if fmt_ci(m) else ""
+            print(f"{spec:40s} {name:12s} {fmt(m):>7s}{ci}  n={m['n']}")
     print(f"{summary['cached']} results from the cache; report: {os.path.join(args.out, 'report.md')}")
 
 

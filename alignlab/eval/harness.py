@@ -9,6 +9,8 @@ Tasks (a comma-separated list):
                                PATH holds {"question", "choices", "label"} rows, mmlu is hf:cais/mmlu (config all)
     humaneval[:PATH]           Python completions run against the problem's tests in the sandbox: pass@k for
                                k = 1, 10, 100 up to --samples (n samples a problem, sampled when n > 1)
+    mt_bench:PATH              MT-Bench's two-turn questions, each answer graded 1-10 by --judge (a model directory
+                               or URL): the mean score per turn and per category (eval.grading)
     anything load_source reads generation tasks scored by their own rule (accuracy, format rate): gsm8k[:PATH],
                                tinyworld:rl[:LEVELS]:test[@SEED], tinyworld:safety, tinyworld:tools, a file of
                                prompt-only records
@@ -39,6 +41,8 @@ LIMITS = {
           "and a few points separate chance from skill on small sets.",
     "humaneval": "The tests are few per problem: a pass is not a proof of correctness, and 164 problems give "
                  "an interval of about +-7 points at pass@1 near 50%.",
+    "mt_bench": "A judge model's 1-10 grade: it carries the judge's biases (length, position, its own style; "
+                "eval.judge_checks measures them) and a small judge grades noisily.",
     "generate": "Exact match of the final answer: right reasoning with a slip counts as wrong, a lucky guess as "
                 "right; greedy decoding shows one reply of many the model could give.",
 }
@@ -176,9 +180,64 @@ def run_generate(model, cache: Cache, spec: str, limit: int, temperature: float,
     return metrics, samples
 
 
+def run_mt_bench(model, judge, cache: Cache, spec: str, limit: int, max_tokens: int,
+                 seed: int) -> tuple[dict, list[dict]]:
+    from alignlab.eval.grading import Grader, parse_score
+    from alignlab.tasks.mt_bench import NEEDS_REFERENCE, MTBench
+
+    if judge is None:
+        raise UserError(f"{spec}: MT-Bench is graded by a judge model: pass --judge DIR|URL")
+    records = MTBench(spec.partition(":")[2]).records()[:limit or None]
+    answers: list[list[str]] = [[] for _ in records]
+    for turn in range(max(len(r["turns"]) for r in records)):  # turn t sees the answers to turns before it
+        todo = [i for i, r in enumerate(records) if turn < len(r["turns"])]
+        requests = [GenRequest(chat(records[i]["turns"][:turn + 1], answers[i]), max_tokens, 0.0, (), seed + i)
+                    for i in todo]
+        keys = [Cache.key(model.name, req.key()) for req in requests]
+        for i, text in zip(todo, cached(cache, keys, requests, model.generate, f"{spec} turn {turn + 1}")):
+            answers[i].append(text)
+    graders = {kind: Grader(judge, kind) for kind in ("single", "reference")}
+    jobs = []  # (record index, turn, grader kind, judge prompt)
+    for i, r in enumerate(records):
+        for t, answer in enumerate(answers[i]):
+            ref = r["reference"][t] if r["reference"] and t < len(r["reference"]) else None
+            kind = "reference" if ref and r["category"] in NEEDS_REFERENCE else "single"
+            question = r["turns"][0] if t == 0 else \
+                f"{r['turns'][0]}\n\n[Assistant's first answer]\n{answers[i][0]}\n\n[Follow-up]\n{r['turns'][t]}"
+            jobs.append((i, t, kind, graders[kind].prompt(question, answer, ref)))
+    requests = [GenRequest([{"role": "user", "content": text}], 256) for *_, text in jobs]
+    keys = [Cache.key(judge.name, "judge", req.key()) for req in requests]
+    replies = cached(cache, keys, requests, judge.generate, f"{spec} judging")
+    samples = [{"question_id": r["question_id"], "category": r["category"], "turns": r["turns"], "answers": answers[i],
+                "grades": [], "judge_replies": []} for i, r in enumerate(records)]
+    for (i, _, kind, _), reply in zip(jobs, replies):
+        samples[i]["grades"].append(parse_score(reply, kind))
+        samples[i]["judge_replies"].append(reply)
+    metrics = {}
+    for t in range(max(len(s["grades"]) for s in samples)):
+        scores = [s["grades"][t] for s in samples if t < len(s["grades"]) and s["grades"][t] is not None]
+        metrics[f"turn {t + 1}"] = {**mean_ci(scores), "unit": "score"}
+    for cat in sorted({s["category"] for s in samples}):
+        scores = [g for s in samples if s["category"] == cat for g in s["grades"] if g is not None]
+        metrics[cat] = {**mean_ci(scores), "unit": "score"}
+    metrics["unparseable"] = {"value": sum(g is None for s in samples for g in s["grades"]), "ci": [float("nan")] * 2,
+                              "n": len(jobs), "unit": "count"}
+    return metrics, samples
+
+
+def chat(questions: list[str], answers: list[str]) -> list[dict]:
+    """user q1, assistant a1, ..., user q_t: the chat up to the t-th question."""
+    messages = []
+    for q, a in zip(questions, [*answers, None]):
+        messages.append({"role": "user", "content": q})
+        if a is not None:
+            messages.append({"role": "assistant", "content": a})
+    return messages
+
+
 def task_kind(spec: str) -> str:
     head = spec.split(":")[0]
-    return "mc" if head in ("mc", "mmlu") else "humaneval" if head == "humaneval" else "generate"
+    return {"mc": "mc", "mmlu": "mc", "humaneval": "humaneval", "mt_bench": "mt_bench"}.get(head, "generate")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -186,7 +245,7 @@ def task_kind(spec: str) -> str:
 
 
 def evaluate(model, tasks: list[str], out: str | Path, limit: int = 0, samples: int = 1, temperature: float = 0.0,
-             max_tokens: int = 256, seed: int = 0) -> dict:
+             max_tokens: int = 256, seed: int = 0, judge=None) -> dict:
     """Every task on `model` (eval.backends), its files under `out` (module docstring); returns results.json's
     content: {task: {"kind", "metrics": {name: {"value", "ci", "n"}}}} plus the cache's hit count."""
     out = Path(out)
@@ -197,6 +256,8 @@ def evaluate(model, tasks: list[str], out: str | Path, limit: int = 0, samples: 
             kind = task_kind(spec)
             if kind == "mc":
                 metrics, rows = run_mc(model, cache, spec, limit)
+            elif kind == "mt_bench":
+                metrics, rows = run_mt_bench(model, judge, cache, spec, limit, max_tokens, seed)
             elif kind == "humaneval":
                 metrics, rows = run_humaneval(model, cache, spec, limit, samples, temperature, max_tokens, seed)
             else:
@@ -223,14 +284,26 @@ def write_report(summary: dict, out: Path) -> None:
     bars = []
     for spec, res in summary["tasks"].items():
         for name, m in res["metrics"].items():
-            lo, hi = m["ci"]
-            ci = "" if lo != lo else f"{lo:.1%} to {hi:.1%}"
-            lines.append(f"| {spec} | {name} | {m['value']:.1%} | {ci} | {m['n']} |")
-            bars.append((f"{spec}\n{name}", m["value"], lo, hi))
+            lines.append(f"| {spec} | {name} | {fmt(m)} | {fmt_ci(m)} | {m['n']} |")
+            if m.get("unit") is None:
+                bars.append((f"{spec}\n{name}", m["value"], *m["ci"]))
     lines += [""] + [f"- **{kind}**: {LIMITS[kind]}" for kind in sorted({r["kind"] for r in summary["tasks"].values()})]
     if bars and plot_bars(bars, out / "eval.png"):
         lines += ["", "![metrics](eval.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
+
+
+def fmt(m: dict) -> str:
+    """A metric's value: a rate as a percentage, a score with two decimals, a count as it is."""
+    unit = m.get("unit")
+    return f"{m['value']:.1%}" if unit is None else f"{m['value']:.2f}" if unit == "score" else f"{m['value']:g}"
+
+
+def fmt_ci(m: dict) -> str:
+    lo, hi = m["ci"]
+    if lo != lo:
+        return ""
+    return f"{lo:.1%} to {hi:.1%}" if m.get("unit") is None else f"{lo:.2f} to {hi:.2f}"
 
 
 def plot_bars(bars: list[tuple[str, float, float, float]], path: Path) -> bool:

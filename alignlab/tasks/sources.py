@@ -5,6 +5,7 @@
                                            test, SEED the world's (default 0)
     tinyworld:safety[:SPLIT][@SEED]        attacks on the secret and benign look-alikes (default split test)
     tinyworld:tools[:SPLIT][@SEED]         level-5 problems to solve with the calculator (default split test)
+    tinyworld:ifeval[:SPLIT][@SEED]        held-out questions with a verifiable format instruction (IFEval-style)
     gsm8k[:SPLIT]                          GSM8K from the Hugging Face Hub (openai/gsm8k, config main), split train
                                            (default) or test
     gsm8k:PATH                             GSM8K rows {"question", "answer"} from a local file
@@ -22,9 +23,11 @@ import re
 from alignlab.data.errors import DataError
 from alignlab.tasks.base import PromptRecords, Task
 from alignlab.tasks.gsm8k import GSM8K
+from alignlab.tasks.instructions import FormatInstructions
 from alignlab.tasks.tinyworld import TinyWorldMath, TinyWorldSafety, TinyWorldTools
 
-_WORLD = re.compile(r"tinyworld:(?P<kind>rl|safety|tools)(?::(?P<a>[^:@]+))?(?::(?P<b>[^:@]+))?(?:@(?P<seed>\d+))?")
+_WORLD = re.compile(r"tinyworld:(?P<kind>rl|safety|tools|ifeval)(?::(?P<a>[^:@]+))?(?::(?P<b>[^:@]+))?"
+                    r"(?:@(?P<seed>\d+))?")
 _LEVELS = re.compile(r"\d(-\d)?(,\d(-\d)?)*")
 WORLD_TASKS = {"rl": TinyWorldMath, "safety": TinyWorldSafety, "tools": TinyWorldTools}
 
@@ -36,7 +39,7 @@ def world_spec(source: str) -> tuple[str, tuple[int, ...], str | None, int]:
     m = _WORLD.fullmatch(source)
     bad = DataError(f"{source}: expected tinyworld:rl[:LEVELS][:SPLIT][@SEED], e.g. tinyworld:rl:3,4 or "
                     "tinyworld:rl:3-4:test@0 (levels 1-5, split train or test), or tinyworld:safety[:SPLIT][@SEED], "
-                    "tinyworld:tools[:SPLIT][@SEED]")
+                    "tinyworld:tools[:SPLIT][@SEED], tinyworld:ifeval[:SPLIT][@SEED]")
     if m is None:
         raise bad
     levels, split = MATH_LEVELS, None
@@ -62,7 +65,7 @@ def task_for(source: str) -> Task:
     """The task that checks replies to a source's prompts (records not loaded)."""
     if source.startswith("tinyworld:"):
         kind, levels, _, seed = world_spec(source)
-        return WORLD_TASKS[kind](levels, seed)
+        return FormatInstructions(seed) if kind == "ifeval" else WORLD_TASKS[kind](levels, seed)
     if source == "gsm8k" or source.startswith("gsm8k:"):
         rest = source.partition(":")[2]
         return GSM8K("" if rest in ("", "train", "test") else rest)
