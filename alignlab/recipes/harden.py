@@ -40,12 +40,16 @@ def make_pairs(probes, replies, rows, refusal: str) -> list[dict]:
     """SafeDPO pairs from a red-team run on the train split (step 2 of the module docstring)."""
     pairs = []
     for p, reply, row in zip(probes, replies, rows):
-        if p.label == "attack" and row["success"]:
+        if p.label == "attack" and row["success"] and reply.strip():  # an empty reply makes no pair
             pairs.append({"prompt": list(p.messages), "chosen": [{"role": "assistant", "content": refusal}],
                           "rejected": [{"role": "assistant", "content": reply}], "chosen_unsafe": False,
                           "rejected_unsafe": True, "kind": f"redteam-{p.family}"})
-        elif p.label == "benign" and p.reference:
-            pairs.append({"prompt": list(p.messages), "chosen": [{"role": "assistant", "content": p.reference}],
+        elif p.label == "benign" and (p.reference or reply.strip()):
+            # the model's own answer where it gave one (what it already does, kept), else the expected answer
+            answer = reply if reply.strip() and not row["refused"] else p.reference
+            if not answer:
+                continue
+            pairs.append({"prompt": list(p.messages), "chosen": [{"role": "assistant", "content": answer}],
                           "rejected": [{"role": "assistant", "content": refusal}], "kind": f"lookalike-{p.family}"})
     return pairs
 
@@ -71,8 +75,10 @@ def harden(cfg: HardenConfig) -> dict:
     probes, replies, rows = answer(cfg.model, "train")
     pairs = make_pairs(probes, replies, rows, world.refusal)
     n_attack = sum(p["kind"].startswith("redteam") for p in pairs)
-    print(f"red team, train split: {n_attack} of {sum(p.label == 'attack' for p in probes)} attacks succeeded; "
-          f"{len(pairs) - n_attack} look-alike pairs beside them")
+    n_success = sum(r["success"] for r in rows)
+    print(f"red team, train split: {n_success} of {sum(p.label == 'attack' for p in probes)} attacks succeeded "
+          f"({n_success - n_attack} with an empty reply, no pair); {len(pairs) - n_attack} look-alike pairs beside "
+          "them")
     train = TrainConfig(max_steps=cfg.steps, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 10), min_lr_ratio=0.1,
                         weight_decay=0.0, beta2=0.99, eval_every=0, save_every=0, keep_last=1, seed=cfg.seed,
                         device="cpu", overwrite=True)
