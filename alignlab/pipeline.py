@@ -299,6 +299,7 @@ def win_rate_vs(run: Run, name: str, other: str, a: list[dict], b: list[dict]) -
     TinyWorld's rule-based judge, each pair judged in both orders (a disagreement is a tie; ties count half),
     with a bootstrap 95% interval."""
     from alignlab.eval.judge import TinyWorldJudge
+    from alignlab.eval.stats import sign_test
     from alignlab.eval.winrate import compare_models
 
     records = [{"answer": r["answer"]} if r["task"] == "math" else {"label": r["label"]} for r in a]
@@ -307,7 +308,7 @@ def win_rate_vs(run: Run, name: str, other: str, a: list[dict], b: list[dict]) -
     with open(run.dir("eval") / f"judged_{name}_vs_{other}.jsonl", "w") as f:  # every verdict, to read
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     return {"win_rate": rate.win_rate, "win_rate_low": rate.ci_low, "win_rate_high": rate.ci_high,
-            "wins": rate.wins, "losses": rate.losses, "ties": rate.ties}
+            "wins": rate.wins, "losses": rate.losses, "ties": rate.ties, "p_value": sign_test(rate.wins, rate.losses)}
 
 
 def stage_eval(run: Run) -> dict:
@@ -330,6 +331,8 @@ def stage_eval(run: Run) -> dict:
         with open(d / f"replies_{name}.jsonl", "w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         evals[name], replies[name] = metrics, rows
+        if stage in RED_TEAMED:
+            metrics["redteam"], metrics["instructions"] = red_team_and_instructions(run, model_dir)
         print(f"eval {name}: format {metrics['format_rate']:.1%}, level-1 accuracy {metrics['accuracy_L1']:.1%}, "
               f"accuracy {metrics['accuracy']:.1%}, attacks refused {metrics['attack_refusal_rate']:.1%}, "
               f"look-alikes refused {metrics['over_refusal_rate']:.1%} ({time.perf_counter() - t0:.0f} s)")
@@ -349,6 +352,28 @@ def stage_eval(run: Run) -> dict:
     (d / "metrics.json").write_text(json.dumps(evals, indent=2) + "\n")
     last = evals[[MODEL_NAMES.get(s.name, s.name) for s in STAGES if s.makes_model and not s.side][-1]]
     return {k: round(last[k], 4) for k in ("format_rate", "accuracy_L1", "accuracy", "attack_refusal_rate")}
+
+
+RED_TEAMED = ("sft", "dpo", "grpo")  # the main line's models, probed by the red team
+
+
+def red_team_and_instructions(run: Run, model_dir: Path) -> tuple[dict, dict]:
+    """ASR and over-refusal per red-team family on the held-out probes (eval/redteam.py: frames no training data
+    used), and the share of held-out format instructions followed (tasks/instructions.py), each with its interval."""
+    from alignlab.eval import redteam
+    from alignlab.eval.backends import GenRequest, LocalModel
+    from alignlab.eval.stats import wilson_interval
+    from alignlab.tasks.instructions import FormatInstructions
+
+    model = LocalModel(str(model_dir))
+    scores, _ = redteam.red_team(model, run.world, "test", per_combination=1, max_tokens=run.sizes.max_new_tokens)
+    task = FormatInstructions(run.seed, world=run.world)
+    records = task.records("test")
+    replies = model.generate([GenRequest(r["prompt"], run.sizes.max_new_tokens) for r in records])
+    k, n = sum(task.correct(a, r) for a, r in zip(replies, records)), len(records)
+    print(f"eval {model_dir.parent.name}: red team ASR {scores['all']['asr']['value']:.1%} (look-alikes refused "
+          f"{scores['all']['over_refusal']['value']:.1%}); format instructions followed {k / n:.1%}")
+    return scores, {"value": k / n, "ci": list(wilson_interval(k, n)), "k": k, "n": n}
 
 
 def pass_before_after(run: Run, dtype) -> dict:
@@ -481,7 +506,16 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
 
 def write_pipeline_report(run: Run) -> Path:
     """report.md and report.html from what the finished stages left in the run directory."""
-    from alignlab.eval.report import pick_samples, stage_notes, step_table, tool_table, transcript_table, write_report
+    from alignlab.eval.report import (
+        limits_table,
+        pick_samples,
+        redteam_table,
+        stage_notes,
+        step_table,
+        tool_table,
+        transcript_table,
+        write_report,
+    )
 
     stages = {s.name: run.done(s.name) for s in STAGES if run.done(s.name)}
     evals_path = run.dir("eval") / "metrics.json"
@@ -493,11 +527,13 @@ def write_pipeline_report(run: Run) -> Path:
              f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows",
              *stage_notes(stages, evals, run.sizes.eval_per_level, GRPO_LEVELS, GRPO_START, judge_rules())]
     replies = {name: _read_jsonl(run.dir("eval") / f"replies_{name}.jsonl") for name in evals}
-    tables = [t for t in (step_table(evals), tool_table(evals)) if t[2]]
+    tables = [t for t in (step_table(evals), redteam_table(evals), tool_table(evals)) if t[2]]
     tool_rows = _read_jsonl(run.dir("eval") / "tool_use_tools.jsonl")
     shown = next((r for r in tool_rows if r["kind"] == "weather"), None)
     if shown:
         tables.append(transcript_table(shown["messages"]))
+    if evals:
+        tables.append(limits_table())
     return write_report(run.out, "alignlab pipeline on TinyWorld", list(stages.values()), evals, curves,
                         pick_samples(replies), notes, figures=[run.dir("grpo") / "plots" / "rl.png"],
                         tables=tables, loss_labels={"dpo": "SafeDPO + RPO loss (per pair)"})[0]

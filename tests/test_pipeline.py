@@ -80,6 +80,13 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     assert "declared before training" in md  # DPO's judge and its rules
     assert "pass@k on levels 3-4 (20 held-out prompts, 8 samples each" in md and "paired 95% interval" in md
     assert "Worked steps wrong, by kind" in md
+    for name in ("sft", "dpo", "grpo"):  # the red team and format instructions, with intervals
+        rt = evals[name]["redteam"]
+        assert rt["all"]["asr"]["n"] > 50 and 0 <= rt["all"]["asr"]["ci"][0] <= rt["all"]["asr"]["value"]
+        assert evals[name]["instructions"]["n"] > 10
+    assert "base" not in evals or "redteam" not in evals["base"]
+    assert "Red team on held-out probes" in md and "| persona: attacks that worked (ASR) |" in md
+    assert "What these numbers cannot tell you" in md and "sign test of wins against losses p =" in md
     assert "win rate vs sft" in md
     assert "data:image/png;base64," in page and (out / "plots" / "metrics.png").exists()
     assert (out / "plots" / "training.png").exists()

@@ -221,6 +221,47 @@ def tool_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:
     return f"Tool use, {n} held-out prompts (calls run for real)", ["metric", *models], rows
 
 
+def redteam_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:
+    """ASR per red-team family and over-refusal beside it, and format instructions followed, for every model the
+    evaluation red-teamed (empty rows if none)."""
+    from alignlab.eval.redteam import FAMILIES
+
+    models = [m for m, e in evals.items() if "redteam" in e]
+    if not models:
+        return "Red team", [], []
+    rows = [[f"{fam}: attacks that worked (ASR)", *(_rate_ci(evals[m]["redteam"][fam]["asr"]) for m in models)]
+            for fam in (*FAMILIES, "all")]
+    rows.append(["all families: look-alikes refused", *(_rate_ci(evals[m]["redteam"]["all"]["over_refusal"])
+                                                       for m in models)])
+    rows.append(["format instructions followed", *(_rate_ci(evals[m]["instructions"]) for m in models)])
+    first = evals[models[0]]["redteam"]["all"]
+    return (f"Red team on held-out probes ({first['asr']['n']} attacks, {first['over_refusal']['n']} look-alikes in "
+            f"the same frames) and format instructions; 95% intervals", ["probe", *models], rows)
+
+
+LIMITS = [
+    ("accuracy, levels 1-4", "exact match of the final number: right steps with one slip count as wrong, a lucky "
+                             "guess as right; one greedy reply of the many the model could give"),
+    ("attacks refused, look-alikes refused", "a keyword refusal detector: an evasive non-answer is neither; the "
+                                             "attacks are TinyWorld's own phrasings, not an adversary's"),
+    ("win rate vs SFT", "a rule judge declared before training: it sees correctness, refusals and length, nothing "
+                        "else; ties count half, so many ties pull it toward 50%"),
+    ("red team ASR", "six fixed families of frames: a low ASR means these frames fail, not that no attack works; "
+                     "a family with few probes has a wide interval"),
+    ("format instructions", "a reply can follow an instruction by accident (a short wrong answer has at most "
+                            "eight words and no commas)"),
+    ("pass@8", "eight samples at temperature 1: what the model can sometimes do, not what it usually does"),
+]
+
+
+def limits_table() -> tuple[str, list[str], list[list[str]]]:
+    return "What these numbers cannot tell you", ["metric", "limit"], [list(r) for r in LIMITS]
+
+
+def _rate_ci(m: dict) -> str:
+    return f"{m['value']:.0%} ({m['ci'][0]:.0%}-{m['ci'][1]:.0%})" if m.get("n") else "-"
+
+
 def transcript_table(messages: list[dict]) -> tuple[str, list[str], list[list[str]]]:
     """One held-out tool-use conversation, turn by turn."""
     rows = []
@@ -271,7 +312,9 @@ def dpo_summary(dpo: dict, sft: dict, dpo_stage: dict | None, judge: str = "") -
             f"{dpo['win_rate_high_vs_sft']:.1%}, {verdict}; {dpo['wins_vs_sft']} wins, {dpo['losses_vs_sft']} "
             f"losses, {dpo['ties_vs_sft']} ties over {n} held-out prompts) by TinyWorld's rule-based judge"
             f"{' (' + judge + ')' if judge else ''}, each pair judged in both orders, ties counting half "
-            f"(eval/judged_dpo_vs_sft.jsonl has every verdict). Attacks refused "
+            f"(eval/judged_dpo_vs_sft.jsonl has every verdict"
+            + (f"; sign test of wins against losses p = {dpo['p_value_vs_sft']:.2g}" if "p_value_vs_sft" in dpo else "")
+            + "). Attacks refused "
             f"{sft['attack_refusal_rate']:.1%} -> {dpo['attack_refusal_rate']:.1%}; look-alikes refused "
             f"{sft['over_refusal_rate']:.1%} -> {dpo['over_refusal_rate']:.1%}; accuracy {sft['accuracy']:.1%} -> "
             f"{dpo['accuracy']:.1%}" + (f"; held-out pair accuracy of the implicit reward {pair:.1%}." if pair is not

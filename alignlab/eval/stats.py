@@ -7,6 +7,7 @@
     paired_difference(before, after)       the change in a rate on the same items, with its paired interval
     paired_bootstrap_ci(a, b)              the same for scores: resample items, not models
     mcnemar(before, after)                 p-value of "the two rates are equal" on paired binary items
+    sign_test(wins, losses)                p-value of "neither side is preferred" from a judge's wins and losses
     permutation_test(a, b)                 p-value of "the mean difference is zero" on paired scores
     min_detectable_effect(n)               the smallest difference of two rates n items can show
     pass_at_k(n, c, k)                     the unbiased pass@k from n samples of which c pass
@@ -130,6 +131,18 @@ def mcnemar(before: Sequence[bool], after: Sequence[bool], exact: bool = True) -
         return min(1.0, 2 * tail)
     stat = (abs(b - c) - 1) ** 2 / (b + c)
     return math.erfc(math.sqrt(stat / 2))  # P[chi2_1 > stat]
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of "wins and losses are equally likely" (ties dropped): under the null each decisive
+    comparison is a fair coin, p = min(1, 2 P[Binomial(wins + losses, 1/2) <= min(wins, losses)]). It is McNemar's
+    exact test with the decisive pairs as its discordant ones."""
+    if wins < 0 or losses < 0:
+        raise ValueError("wins and losses must be counts")
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2 ** n)
 
 
 def permutation_test(a: Sequence[float], b: Sequence[float], n_perm: int = 10_000, seed: int = 0) -> float:
