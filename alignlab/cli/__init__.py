@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
-from alignlab.cli.evaluate import cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
+from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
 from alignlab.errors import UserError
 
@@ -442,6 +442,8 @@ COMMANDS = [
             eval_arguments, cmd_eval),
     Command("redteam", "attack success rate per probe family and over-refusal; --harden: SafeDPO on the successes",
             redteam_arguments, cmd_redteam),
+    Command("bon", "best-of-n against a reward model: proxy vs gold as optimisation grows (reward hacking)",
+            bon_arguments, cmd_bon),
     Command("eval-world", "score a chat model on TinyWorld's held-out prompts", eval_world_arguments, cmd_eval_world),
     Command("serve", "an OpenAI-compatible server with LoRA adapters, tenants and a chat page", serve_arguments,
             cmd_serve),

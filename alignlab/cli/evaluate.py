@@ -104,3 +104,30 @@ def cmd_redteam(args):
                       f"n={x['safe_refused']['n']}); unsafe prompts refused {x['unsafe_refused']['value']:.1%}."]
     (out / "redteam.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def bon_arguments(p):
+    p.description = ("Best-of-n against a reward model (the proxy) and the task's verifier (gold): N samples a prompt, "
+                     "the expected proxy and gold score of the best-of-n pick for n = 1, 2, 4, ... N, against "
+                     "KL = log n - (n-1)/n (Gao et al. 2022); see alignlab/eval/overoptimization.py.")
+    p.add_argument("--policy", required=True, help="the model that samples (a chat model directory)")
+    p.add_argument("--reward-model", required=True, help="a reward model directory (alignlab reward-model)")
+    p.add_argument("--source", default="tinyworld:rl:3-4:test@0", help="prompts with a verifier (a tasks source)")
+    p.add_argument("--n", type=int, default=32, help="samples a prompt (default 32)")
+    p.add_argument("--limit", type=int, default=100, help="prompts (default 100)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/bon")
+
+
+def cmd_bon(args):
+    from alignlab.eval.overoptimization import run_best_of_n
+
+    result = run_best_of_n(args.policy, args.reward_model, args.source, args.n, args.limit, args.temperature,
+                           args.max_new_tokens, args.seed, args.out)
+    print(f"{result['prompts']} prompts x {args.n} samples; best-of-n by the reward model:")
+    print("    n   KL (nats)   proxy   gold")
+    for r in result["curve"]:
+        print(f"{r['n']:5d}   {r['kl']:9.3f}   {r['proxy']:5.2f}   {r['gold']:5.1%}")
+    print(f"plot: {os.path.join(args.out, 'bon.png')}")
