@@ -64,6 +64,8 @@ def redteam_arguments(p):
     p.add_argument("--out", default="runs/redteam")
     p.add_argument("--harden", action="store_true", help="then SafeDPO on the train split's successes (local model)")
     p.add_argument("--steps", type=int, default=60, help="--harden: SafeDPO steps (default 60)")
+    p.add_argument("--attacker", default=None, help="a model (directory or URL) that rewrites the attacks that failed")
+    p.add_argument("--rounds", type=int, default=1, help="--attacker: rounds of rewrites (default 1)")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     add_dtype(p)
@@ -91,8 +93,9 @@ def cmd_redteam(args):
         print(f"hardened model: {result['model_dir']}")
         return
     model = open_model(args.model, name=args.served_model_name, api_key=args.api_key, dtype=args.dtype)
+    attacker = open_model(args.attacker, api_key=args.api_key, dtype=args.dtype) if args.attacker else None
     scores, rows = redteam.red_team(model, TinyWorld(seed=args.seed), args.split, args.per_combination,
-                                    args.max_new_tokens, args.xstest)
+                                    args.max_new_tokens, args.xstest, attacker, args.rounds)
     (out / "redteam.json").write_text(json.dumps(scores, indent=1))
     (out / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     lines = ["# Red team", "", f"Model: {model.label}; the {args.split} split's probes.", "",
