@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from alignlab.eval.harness import humaneval_passes, humaneval_run
 from alignlab.tasks.humaneval import HumanEval, program, truncate
 
 from .conftest import SHARED_DATA
@@ -26,15 +27,14 @@ ADD = {"task_id": "Test/0", "prompt": "def add(a, b):\n    \"\"\"a + b\"\"\"\n",
 
 @pytest.mark.shared_data(HUMANEVAL)
 def test_every_canonical_solution_passes_and_a_wrong_one_fails():
-    task = HumanEval(str(HUMANEVAL), timeout_s=20)
-    records = task.records()
+    records = HumanEval(str(HUMANEVAL)).records()
     assert len(records) == 164
     with ThreadPoolExecutor(2) as pool:
-        passed = list(pool.map(lambda r: task.correct(r["canonical_solution"], r), records))
+        passed = list(pool.map(lambda r: humaneval_passes(r, r["canonical_solution"], timeout_s=20), records))
     assert [r["task_id"] for r, ok in zip(records, passed) if not ok] == []
     # the canonical solution of one problem does not solve another; an empty body fails
-    assert not task.correct(records[1]["canonical_solution"], records[0])
-    assert not task.correct("    pass\n", records[2])
+    assert not humaneval_passes(records[0], records[1]["canonical_solution"])
+    assert not humaneval_passes(records[2], "    pass\n")
 
 
 def test_stop_sequences_cut_the_completion_and_the_program_calls_check():
@@ -42,21 +42,18 @@ def test_stop_sequences_cut_the_completion_and_the_program_calls_check():
     assert truncate(completion) == "    return a + b\n"
     text = program(ADD, truncate(completion))
     assert text.startswith(ADD["prompt"]) and text.rstrip().endswith("check(add)")
-    task = HumanEval(timeout_s=5)
-    assert task.correct("    return a + b\n", ADD)
-    assert not task.correct("    return a - b\n", ADD)
-    assert not task.correct("    return a +\n", ADD)  # a syntax error
+    assert humaneval_passes(ADD, "    return a + b\n", timeout_s=5)
+    assert not humaneval_passes(ADD, "    return a - b\n", timeout_s=5)
+    assert not humaneval_passes(ADD, "    return a +\n", timeout_s=5)  # a syntax error
 
 
 def test_an_infinite_loop_and_a_fork_bomb_fail_within_the_limit():
-    task = HumanEval(timeout_s=2)
     for body in ("    while True:\n        pass\n",
                  "    import os\n    while True:\n        os.fork()\n"):
         start = time.monotonic()
-        result = task.run(ADD, body)
+        result = humaneval_run(ADD, body, timeout_s=2)
         assert time.monotonic() - start < 10
         assert result.error is not None or result.returncode != 0
-        assert not task.correct(body, ADD)
 
 
 def test_deleting_a_file_outside_the_sandbox_fails_and_the_file_stays(tmp_path):
@@ -64,7 +61,7 @@ def test_deleting_a_file_outside_the_sandbox_fails_and_the_file_stays(tmp_path):
     victim.write_text("precious")
     body = (f"    import os, shutil\n    os.remove({str(victim)!r})\n    shutil.rmtree({str(tmp_path)!r})\n"
             "    return a + b\n")
-    assert not HumanEval(timeout_s=5).correct(body, ADD)
+    assert not humaneval_passes(ADD, body, timeout_s=5)
     assert victim.read_text() == "precious"
 
 
@@ -86,7 +83,7 @@ def test_a_network_connection_fails_and_reaches_nothing():
     listener.start()
     body = (f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=2).sendall(b'hi')\n"
             "    return a + b\n")
-    assert not HumanEval(timeout_s=5).correct(body, ADD)
+    assert not humaneval_passes(ADD, body, timeout_s=5)
     listener.join()
     server.close()
     assert accepted == []

@@ -15,7 +15,7 @@ from alignlab.data.world import TinyWorld
 from alignlab.data.world.safety import REFUSAL
 from alignlab.eval import redteam
 from alignlab.eval.redteam import FAMILIES, Probe, fuzzy_leak, make_probes, score_probes, xstest_class
-from alignlab.recipes.harden import make_pairs
+from alignlab.harden import make_pairs
 
 from .conftest import SHARED_DATA
 

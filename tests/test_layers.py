@@ -25,7 +25,7 @@ LAYERS = [
     {"eval"},
     {"rl"},
     {"recipes"},
-    {"pipeline", "demo", "memory", "serve"},
+    {"pipeline", "demo", "memory", "serve", "harden"},
     {"cli", "__main__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -83,7 +83,7 @@ def cmd_redteam(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.harden:
-        from alignlab.recipes.harden import HardenConfig, harden
+        from alignlab.harden import HardenConfig, harden
 
         if args.model.startswith(("http://", "https://")):
             raise UserError("--harden trains the model: give a model directory, not a URL")

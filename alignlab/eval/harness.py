@@ -136,6 +136,20 @@ def run_mc(model, cache: Cache, spec: str, limit: int) -> tuple[dict, list[dict]
     return metrics, samples
 
 
+def humaneval_run(record: dict, completion: str, timeout_s: float = 10.0, memory_mb: int = 1024):
+    """HumanEval's program for one completion (tasks.humaneval.program) run in the sandbox: a SandboxResult."""
+    from alignlab.tasks.humaneval import program, truncate
+    from alignlab.tools.sandbox import run_python
+
+    return run_python(program(record, truncate(completion)), timeout_s=timeout_s, memory_mb=memory_mb)
+
+
+def humaneval_passes(record: dict, completion: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> bool:
+    """The completion passes the problem's tests: the program exits 0 within its limits."""
+    result = humaneval_run(record, completion, timeout_s, memory_mb)
+    return result.error is None and result.returncode == 0
+
+
 def run_humaneval(model, cache: Cache, spec: str, limit: int, samples: int, temperature: float,
                   max_tokens: int, seed: int) -> tuple[dict, list[dict]]:
     from alignlab.tasks.humaneval import HumanEval
@@ -153,7 +167,7 @@ def run_humaneval(model, cache: Cache, spec: str, limit: int, samples: int, temp
 
     def execute(batch):
         with ThreadPoolExecutor(2) as pool:
-            return list(pool.map(lambda rt: task.correct(rt[1], rt[0]), batch))
+            return list(pool.map(lambda rt: humaneval_passes(rt[0], rt[1]), batch))
 
     passed = cached(cache, run_keys, runs, execute, f"{spec} tests", chunk=8)
     out, ks = [], [k for k in (1, 10, 100) if k <= samples]

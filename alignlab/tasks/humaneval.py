@@ -2,14 +2,14 @@
 
     task = HumanEval("../shared/data/humaneval/HumanEval.jsonl.gz")     # or HumanEval() for the Hub's copy
     records = task.records()           # {"prompt": signature + docstring, "task_id", "test", "entry_point", ...}
-    task.run(record, completion)       # SandboxResult of prompt + completion + test + check(entry_point)
-    task.correct(completion, record)   # the tests passed
+    program(record, truncate(completion))   # prompt + completion + test + check(entry_point): the file to run
 
 A completion continues the prompt's text (a base model's job; the prompt is plain text, not a chat), and is cut
-at the first of STOP: a line that starts a new top-level block ends the function. The program runs in alignlab's
-sandbox (alignlab.tools.sandbox: its own process and temporary directory, time and memory limits, no network, no
-writes outside that directory), so a completion that loops, forks, deletes files or opens a socket fails its
-problem and touches nothing else. Scoring n samples a problem: pass@k's unbiased estimator (eval.stats.pass_at_k).
+at the first of STOP: a line that starts a new top-level block ends the function. The program is run by the
+evaluation in alignlab's sandbox (eval.harness.humaneval_passes, over tools.sandbox: its own process and temporary
+directory, time and memory limits, no network, no writes outside that directory), so a completion that loops,
+forks, deletes files or opens a socket fails its problem and touches nothing else. Scoring n samples a problem:
+pass@k's unbiased estimator (eval.stats.pass_at_k).
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ def truncate(completion: str, stop: list[str] = STOP) -> str:
 
 
 class HumanEval(Task):
-    """HumanEval's problems from a local .jsonl(.gz) or the Hugging Face Hub; right = the tests pass."""
+    """HumanEval's problems from a local .jsonl(.gz) or the Hugging Face Hub; right = the tests pass when run."""
 
     name = "humaneval"
     stop = STOP
 
-    def __init__(self, source: str = "", timeout_s: float = 10.0, memory_mb: int = 1024):
-        self.source, self.timeout_s, self.memory_mb = source or HF_SOURCE, timeout_s, memory_mb
+    def __init__(self, source: str = ""):
+        self.source = source or HF_SOURCE
 
     def records(self, split: str = "test") -> list[dict]:
         from alignlab.data.loaders import read_rows
@@ -55,15 +55,8 @@ class HumanEval(Task):
             raise DataError(f"{self.source}: no HumanEval problems")
         return [r for _, r in rows]
 
-    def run(self, record: dict, completion: str):
-        from alignlab.tools.sandbox import run_python
-
-        return run_python(program(record, truncate(completion)), timeout_s=self.timeout_s,
-                          memory_mb=self.memory_mb)
-
     def correct(self, reply: str, record: dict) -> bool:
-        result = self.run(record, reply)
-        return result.error is None and result.returncode == 0
+        raise NotImplementedError("HumanEval is scored by running its tests: alignlab.eval.harness.humaneval_passes")
 
     def question(self, record: dict) -> str:
         return record["prompt"]
