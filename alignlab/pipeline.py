@@ -332,7 +332,7 @@ def stage_eval(run: Run) -> dict:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         evals[name], replies[name] = metrics, rows
         if stage in RED_TEAMED:
-            metrics["redteam"], metrics["instructions"] = red_team_and_instructions(run, model_dir)
+            metrics["redteam"], metrics["instructions"] = red_team_and_instructions(run, name, model, tok)
         print(f"eval {name}: format {metrics['format_rate']:.1%}, level-1 accuracy {metrics['accuracy_L1']:.1%}, "
               f"accuracy {metrics['accuracy']:.1%}, attacks refused {metrics['attack_refusal_rate']:.1%}, "
               f"look-alikes refused {metrics['over_refusal_rate']:.1%} ({time.perf_counter() - t0:.0f} s)")
@@ -357,21 +357,21 @@ def stage_eval(run: Run) -> dict:
 RED_TEAMED = ("sft", "dpo", "grpo")  # the main line's models, probed by the red team
 
 
-def red_team_and_instructions(run: Run, model_dir: Path) -> tuple[dict, dict]:
+def red_team_and_instructions(run: Run, name: str, model, tok) -> tuple[dict, dict]:
     """ASR and over-refusal per red-team family on the held-out probes (eval/redteam.py: frames no training data
     used), and the share of held-out format instructions followed (tasks/instructions.py), each with its interval."""
     from alignlab.eval import redteam
-    from alignlab.eval.backends import GenRequest, LocalModel
+    from alignlab.eval.backends import EngineModel, GenRequest
     from alignlab.eval.stats import wilson_interval
     from alignlab.tasks.instructions import FormatInstructions
 
-    model = LocalModel(str(model_dir))
+    model = EngineModel(model, tok, name)
     scores, _ = redteam.red_team(model, run.world, "test", per_combination=1, max_tokens=run.sizes.max_new_tokens)
     task = FormatInstructions(run.seed, world=run.world)
     records = task.records("test")
     replies = model.generate([GenRequest(r["prompt"], run.sizes.max_new_tokens) for r in records])
     k, n = sum(task.correct(a, r) for a, r in zip(replies, records)), len(records)
-    print(f"eval {model_dir.parent.name}: red team ASR {scores['all']['asr']['value']:.1%} (look-alikes refused "
+    print(f"eval {name}: red team ASR {scores['all']['asr']['value']:.1%} (look-alikes refused "
           f"{scores['all']['over_refusal']['value']:.1%}); format instructions followed {k / n:.1%}")
     return scores, {"value": k / n, "ci": list(wilson_interval(k, n)), "k": k, "n": n}
 

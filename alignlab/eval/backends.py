@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from alignlab.errors import UserError
@@ -38,29 +38,12 @@ class GenRequest:
         return json.dumps({"gen": asdict(self)}, sort_keys=True)
 
 
-@dataclass
-class LocalModel:
-    """A checkpoint directory (or Hub id) run by alignlab's engine in this process."""
+class EngineModel:
+    """A loaded CausalLM and its tokenizer, run by alignlab's engine in this process. `name` keys the cache."""
 
-    path: str
-    dtype: str = "auto"
-    batch_size: int = 32
-    model: object = field(init=False, repr=False)
-    tokenizer: object = field(init=False, repr=False)
-
-    def __post_init__(self):
-        from alignlab.model.hf import load_model, resolve_model_dir
-        from alignlab.model.precision import resolve_precision
-        from alignlab.text import load_tokenizer
-
-        resolved = Path(resolve_model_dir(self.path))
-        self.precision = resolve_precision(self.dtype, "cpu", "infer")
-        self.model = load_model(resolved, dtype=self.precision.dtype).requires_grad_(False).eval()
-        self.tokenizer = load_tokenizer(resolved)
-        weights = sorted(resolved.glob("*.safetensors")) or sorted(resolved.glob("*.bin"))
-        stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
-        self.name = json.dumps({"local": str(resolved), "weights": stamp, "dtype": str(self.precision.dtype)})
-        self.label = f"{resolved} ({self.precision.why})"
+    def __init__(self, model, tokenizer, name: str = "in-memory model", batch_size: int = 32):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.name = self.label = name
 
     def generate(self, requests: list[GenRequest]) -> list[str]:
         from alignlab.infer import Engine, SamplingParams
@@ -91,6 +74,24 @@ class LocalModel:
                 lp = logp[-n:].gather(-1, target[-n:, None])[:, 0]
                 out.append((float(lp.sum()), bool((logp[-n:].argmax(-1) == target[-n:]).all())))
         return out
+
+
+class LocalModel(EngineModel):
+    """A checkpoint directory (or Hub id), loaded in the precision `dtype` resolves to for inference."""
+
+    def __init__(self, path: str, dtype: str = "auto", batch_size: int = 32):
+        from alignlab.model.hf import load_model, resolve_model_dir
+        from alignlab.model.precision import resolve_precision
+        from alignlab.text import load_tokenizer
+
+        resolved = Path(resolve_model_dir(path))
+        precision = resolve_precision(dtype, "cpu", "infer")
+        model = load_model(resolved, dtype=precision.dtype).requires_grad_(False).eval()
+        super().__init__(model, load_tokenizer(resolved), batch_size=batch_size)
+        weights = sorted(resolved.glob("*.safetensors")) or sorted(resolved.glob("*.bin"))
+        stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+        self.name = json.dumps({"local": str(resolved), "weights": stamp, "dtype": str(precision.dtype)})
+        self.label = f"{resolved} ({precision.why})"
 
 
 def encode_pair(encode, context: str, continuation: str) -> tuple[list[int], int]:

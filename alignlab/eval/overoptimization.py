@@ -55,15 +55,17 @@ def best_of_n_curve(proxy: list[list[float]], gold: list[list[float]], ns=(1, 2,
 
 def proxy_gold_from_run(metrics_jsonl: str | Path, proxy_key: str = "reward",
                         gold_key: str = "val/accuracy") -> list[dict]:
-    """An RL run's steps that logged both the training reward (the proxy it optimised) and the held-out verifier's
-    accuracy (gold): [{"step", "proxy", "gold"}]. The proxy of a step without gold is carried to the next gold."""
-    rows, last_proxy = [], None
+    """An RL run's held-out evaluations (gold: the verifier's accuracy on prompts it never trains on) beside the
+    training reward it optimised (proxy), averaged over the steps since the previous evaluation:
+    [{"step", "proxy", "gold"}]."""
+    rows, window = [], []
     for line in Path(metrics_jsonl).read_text().splitlines():
         m = json.loads(line)
         if proxy_key in m:
-            last_proxy = m[proxy_key]
-        if gold_key in m and last_proxy is not None:
-            rows.append({"step": m["step"], "proxy": last_proxy, "gold": m[gold_key]})
+            window.append(m[proxy_key])
+        if gold_key in m and window:
+            rows.append({"step": m["step"], "proxy": sum(window) / len(window), "gold": m[gold_key]})
+            window = []
     return rows
 
 
