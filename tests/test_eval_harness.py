@@ -15,8 +15,6 @@ from alignlab.cli import main
 from alignlab.data.errors import DataError
 from alignlab.eval.backends import GenRequest, LocalModel, RemoteModel, encode_pair
 from alignlab.eval.harness import Cache, chat, evaluate
-from alignlab.model import CausalLM, preset
-from alignlab.model.hf import save_model
 from alignlab.serve import build_state
 from alignlab.tasks import load_source
 from alignlab.tasks.instructions import INSTRUCTIONS, FormatInstructions
@@ -30,12 +28,8 @@ WORDS = "the guard gate secret city tom ann sum plus rain sun book tea red blue"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, world):
-    tok = world.tokenizer()
-    torch.manual_seed(0)
-    model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, max_seq_len=128,
-                            eos_token_id=tok.eos_token_id))
-    return save_model(model, tmp_path_factory.mktemp("tiny"), tokenizer=tok)
+def model_dir(base):
+    return base
 
 
 def write_mc(path, n=20, seed=0):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import re
 
-from alignlab.tasks.base import Task
+from alignlab.tasks.tinyworld import TinyWorldMath
 
 
 def _words(text: str) -> list[str]:
@@ -36,22 +36,14 @@ INSTRUCTIONS = {
 }
 
 
-class FormatInstructions(Task):
+class FormatInstructions(TinyWorldMath):
     """TinyWorld's held-out questions, each with one verifiable format instruction; right = it was followed."""
 
     name = "tinyworld-ifeval"
     format_style = answer_style = "any"
 
     def __init__(self, seed: int = 0, world=None):
-        self.seed, self._world = seed, world
-
-    @property
-    def world(self):
-        if self._world is None:
-            from alignlab.data.world import TinyWorld
-
-            self._world = TinyWorld(seed=self.seed)
-        return self._world
+        super().__init__((), seed, world)
 
     def records(self, split: str = "test") -> list[dict]:
         w = self.world
