@@ -241,3 +241,33 @@ def test_format_instructions_are_checked_by_program(world):
         assert not task.correct(bad[name], {"instruction": name}), name
     task2, recs = load_source("tinyworld:ifeval@0", limit=3)
     assert isinstance(task2, FormatInstructions) and len(recs) == 3
+
+
+GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"
+
+
+class Echo:
+    """A model that remembers the prompts it was sent and answers 'Answer: 0'."""
+
+    name = label = "echo"
+
+    def __init__(self):
+        self.prompts = []
+
+    def generate(self, requests):
+        self.prompts += [r.prompt for r in requests]
+        return ["<think>x</think>\nAnswer: 0"] * len(requests)
+
+
+@pytest.mark.shared_data(GSM8K)
+def test_fewshot_puts_worked_examples_before_each_prompt(tmp_path):
+    model = Echo()
+    res = evaluate(model, [f"gsm8k:{GSM8K}"], tmp_path / "fs", limit=3, fewshot=2)
+    assert res["tasks"][f"gsm8k:{GSM8K}"]["metrics"]["accuracy"]["n"] == 3  # the two shots are not scored
+    prompt = model.prompts[0]
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert prompt[2]["content"].startswith("<think>") and "\nAnswer: " in prompt[2]["content"]
+    shots = [json.loads(line) for line in GSM8K.read_text().splitlines()[:3]]
+    assert prompt[1]["content"] == shots[0]["question"].strip()
+    assert prompt[-1]["content"] == shots[2]["question"].strip()
+    assert prompt[2]["content"].endswith(shots[0]["answer"].split("####")[-1].strip().replace(",", ""))

@@ -27,6 +27,8 @@ def eval_arguments(p):
                                                              "/v1/models lists)")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="with a URL (default $OPENAI_API_KEY)")
     p.add_argument("--concurrency", type=int, default=8, help="with a URL: requests in flight (default 8)")
+    p.add_argument("--fewshot", type=int, default=0, help="generation tasks: the first N records as worked examples "
+                                                          "before each prompt (default 0: zero-shot chat)")
     p.add_argument("--judge", default=None, help="the judge model of graded tasks (mt_bench): a directory or a URL")
     p.add_argument("--judge-model-name", default=None, help="with a judge URL: the model to ask")
     add_dtype(p)
@@ -42,7 +44,7 @@ def cmd_eval(args):
     judge = open_model(args.judge, name=args.judge_model_name, api_key=args.api_key, dtype=args.dtype,
                        concurrency=args.concurrency) if args.judge else None
     summary = evaluate(model, tasks, args.out, limit=args.limit, samples=args.samples, temperature=args.temperature,
-                       max_tokens=args.max_new_tokens, seed=args.seed, judge=judge)
+                       max_tokens=args.max_new_tokens, seed=args.seed, judge=judge, fewshot=args.fewshot)
     for spec, res in summary["tasks"].items():
         for name, m in res["metrics"].items():
             ci = f"  [{fmt_ci(m)}]" if fmt_ci(m) else ""

@@ -13,7 +13,8 @@ Tasks (a comma-separated list):
                                or URL): the mean score per turn and per category (eval.grading)
     anything load_source reads generation tasks scored by their own rule (accuracy, format rate): gsm8k[:PATH],
                                tinyworld:rl[:LEVELS]:test[@SEED], tinyworld:safety, tinyworld:tools, a file of
-                               prompt-only records
+                               prompt-only records; with --fewshot N the task's first N records, written out
+                               (their worked solution and answer), become earlier turns and are not scored
 
 Every generation, log-likelihood and test run is appended to OUT/cache.jsonl the moment it is made, keyed by the
 model, the request and its parameters: a killed run started again with the same command computes only what is
@@ -179,11 +180,13 @@ def run_humaneval(model, cache: Cache, spec: str, limit: int, samples: int, temp
 
 
 def run_generate(model, cache: Cache, spec: str, limit: int, temperature: float, max_tokens: int,
-                 seed: int) -> tuple[dict, list[dict]]:
+                 seed: int, fewshot: int = 0) -> tuple[dict, list[dict]]:
     from alignlab.tasks import load_source
 
-    task, records = load_source(spec, limit)
-    requests = [GenRequest(r["prompt"], max_tokens, temperature, (), seed + i) for i, r in enumerate(records)]
+    task, records = load_source(spec, limit + fewshot if limit else 0)
+    shots, records = records[:fewshot], records[fewshot:]
+    requests = [GenRequest(with_shots(r["prompt"], shots), max_tokens, temperature, (), seed + i)
+                for i, r in enumerate(records)]
     keys = [Cache.key(model.name, req.key()) for req in requests]
     replies = cached(cache, keys, requests, model.generate, f"{spec} replies")
     samples = [{"question": task.question(r), "answer": r.get("answer"), "reply": reply,
@@ -192,6 +195,34 @@ def run_generate(model, cache: Cache, spec: str, limit: int, temperature: float,
     metrics = {"accuracy": rate([s["correct"] for s in samples]),
                "format_rate": rate([s["format_ok"] for s in samples])}
     return metrics, samples
+
+
+def demonstration(record: dict) -> str:
+    """A record's right reply, written out for few-shot prompting: its worked steps and answer in the format the
+    tasks ask for (<think> steps </think> then "Answer: N"), its reference reply, or its answer alone."""
+    if record.get("solution"):
+        return f"<think>{record['solution']}</think>\nAnswer: {record['answer']}"
+    if record.get("reference"):
+        return record["reference"]
+    if record.get("answer") is not None:
+        return f"Answer: {record['answer']}"
+    raise UserError("--fewshot needs records with a worked solution, a reference reply or an answer")
+
+
+def with_shots(prompt, shots: list[dict]):
+    """The prompt with each shot before it as an earlier exchange: chat turns after the system message, or
+    question/answer paragraphs before a text prompt."""
+    if not shots:
+        return prompt
+    if isinstance(prompt, str):
+        return "".join(f"{s['prompt'] if isinstance(s['prompt'], str) else s['prompt'][-1]['content']}\n"
+                       f"{demonstration(s)}\n\n" for s in shots) + prompt
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    turns = []
+    for s in shots:
+        question = s["prompt"] if isinstance(s["prompt"], str) else s["prompt"][-1]["content"]
+        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": demonstration(s)}]
+    return system + turns + prompt[len(system):]
 
 
 def run_mt_bench(model, judge, cache: Cache, spec: str, limit: int, max_tokens: int,
@@ -259,7 +290,7 @@ def task_kind(spec: str) -> str:
 
 
 def evaluate(model, tasks: list[str], out: str | Path, limit: int = 0, samples: int = 1, temperature: float = 0.0,
-             max_tokens: int = 256, seed: int = 0, judge=None) -> dict:
+             max_tokens: int = 256, seed: int = 0, judge=None, fewshot: int = 0) -> dict:
     """Every task on `model` (eval.backends), its files under `out` (module docstring); returns results.json's
     content: {task: {"kind", "metrics": {name: {"value", "ci", "n"}}}} plus the cache's hit count."""
     out = Path(out)
@@ -275,7 +306,7 @@ def evaluate(model, tasks: list[str], out: str | Path, limit: int = 0, samples: 
             elif kind == "humaneval":
                 metrics, rows = run_humaneval(model, cache, spec, limit, samples, temperature, max_tokens, seed)
             else:
-                metrics, rows = run_generate(model, cache, spec, limit, temperature, max_tokens, seed)
+                metrics, rows = run_generate(model, cache, spec, limit, temperature, max_tokens, seed, fewshot)
             results[spec] = {"kind": kind, "metrics": metrics}
             (out / f"{file_name(spec)}.json").write_text(json.dumps(
                 {"task": spec, "model": model.label, "metrics": metrics, "samples": rows}, indent=1))

@@ -126,11 +126,12 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
                    "; ".join(_stage_metric(k, v) for k, v in s.get("metrics", {}).items() if k != "trained_on")]
                   for s in stages]
     metric_rows = [[f"{label}{' (lower is better)' if better == 'lower' else ''}",
-                    *[_pct(evals[m].get(k)) for m in models]]
+                    *[_pct_ci(evals[m], k) for m in models]]
                    for k, (label, better) in METRICS.items() if any(k in evals[m] for m in models)]
     counts = next(iter(evals.values()), {})
     count_note = (f"{counts.get('n_math', 0)} held-out math prompts (levels 1-4), {counts.get('n_attacks', 0)} "
-                  f"attacks, {counts.get('n_benign', 0)} benign look-alikes; greedy decoding.") if counts else ""
+                  f"attacks, {counts.get('n_benign', 0)} benign look-alikes; greedy decoding; 95% intervals in "
+                  "brackets (Wilson; the win rate's is a bootstrap).") if counts else ""
 
     md = [f"# {title}", "", *[f"- {n}" for n in notes], "", "## Stages", "",
           _md_table(["stage", "seconds", "trained on", "result"], stage_rows), "",
@@ -372,6 +373,31 @@ def _relative(path: Path, root: Path) -> str:
 
 def _pct(v) -> str:
     return "—" if _num(v) is None else f"{100 * v:.1f}%"
+
+
+def _count(e: dict, key: str) -> int | None:
+    """How many prompts a TinyWorld metric of `evaluate_on_world` was measured on (None if unknown)."""
+    if key.startswith("accuracy_L"):
+        return e.get(f"n_L{key.removeprefix('accuracy_L')}")
+    return {"format_rate": e.get("n_math"), "accuracy": e.get("n_math"), "accuracy_lenient": e.get("n_math"),
+            "attack_refusal_rate": e.get("n_attacks"), "over_refusal_rate": e.get("n_benign"),
+            "leak_rate": (e.get("n_attacks") or 0) + (e.get("n_benign") or 0) or None}.get(key)
+
+
+def _pct_ci(e: dict, key: str) -> str:
+    """A metric with its 95% interval: Wilson's from the count it was measured on, or the win rate's own."""
+    from alignlab.eval.stats import wilson_interval
+
+    v = e.get(key)
+    if _num(v) is None:
+        return _pct(v)
+    if key == "win_rate_vs_sft" and "win_rate_low_vs_sft" in e:
+        return f"{_pct(v)} ({100 * e['win_rate_low_vs_sft']:.1f}-{100 * e['win_rate_high_vs_sft']:.1f})"
+    n = _count(e, key)
+    if not n:
+        return _pct(v)
+    lo, hi = wilson_interval(round(v * n), n)
+    return f"{_pct(v)} ({100 * lo:.1f}-{100 * hi:.1f})"
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -79,6 +79,7 @@ def evaluate_on_world(model, tokenizer, world, per_level: int | None = None, saf
     metrics["accuracy_lenient"] = _mean(r["correct_lenient"] for r in math_rows)
     for level in levels:
         metrics[f"accuracy_L{level}"] = _mean(r["correct"] for r in math_rows if r["level"] == level)
+        metrics[f"n_L{level}"] = sum(r["level"] == level for r in math_rows)
     metrics["step_errors"] = tw.step_errors([r["reply"] for r in math_rows])
 
     for r, out in zip(safe, safe_out, strict=True):
