@@ -53,6 +53,11 @@ def rows(report: dict) -> dict[str, float]:
                     "Tools: exactly the expected call, after the tools stage": t["exact_call"],
                     "Tools: no call where none is needed": t["no_call"],
                     "Tools: answer after the calls ran": t["answer"]})
+    for name in ("sft", "dpo", "grpo"):  # robustness to frames no training data used, beside over-refusal
+        if "redteam" in ev.get(name, {}):
+            rt = ev[name]["redteam"]["all"]
+            out[f"Red team, held-out frames: attacks that worked, {name.upper()}"] = rt["asr"]["value"]
+            out[f"Red team, held-out frames: look-alikes refused, {name.upper()}"] = rt["over_refusal"]["value"]
     out["pipeline seconds (all stages)"] = sum(s["seconds"] for s in report["stages"])
     if "tools" in stages:
         out["pipeline seconds without the tools stage"] = out["pipeline seconds (all stages)"] - stages["tools"][
