@@ -191,29 +191,30 @@ def test_cache_keys_depend_on_every_part():
 MT_BENCH = SHARED_DATA / "mt_bench" / "question.jsonl"
 
 
-class Judge7:
-    """A judge model that grades every answer 7 (and remembers what it was shown)."""
+class Fixed:
+    """A model that gives one fixed reply to everything and keeps the prompts it was sent."""
 
-    name = label = "judge7"
+    name = label = "fixed"
 
-    def __init__(self):
-        self.prompts = []
+    def __init__(self, reply: str):
+        self.reply, self.prompts = reply, []
 
     def generate(self, requests):
-        self.prompts += [r.prompt[-1]["content"] for r in requests]
-        return ["Fine. Rating: [[7]]"] * len(requests)
+        self.prompts += [r.prompt for r in requests]
+        return [self.reply] * len(requests)
 
 
 @pytest.mark.shared_data(MT_BENCH)
 def test_mt_bench_two_turns_graded_by_a_judge(local, tmp_path):
-    judge = Judge7()
+    judge = Fixed("Fine. Rating: [[7]]")
     res = evaluate(local, [f"mt_bench:{MT_BENCH}"], tmp_path / "mt", max_tokens=6, judge=judge)
     metrics = res["tasks"][f"mt_bench:{MT_BENCH}"]["metrics"]
     assert metrics["turn 1"]["value"] == metrics["turn 2"]["value"] == 7 and metrics["turn 1"]["n"] == 80
     assert set(metrics) >= {"math", "coding", "writing", "unparseable"} and metrics["unparseable"]["value"] == 0
-    assert len(judge.prompts) == 160
-    assert sum("[The Start of the Reference Answer]" in p for p in judge.prompts) == 60  # 30 questions x 2 turns
-    assert sum("[Follow-up]" in p for p in judge.prompts) == 80  # turn 2 shows the first answer
+    shown = [p[-1]["content"] for p in judge.prompts]
+    assert len(shown) == 160
+    assert sum("[The Start of the Reference Answer]" in p for p in shown) == 60  # 30 questions x 2 turns
+    assert sum("[Follow-up]" in p for p in shown) == 80  # turn 2 shows the first answer
     report = (tmp_path / "mt" / "report.md").read_text()
     assert "| turn 1 | 7.00 |" in report and "A judge model's 1-10 grade" in report
     with pytest.raises(Exception, match="--judge"):
@@ -246,22 +247,9 @@ def test_format_instructions_are_checked_by_program(world):
 GSM8K = SHARED_DATA / "gsm8k" / "test.jsonl"
 
 
-class Echo:
-    """A model that remembers the prompts it was sent and answers 'Answer: 0'."""
-
-    name = label = "echo"
-
-    def __init__(self):
-        self.prompts = []
-
-    def generate(self, requests):
-        self.prompts += [r.prompt for r in requests]
-        return ["<think>x</think>\nAnswer: 0"] * len(requests)
-
-
 @pytest.mark.shared_data(GSM8K)
 def test_fewshot_puts_worked_examples_before_each_prompt(tmp_path):
-    model = Echo()
+    model = Fixed("<think>x</think>\nAnswer: 0")
     res = evaluate(model, [f"gsm8k:{GSM8K}"], tmp_path / "fs", limit=3, fewshot=2)
     assert res["tasks"][f"gsm8k:{GSM8K}"]["metrics"]["accuracy"]["n"] == 3  # the two shots are not scored
     prompt = model.prompts[0]
