@@ -5,6 +5,10 @@
     tinyworld.py  TinyWorld's scorers (answers, step errors, refusals, leaks, tool calls) and its tasks:
                   TinyWorldMath (levels), TinyWorldSafety, TinyWorldTools
     gsm8k.py      GSM8K: exact match of the final number
+    multiple_choice.py  questions with options, scored by answer log-likelihood (acc, acc_norm)
+    humaneval.py  HumanEval's problems and the program a completion makes (eval runs it in the sandbox)
+    mt_bench.py   MT-Bench's two-turn questions and reference answers (a judge grades them)
+    instructions.py  TinyWorld questions with verifiable format instructions (IFEval-style)
     answers.py    answers and formats in any reply: extract_answer, gold_answer, parse_number, answers_equal,
                   format_ok (<think> then an answer line, tag, \\boxed{} or ####)
     symbolic.py   symbolic equality with math-verify or sympy (optional), bounded so no answer can hang it
