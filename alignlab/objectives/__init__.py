@@ -1,5 +1,6 @@
 """Loss functions as pure functions of tensors (torch only), each with its formula in the docstring."""
 
+from alignlab.objectives.distill import distill_loss, forward_kl, reverse_kl, token_divergence
 from alignlab.objectives.lm import IGNORE_INDEX, head_weight, linear_cross_entropy, lm_loss, lm_step
 from alignlab.objectives.logprobs import chunked_token_logps
 from alignlab.objectives.preference import (
@@ -36,6 +37,7 @@ from alignlab.objectives.rl import (
 )
 
 __all__ = ["IGNORE_INDEX", "head_weight", "linear_cross_entropy", "lm_loss", "lm_step", "chunked_token_logps",
+           "distill_loss", "forward_kl", "reverse_kl", "token_divergence",
            "PreferenceLoss", "bradley_terry_loss", "dpo_loss", "kto_kl_estimate", "kto_loss", "linear_sequence_logps",
            "orpo_loss",
            "preference_metrics", "safedpo_loss", "sequence_logps", "simpo_loss",
