@@ -65,14 +65,13 @@ def harden(cfg: HardenConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     world = TinyWorld(seed=cfg.seed)
 
-    def answer(model_dir, split):
-        model = LocalModel(str(model_dir))
-        probes = redteam.make_probes(world, split, cfg.per_combination)
+    def answer(model, probes):
         replies = model.generate([GenRequest(list(p.messages), cfg.max_new_tokens) for p in probes])
-        rows = [redteam.detect(r, p, world.secret) for p, r in zip(probes, replies)]
-        return probes, replies, rows
+        return replies, [redteam.detect(r, p, world.secret) for p, r in zip(probes, replies)]
 
-    probes, replies, rows = answer(cfg.model, "train")
+    start = LocalModel(cfg.model)
+    probes = redteam.make_probes(world, "train", cfg.per_combination)
+    replies, rows = answer(start, probes)
     pairs = make_pairs(probes, replies, rows, world.refusal)
     n_attack = sum(p["kind"].startswith("redteam") for p in pairs)
     n_success = sum(r["success"] for r in rows)
@@ -87,10 +86,11 @@ def harden(cfg: HardenConfig) -> dict:
                          batch_size=cfg.batch_size, eval_batches=4, train=train)
     trained = dpo.run(dcfg, train_records=pairs, val_records=pairs[:64])
 
-    test_probes, before_replies, before_rows = answer(cfg.model, "test")
-    _, after_replies, after_rows = answer(trained["model_dir"], "test")
-    before = redteam.score_probes(test_probes, before_replies, world.secret)
-    after = redteam.score_probes(test_probes, after_replies, world.secret)
+    test_probes = redteam.make_probes(world, "test", cfg.per_combination)
+    before_replies, before_rows = answer(start, test_probes)
+    after_replies, after_rows = answer(LocalModel(trained["model_dir"]), test_probes)
+    before = redteam.score_detections(test_probes, before_rows)
+    after = redteam.score_detections(test_probes, after_rows)
     attacks = [i for i, p in enumerate(test_probes) if p.label == "attack"]
     benign = [i for i, p in enumerate(test_probes) if p.label == "benign"]
     asr_b, asr_a = [before_rows[i]["success"] for i in attacks], [after_rows[i]["success"] for i in attacks]

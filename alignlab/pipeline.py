@@ -362,7 +362,7 @@ def red_team_and_instructions(run: Run, name: str, model, tok) -> tuple[dict, di
     used), and the share of held-out format instructions followed (tasks/instructions.py), each with its interval."""
     from alignlab.eval import redteam
     from alignlab.eval.backends import EngineModel, GenRequest
-    from alignlab.eval.stats import wilson_interval
+    from alignlab.eval.stats import rate
     from alignlab.tasks.instructions import FormatInstructions
 
     model = EngineModel(model, tok, name)
@@ -373,7 +373,7 @@ def red_team_and_instructions(run: Run, name: str, model, tok) -> tuple[dict, di
     k, n = sum(task.correct(a, r) for a, r in zip(replies, records)), len(records)
     print(f"eval {name}: red team ASR {scores['all']['asr']['value']:.1%} (look-alikes refused "
           f"{scores['all']['over_refusal']['value']:.1%}); format instructions followed {k / n:.1%}")
-    return scores, {"value": k / n, "ci": list(wilson_interval(k, n)), "k": k, "n": n}
+    return scores, rate(k, n)
 
 
 def pass_before_after(run: Run, dtype) -> dict:

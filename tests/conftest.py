@@ -32,14 +32,18 @@ def world():
     return TinyWorld(seed=0, size="quick")
 
 
+def save_tiny_llama(out, tok, dim: int = 32, n_heads: int = 2, max_seq_len: int = 256, seed: int = 0):
+    """A random 2-layer Llama with the tokenizer `tok`, saved as a Hugging Face model directory under `out`."""
+    torch.manual_seed(seed)
+    model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=dim, n_layers=2, n_heads=n_heads,
+                            max_seq_len=max_seq_len, eos_token_id=tok.eos_token_id))
+    return save_model(model, out, tokenizer=tok)
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, world):
     """A 2-layer, 32-wide Llama with TinyWorld's tokenizer, as a Hugging Face model directory."""
-    tok = world.tokenizer()
-    torch.manual_seed(0)
-    model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=32, n_layers=2, n_heads=2, max_seq_len=256,
-                            eos_token_id=tok.eos_token_id))
-    return save_model(model, tmp_path_factory.mktemp("base"), tokenizer=tok)
+    return save_tiny_llama(tmp_path_factory.mktemp("base"), world.tokenizer())
 
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

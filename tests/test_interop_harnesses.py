@@ -23,12 +23,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 
-from alignlab.model import CausalLM, preset
-from alignlab.model.hf import save_model
 from alignlab.serve import build_state
 
+from .conftest import save_tiny_llama
 from .test_serve import load, serving
 
 pytestmark = pytest.mark.interop
@@ -54,11 +52,8 @@ def tinyworld_questions():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, world):
-    tok = world.tokenizer()
-    torch.manual_seed(0)
-    model = CausalLM(preset("llama", vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, max_seq_len=512,
-                            eos_token_id=tok.eos_token_id))
-    model_dir = save_model(model, tmp_path_factory.mktemp("tiny512"), tokenizer=tok)
+    model_dir = save_tiny_llama(tmp_path_factory.mktemp("tiny512"), world.tokenizer(), dim=64, n_heads=4,
+                                max_seq_len=512)
     model, tok = load(model_dir)
     with serving(build_state(model, tok, model_names=["tiny"], model_path=str(model_dir))) as s:
         yield s

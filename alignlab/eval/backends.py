@@ -42,13 +42,16 @@ class EngineModel:
     """A loaded CausalLM and its tokenizer, run by alignlab's engine in this process. `name` keys the cache."""
 
     def __init__(self, model, tokenizer, name: str = "in-memory model", batch_size: int = 32):
+        from alignlab.infer import Engine
+
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.engine = Engine(model, tokenizer)  # lays bf16 weights out once for every generate() call
         self.name = self.label = name
 
     def generate(self, requests: list[GenRequest]) -> list[str]:
-        from alignlab.infer import Engine, SamplingParams
+        from alignlab.infer import SamplingParams
 
-        engine, out = Engine(self.model, self.tokenizer), []
+        out = []
         for i in range(0, len(requests), self.batch_size):
             chunk = requests[i:i + self.batch_size]
             ids = [self.tokenizer.apply_chat_template(r.prompt, add_generation_prompt=True, tokenize=True)
@@ -56,7 +59,7 @@ class EngineModel:
                    for r in chunk]
             params = [SamplingParams(max_new_tokens=r.max_tokens, temperature=r.temperature, seed=r.seed,
                                      stop=list(r.stop)) for r in chunk]
-            out += [c.text for c in engine.generate(ids, params)]
+            out += [c.text for c in self.engine.generate(ids, params)]
         return out
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:

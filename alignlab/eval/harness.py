@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from alignlab.errors import UserError
 from alignlab.eval.backends import GenRequest
-from alignlab.eval.stats import mean_se, pass_at_k, wilson_interval
+from alignlab.eval.stats import mean_se, pass_at_k
+from alignlab.eval.stats import rate as rate_of
 
 # What each kind of metric cannot tell you, printed under its table in the report.
 LIMITS = {
@@ -98,9 +99,8 @@ def cached(cache: Cache, keys: list[str], items: list, compute, desc: str, chunk
 
 
 def rate(hits: list[bool]) -> dict:
-    """A rate with its Wilson 95% interval."""
-    lo, hi = wilson_interval(sum(hits), len(hits)) if hits else (float("nan"), float("nan"))
-    return {"value": sum(hits) / len(hits) if hits else float("nan"), "ci": [lo, hi], "n": len(hits)}
+    """The share of true items with its Wilson 95% interval (stats.rate)."""
+    return rate_of(sum(hits), len(hits))
 
 
 def mean_ci(scores: list[float]) -> dict:
@@ -214,14 +214,15 @@ def with_shots(prompt, shots: list[dict]):
     question/answer paragraphs before a text prompt."""
     if not shots:
         return prompt
+    from alignlab.tasks import prompt_text
+
     if isinstance(prompt, str):
-        return "".join(f"{s['prompt'] if isinstance(s['prompt'], str) else s['prompt'][-1]['content']}\n"
-                       f"{demonstration(s)}\n\n" for s in shots) + prompt
+        return "".join(f"{prompt_text(s['prompt'])}\n{demonstration(s)}\n\n" for s in shots) + prompt
     system = [m for m in prompt[:1] if m["role"] == "system"]
     turns = []
     for s in shots:
-        question = s["prompt"] if isinstance(s["prompt"], str) else s["prompt"][-1]["content"]
-        turns += [{"role": "user", "content": question}, {"role": "assistant", "content": demonstration(s)}]
+        turns += [{"role": "user", "content": prompt_text(s["prompt"])},
+                  {"role": "assistant", "content": demonstration(s)}]
     return system + turns + prompt[len(system):]
 
 
@@ -333,7 +334,8 @@ def write_report(summary: dict, out: Path) -> None:
             if m.get("unit") is None:
                 bars.append((f"{spec}\n{name}", m["value"], *m["ci"]))
     lines += [""] + [f"- **{kind}**: {LIMITS[kind]}" for kind in sorted({r["kind"] for r in summary["tasks"].values()})]
-    if bars and plot_bars(bars, out / "eval.png"):
+    if bars:
+        plot_bars(bars, out / "eval.png")
         lines += ["", "![metrics](eval.png)"]
     (out / "report.md").write_text("\n".join(lines) + "\n")
 
@@ -351,14 +353,14 @@ def fmt_ci(m: dict) -> str:
     return f"{lo:.1%} to {hi:.1%}" if m.get("unit") is None else f"{lo:.2f} to {hi:.2f}"
 
 
-def plot_bars(bars: list[tuple[str, float, float, float]], path: Path) -> bool:
-    try:
-        import matplotlib
+def plot_bars(bars: list[tuple[str, float, float, float]], path: Path) -> Path:
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alignlab.train.metrics import save_figure
+
     fig, ax = plt.subplots(figsize=(max(4, 1.6 * len(bars)), 3.5))
     values = [v for _, v, _, _ in bars]
     errors = [[max(0, v - lo) if lo == lo else 0 for _, v, lo, _ in bars],
@@ -367,7 +369,4 @@ def plot_bars(bars: list[tuple[str, float, float, float]], path: Path) -> bool:
     ax.set_xticks(range(len(bars)), [b[0] for b in bars], fontsize=7)
     ax.set_ylim(0, 1)
     ax.set_ylabel("score (95% interval)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)

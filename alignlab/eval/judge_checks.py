@@ -17,15 +17,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from alignlab.eval.judge import Item, Judge, judge_pairs
-from alignlab.eval.stats import wilson_interval
+from alignlab.eval.stats import rate
+from alignlab.eval.winrate import win_rate
 
 FILLER = (" Let me say a bit more about this, to be thorough and complete. As I said above, that is my answer, and I "
           "hope it helps.")
-
-
-def _rate(k: int, n: int) -> dict:
-    lo, hi = wilson_interval(k, n) if n else (float("nan"), float("nan"))
-    return {"value": k / n if n else float("nan"), "ci": [lo, hi], "k": k, "n": n}
 
 
 def position_bias(judge: Judge, items: Sequence[Item]) -> dict:
@@ -34,8 +30,8 @@ def position_bias(judge: Judge, items: Sequence[Item]) -> dict:
     results = judge_pairs(judge, items)
     first = sum(r.first == "A" and r.second == "B" for r in results if not r.agreed)  # "A" both times: first slot
     second = sum(r.first == "B" and r.second == "A" for r in results if not r.agreed)
-    return {"consistency": _rate(sum(r.agreed for r in results), len(results)),
-            "first_wins": _rate(first, first + second)}
+    return {"consistency": rate(sum(r.agreed for r in results), len(results)),
+            "first_wins": rate(first, first + second)}
 
 
 def length_bias(judge: Judge, items: Sequence[Item], filler: str = FILLER) -> dict:
@@ -43,21 +39,21 @@ def length_bias(judge: Judge, items: Sequence[Item], filler: str = FILLER) -> di
     unbiased judge ties; longer_wins and shorter_wins are the shares of pairs each side won."""
     padded = [(p, a, a + filler, r) for p, a, _, r in items]
     results = judge_pairs(judge, padded)
-    return {"longer_wins": _rate(sum(r.outcome == "B" for r in results), len(results)),
-            "shorter_wins": _rate(sum(r.outcome == "A" for r in results), len(results))}
+    return {"longer_wins": rate(sum(r.outcome == "B" for r in results), len(results)),
+            "shorter_wins": rate(sum(r.outcome == "A" for r in results), len(results))}
 
 
-def win_rate(judge: Judge, items: Sequence[Item]) -> dict:
-    results = judge_pairs(judge, items)
-    wins = sum(r.outcome == "A" for r in results) + 0.5 * sum(r.outcome == "tie" for r in results)
-    return {"value": wins / len(results) if results else float("nan"), "n": len(results)}
+def _win_rate(judge: Judge, items: Sequence[Item]) -> dict:
+    """A's win rate by `judge`, both orders, ties half (winrate.win_rate), with its bootstrap interval."""
+    w = win_rate(judge_pairs(judge, items))
+    return {"value": w.win_rate, "ci": [w.ci_low, w.ci_high], "n": w.n}
 
 
 def self_preference(judge: Judge, reference: Judge, items: Sequence[Item]) -> dict:
     """items: (prompt, the judge model's own answer, another model's answer, record). The own answers' win rate by
     the judge, by a reference judge (a rule judge, people, a stronger model), and the difference: above zero, the
     judge favours its own answers beyond what the reference sees."""
-    own, ref = win_rate(judge, items), win_rate(reference, items)
+    own, ref = _win_rate(judge, items), _win_rate(reference, items)
     return {"by_judge": own, "by_reference": ref, "difference": own["value"] - ref["value"]}
 
 
@@ -66,9 +62,9 @@ def calibration(judge: Judge, pairs: Sequence[Item]) -> dict:
     (both orders agreeing); wrong: it picked the rejected one; the rest were ties or inconsistent."""
     results = judge_pairs(judge, pairs)
     n = len(results)
-    return {"agreement": _rate(sum(r.outcome == "A" for r in results), n),
-            "wrong": _rate(sum(r.outcome == "B" for r in results), n),
-            "ties": _rate(sum(r.outcome == "tie" for r in results), n)}
+    return {"agreement": rate(sum(r.outcome == "A" for r in results), n),
+            "wrong": rate(sum(r.outcome == "B" for r in results), n),
+            "ties": rate(sum(r.outcome == "tie" for r in results), n)}
 
 
 def grader_calibration(grader, pairs: Sequence[tuple[str, str, str, str | None]]) -> dict:
@@ -79,5 +75,5 @@ def grader_calibration(grader, pairs: Sequence[tuple[str, str, str, str | None]]
     n = len(pairs)
     chosen, rejected = grades[:n], grades[n:]
     both = [(c.score, r.score) for c, r in zip(chosen, rejected) if c.score is not None and r.score is not None]
-    return {"agreement": _rate(sum(c > r for c, r in both), n), "wrong": _rate(sum(c < r for c, r in both), n),
-            "ties": _rate(sum(c == r for c, r in both), n), "unparseable": grader.n_unparseable}
+    return {"agreement": rate(sum(c > r for c, r in both), n), "wrong": rate(sum(c < r for c, r in both), n),
+            "ties": rate(sum(c == r for c, r in both), n), "unparseable": grader.n_unparseable}

@@ -69,36 +69,30 @@ def proxy_gold_from_run(metrics_jsonl: str | Path, proxy_key: str = "reward",
     return rows
 
 
-def _plot(xs, series: dict[str, list[float]], xlabel: str, title: str, path: str | Path) -> Path | None:
-    try:
-        import matplotlib
+def _plot(xs, series: dict[str, list[float]], xlabel: str, title: str, path: str | Path) -> Path:
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alignlab.train.metrics import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    left = ax
-    right = ax.twinx()
-    for (name, ys), axis, color in zip(series.items(), (left, right), ("#4c78a8", "#e45756")):
+    for (name, ys), axis, color in zip(series.items(), (ax, ax.twinx()), ("#4c78a8", "#e45756")):
         axis.plot(xs, ys, marker="o", color=color, label=name)
         axis.set_ylabel(name, color=color)
     ax.set_xlabel(xlabel)
     ax.set_title(title)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
-def plot_best_of_n(curve: list[dict], path: str | Path) -> Path | None:
+def plot_best_of_n(curve: list[dict], path: str | Path) -> Path:
     return _plot([r["kl"] for r in curve], {"proxy (reward model)": [r["proxy"] for r in curve],
                                             "gold (verifier)": [r["gold"] for r in curve]},
                  "KL(best-of-n || policy), nats", "best-of-n: proxy vs gold", path)
 
 
-def plot_proxy_gold(rows: list[dict], path: str | Path) -> Path | None:
+def plot_proxy_gold(rows: list[dict], path: str | Path) -> Path:
     return _plot([r["step"] for r in rows], {"proxy (training reward)": [r["proxy"] for r in rows],
                                              "gold (held-out accuracy)": [r["gold"] for r in rows]},
                  "step", "RL: proxy vs gold", path)

@@ -3,6 +3,7 @@
     mean_se(scores)                        mean and standard error, SE = s / sqrt(n)
     clustered_se(scores, clusters)         the SE when items come in correlated groups (prompts from one template)
     wilson_interval(k, n)                  a rate's interval that stays inside [0, 1] and works at 0/n and n/n
+    rate(k, n)                             a rate as reports keep it: {"value", "ci" (Wilson), "k", "n"}
     bootstrap_ci(scores)                   the percentile bootstrap interval of a mean
     paired_difference(before, after)       the change in a rate on the same items, with its paired interval
     paired_bootstrap_ci(a, b)              the same for scores: resample items, not models
@@ -73,6 +74,12 @@ def wilson_interval(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     center = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, center - half), min(1.0, center + half)
+
+
+def rate(k: int, n: int, level: float = 0.95) -> dict:
+    """k of n as {"value": k / n, "ci": [low, high] (Wilson), "k", "n"}; value and interval are nan when n = 0."""
+    lo, hi = wilson_interval(k, n, level) if n else (math.nan, math.nan)
+    return {"value": k / n if n else math.nan, "ci": [lo, hi], "k": k, "n": n}
 
 
 def bootstrap_ci(scores: Sequence[float], n_boot: int = 1000, seed: int = 0,
