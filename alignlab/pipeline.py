@@ -10,7 +10,8 @@ stage that was interrupted (Ctrl-C, a kill) resumes from its last checkpoint on 
 Stages, in order, each with something to learn that the stage before left undone:
     tokenizer  a byte-level BPE fitted to TinyWorld (768 ids, digits one token each, the chat template)
     pretrain   a small Llama from random weights on TinyWorld's text: arithmetic facts, worked solutions of every
-               level, the town. The skills are latent: the model continues text, it does not answer
+               level, the town, logs of its services in use (a question, the call, the result, the answer). The
+               skills are latent: the model continues text, it does not answer
     sft        full-parameter SFT on TinyWorld chats, loss on assistant tokens only: math with <think> and
                "Answer: N" (levels 1-2 in full, levels 3-4 a curated cold start of 100 each), refusals of attacks
                and answers to their benign look-alikes, town questions. Like data gathered from many writers, it

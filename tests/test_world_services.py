@@ -5,6 +5,7 @@ ToolBox answers."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -14,6 +15,7 @@ from alignlab.data.world.services import (
     CITIES,
     KINDS,
     LOOKUP_TOOL,
+    RESIDENTS,
     WEATHER_TOOL,
     Calendar,
     Directory,
@@ -87,9 +89,38 @@ def test_conversations_hold_out_titles_entries_and_dates(world):
                           if r["kind"] == "lookup"}
 
 
+def test_the_directory_lists_the_cast_and_the_residents_and_tests_people_seen_in_training(world):
+    assert list(world.directory.entries) == [*world.cast, *RESIDENTS]
+    train, test = world.service_conversations("train"), world.service_conversations("test")
+    people = {r["call"]["arguments"]["person"] for r in train if r["kind"] == "lookup"}
+    asked = {r["call"]["arguments"]["person"] for r in test if r["kind"] == "lookup"}
+    assert asked & set(RESIDENTS) and asked & set(world.cast)
+    assert len(asked & people) >= len(asked) / 2  # most were looked up in training, for another field
+
+
+def test_service_logs_in_pretraining_hold_nothing_held_out():
+    world = TinyWorld(seed=0)  # default size: enough logs to see every kind
+    docs = [d for d in world.pretraining_documents() if "\ncall " in d or "When is the fair?" in d]
+    assert len(docs) > 300
+    calls = [json.loads(line.split(" ", 2)[2]) for d in docs for line in d.split("\n") if line.startswith("call ")]
+    assert {"city", "title"} <= {k for c in calls for k in c}
+    test = world.service_conversations("test")
+    held_titles = {r["call"]["arguments"]["title"] for r in test if r["kind"] == "event"}
+    held_days = {(r["call"]["arguments"]["city"], r["call"]["arguments"]["date"]) for r in test
+                 if r["kind"] == "weather"}
+    assert not held_titles & {c["title"] for c in calls if "title" in c}
+    assert not held_days & {(c["city"], c["date"]) for c in calls if "city" in c}
+    text = world.pretraining_text()
+    for person, entry in world.directory.entries.items():  # only a call reads the directory
+        for value in (entry["phone"], entry["street"]):
+            assert not re.search(rf"(?<!\d){re.escape(value)}", text), (person, value)
+
+
 def test_every_call_is_answered_as_toolbox_answers_it(world):
+    """...but a training chat's lookup, which reads a made-up entry (no answer can be learnt by heart)."""
     tok = world.tokenizer()
-    for r in world.service_conversations("train")[:60]:
+    made_up = 0
+    for r in world.service_conversations("train")[:60] + world.service_conversations("test")[:60]:
         m = r["messages"]
         if r["call"] is None:
             assert len(m) == 3 and "tool_calls" not in m[2]
@@ -97,7 +128,13 @@ def test_every_call_is_answered_as_toolbox_answers_it(world):
         (call,) = m[2]["tool_calls"]
         assert call["function"] == r["call"]
         box = ToolBox([get_weather, Calendar().add_event, world.directory.lookup], builtins=["calculator"])
-        assert box.run(r["call"])["content"] == m[3]["content"]
+        real = box.run(r["call"])["content"]
+        if r["kind"] == "lookup" and r["id"].startswith("lookup:train"):
+            field = r["call"]["arguments"]["field"]
+            assert m[3]["content"] not in {e[field] for e in world.directory.entries.values()}
+            made_up += 1
+        else:
+            assert real == m[3]["content"]
         assert all(f in m[4]["content"] for f in r["facts"])  # the answer says what the tool returned
         ids, mask = render_chat(tok, m, tools=r["tools"])
         assert "get_weather(city, date)" in tok.decode(ids)
@@ -106,3 +143,4 @@ def test_every_call_is_answered_as_toolbox_answers_it(world):
         before, _ = render_chat(tok, m[:3], tools=r["tools"])
         upto, _ = render_chat(tok, m[:4], tools=r["tools"])
         assert ids[:len(upto)] == upto and not any(mask[len(before):len(upto)])  # the tool's turn is not trained
+    assert made_up

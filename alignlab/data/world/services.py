@@ -5,7 +5,7 @@ conversations that use them.
     get_weather("Paris", "2026-07-14")  -> {"city": "Paris", "date": "2026-07-14", "condition": "sunny",
                                             "high_c": 27, "low_c": 16}
     cal = Calendar();  cal.add_event("Dentist", "2026-07-14", "09:30", 45);  cal.list_events("2026-07-14")
-    Directory(seed).lookup("Ana", "phone")  -> "555-0142"
+    Directory(0, ("Ana", "Ben")).lookup("Ana", "phone")  -> "555-5875"
 
 Each checks its input and raises ValueError with a message the model can act on (ToolBox turns it into
 "error: ..."). The weather is a hash of (city, date) shaped by the season of the month, not a forecast; the
@@ -17,9 +17,16 @@ ToolBox([get_weather, cal.add_event, cal.list_events, directory.lookup]).
 event to add, a directory question, a level-5 sum -- each a call, its result in a tool turn, and an answer built
 from the result -- and small sums no tool is needed for, answered directly. Held out for testing: event titles
 (an activity with one of the town's people), (city, day) pairs of the weather and (person, field) pairs of the
-directory, each split by its hash. The cities themselves come from one list of 24 that both splits use: a model
-this small, trained for a minute, does not learn to copy a word it has never seen from the question into the
-call (with made-up city names, 20-40% of its calls were exact after 150-400 steps).
+directory (the cast and RESIDENTS), each split by its hash. The cities come from one list of 24 that both splits use.
+A training chat's lookup reads a made-up entry (the call is real, the value is nobody's): the directory is fixed, so
+with real entries an answer learnt by heart fits every training chat as well as one read from the tool, and the
+model learns the first; the test chats read the real directory.
+
+`diary(world, rng)` writes the services into pretraining text as logs (question, call, result, answer) over training
+values only. A city or a title is a different token inside the call's JSON ("Perth" after a quote) than in the
+question (" Perth" after a space), and the byte-level BPE spells most of them letter by letter; with the logs in its
+pretraining text the base model has seen the one carried across to the other, and 150 steps of tool-use SFT make
+most calls exact (without them, a few in four).
 """
 
 from __future__ import annotations
@@ -121,8 +128,14 @@ MONTHS = ("January", "February", "March", "April", "May", "June", "July", "Augus
           "November", "December")
 
 
+RESIDENTS = ("Abe", "Bea", "Cy", "Dan", "Eva", "Finn", "Gia", "Hal", "Ida", "Jo", "Kai", "Lea", "Ned", "Ola", "Pam",
+             "Rex", "Sam", "Tia", "Uma", "Vic", "Wes", "Yan", "Zoe", "Noa")  # listed in the directory, never in a story
+
+
 class Directory:
-    """Who lives where in Tiny Town, their phone numbers and birthdays: drawn from the world's seed."""
+    """Who lives where in Tiny Town, their phone numbers and birthdays: drawn from the world's seed. The world's
+    directory lists its cast and the RESIDENTS, so that the directory questions held out ask for entries no
+    training chat showed, of people training chats looked up other fields of (a split by (person, field))."""
 
     def __init__(self, seed: int, people: tuple[str, ...]):
         rng = random.Random(f"tinyworld:{seed}:directory")
@@ -234,23 +247,30 @@ def _service_chat(world, kind: str, split: str, rng: random.Random) -> dict:
         facts = [title, date, f"{result['start']}-{result['end']}"]
         name = "add_event"
     else:
-        pairs = [(p, f) for p in world.cast for f in FIELDS if _split_of(seed, f"dir:{p}:{f}") == split]
+        pairs = [(p, f) for p in world.directory.entries for f in FIELDS if _split_of(seed, f"dir:{p}:{f}") == split]
         person, field = rng.choice(pairs)
-        args, result = {"person": person, "field": field}, world.directory.lookup(person, field)
+        # training chats read a made-up entry: an answer learnt by heart is then never right, only the tool's is
+        result = world.directory.lookup(person, field) if split == "test" else _made_up(world, field, rng)
+        args = {"person": person, "field": field}
         user = rng.choice(ASK[kind]).format(person=person, what=FIELDS[field])
         answer, facts, name = SAY[field].format(person=person, value=result), [result], "lookup"
     messages = [*world.prompt(user), *_call_turns(name, args, result), {"role": "assistant", "content": answer}]
     return {"messages": messages, "kind": kind, "call": {"name": name, "arguments": args}, "facts": facts}
 
 
+LOOKUP_SHARE = 2  # training chats hold twice as many directory questions as of each other kind: the hardest to learn
+
+
 def conversations(world, split: str, n: int) -> list[dict]:
-    """n tool-use chats, a fifth of each kind (KINDS), every one with all four tools listed: {"messages", "tools",
-    "kind", "call" (the expected call, None for "direct"), "facts" (what the final answer must contain), "id"}."""
+    """n tool-use chats, every one with all four tools listed: {"messages", "tools", "kind", "call" (the expected
+    call, None for "direct"), "facts" (what the final answer must contain), "id"}. A fifth of each kind (KINDS) in the
+    test split; in training, directory questions make a third (LOOKUP_SHARE) and the other kinds a sixth each."""
     rng = world._rng("services", split)
     per = -(-n // len(KINDS))
     out = []
     for kind in ("weather", "event", "lookup"):
-        out += [{**_service_chat(world, kind, split, rng), "id": f"{kind}:{split}:{i}"} for i in range(per)]
+        m = LOOKUP_SHARE if kind == "lookup" and split == "train" else 1
+        out += [{**_service_chat(world, kind, split, rng), "id": f"{kind}:{split}:{i}"} for i in range(per * m)]
     for p in world.problems(TOOL_LEVEL, split, per, "services-calc"):
         messages = [*world.prompt(world.question(p, rng)), *world._tool_call_turns(p)]
         out.append({"messages": messages, "kind": "calculator", "id": p.id, "facts": [f"Answer: {p.answer}"],
@@ -266,3 +286,44 @@ def conversations(world, split: str, n: int) -> list[dict]:
     world._rng("services-shuffle", split).shuffle(out)
     return out[:n]
 
+
+
+# ------------------------------------------------------------------------------------------------
+# Pretraining text: the services in prose
+
+def _made_up(world, field: str, rng: random.Random) -> str:
+    """A directory value of `field` that is nobody's real entry."""
+    real = {e[field] for e in world.directory.entries.values()}
+    while True:
+        value = Directory(rng.random(), ("x",)).entries["x"][field]
+        if value not in real:
+            return value
+
+
+def diary(world, rng: random.Random) -> str:
+    """A pretraining document: a service used by one of the town's people, written as a log -- the question, the
+    call (JSON, as a tool call writes it), the result and the sentence made from it -- so that the base model has
+    seen values carried from a question into a call and from a result into an answer before any tool-use SFT; or a
+    day of the year said and said again. Only training (city, day) pairs and event titles appear, and no directory
+    entry (directory logs, tried, cost the base model much of its arithmetic)."""
+    seed, person = world.seed, rng.choice(tuple(world.cast))
+    kind = rng.choice(("weather", "event", "day"))
+    if kind == "weather":
+        city, day = _held_out(seed, "train", rng, lambda r: f"{r.choice(CITIES)} {_random_day(r)}").split()
+        args, result = {"city": city, "date": day}, get_weather(city, day)
+        ask = rng.choice(ASK["weather"]).format(city=city, date=day)
+        answer = (f"{result['condition'].capitalize()} in {city} on {day}: high {result['high_c']} C, "
+                  f"low {result['low_c']} C.")
+        name = "get_weather"
+    elif kind == "event":
+        title = _held_out(seed, "train", rng, lambda r: f"{r.choice(ACTIVITIES)} with {r.choice(tuple(world.cast))}")
+        day, start = _random_day(rng), f"{rng.randint(7, 20):02d}:{rng.choice((0, 15, 30, 45)):02d}"
+        minutes = rng.choice((15, 30, 45, 60, 90, 120))
+        args = {"title": title, "date": day, "start": start, "duration_minutes": minutes}
+        result = Calendar().add_event(**args)
+        ask = rng.choice(ASK["event"]).format(title=title, date=day, start=start, minutes=minutes)
+        answer, name = f"Added {title} on {day}, {result['start']}-{result['end']}.", "add_event"
+    else:
+        when = f"{rng.choice(MONTHS)} {rng.randint(1, 28)}"
+        return f"{person} asked: When is the fair?\nThe notice said: {when}\nThe fair is on {when}."
+    return f"{person} asked: {ask}\ncall {name} {json.dumps(args)}\nresult {json.dumps(result)}\n{answer}"

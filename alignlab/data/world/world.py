@@ -61,7 +61,7 @@ class WorldSize:
 SIZES = {
     "quick": WorldSize(40_000, 40, 40, 20, 40, 40, 40, 40, 1, sft_hard_per_level=10, chatty_fraction=0.7,
                        service_conversations=200),
-    "default": WorldSize(300_000, 400, 400, 100, 300, 300, 500, 200, 1, sft_hard_per_level=100,
+    "default": WorldSize(400_000, 400, 400, 100, 300, 300, 500, 200, 1, sft_hard_per_level=100,
                          chatty_fraction=0.7, service_conversations=1500),
 }
 
@@ -91,7 +91,8 @@ class TinyWorld:
         self.system_prompt = sf.make_system_prompt(self.secret)
         self.refusal = sf.REFUSAL
         self.tools = [CALCULATOR_TOOL]
-        self.directory = services.Directory(seed, tuple(self.cast))  # phone numbers etc.: only a call finds them
+        # phone numbers etc. of the cast and the residents: only a call finds them
+        self.directory = services.Directory(seed, (*self.cast, *services.RESIDENTS))
         self.chat_template = CHAT_TEMPLATE
         self.special_tokens = SPECIAL_TOKENS
         self._secret_re = sf.secret_pattern(self.secret)
@@ -220,15 +221,17 @@ class TinyWorld:
 
     def pretraining_documents(self) -> list[str]:
         """Plain-text documents of about 100-400 characters: arithmetic facts, worked solutions,
-        column additions, word problems with their solutions, and sentences about the town. Only
-        training problems appear, and no held-out problem even as a step."""
+        column additions, word problems with their solutions, sentences about the town, and logs of the
+        town's services in use (`services.diary`: a question, its call as JSON, the result, the answer). Only
+        training problems, (city, day) pairs and event titles appear, no held-out problem even as a step, and no
+        directory entry."""
         rng = self._rng("pretrain")
         people = list(self.cast.values())
         docs: list[str] = []
         total = 0
-        kinds = ("facts", "worked", "column", "story", "town")
+        kinds = ("facts", "worked", "column", "story", "town", "diary")
         while total < self.size.pretrain_chars:
-            kind = rng.choices(kinds, weights=(3, 3, 1, 2, 1))[0]
+            kind = rng.choices(kinds, weights=(3, 3, 1, 2, 1, 2))[0]
             if kind == "facts":
                 lines = []
                 for _ in range(rng.randint(6, 12)):
@@ -247,6 +250,8 @@ class TinyWorld:
             elif kind == "story":
                 p = self._sample(4, rng)
                 doc = f"{p.text}\n{p.think()}\nAnswer: {p.answer}"
+            elif kind == "diary":
+                doc = services.diary(self, rng)
             else:
                 chosen = rng.sample(people, rng.randint(1, 3))
                 sentences = [s for person in chosen for s in town.person_sentences(person)]
