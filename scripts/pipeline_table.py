@@ -52,7 +52,8 @@ def rows(report: dict) -> dict[str, float]:
         out.update({"Tools: exactly the expected call, SFT model": before["exact_call"],
                     "Tools: exactly the expected call, after the tools stage": t["exact_call"],
                     "Tools: no call where none is needed": t["no_call"],
-                    "Tools: answer after the calls ran": t["answer"]})
+                    "Tools: answer after the calls ran (prompts that need a tool)": t["answer"],
+                    "Tools: small sums that need no tool, answered right": t["answer_direct"]})
     for name in ("sft", "dpo", "grpo"):  # robustness to frames no training data used, beside over-refusal
         if "redteam" in ev.get(name, {}):
             rt = ev[name]["redteam"]["all"]

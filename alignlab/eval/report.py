@@ -198,20 +198,23 @@ def tools_summary(scores: dict[str, dict], tools_stage: dict | None) -> str:
     others = "; ".join(f"{m}: exact call {s['exact_call']:.1%}, answer {s['answer']:.1%}" for m, s in scores.items()
                        if m != "tools")
     trained = (tools_stage or {}).get("metrics", {}).get("trained_on", "tool-use chats")
+    kinds = ", ".join(f"{k} {t[f'answer_{k}']:.1%}" for k in ("weather", "event", "lookup", "calculator"))
     return (f"Tools (SFT from the SFT model on {trained}): on {t['prompts']} held-out prompts (event titles, "
             f"(city, day) pairs and directory entries held out), the right call with exactly the right arguments "
             f"{t['exact_call']:.1%} of the time where a tool is needed (a call at all {t['call_rate']:.1%}), no call "
             f"{t['no_call']:.1%} of the time where none is, and after the calls ran, an answer that says what the "
-            f"tools returned {t['answer']:.1%} (calculator {t['answer_calculator']:.1%}). It copies digits from the "
-            f"question (dates, times, sums) but seldom a word: a city, a person or a title is a different token in "
-            f"the question than inside the call's JSON, and a model this small, trained this briefly, has not "
-            f"learned to map one to the other. Before tool training ({others}) the tools in the system prompt only "
+            f"tools returned {t['answer']:.1%} ({kinds}). A city, a person or a title is a different token inside "
+            f"the call's JSON than in the question; the base model learnt to carry one across from the service logs "
+            f"in its pretraining text, and tool-use SFT taught when to call and in which format. The small sums that "
+            f"need no tool are answered right {t['answer_direct']:.1%} of the time: what tool-use training left of "
+            f"the SFT model's arithmetic. Before tool training ({others}) the tools in the system prompt only "
             f"confuse the model.")
 
 
 TOOL_ROWS = [("a call where one is needed", "call_rate"), ("exactly the expected call", "exact_call"),
-             ("no call where none is needed", "no_call"), ("answer after the calls ran", "answer"),
-             *((f"answer: {k}", f"answer_{k}") for k in ("weather", "event", "lookup", "calculator", "direct"))]
+             ("no call where none is needed", "no_call"), ("answer after the calls ran (a tool needed)", "answer"),
+             *((f"answer: {k}", f"answer_{k}") for k in ("weather", "event", "lookup", "calculator")),
+             ("no tool needed: the sum answered right", "answer_direct")]
 
 
 def tool_table(evals: dict) -> tuple[str, list[str], list[list[str]]]:

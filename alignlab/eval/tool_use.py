@@ -9,9 +9,11 @@ results join the conversation, and the model answers again. Metrics, each a frac
     call_rate     a call where a tool is needed
     exact_call    where one is needed: exactly one call, the expected function with exactly the expected arguments
     no_call       where none is needed (irrelevance): no call
-    answer        the final reply holds every fact the reference answer does (the temperatures read from the
-                  tool, the event's times, the directory entry, "Answer: N")
-    answer_<kind> the same per kind (weather, event, lookup, calculator, direct)
+    answer        where a tool is needed: the final reply, after the calls ran, holds every fact the reference
+                  answer does (the temperatures read from the tool, the event's times, the directory entry,
+                  "Answer: N")
+    answer_<kind> the same per kind (weather, event, lookup, calculator), and for "direct" (no tool needed) the
+                  reply's "Answer: N" with no call: the arithmetic the tool-use training kept
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def evaluate_tool_use(model, tok, world, records: list[dict], max_new_tokens: in
     metrics = {"call_rate": _mean(bool(row["calls"]) for row in needed),
                "exact_call": _mean(row["exact_call"] for row in needed),
                "no_call": _mean(not row["calls"] for row in direct),
-               "answer": _mean(row["answer"] for row in rows)}
+               "answer": _mean(row["answer"] for row in needed)}
     for kind in KINDS:
         metrics[f"answer_{kind}"] = _mean(row["answer"] for row in rows if row["kind"] == kind)
     metrics["prompts"] = len(rows)
