@@ -17,6 +17,7 @@ alignlab.data.converters).
     records, where = load_sft_data("chats.jsonl")                 # read, convert, validate
     examples, counts, dropped = tokenize_records(tok, records, max_len=1024, where=where)
     print(inspect_example(tok, records[0]))                       # trained tokens in green
+    batches = ConversationBatches(examples, 16, tok.padding_id, seed=0)  # shuffled, right-padded, resumable
 
 Masks come from rendered segments, never from searching the tokens for a response template:
 
@@ -54,9 +55,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import torch
+
 from alignlab.data.converters import get_converter
 from alignlab.data.errors import DataError
 from alignlab.data.loaders import read_rows
+from alignlab.data.sampler import EpochSampler
 from alignlab.errors import ConfigError
 from alignlab.objectives.lm import IGNORE_INDEX
 from alignlab.text.masks import ChatTemplateError, encode_chat, eos_id
@@ -355,3 +359,30 @@ def inspect_example(tokenizer, record: dict, color: bool = True, max_len: int | 
     if example.n_targets == 0:
         summary += " -- dropped: no target token left"
     return f"{legend}\n{''.join(runs)}\n{summary}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Padded batches (packed ones: alignlab.data.packing)
+
+def collate(examples: list[Example], pad_id: int) -> dict:
+    """Right-pad to the longest example. Causal attention never looks right, so the padding changes nothing
+    for the real tokens, and its labels are IGNORE_INDEX."""
+    T = max(len(e.input_ids) for e in examples)
+    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        x[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
+        y[i, :len(e.labels)] = torch.tensor(e.labels)
+    return {"input_ids": x, "labels": y}
+
+
+class ConversationBatches(EpochSampler):
+    """Shuffled epochs over the examples (alignlab.data.sampler), `batch_size` at a time, collated with right
+    padding. Resumable: a resumed run sees the batches an uninterrupted one would."""
+
+    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int):
+        super().__init__(len(examples), batch_size, seed, what="conversations")
+        self.examples, self.pad_id = examples, pad_id
+
+    def next_batch(self) -> dict:
+        return collate([self.examples[i] for i in self.next_indices()], self.pad_id)

@@ -34,8 +34,16 @@ from pathlib import Path
 import torch
 
 from alignlab.data.packing import PackedBatches
-from alignlab.data.sampler import EpochSampler
-from alignlab.data.sft import Example, format_counts, is_conversational, load_sft_data, prompt_ids, tokenize_records
+from alignlab.data.sft import (
+    ConversationBatches,
+    Example,  # noqa: F401  (recipes.sft.Example, as tests import it)
+    collate,
+    format_counts,
+    is_conversational,
+    load_sft_data,
+    prompt_ids,
+    tokenize_records,
+)
 from alignlab.errors import ConfigError
 from alignlab.infer import Engine, SamplingParams
 from alignlab.lora import LoraOptions, apply_lora, count_parameters, lora_state_dict, merge_and_unload, save_adapter
@@ -81,30 +89,6 @@ def tokenize_conversations(tokenizer, records: list[dict], max_len: int, truncat
     counts {"kept", "truncated", "dropped"} (see alignlab.data.sft.tokenize_records)."""
     examples, counts, _ = tokenize_records(tokenizer, records, max_len, truncation, where, chat_template)
     return examples, counts
-
-
-def collate(examples: list[Example], pad_id: int) -> dict:
-    """Right-pad to the longest example. Causal attention never looks right, so the padding changes nothing
-    for the real tokens, and its labels are IGNORE_INDEX."""
-    T = max(len(e.input_ids) for e in examples)
-    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    y = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
-    for i, e in enumerate(examples):
-        x[i, :len(e.input_ids)] = torch.tensor(e.input_ids)
-        y[i, :len(e.labels)] = torch.tensor(e.labels)
-    return {"input_ids": x, "labels": y}
-
-
-class ConversationBatches(EpochSampler):
-    """Shuffled epochs over the examples (alignlab.data.sampler), `batch_size` at a time, collated with right
-    padding. Resumable: a resumed run sees the batches an uninterrupted one would."""
-
-    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, seed: int):
-        super().__init__(len(examples), batch_size, seed, what="conversations")
-        self.examples, self.pad_id = examples, pad_id
-
-    def next_batch(self) -> dict:
-        return collate([self.examples[i] for i in self.next_indices()], self.pad_id)
 
 
 def run(cfg: SFTConfig, resume: bool = False, train_records: list[dict] | None = None,
