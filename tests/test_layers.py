@@ -23,7 +23,7 @@ LAYERS = [
     {"tools"},
     {"train"},
     {"eval"},
-    {"rl"},
+    {"rl", "synth"},
     {"recipes"},
     {"pipeline", "demo", "memory", "serve", "harden"},
     {"cli", "__main__"},

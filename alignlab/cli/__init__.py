@@ -2,10 +2,10 @@
 
 Every command is one row of COMMANDS: its name, its help line, a function that adds its arguments to its
 parser, and a function that runs it on the parsed arguments (the tool-use commands live in cli/tools.py, the
-helpers several commands share in cli/common.py). Errors a user can fix (alignlab.errors.UserError:
-a bad option, path, file, record or checkpoint) print one line and exit with status 2; a training run that
-diverged exits with 1; anything else is a bug and raises with its traceback. `alignlab --debug <command>`
-shows the traceback of every error.
+synthetic-data ones in cli/synth.py, the helpers several commands share in cli/common.py). Errors a user can
+fix (alignlab.errors.UserError: a bad option, path, file, record or checkpoint) print one line and exit with
+status 2; a training run that diverged exits with 1; anything else is a bug and raises with its traceback.
+`alignlab --debug <command>` shows the traceback of every error.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
 from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
+from alignlab.cli.synth import cmd_synth, synth_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
 from alignlab.errors import UserError
 
@@ -185,6 +186,13 @@ def cmd_ppo(args):
     from alignlab.recipes.ppo import PPOConfig, run
 
     run(load_config(PPOConfig, args.config, args.overrides), resume=args.resume)
+
+
+def cmd_distill(args):
+    from alignlab.config import load_config
+    from alignlab.recipes.distill import DistillConfig, run
+
+    run(load_config(DistillConfig, args.config, args.overrides), resume=args.resume)
 
 
 def cmd_reward_model(args):
@@ -432,8 +440,13 @@ COMMANDS = [
             recipe_arguments("configs/grpo/tinyworld.yaml", "beta=0.05"), cmd_rloo),
     Command("ppo", "PPO with a value model: GAE(gamma, lambda), clipped policy and value losses, verifiable rewards",
             recipe_arguments("configs/ppo/tinyworld.yaml", "kl_coef=0.05 num_ppo_epochs=4"), cmd_ppo),
+    Command("distill", "knowledge distillation: a student learns a teacher's token distributions (KL, GKD, on-policy)",
+            recipe_arguments(None, "student=runs/small/model teacher=runs/pipeline/sft/model data=chats.jsonl "
+                                   "lmbda=0.5"), cmd_distill),
     Command("reward-model", "train a reward model on preference pairs (Bradley-Terry)",
             recipe_arguments(None, "model=runs/pipeline/sft/model data=tinyworld:preferences"), cmd_reward_model),
+    Command("synth", "synthetic data: self-instruct, rejection sampling (RFT), decontamination against eval sets",
+            synth_arguments, cmd_synth),
     Command("inspect-data", "show one SFT example with its trained tokens highlighted", inspect_data_arguments,
             cmd_inspect_data),
     Command("memory", "memory of a training step: weights, gradients, optimizer, activations", memory_arguments,

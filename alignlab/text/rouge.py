@@ -34,7 +34,11 @@ def lcs_length(a: list[str], b: list[str]) -> int:
 
 def rouge_l(prediction: str, reference: str) -> float:
     """ROUGE-L F-measure of `prediction` against `reference` (symmetric in the two)."""
-    p, r = words(prediction), words(reference)
+    return rouge_l_words(words(prediction), words(reference))
+
+
+def rouge_l_words(p: list[str], r: list[str]) -> float:
+    """ROUGE-L of two texts already split by `words` (a pool of texts is split once)."""
     if not p or not r:
         return 0.0
     lcs = lcs_length(p, r)
