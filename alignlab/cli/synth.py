@@ -35,6 +35,22 @@ def _decontaminate(records, index, sources, drop=True):
     return kept, {"against": sources, **report.as_dict()}
 
 
+def _policy_arguments(p, model_help: str, prompts_help: str, max_tokens: int, out_help: str):
+    """What every command that samples a policy on prompts takes; then the dtype and decontamination options."""
+    from alignlab.cli.common import add_dtype
+
+    p.add_argument("--model", required=True, help=model_help + " (a directory or an OpenAI-compatible base URL)")
+    p.add_argument("--served-model", default=None, help="with a URL: the model name to ask for")
+    p.add_argument("--prompts", required=True, help=prompts_help)
+    p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--temperature", type=float, default=1.0, help="of the policy's samples")
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help=out_help)
+    add_dtype(p)
+    _against_arguments(p)
+
+
 def _teacher(where: str, served: str | None, dtype: str):
     from alignlab.eval.backends import open_model
 
@@ -66,15 +82,10 @@ def synth_arguments(p):
     _against_arguments(si)
 
     rj = sub.add_parser("rejection", help="n samples per prompt, keep the verified ones (RFT / best-of-n)")
-    rj.add_argument("--model", required=True, help="the model that samples: a directory or an OpenAI-compatible URL")
-    rj.add_argument("--served-model", default=None)
-    rj.add_argument("--prompts", required=True, help="a prompt source with a checker, e.g. tinyworld:rl:3-4@0, "
-                                                     "gsm8k:train, or a file of {prompt, answer} records")
-    rj.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    _policy_arguments(rj, "the model that samples", "a prompt source with a checker, e.g. tinyworld:rl:3-4@0, "
+                      "gsm8k:train, or a file of {prompt, answer} records", 256,
+                      "the JSON Lines file to write; the best-of-n curve goes beside it")
     rj.add_argument("--n", type=int, default=8, help="samples per prompt")
-    rj.add_argument("--temperature", type=float, default=1.0)
-    rj.add_argument("--max-tokens", type=int, default=256)
-    rj.add_argument("--seed", type=int, default=0)
     rj.add_argument("--reward-model", default=None, help="score with this reward model instead of the verifier")
     rj.add_argument("--format", choices=("sft", "preference"), default="sft",
                     help="sft: chats of the kept replies; preference: best vs worst reply per prompt")
@@ -82,42 +93,23 @@ def synth_arguments(p):
                                                                           "or the best one")
     rj.add_argument("--threshold", type=float, default=1.0, help="sft: the lowest score kept (verifier: 1 = right)")
     rj.add_argument("--per-prompt", type=int, default=None, help="sft with keep=all: at most this many per prompt")
-    rj.add_argument("--out", required=True, help="the JSON Lines file to write; the best-of-n curve goes beside it")
-    add_dtype(rj)
-    _against_arguments(rj)
 
     rl = sub.add_parser("rlaif", help="preference pairs from the policy's own replies, labelled by a judge (RLAIF)")
-    rl.add_argument("--model", required=True, help="the policy that samples: a directory or an OpenAI-compatible URL")
-    rl.add_argument("--served-model", default=None)
-    rl.add_argument("--prompts", required=True, help="a prompt source, e.g. tinyworld:safety:train@0, "
-                                                     "tinyworld:rl:1-4@0, or a file of prompt records")
-    rl.add_argument("--limit", type=int, default=None)
+    _policy_arguments(rl, "the policy that samples", "a prompt source, e.g. tinyworld:safety:train@0, "
+                      "tinyworld:rl:1-4@0, or a file of prompt records", 128,
+                      "the JSON Lines file of preference pairs to write")
     rl.add_argument("--judge", default="rule", help="rule (TinyWorld's rule judge) or a model directory prompted "
                                                     "as a judge")
     rl.add_argument("--compare-judge", default=None, help="another judge (rule or a directory): report how often "
                                                           "the two agree on the same pairs")
-    rl.add_argument("--temperature", type=float, default=1.0)
-    rl.add_argument("--max-tokens", type=int, default=128)
-    rl.add_argument("--seed", type=int, default=0)
-    rl.add_argument("--out", required=True, help="the JSON Lines file of preference pairs to write")
-    add_dtype(rl)
-    _against_arguments(rl)
 
     ca = sub.add_parser("constitution", help="critique and revise the policy's replies against principles "
                                              "(Constitutional AI's SL phase) -> SFT chats")
-    ca.add_argument("--model", required=True, help="the policy whose replies are revised (a directory or a URL)")
+    _policy_arguments(ca, "the policy whose replies are revised", "a prompt source, e.g. tinyworld:safety:train@0",
+                      128, "the JSON Lines file of revised chats to write")
     ca.add_argument("--teacher", default=None, help="who critiques and revises (default: the policy itself)")
-    ca.add_argument("--served-model", default=None)
-    ca.add_argument("--prompts", required=True, help="a prompt source, e.g. tinyworld:safety:train@0")
     ca.add_argument("--principles", default=None, help="a JSON list of {name, critique, revision} requests "
                                                        "(default: TinyWorld's safety policy)")
-    ca.add_argument("--limit", type=int, default=None)
-    ca.add_argument("--temperature", type=float, default=1.0, help="of the policy's first replies")
-    ca.add_argument("--max-tokens", type=int, default=128)
-    ca.add_argument("--seed", type=int, default=0)
-    ca.add_argument("--out", required=True)
-    add_dtype(ca)
-    _against_arguments(ca)
 
     dc = sub.add_parser("decontam", help="report (and drop) training records that overlap evaluation sets")
     dc.add_argument("--data", required=True, help="training records: a .jsonl/.json/.csv/.parquet file")
