@@ -336,3 +336,35 @@ def test_items_too_short_to_mean_anything_are_counted_not_matched():
     assert index.hits("Q: what does 3 + 5 equal") == {"b"}
     _, report = decontaminate([{"text": "5 + 3"}], index)
     assert report.as_dict()["unchecked_eval_items"] == 1 and "1 too short to check" in report.summary()
+
+
+def test_evol_instruct_keeps_rewrites_that_changed_and_pass_the_filters():
+    from alignlab.synth.self_instruct import SeedTask
+
+    seeds = [SeedTask(f"Seed task number {w} about {w} things.", (("", "ok"),)) for w in
+             ("red", "blue", "green", "gold", "gray", "pink", "teal")]
+
+    class Teacher:
+        def generate(self, requests):
+            out = []
+            for r in requests:
+                if r.prompt.startswith("Come up with"):
+                    out.append(" Name three rivers in Europe.\n10. Describe how bread rises.\n"
+                               "11. List the planets in order from the sun.")
+                elif "#New Task#" in r.prompt:
+                    task = r.prompt.split("#Task#: ")[1].split("\n")[0]
+                    out.append({"Name three rivers in Europe.": " Name three rivers in Europe!",  # unchanged
+                                "Describe how bread rises.": " Sorry, as an AI I cannot do that.",
+                                }.get(task, " Explain why Pluto is no longer counted as a planet of the solar system."))
+                else:
+                    out.append(" (none)\nOutput: An answer.")
+            return out
+
+    gen = SelfInstruct(Teacher(), seeds, seed=0, evolve=True)
+    records, counts = gen.run(n=4, batch=1, max_rounds=1, progress=False)
+    kept = [r["instruction"] for r in records]
+    assert kept == ["Name three rivers in Europe.", "Describe how bread rises.",
+                    "List the planets in order from the sun.",
+                    "Explain why Pluto is no longer counted as a planet of the solar system."]
+    assert counts["evolved"] == 3
+    assert counts["evolve_removed"] == {"unchanged": 1, "apology": 1}
