@@ -1,7 +1,7 @@
 """`alignlab pipeline`: the main job. A tiny model goes through every post-training stage on TinyWorld,
 and a report shows what each stage changed.
 
-    alignlab pipeline [--out runs/pipeline] [--seed 0] [--quick] [--from STAGE] [--until STAGE]
+    alignlab pipeline [--out runs/pipeline] [--seed 0] [--quick] [--from STAGE] [--until STAGE] [--with rft]
 
 Each stage writes into its own directory under --out and, when it finishes, a stage.json. Running the
 pipeline again reuses every finished stage; --from STAGE redoes that stage and everything after it. A
@@ -28,6 +28,8 @@ Stages, in order, each with something to learn that the stage before left undone
                with some easier prompts replayed: 8 sampled replies per prompt, rewarded for the format and the
                right answer; held-out accuracy on every test problem of those levels before and after, and
                reward, KL, length and entropy curves
+    rft        (opt-in: --with rft) rejection-sampling fine-tuning from the SFT model, a side branch: it answers
+               each level 3-4 training prompt 8 times, its verified answers (decontaminated) become SFT data
     eval       every model so far (base = after pretrain, sft, sft_lora, dpo, grpo) on held-out prompts: format rate,
                accuracy per level, attacks refused, look-alikes refused, secret leaks, DPO's win rate against SFT
                with position swap, and pass@1 / pass@8 before and after GRPO; then the report
@@ -102,6 +104,7 @@ class Stage:
     run: Callable[[Run], dict]  # does the work, returns the metrics shown in the report
     makes_model: bool = True  # writes <stage>/model, which later stages and the evaluation use
     side: bool = False  # a comparison branch: evaluated, but later stages build on the main line
+    optional: bool = False  # runs only when asked for (--with NAME)
 
 
 class Run:
@@ -377,6 +380,41 @@ def red_team_and_instructions(run: Run, name: str, model, tok) -> tuple[dict, di
     return scores, rate(k, n)
 
 
+def stage_rft(run: Run) -> dict:
+    """Rejection-sampling fine-tuning (alignlab.synth.rejection): the SFT model's own verified answers on GRPO's
+    levels, up to two distinct ones per training prompt, checked against the held-out prompts (13-grams), then
+    half the SFT stage's steps at 0.3 of its learning rate. scripts/rft_tinyworld.py measures it on 400 prompts."""
+    from alignlab.eval.backends import EngineModel
+    from alignlab.model.hf import load_model
+    from alignlab.recipes import sft
+    from alignlab.synth import rejection as rj
+    from alignlab.synth.decontam import NgramIndex, decontaminate
+    from alignlab.synth.output import write_dataset
+    from alignlab.tasks import TinyWorldMath, prompt_text
+    from alignlab.text import load_tokenizer
+
+    s, start, w = run.sizes, run.model_dir("sft"), run.world
+    records = [r for level in GRPO_LEVELS for r in w.rl_prompts("train", level)]
+    model = load_model(start).requires_grad_(False)
+    replies = rj.sample(EngineModel(model, load_tokenizer(start), batch_size=256), records, PASS_K, temperature=1.0,
+                        max_tokens=s.max_new_tokens, seed=run.seed)
+    scores = rj.verifier_scores(TinyWorldMath(), records, replies)
+    curve = rj.best_of_n_curve(scores, [[x > 0 for x in row] for row in scores])
+    data, counts = rj.sft_records(records, replies, scores, keep="all", per_prompt=2)
+    index = NgramIndex.from_texts({r["id"]: prompt_text(r["prompt"]) for r in w.rl_prompts("test")
+                                   + w.rl_prompts("test", 5) + w.safety_prompts("test")})
+    data, report = decontaminate(data, index)
+    write_dataset(run.dir("rft") / "rft.jsonl", data, {"command": "alignlab pipeline (rft)", "teacher": str(start),
+                                                       "filters": counts, "best_of_n": curve,
+                                                       "decontamination": report.as_dict()})
+    cfg = _sft_config(run, "rft", "sft", s.sft_steps // 2, 0.3 * s.sft_lr, 2 * s.block_size)
+    result = sft.run(cfg, resume=True, train_records=data, val_records=data[:64])
+    return {"trained_on": f"{len(data)} of its own verified answers to {len(records)} level 3-4 training prompts "
+                          f"({PASS_K} samples each; {len(report.dropped)} dropped by decontamination)",
+            "pass1_sampled": round(curve["accuracy"][0], 4), f"pass{PASS_K}": round(curve["accuracy"][-1], 4),
+            **_training_metrics(result, "val_lm_loss")}
+
+
 def pass_before_after(run: Run, dtype) -> dict:
     """pass@1 (greedy and sampled) and pass@8 of GRPO's start model and the GRPO model on GRPO's levels
     (eval_per_level held-out prompts each), and the paired change in greedy pass@1 with its 95% interval."""
@@ -427,6 +465,8 @@ STAGES = [
     Stage("dpo", "SafeDPO from the SFT model: concise replies, refusals of attacks, answers to look-alikes", stage_dpo),
     Stage("grpo", "GRPO from the DPO model on the levels SFT barely taught (3-4): right answers rewarded",
           stage_grpo),
+    Stage("rft", "opt-in: SFT on the SFT model's own verified level 3-4 answers (rejection sampling)", stage_rft,
+          side=True, optional=True),
     Stage("eval", "every model on held-out prompts, then the report", stage_eval, makes_model=False),
 ]
 MODEL_NAMES = {"pretrain": "base", "sft_lora": "sft (LoRA)"}  # how the report calls a stage's model
@@ -466,17 +506,20 @@ def _describe_chats(records: list[dict]) -> str:
 
 
 def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool = False,
-                 start: str | None = None, until: str | None = None) -> Path:
-    names = [s.name for s in STAGES]
+                 start: str | None = None, until: str | None = None, extra: tuple[str, ...] = ()) -> Path:
+    stages = [s for s in STAGES if not s.optional or s.name in extra]
+    names = [s.name for s in stages]
     for name in (start, until):
         if name is not None and name not in names:
-            raise ConfigError(f"unknown stage {name!r}; the stages are {', '.join(names)}")
+            optional = ", ".join(s.name for s in STAGES if s.optional)
+            raise ConfigError(f"unknown stage {name!r}; the stages are {', '.join(names)} (opt-in ones, run with "
+                              f"--with NAME: {optional})")
     run = Run(out, seed, quick)
     run.check_settings()
     first = names.index(start) if start else len(names)
     last = names.index(until) if until else len(names) - 1
     t_start = time.perf_counter()
-    for i, stage in enumerate(STAGES[:last + 1]):
+    for i, stage in enumerate(stages[:last + 1]):
         d = run.dir(stage.name)
         newer = [s.name for s in _inputs(stage) if run.finished_at(s.name) > run.finished_at(stage.name) > 0]
         if newer and i < first:

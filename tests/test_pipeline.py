@@ -46,7 +46,7 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     assert "pretrain: done already" in second
     assert "resumed from" in second and "/sft/checkpoints/step_" in second, second
     for stage in STAGES:
-        assert (out / stage.name / "stage.json").exists(), stage.name
+        assert (out / stage.name / "stage.json").exists() != stage.optional, stage.name
     evals = json.loads((out / "eval" / "metrics.json").read_text())
     assert list(evals) == ["base", "sft", "sft (LoRA)", "tools", "dpo", "grpo"]
     for name in ("base", "sft", "tools"):  # tool use before and after the tools stage, the calls run for real
@@ -107,13 +107,21 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     assert "math levels are 1, 2, 3, 4" in capsys.readouterr().err
 
     # 3. a third run reuses everything and only rewrites the report
-    before = {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES}
+    before = {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES if not s.optional}
     assert main(["pipeline", "--quick", "--out", str(out)]) == 0
-    assert before == {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES}
+    assert before == {s.name: (out / s.name / "stage.json").stat().st_mtime for s in STAGES if not s.optional}
     # --from eval redoes the evaluation only
     assert main(["pipeline", "--quick", "--out", str(out), "--from", "eval"]) == 0
     assert (out / "sft" / "stage.json").stat().st_mtime == before["sft"]
     assert (out / "eval" / "stage.json").stat().st_mtime > before["eval"]
+
+    # 4. the opt-in RFT stage: the SFT model's verified answers, written with provenance; the evaluation redone
+    assert main(["pipeline", "--quick", "--out", str(out), "--with", "rft"]) == 0
+    rft = json.loads((out / "rft" / "stage.json").read_text())["metrics"]
+    assert 0 <= rft["pass1_sampled"] <= rft["pass8"] <= 1 and "verified answers" in rft["trained_on"]
+    assert (out / "rft" / "rft.provenance.json").exists() and (out / "rft" / "model" / "config.json").exists()
+    assert "rft" in json.loads((out / "eval" / "metrics.json").read_text())
+    assert main(["pipeline", "--quick", "--out", str(out), "--from", "rft"]) == 2  # opt-in: named with --with
 
 
 def test_a_stage_redone_makes_the_stages_that_use_it_stale(tmp_path, monkeypatch, capsys):
@@ -157,7 +165,7 @@ def test_pipeline_help_lists_every_stage_and_option(capsys):
     with pytest.raises(SystemExit):
         main(["pipeline", "--help"])
     text = capsys.readouterr().out
-    for word in [s.name for s in STAGES] + ["--out", "--seed", "--quick", "--from", "--until", "report.html"]:
+    for word in [s.name for s in STAGES] + ["--out", "--seed", "--quick", "--from", "--until", "--with", "report.html"]:
         assert word in text
 
 

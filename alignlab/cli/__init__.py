@@ -397,12 +397,16 @@ def pipeline_arguments(p):
     p.add_argument("--from", dest="start", metavar="STAGE", choices=[s.name for s in STAGES],
                    help="redo this stage and every later one (finished stages are otherwise reused)")
     p.add_argument("--until", metavar="STAGE", choices=[s.name for s in STAGES], help="stop after this stage")
+    p.add_argument("--with", dest="extra", action="append", default=[], metavar="STAGE",
+                   choices=[s.name for s in STAGES if s.optional],
+                   help="also run this opt-in stage: " + ", ".join(s.name for s in STAGES if s.optional))
 
 
 def cmd_pipeline(args):
     from alignlab.pipeline import run_pipeline
 
-    run_pipeline(args.out, seed=args.seed, quick=args.quick, start=args.start, until=args.until)
+    run_pipeline(args.out, seed=args.seed, quick=args.quick, start=args.start, until=args.until,
+                 extra=tuple(args.extra))
 
 
 def demo_arguments(p):
