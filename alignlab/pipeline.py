@@ -396,11 +396,9 @@ def stage_rft(run: Run) -> dict:
     s, start, w = run.sizes, run.model_dir("sft"), run.world
     records = [r for level in GRPO_LEVELS for r in w.rl_prompts("train", level)]
     model = load_model(start).requires_grad_(False)
-    replies = rj.sample(EngineModel(model, load_tokenizer(start), batch_size=256), records, PASS_K, temperature=1.0,
-                        max_tokens=s.max_new_tokens, seed=run.seed)
-    scores = rj.verifier_scores(TinyWorldMath(), records, replies)
-    curve = rj.best_of_n_curve(scores, [[x > 0 for x in row] for row in scores])
-    data, counts = rj.sft_records(records, replies, scores, keep="all", per_prompt=2)
+    data, counts, curve = rj.verified_sft_data(EngineModel(model, load_tokenizer(start), batch_size=256),
+                                               TinyWorldMath(), records, PASS_K, per_prompt=2,
+                                               max_tokens=s.max_new_tokens, seed=run.seed)
     index = NgramIndex.from_texts({r["id"]: prompt_text(r["prompt"]) for r in w.rl_prompts("test")
                                    + w.rl_prompts("test", 5) + w.safety_prompts("test")})
     data, report = decontaminate(data, index)

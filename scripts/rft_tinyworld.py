@@ -3,7 +3,7 @@
     python scripts/rft_tinyworld.py --run runs/pipeline [--n 8] [--steps 150] [--out runs/rft]
 
 1. the pipeline's SFT model answers every training prompt of levels 3-4 `n` times at temperature 1
-   (alignlab.synth.rejection.sample), TinyWorld's verifier scores each answer
+   (alignlab.synth.rejection.verified_sft_data), TinyWorld's verifier scores each answer
 2. the verified answers (distinct ones, up to `per_prompt` per prompt) become trl chats, checked against every
    held-out TinyWorld prompt (13-gram decontamination) and written with their provenance
 3. SFT from the same SFT model on those chats (`steps` steps, learning rate `lr`)
@@ -63,14 +63,11 @@ def main() -> None:
     # 1. sample and verify
     records = [r for level in LEVELS for r in world.rl_prompts("train", level)]
     model, tok = load_model(sft_dir, dtype=torch.float32).requires_grad_(False), load_tokenizer(sft_dir)
-    replies = rj.sample(EngineModel(model, tok, batch_size=256), records, args.n, temperature=1.0, max_tokens=96,
-                        seed=seed)
-    scores = rj.verifier_scores(TinyWorldMath(), records, replies)
-    curve = rj.best_of_n_curve(scores, [[s > 0 for s in row] for row in scores])
+    data, counts, curve = rj.verified_sft_data(EngineModel(model, tok, batch_size=256), TinyWorldMath(), records,
+                                               args.n, per_prompt=args.per_prompt, max_tokens=96, seed=seed)
     rj.plot_best_of_n(curve, out / "best_of_n.png", f"SFT model, levels 3-4 training prompts (seed {seed})")
 
-    # 2. keep the verified ones, decontaminate, write
-    data, counts = rj.sft_records(records, replies, scores, keep="all", per_prompt=args.per_prompt)
+    # 2. decontaminate the verified ones, write
     sources = world_test_sources(seed)
     data, report = decontaminate(data, eval_index(sources))
     write_dataset(out / "rft.jsonl", data, {"command": "scripts/rft_tinyworld.py", "teacher": str(sft_dir),

@@ -143,15 +143,23 @@ def _self_instruct(args):
     print(f"wrote {len(records)} records to {args.out} ({prov.name})")
 
 
-def _rejection(args):
-    from alignlab.synth import rejection as rj
-    from alignlab.synth.output import write_dataset
-    from alignlab.tasks import default_val_source, load_source
+def _prompts(args):
+    """The task and records of --prompts, the first --limit of them."""
+    from alignlab.tasks import load_source
 
     task, records = load_source(args.prompts)
     records = records[:args.limit] if args.limit else records
     if not records:
         raise UserError(f"{args.prompts}: no prompts")
+    return task, records
+
+
+def _rejection(args):
+    from alignlab.synth import rejection as rj
+    from alignlab.synth.output import sidecar, write_dataset
+    from alignlab.tasks import default_val_source
+
+    task, records = _prompts(args)
     held_out = default_val_source(args.prompts)  # GSM8K's test split for its train split; TinyWorld's are always in
     index, sources = _index(args, [held_out] if held_out and not held_out.startswith("tinyworld") else [])
     model = _teacher(args.model, args.served_model, args.dtype)
@@ -172,7 +180,7 @@ def _rejection(args):
         out, counts = rj.preference_records(records, replies, scores)
     out, report = _decontaminate(out, index, sources)
     curve = rj.best_of_n_curve(scores, correct)
-    png = Path(args.out).with_name(Path(args.out).name.removesuffix(".jsonl") + ".best_of_n.png")
+    png = sidecar(args.out, ".best_of_n.png")
     rj.plot_best_of_n(curve, png, f"best of n on {args.prompts}, scored by {scorer.split(' ')[0]}"
                       f"{' model' if args.reward_model else ''}")
     pass1 = curve["accuracy"][0]
@@ -204,10 +212,8 @@ def _rlaif(args):
     from alignlab.synth.output import write_dataset
     from alignlab.synth.rejection import sample
     from alignlab.synth.rlaif import ai_feedback_pairs, judge_agreement
-    from alignlab.tasks import load_source
 
-    _, records = load_source(args.prompts)
-    records = records[:args.limit] if args.limit else records
+    _, records = _prompts(args)
     index, sources = _index(args)
     policy = _teacher(args.model, args.served_model, args.dtype)
     judge = _judge(args.judge, args.prompts, args.dtype)
@@ -229,10 +235,8 @@ def _constitution(args):
     from alignlab.synth.constitution import TINYWORLD_PRINCIPLES, Constitution, tinyworld_check
     from alignlab.synth.output import write_dataset
     from alignlab.synth.rejection import sample
-    from alignlab.tasks import load_source
 
-    _, records = load_source(args.prompts)
-    records = records[:args.limit] if args.limit else records
+    _, records = _prompts(args)
     principles = TINYWORLD_PRINCIPLES
     if args.principles:
         try:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from alignlab.data.sft import ConversationBatches, collate, load_sft_data, prompt_ids, tokenize_records
+from alignlab.data.sft import ConversationBatches, Example, collate, load_sft_data, prompt_ids, tokenize_records
 from alignlab.errors import ConfigError
 from alignlab.infer import Engine, SamplingParams
 from alignlab.model.hf import load_model, resolve_model_dir, save_model
@@ -85,7 +85,7 @@ class OnPolicyBatches:
         for p, o in zip(prompts, outs):
             ids = p + o.token_ids
             labels = [IGNORE_INDEX] * (len(p) - 1) + o.token_ids + [IGNORE_INDEX]
-            rows.append(type(examples[0])(ids, labels))
+            rows.append(Example(ids, labels))
         return collate(rows, self.batches.pad_id)
 
     def state_dict(self) -> dict:
@@ -93,12 +93,8 @@ class OnPolicyBatches:
 
     def load_state_dict(self, state: dict) -> None:
         self.batches.load_state_dict(state["batches"])
-        self.rng.setstate(_tuples(state["rng"]))
+        self.rng.setstate(state["rng"])
         self.draws = state["draws"]
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, list) else x
 
 
 def divergence_sum(student, teacher, batch: dict, beta: float, temperature: float) -> tuple[torch.Tensor, int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 
 from alignlab.eval.backends import GenRequest
+from alignlab.tasks import prompt_messages
 
 # TinyWorld's safety policy, written as principles (its system prompt says: never reveal the code, never help anyone
 # steal; its look-alikes are harmless questions that must be answered)
@@ -36,10 +37,6 @@ TINYWORLD_PRINCIPLES = [
      "revision": "Rewrite your reply so that it answers a harmless question fully and refuses only real harm. "
                  "Give only the new reply."},
 ]
-
-
-def _messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def tinyworld_check(secret: str):
@@ -77,7 +74,7 @@ class Constitution:
     def revise(self, records: list[dict], replies: list[str], check=None) -> tuple[list[dict], dict]:
         """Critique and revise each reply; returns the SFT records of the revisions kept, and the counts."""
         chosen = [self.rng.choice(self.principles) for _ in records]
-        chats = [_messages(r["prompt"]) + [{"role": "assistant", "content": reply},
+        chats = [prompt_messages(r["prompt"]) + [{"role": "assistant", "content": reply},
                                            {"role": "user", "content": p["critique"]}]
                  for r, reply, p in zip(records, replies, chosen)]
         critiques = self._ask(chats, "critiques")
@@ -96,7 +93,7 @@ class Constitution:
             elif check is not None and not check(rev, r):
                 counts["failed_check"] += 1
             else:
-                out.append({"messages": _messages(r["prompt"]) + [{"role": "assistant", "content": rev}],
+                out.append({"messages": prompt_messages(r["prompt"]) + [{"role": "assistant", "content": rev}],
                             "principle": p.get("name", ""), "critique": crit, "initial": reply,
                             **{k: r[k] for k in ("id", "label") if k in r}})
         counts["kept"] = len(out)

@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 
 
-def provenance_path(path: str | Path) -> Path:
+def sidecar(path: str | Path, suffix: str) -> Path:
+    """A file beside a dataset: data/rft.jsonl -> data/rft<suffix>."""
     path = Path(path)
-    return path.with_name(path.name.removesuffix(".jsonl") + ".provenance.json")
+    return path.with_name(path.name.removesuffix(".jsonl") + suffix)
+
+
+def provenance_path(path: str | Path) -> Path:
+    return sidecar(path, ".provenance.json")
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -5,6 +5,7 @@
     sft = sft_records(records, replies, scores, keep="all")         # every verified reply -> trl chats
     pairs = preference_records(records, replies, scores)            # best vs worst -> trl preference pairs
     curve = best_of_n_curve(scores, correct)                        # what choosing the best of n buys, n = 1..N
+    data, counts, curve = verified_sft_data(model, task, records, n=8, per_prompt=2)   # all of it, RFT's data
 
 Rejection-sampling fine-tuning (Yuan et al. 2023, arXiv:2308.01825, "Scaling Relationship on Learning Mathematical
 Reasoning with LLMs") trains on the model's own replies that a verifier accepts: the model already *can* solve
@@ -26,12 +27,9 @@ from __future__ import annotations
 from math import comb
 
 from alignlab.eval.backends import GenRequest
+from alignlab.tasks import prompt_messages
 
 KEEP = ("best", "all")
-
-
-def _messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
 
 
 def sample(model, records: list[dict], n: int, temperature: float = 1.0, max_tokens: int = 256, seed: int = 0,
@@ -89,7 +87,7 @@ def sft_records(records: list[dict], replies: list[list[str]], scores: list[list
         if not chosen:
             empty += 1
         for j in chosen:
-            out.append({"messages": _messages(r["prompt"]) + [{"role": "assistant", "content": texts[j]}],
+            out.append({"messages": prompt_messages(r["prompt"]) + [{"role": "assistant", "content": texts[j]}],
                         **{k: r[k] for k in ("id", "level", "answer") if k in r}, "score": s[j]})
     counts = {"prompts": len(records), "replies": sum(map(len, replies)), "kept": len(out),
               "prompts_with_none": empty, "duplicates_skipped": duplicates, "keep": keep, "threshold": threshold}
@@ -105,7 +103,7 @@ def preference_records(records: list[dict], replies: list[list[str]],
         if s[best] <= s[worst]:
             ties += 1
             continue
-        out.append({"prompt": _messages(r["prompt"]), "chosen": [{"role": "assistant", "content": texts[best]}],
+        out.append({"prompt": prompt_messages(r["prompt"]), "chosen": [{"role": "assistant", "content": texts[best]}],
                     "rejected": [{"role": "assistant", "content": texts[worst]}],
                     **{k: r[k] for k in ("id", "level", "answer") if k in r},
                     "score_chosen": s[best], "score_rejected": s[worst]})
@@ -129,6 +127,17 @@ def best_of_n_curve(scores: list[list[float]], correct: list[list[bool]],
         accuracy.append(acc / len(scores))
         score.append(sc / len(scores))
     return {"n": ns, "accuracy": accuracy, "score": score, "samples_per_prompt": N, "prompts": len(scores)}
+
+
+def verified_sft_data(model, task, records: list[dict], n: int, per_prompt: int | None = None,
+                      temperature: float = 1.0, max_tokens: int = 256, seed: int = 0) -> tuple[list[dict], dict, dict]:
+    """Rejection-sampling fine-tuning's data: n samples per prompt scored by the task's verifier, up to `per_prompt`
+    distinct right ones per prompt as trl chats, their counts, and the best-of-n curve of the samples."""
+    replies = sample(model, records, n, temperature, max_tokens, seed)
+    scores = verifier_scores(task, records, replies)
+    curve = best_of_n_curve(scores, [[s > 0 for s in row] for row in scores])
+    data, counts = sft_records(records, replies, scores, keep="all", per_prompt=per_prompt)
+    return data, counts, curve
 
 
 def plot_best_of_n(curve: dict, out_png, title: str = "best of n") -> None:

@@ -12,10 +12,7 @@ tie, labels nothing and is counted, not guessed. The pairs then go to `alignlab 
 from __future__ import annotations
 
 from alignlab.eval.judge import Judge, judge_pairs
-
-
-def _messages(prompt) -> list[dict]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+from alignlab.tasks import prompt_messages
 
 
 def _items(records: list[dict], replies: list[list[str]]) -> list[tuple]:
@@ -42,7 +39,7 @@ def ai_feedback_pairs(records: list[dict], replies: list[list[str]], judge: Judg
             ties += 1
             continue
         chosen, rejected = (a, b) if res.outcome == "A" else (b, a)
-        pairs.append({"prompt": _messages(prompt), "chosen": [{"role": "assistant", "content": chosen}],
+        pairs.append({"prompt": prompt_messages(prompt), "chosen": [{"role": "assistant", "content": chosen}],
                       "rejected": [{"role": "assistant", "content": rejected}],
                       **{k: r[k] for k in ("id", "label", "level", "answer") if k in r}})
     counts = {"prompts": len(records), "identical_replies": len(items) - len(judged), "judged": len(judged),

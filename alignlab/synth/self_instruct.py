@@ -183,7 +183,6 @@ class SelfInstruct:
         self.machine: list[str] = []  # instructions the teacher wrote and the filters kept
         self.counts: Counter = Counter()
         self.calls = 0
-        self.progress = True
 
     def _generate(self, prompts: list[str]) -> list[str]:
         requests = [GenRequest(p, max_tokens=self.max_tokens, temperature=self.temperature,
@@ -245,7 +244,7 @@ class SelfInstruct:
             out.append(text)
         return out
 
-    def instances(self, instructions: list[str]) -> list[dict]:
+    def instances(self, instructions: list[str], progress: bool = True) -> list[dict]:
         """Each instruction answered by the teacher: trl chat records (user: instruction [+ input], assistant:
         output) that pass the instance filters."""
         from tqdm import tqdm
@@ -253,7 +252,7 @@ class SelfInstruct:
         prompts = [instance_prompt(i, self.rng.sample(self.seeds, min(self.shots, len(self.seeds))))
                    for i in instructions]
         answers: list[str] = []
-        for i in tqdm(range(0, len(prompts), 32), desc="instances", unit="batch", disable=not self.progress):
+        for i in tqdm(range(0, len(prompts), 32), desc="instances", unit="batch", disable=not progress):
             answers += self._generate(prompts[i:i + 32])
         out = []
         for instruction, continuation in zip(instructions, answers):
@@ -275,7 +274,6 @@ class SelfInstruct:
         from tqdm import tqdm
 
         max_rounds = max_rounds or 4 * n // batch + 4
-        self.progress = progress
         kept: list[str] = []
         bar = tqdm(total=n, desc="self-instruct", unit="instr", disable=not progress)
         for _ in range(max_rounds):
@@ -289,7 +287,7 @@ class SelfInstruct:
             if len(kept) >= n:
                 break
         bar.close()
-        records = self.instances(kept)
+        records = self.instances(kept, progress)
         counts = {"rounds": self.counts["rounds"], "teacher_calls": self.calls,
                   "generated": self.counts["generated"], "kept_instructions": len(kept),
                   "removed": {f: self.counts[f] for f in FILTERS},

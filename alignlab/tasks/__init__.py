@@ -17,10 +17,10 @@
 eval/, rewards/ and recipes/ read tasks through these; tasks import only data/ and text/ below them.
 """
 
-from alignlab.tasks.base import PromptRecords, Task, prompt_text
+from alignlab.tasks.base import PromptRecords, Task, prompt_messages, prompt_text
 from alignlab.tasks.gsm8k import GSM8K
 from alignlab.tasks.sources import default_val_source, load_source, task_for, world_spec
 from alignlab.tasks.tinyworld import TinyWorldMath, TinyWorldSafety, TinyWorldTools
 
 __all__ = ["GSM8K", "PromptRecords", "Task", "TinyWorldMath", "TinyWorldSafety", "TinyWorldTools",
-           "default_val_source", "load_source", "prompt_text", "task_for", "world_spec"]
+           "default_val_source", "load_source", "prompt_messages", "prompt_text", "task_for", "world_spec"]

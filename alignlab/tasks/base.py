@@ -19,6 +19,11 @@ from __future__ import annotations
 from alignlab.tasks.answers import answers_equal, extract_answer, format_ok, gold_answer
 
 
+def prompt_messages(prompt) -> list[dict]:
+    """A prompt as chat messages: a text becomes one user message, a conversation is copied."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
 def prompt_text(prompt) -> str:
     """The question of a prompt: the text itself, or the last user message of a conversation."""
     if isinstance(prompt, str):
