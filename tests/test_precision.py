@@ -121,6 +121,17 @@ def test_cuda_gets_bf16(monkeypatch, tmp_path):
     assert runs == []
 
 
+def test_a_gpu_without_bf16_units_gets_fp32(monkeypatch, tmp_path):
+    fake_cpu(monkeypatch, tmp_path, AVX2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    p = P.resolve_precision("auto", "cuda")
+    assert p.name == "fp32" and "Tesla T4" in p.why and "8.0" in p.why
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert P.resolve_precision("auto", "cuda").name == "bf16"
+
+
 def test_the_real_measurement_is_a_ratio():
     assert 0.001 < P.bf16_speedup(sizes=(64, 128), seconds=0.05) < 1000
 

@@ -220,6 +220,8 @@ def resolve_precision(requested: str = "auto", device: str | torch.device = "cpu
 
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device) if torch.cuda.is_available() else "GPU"
+        if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] < 8:  # T4, V100: no bf16 units
+            return chose("fp32", f"CUDA ({name}): no native bf16 before compute capability 8.0 (Ampere)")
         return chose("bf16", f"CUDA ({name})")
     if device.type != "cpu":
         return chose("fp32", f"{device.type}: auto picks bf16 on CUDA and on CPUs with native bf16 only")
