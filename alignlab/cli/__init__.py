@@ -19,6 +19,7 @@ from pathlib import Path
 
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
 from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
+from alignlab.cli.quant import cmd_quantize, quantize_arguments
 from alignlab.cli.synth import cmd_synth, synth_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
 from alignlab.errors import UserError
@@ -451,6 +452,8 @@ COMMANDS = [
             recipe_arguments(None, "model=runs/pipeline/sft/model data=tinyworld:preferences"), cmd_reward_model),
     Command("synth", "synthetic data: self-instruct, rejection sampling (RFT), decontamination against eval sets",
             synth_arguments, cmd_synth),
+    Command("quantize", "post-training quantisation: int8 (LLM.int8), nf4, round-to-nearest, GPTQ, AWQ",
+            quantize_arguments, cmd_quantize),
     Command("inspect-data", "show one SFT example with its trained tokens highlighted", inspect_data_arguments,
             cmd_inspect_data),
     Command("memory", "memory of a training step: weights, gradients, optimizer, activations", memory_arguments,
