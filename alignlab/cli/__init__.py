@@ -19,6 +19,7 @@ from pathlib import Path
 
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
 from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
+from alignlab.cli.export import cmd_export, export_arguments
 from alignlab.cli.quant import cmd_quantize, quantize_arguments
 from alignlab.cli.synth import cmd_synth, synth_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
@@ -427,6 +428,8 @@ def cmd_demo(args):
 
 COMMANDS = [
     Command("info", "architecture, parameters, FLOPs and memory of a model", info_arguments, cmd_info),
+    Command("export", "write a model in another runtime's format: gguf (llama.cpp; f32, f16, q8_0, q4_0)",
+            export_arguments, cmd_export),
     Command("generate", "complete a prompt (prints only the completion)", generate_arguments, cmd_generate),
     Command("chat", "interactive chat with streaming, using the chat template", chat_arguments, cmd_chat),
     Command("agent", "a model (a directory or an OpenAI-compatible URL) that calls tools until it answers",
