@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "alignlab"
 LAYERS = [
     {"errors", "config", "objectives"},
     {"model"},
-    {"lora", "quant"},
+    {"lora", "quant", "merge"},
     {"text"},
     {"data"},
     {"tasks"},

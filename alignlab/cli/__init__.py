@@ -20,6 +20,7 @@ from pathlib import Path
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
 from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
 from alignlab.cli.export import cmd_export, export_arguments
+from alignlab.cli.merge import cmd_merge, merge_arguments
 from alignlab.cli.quant import cmd_quantize, quantize_arguments
 from alignlab.cli.synth import cmd_synth, synth_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
@@ -451,6 +452,8 @@ COMMANDS = [
     Command("distill", "knowledge distillation: a student learns a teacher's token distributions (KL, GKD, on-policy)",
             recipe_arguments(None, "student=runs/small/model teacher=runs/pipeline/sft/model data=chats.jsonl "
                                    "lmbda=0.5"), cmd_distill),
+    Command("merge", "merge models or LoRA adapters of one base: linear, task arithmetic, TIES, DARE, SLERP",
+            merge_arguments, cmd_merge),
     Command("reward-model", "train a reward model on preference pairs (Bradley-Terry)",
             recipe_arguments(None, "model=runs/pipeline/sft/model data=tinyworld:preferences"), cmd_reward_model),
     Command("synth", "synthetic data: self-instruct, rejection sampling (RFT), decontamination against eval sets",
