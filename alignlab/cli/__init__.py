@@ -360,6 +360,11 @@ def serve_arguments(p):
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together (default 64)")
     p.add_argument("--max-queue", type=int, default=None,
                    help="sequences that may wait beyond --max-num-seqs before requests get 429 (default: no limit)")
+    p.add_argument("--speculative-model", default=None, metavar="DIR",
+                   help="a small draft model with the same tokenizer: speculative decoding (same outputs in "
+                        "distribution; runs on the static engine, one request at a time: no continuous batching)")
+    p.add_argument("--num-speculative-tokens", type=int, default=None, metavar="K",
+                   help="tokens the draft guesses per target forward, 1..16 (default 4 with --speculative-model)")
 
 
 def cmd_serve(args):
@@ -371,9 +376,14 @@ def cmd_serve(args):
         if not eq or not name or not path:
             raise UserError(f"--lora {spec!r}: give NAME=DIR")
         loras[name] = path
+    if args.num_speculative_tokens is not None and args.speculative_model is None:
+        raise UserError("--num-speculative-tokens needs --speculative-model DIR")
     model, tokenizer = load_for_inference(args.model, args.dtype)
+    draft = None if args.speculative_model is None else load_for_inference(args.speculative_model, args.dtype)[0]
+    k = 0 if draft is None else 4 if args.num_speculative_tokens is None else args.num_speculative_tokens
     state = build_state(model, tokenizer, model_names=args.served_model_name or [args.model], model_path=args.model,
-                        loras=loras, api_keys=args.api_keys, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue)
+                        loras=loras, api_keys=args.api_keys, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
+                        draft_model=draft, num_speculative_tokens=k)
     serve(state, host=args.host, port=args.port)
 
 

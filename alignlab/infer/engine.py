@@ -23,6 +23,10 @@ cast to fp32 before the processors, so sampling and log-probabilities are fp32 w
 CPU each generation multiplies by weights laid out once for oneDNN (`model/linear.py: packed_weights`; an
 inference model's frozen weights stay laid out between calls), keeps its KV cache in fp32 (CausalLM.new_cache), and
 decodes through model/decode.py's flat one-token step where it applies (same logits, fewer operations).
+
+Speculative decoding: a request whose SamplingParams carry a draft_model runs in infer/speculative.py instead (the
+draft guesses num_speculative_tokens tokens, one forward of this model checks them; one request at a time), with
+the same stop rules, Completion and log-probs; its counters add up in Engine.speculative_stats.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 import torch
 
 from alignlab.infer import sampling as S
+from alignlab.infer import speculative
 from alignlab.model.decode import DecodeStep
 from alignlab.model.linear import PackedWeights, packed_weights
 
@@ -58,6 +63,10 @@ class SamplingParams:
     # mask of the tokens it may draw next, advance(token_id) and done; its end_ids also stop the request
     # (alignlab.tools.guided: a tool call that always fits its schema)
     guide: object | None = None
+    # speculative decoding (infer/speculative.py): a smaller CausalLM over the same vocabulary guesses
+    # num_speculative_tokens (1..16) tokens a round, this model checks them in one forward; same output distribution
+    draft_model: object | None = None
+    num_speculative_tokens: int = 0
 
     def __post_init__(self):
         if isinstance(self.stop, str):
@@ -71,7 +80,11 @@ class SamplingParams:
                   (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
                   (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
                   (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-                  (all(self.stop), "stop strings must be non-empty")]
+                  (all(self.stop), "stop strings must be non-empty"),
+                  (self.draft_model is None or 1 <= self.num_speculative_tokens <= speculative.MAX_TOKENS,
+                   f"num_speculative_tokens must be in 1..{speculative.MAX_TOKENS} with a draft_model"),
+                  (self.draft_model is not None or self.num_speculative_tokens == 0,
+                   "num_speculative_tokens needs a draft_model")]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
@@ -199,6 +212,7 @@ class Engine:
         self.eos_token_ids = sorted(set(eos))
         self.device = next(model.parameters()).device
         self.packs = PackedWeights()
+        self.speculative_stats = speculative.Stats()  # summed over the speculative requests this engine ran
 
     # --- public API ----------------------------------------------------------------------------------
 
@@ -255,6 +269,8 @@ class Engine:
                 raise ValueError(f"prompt token ids must be in [0, {vocab})")
             if p.stop and self.tokenizer is None:
                 raise ValueError("stop strings need a tokenizer")
+            if p.draft_model is not None:
+                speculative.check(self.model, p)
             requests.append(_Request(prompt, p, set(self.eos_token_ids), self._stop_string_ids(p.stop),
                                      self.device))
         return requests
@@ -263,6 +279,10 @@ class Engine:
 
     def _run(self, requests: list[_Request]) -> Iterator[None]:
         """Generate for all requests, yielding after each step (outside inference mode, for stream())."""
+        if any(r.params.draft_model is not None for r in requests):  # speculative: each alone, first
+            yield from speculative.generate(self, [r for r in requests if r.params.draft_model is not None],
+                                            self.speculative_stats)
+            requests = [r for r in requests if r.params.draft_model is None]
         for r in requests:
             if r.params.max_new_tokens == 0:
                 self._finish(r, "length")

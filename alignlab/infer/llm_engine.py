@@ -80,6 +80,8 @@ class LLMEngine:
         if request_id in self.requests:
             raise UserError(f"request_id {request_id!r} is already in flight")
         params = params or SamplingParams()
+        if params.draft_model is not None:  # speculative decoding runs one request at a time, on the static Engine
+            raise UserError(f"request {request_id!r}: speculative decoding (draft_model) needs the static Engine")
         try:
             (req,) = self.engine._requests([prompt], params)
         except (TypeError, ValueError) as e:

@@ -11,6 +11,7 @@ to a cache through these methods only, so another layout (a paged cache) can sta
     rows(index)          the cache seen as its rows `index`, for a forward over some of them (a prefill)
     copy_rows(src, dst)  row dst[i] becomes a copy of row src[i] (one prompt prefilled for several requests)
     keep_rows(index)     keep only the rows `index`, in that order (drop finished rows)
+    truncate(length)     forget every slot from `length` on (speculative decoding's rejected tokens)
 
 Rows may hold different lengths: row b's new tokens go to its slots [lengths[b], lengths[b] + T), and `append`
 returns slots [0, max(lengths) + T) of every row; the causal mask hides a row's slots past its own tokens.
@@ -123,6 +124,13 @@ class KVCache:
         self._k, self._v = k, v
         self._lengths = [self._lengths[i] for i in index]
         self._written = n
+
+    def truncate(self, length: int):
+        """Every row keeps its slots [0, length) and forgets the rest, e.g. the keys of draft tokens that speculative
+        decoding rejected; the next append overwrites them. No copy: only the lengths move back."""
+        if not 0 <= length <= min(self._lengths, default=0):
+            raise ValueError(f"cannot truncate rows of lengths {self._lengths} to {length}")
+        self._lengths = [length] * len(self._lengths)
 
 
 class CacheRows:

@@ -14,6 +14,10 @@ frees their KV blocks at once. `stop()` lets the requests in flight finish, then
 The engine is `alignlab.infer.llm_engine.LLMEngine` (continuous batching over a paged KV cache) when it is
 importable, else `StaticEngineCore` below: the same four methods over the static `Engine`, which runs the
 waiting requests to completion as one batch per step (requests that arrive meanwhile wait for the next step).
+
+Speculative decoding (`alignlab serve --speculative-model DIR`): the server runs StaticEngineCore with every
+request's SamplingParams carrying the draft model, so continuous batching is off in that mode: the engine runs
+the waiting requests one after another (infer/speculative.py decodes one request at a time), each to its end.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ import itertools
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-from alignlab.infer import Completion, Engine, SamplingParams
+from alignlab.errors import ConfigError
+from alignlab.infer import Completion, Engine, SamplingParams, speculative
 
 
 @dataclass
@@ -76,15 +81,23 @@ class StaticEngineCore:
     Each step generates every waiting request to completion (base-model requests as one batch, each adapter's
     request alone under its slot) and returns one finished RequestOutput per request, holding all its tokens
     (and their log-probs and top log-probs, when asked for).
+
+    With a draft_model, every request decodes speculatively (num_speculative_tokens guesses a round, one request
+    at a time); a request asking for what that path does not support (top_logprobs, repetition_penalty, a guide)
+    is refused when it is added.
     """
 
-    def __init__(self, model, tokenizer, adapters=None):
+    def __init__(self, model, tokenizer, adapters=None, draft_model=None, num_speculative_tokens: int = 0):
         self.model, self.adapters = model, adapters
         self.engine = Engine(model, tokenizer)
         self.waiting: dict[str, tuple[list[int], SamplingParams, str | None]] = {}
+        self.speculative = {} if draft_model is None else dict(draft_model=draft_model,
+                                                                num_speculative_tokens=num_speculative_tokens)
 
     def add_request(self, request_id: str, prompt: list[int] | str, params: SamplingParams,
                     adapter: str | None = None) -> None:
+        if self.speculative:
+            params = replace(params, **self.speculative)
         (req,) = self.engine._requests([prompt], params)  # the engine's checks now, not in a later batch
         if adapter is not None and (self.adapters is None or adapter not in self.adapters.names()):
             raise ValueError(f"request {request_id!r}: unknown adapter {adapter!r}")
@@ -116,11 +129,22 @@ class StaticEngineCore:
         return outputs
 
 
-def make_core(model, tokenizer, adapters=None, max_num_seqs: int = 64, engine: str = "auto"):
+def make_core(model, tokenizer, adapters=None, max_num_seqs: int = 64, engine: str = "auto", draft_model=None,
+              num_speculative_tokens: int = 0):
     """engine "continuous": LLMEngine (continuous batching, paged KV cache); "static": StaticEngineCore;
-    "auto": LLMEngine where alignlab has it."""
+    "auto": LLMEngine where alignlab has it. With a draft_model (speculative decoding): StaticEngineCore
+    ("continuous" is refused), each request's params carrying the draft and num_speculative_tokens."""
     if engine not in ("auto", "continuous", "static"):
         raise ValueError(f"engine must be auto, continuous or static, not {engine!r}")
+    if draft_model is not None or num_speculative_tokens:
+        if engine == "continuous":
+            raise ConfigError("speculative decoding runs on the static engine, not the continuous one")
+        try:  # the checks a request would meet, once now: k's range, the draft's vocabulary and device
+            speculative.check(model, SamplingParams(draft_model=draft_model,
+                                                    num_speculative_tokens=num_speculative_tokens))
+        except ValueError as e:
+            raise ConfigError(f"speculative decoding: {e}") from None
+        return StaticEngineCore(model, tokenizer, adapters, draft_model, num_speculative_tokens)
     if engine != "static":
         try:
             from alignlab.infer.llm_engine import LLMEngine
