@@ -41,7 +41,7 @@ import time
 
 import torch
 import transformers as tf
-from dtypes import DTYPES, add_dtype_argument, capability, describe, parse_dtypes
+from dtypes import DTYPES, add_dtype_argument, capability, cpu_idle_fraction, describe, parse_dtypes
 
 import alignlab.infer.engine as engine_module
 from alignlab.infer import Engine, SamplingParams
@@ -85,21 +85,6 @@ def run_hf(hf, prompts: torch.Tensor, new: int) -> torch.Tensor:
 def run_ours(engine: Engine, prompts: torch.Tensor, new: int) -> torch.Tensor:
     params = SamplingParams(max_new_tokens=new, temperature=0.0, ignore_eos=True)
     return torch.tensor([c.token_ids for c in engine.generate(prompts.tolist(), params)])
-
-
-def cpu_idle_fraction(window: float = 0.5) -> float:
-    """Fraction of CPU time spent idle over `window` seconds (1.0 where /proc/stat does not exist)."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)  # idle + iowait, total
-    try:
-        idle0, total0 = read()
-        time.sleep(window)
-        idle1, total1 = read()
-    except OSError:
-        return 1.0
-    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def wait_for_idle(max_wait: float | None = None, idle: float = 0.9):

@@ -57,7 +57,7 @@ import time
 from pathlib import Path
 
 import torch
-from dtypes import cpu_line, cpuinfo
+from dtypes import cpu_idle_fraction, cpu_line, cpuinfo
 
 from alignlab.data.world import MATH_LEVELS, TinyWorld
 from alignlab.infer import Engine, SamplingParams
@@ -86,21 +86,6 @@ def world_prompts(tok, n: int, seed: int) -> list[list[int]] | None:
     pools = [world.rl_prompts("test", level=level) for level in MATH_LEVELS] + [world.safety_prompts("test")]
     chats = [pool[i] for i in range(n) for pool in pools if i < len(pool)][:n]
     return [tok.apply_chat_template(c["prompt"], add_generation_prompt=True, tokenize=True) for c in chats]
-
-
-def cpu_idle_fraction(window: float = 0.5) -> float:
-    """Fraction of CPU time spent idle over `window` seconds (1.0 where /proc/stat does not exist)."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return v[3] + v[4], sum(v)  # idle + iowait, total
-    try:
-        idle0, total0 = read()
-        time.sleep(window)
-        idle1, total1 = read()
-    except OSError:
-        return 1.0
-    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def wait_for_idle(max_wait: float = IDLE_WAIT, idle: float = 0.9) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 
 import torch
 
@@ -45,6 +46,21 @@ def capability() -> str:
     """torch's CPU kernel level (AVX2, AVX512, ...) and the bf16 flags: "AVX512 (avx512_bf16)"."""
     _, flags = cpuinfo()
     return f"{torch.backends.cpu.get_cpu_capability()} ({', '.join(flags) or 'no bf16 flags'})"
+
+
+def cpu_idle_fraction(window: float = 0.5) -> float:
+    """Fraction of CPU time spent idle over `window` seconds (1.0 where /proc/stat does not exist)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, total
+    try:
+        idle0, total0 = read()
+        time.sleep(window)
+        idle1, total1 = read()
+    except OSError:
+        return 1.0
+    return (idle1 - idle0) / max(1, total1 - total0)
 
 
 def cpu_line() -> str:
