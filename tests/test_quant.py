@@ -167,6 +167,13 @@ def test_quantize_cli(tmp_path, base, capsys):
     printed = capsys.readouterr().out
     assert "round-to-nearest" in printed and "held-out perplexity" in printed
     assert main(["generate", "--model", str(out), "--prompt", "1 + 2 =", "--max-new-tokens", "4"]) == 0
+    from alignlab.errors import CheckpointError
+    from alignlab.eval.backends import LocalModel
+    from alignlab.model.hf import load_model
+
+    assert type(LocalModel(str(out)).model.model.layers[0].mlp.up_proj) is QuantLinear
+    with pytest.raises(CheckpointError, match="quantised checkpoint"):
+        load_model(out)
     assert main(["quantize", "--model", str(base), "--method", "rtn", "--group-size", "48",
                  "--out", str(tmp_path / "x")]) == 2
     assert "group_size" in capsys.readouterr().err

@@ -89,7 +89,12 @@ class LocalModel(EngineModel):
 
         resolved = Path(resolve_model_dir(path))
         precision = resolve_precision(dtype, "cpu", "infer")
-        model = load_model(resolved, dtype=precision.dtype).requires_grad_(False).eval()
+        from alignlab.quant import is_quantized, load_quantized
+
+        if is_quantized(resolved):  # its layers dequantise to fp32 as they run
+            model = load_quantized(resolved)
+        else:
+            model = load_model(resolved, dtype=precision.dtype).requires_grad_(False).eval()
         super().__init__(model, load_tokenizer(resolved), batch_size=batch_size)
         weights = sorted(resolved.glob("*.safetensors")) or sorted(resolved.glob("*.bin"))
         stamp = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]

@@ -268,6 +268,10 @@ def load_model(name_or_path, device: str | torch.device = "cpu", dtype: torch.dt
     """Load a Hugging Face model directory (or Hub id) into a CausalLM."""
     model_dir = resolve_model_dir(name_or_path)
     hf, config = read_config(model_dir)
+    if hf.get("quantization_config"):
+        method = hf["quantization_config"].get("quant_method", "?")
+        raise CheckpointError(f"{model_dir}: a quantised checkpoint ({method}); load it with "
+                              "alignlab.quant.load_quantized (the generate, chat, serve and eval commands do)")
     if attn_impl:
         config.attn_impl = attn_impl
     device = torch.device(device)
