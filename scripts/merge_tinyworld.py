@@ -167,6 +167,19 @@ def span(levels: list[int]) -> str:
     return "L" + ",".join(map(str, levels))
 
 
+def results_table(results: dict[str, dict], levels: list[int], hard_name: str) -> str:
+    """The Markdown table of every model's math (levels, the hard levels with their interval) and tool use."""
+    for r in results.values():
+        lo, hi = r["hard_ci"]
+        r["hard_cell"] = f"{r['hard_accuracy']:.1%} ({lo:.0%}-{hi:.0%})"
+    n_hard = next(iter(results.values()))["n_hard"]
+    cols = [(f"math {span(levels)}", "math_accuracy"), *[(f"L{lv}", f"accuracy_L{lv}") for lv in levels],
+            (f"{hard_name} (n={n_hard})", "hard_cell"), ("format", "format_rate"),
+            ("exact call", "exact_call"), ("call rate", "call_rate"), ("no call", "no_call"),
+            ("answer", "tool_answer"), ("direct", "direct_answer")]
+    return markdown_table(results, cols)
+
+
 def merge_all(jobs: dict, dirs: dict, base: Path, out: Path) -> float:
     """Write each job's merge under OUT/models/ (adding it to `dirs`); returns the seconds it took."""
     t0 = time.time()
@@ -297,9 +310,6 @@ def pipeline_mode(args, run: Path, out: Path, world: TinyWorld, seed: int) -> No
                       "hard_minus_sft": r["hard_accuracy"] - ref_sft["hard_accuracy"],
                       "exact_call_vs_tools": ratio(r["exact_call"], ref_tools["exact_call"])}
         kept[name]["hard_points"] = f"{100 * kept[name]['hard_minus_sft']:+.1f}"
-    for r in results.values():
-        lo, hi = r["hard_ci"]
-        r["hard_cell"] = f"{r['hard_accuracy']:.1%} ({lo:.0%}-{hi:.0%})"
 
     r0 = ref_sft
     hard_name = span(hard_levels)
@@ -308,11 +318,7 @@ def pipeline_mode(args, run: Path, out: Path, world: TinyWorld, seed: int) -> No
           f"and {hard_name} with {r0['n_hard']} prompts (95% Wilson interval); tool use on {r0['n_tool']} held-out "
           f"prompts (exact call, call rate and answer over those needing a tool, no call over those needing none, "
           f"'direct' the sums needing no tool answered right). Greedy, {precision.dtype}.\n")
-    cols = [(f"math {span(levels)}", "math_accuracy"), *[(f"L{lv}", f"accuracy_L{lv}") for lv in levels],
-            (f"{hard_name} (n={r0['n_hard']})", "hard_cell"), ("format", "format_rate"),
-            ("exact call", "exact_call"), ("call rate", "call_rate"), ("no call", "no_call"),
-            ("answer", "tool_answer"), ("direct", "direct_answer")]
-    print(markdown_table(results, cols))
+    print(results_table(results, levels, hard_name))
     print("\nKept, per merge (ratios of the accuracies above):\n")
     print(markdown_table(kept, [("math / grpo math", "math_vs_grpo"),
                                 (f"{hard_name} / grpo {hard_name}", "hard_vs_grpo"),
@@ -558,9 +564,6 @@ def lora_from_sft_mode(args, run: Path, out: Path, world: TinyWorld, seed: int) 
                            "math_gain_kept_over_tools": ratio(change, math_gain) if math_gain > 0 else float("nan"),
                            "tools_cell": f"{100 * change:+.1f} ({100 * lo:+.1f} to {100 * hi:+.1f})"})
         kept[name]["math_cell"] = f"{100 * kept[name]['math_minus_sft']:+.1f}"
-    for r in results.values():
-        lo, hi = r["hard_ci"]
-        r["hard_cell"] = f"{r['hard_accuracy']:.1%} ({lo:.0%}-{hi:.0%})"
 
     hard_name = span(hard_levels)
     print(f"\nTinyWorld seed {seed}, run {run}: base = SFT; a tools LoRA (tools-stage chats + SFT replay, lr "
@@ -568,11 +571,7 @@ def lora_from_sft_mode(args, run: Path, out: Path, world: TinyWorld, seed: int) 
           f"from SFT, merged onto it. Math: levels {','.join(map(str, levels))}, {per_level} prompts per level "
           f"({r0['n_math']} in all), and {hard_name} with {r0['n_hard']} prompts (95% Wilson interval); tool use on "
           f"{r0['n_tool']} held-out prompts. Greedy, {precision.dtype}.\n")
-    cols = [(f"math {span(levels)}", "math_accuracy"), *[(f"L{lv}", f"accuracy_L{lv}") for lv in levels],
-            (f"{hard_name} (n={r0['n_hard']})", "hard_cell"), ("format", "format_rate"),
-            ("exact call", "exact_call"), ("call rate", "call_rate"), ("no call", "no_call"),
-            ("answer", "tool_answer"), ("direct", "direct_answer")]
-    print(markdown_table(results, cols))
+    print(results_table(results, levels, hard_name))
     print(f"\nKept, per model: {hard_name} minus SFT in points (paired bootstrap 95% interval over the "
           f"{r0['n_hard']} prompts) and that over the math adapter's own gain ({100 * math_gain:+.1f} points); "
           f"{hard_name} minus the tools adapter's (what the math delta adds to the tools delta) and that over the "

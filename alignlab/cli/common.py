@@ -12,12 +12,11 @@ def load_for_inference(model_dir: str, dtype: str = "auto"):
     from alignlab.text import load_tokenizer
 
     path = resolve_model_dir(model_dir)
-    if (path / "config.json").is_file() and "quantization_config" in (path / "config.json").read_text():
-        from alignlab.quant.checkpoint import is_quantized, load_quantized
+    from alignlab.quant.checkpoint import is_quantized, load_quantized
 
-        if is_quantized(path):  # its layers dequantise to fp32 as they run
-            print(f"quantised model: {path}", file=sys.stderr)
-            return load_quantized(path), load_tokenizer(path)
+    if is_quantized(path):  # its layers dequantise to fp32 as they run
+        print(f"quantised model: {path}", file=sys.stderr)
+        return load_quantized(path), load_tokenizer(path)
     precision = resolve_precision(dtype, "cpu", "infer")
     model, tokenizer = load_model(path, dtype=precision.dtype), load_tokenizer(path)
     model.requires_grad_(False)  # inference only: the engine keeps the weights' packed layout between requests

@@ -24,14 +24,9 @@ from __future__ import annotations
 
 import torch
 
-from alignlab.quant.intq import dequantize_groups, rtn
+from alignlab.quant.intq import rtn_weight
 
 GRID = 20  # alpha in {0, 1/20, ..., 19/20}
-
-
-def fake_quantize(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
-    """Q(w): round-to-nearest on groups and back to floats (what the search compares)."""
-    return dequantize_groups(*rtn(w, bits, group_size, sym))
 
 
 @torch.no_grad()
@@ -50,7 +45,7 @@ def search_scale(x: torch.Tensor, weights: list[torch.Tensor], bits: int = 4, gr
     for i in range(grid):
         s = mean_abs.pow(i / grid)
         s = s / (s.max() * s.min()).sqrt()
-        w_q = fake_quantize(W * s, bits, group_size, sym) / s
+        w_q = rtn_weight(W * s, bits, group_size, sym) / s  # Q(W diag(s)) diag(s)^-1
         err = float((x @ w_q.t() - y).pow(2).mean())
         first = err if first is None else first
         if err < best:

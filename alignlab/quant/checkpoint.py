@@ -188,8 +188,7 @@ def load_quantized(name_or_path) -> CausalLM:
         if not {"qweight", "SCB", "weight.absmax"} & set(mine):  # left in float (or tied)
             sd.update({prefix + k: v for k, v in mine.items()})
             continue
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner), attr, layer_from_tensors(mine, qc, m.in_features, m.out_features))
+        model.set_submodule(name, layer_from_tensors(mine, qc, m.in_features, m.out_features))
     if config.tie_embeddings:
         sd.pop("lm_head.weight", None)
     missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -71,6 +71,11 @@ def rtn(w: torch.Tensor, bits: int = 4, group_size: int = 128, sym: bool = True)
     return q.to(torch.uint8), scale.view(out_f, -1), zero.view(out_f, -1), group_index(in_f, group_size).to(w.device)
 
 
+def rtn_weight(w: torch.Tensor, bits: int, group_size: int, sym: bool) -> torch.Tensor:
+    """Round-to-nearest and back to floats: the fp32 weight a `rtn` quantisation of w stands for."""
+    return dequantize_groups(*rtn(w, bits, group_size, sym))
+
+
 def dequantize_groups(q: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g_idx: torch.Tensor):
     """The fp32 weight [out, in] from codes q [out, in] and per-group scales and zeros [out, n_groups]:
     w^[:, c] = scales[:, g_idx[c]] (q[:, c] - zeros[:, g_idx[c]])."""

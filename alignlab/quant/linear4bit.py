@@ -141,9 +141,7 @@ def quantize_model(model: nn.Module, skip=("lm_head",), double_quant: bool = Tru
             continue
         targets.append(name)
     for name in targets:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, attr, Linear4bit.from_linear(getattr(parent, attr), double_quant, block, dq_block))
+        model.set_submodule(name, Linear4bit.from_linear(model.get_submodule(name), double_quant, block, dq_block))
     return model
 
 

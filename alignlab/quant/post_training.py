@@ -23,9 +23,9 @@ import torch
 import torch.nn as nn
 
 from alignlab.quant.awq import fold, search_scale
-from alignlab.quant.gptq import gptq, hessian
+from alignlab.quant.gptq import gptq, hessian, output_error
 from alignlab.quant.int8 import Int8Linear
-from alignlab.quant.intq import QuantLinear, rtn
+from alignlab.quant.intq import QuantLinear, dequantize_groups, rtn, rtn_weight
 from alignlab.quant.linear4bit import quantize_model as quantize_nf4_model
 
 METHODS = ("int8", "nf4", "rtn", "gptq", "awq")
@@ -77,11 +77,6 @@ def check_shapes(model: nn.Module, cfg: QuantConfig) -> None:
                                  f"{cfg.group_size}; pick a group size that divides it (or -1)")
 
 
-def _replace(parent: nn.Module, name: str, new: nn.Module) -> None:
-    owner_name, _, attr = name.rpartition(".")
-    setattr(parent.get_submodule(owner_name) if owner_name else parent, attr, new)
-
-
 def _quant_layer(linear: nn.Module, codes, cfg: QuantConfig) -> QuantLinear:
     return QuantLinear.from_codes(*codes, bits=cfg.bits, group_size=cfg.group_size, bias=linear.bias, sym=cfg.sym)
 
@@ -126,7 +121,7 @@ def quantize_post_training(model: nn.Module, cfg: QuantConfig, calibration: list
                 new = _quant_layer(linear, codes[name], cfg)
             else:  # rtn, and awq after its scales were folded in
                 new = _quant_layer(linear, rtn(linear.weight, cfg.bits, cfg.group_size, cfg.sym), cfg)
-            _replace(block, name, new.to(linear.weight.device))
+            block.set_submodule(name, new.to(linear.weight.device))
             summary["layers"] += 1
         if progress:
             progress(i + 1, len(blocks))
@@ -168,11 +163,8 @@ def _gptq_block(model, block, layers, calibration, cfg, summary, i):
 
 def _layer_error(w, codes, H, cfg) -> dict:
     """GPTQ's objective for this layer's codes and for round-to-nearest on the same grid (the baseline)."""
-    from alignlab.quant.gptq import output_error
-    from alignlab.quant.intq import dequantize_groups
-
     return {"gptq": output_error(w, dequantize_groups(*codes), H),
-            "rtn": output_error(w, dequantize_groups(*rtn(w, cfg.bits, cfg.group_size, cfg.sym)), H)}
+            "rtn": output_error(w, rtn_weight(w, cfg.bits, cfg.group_size, cfg.sym), H)}
 
 
 MAX_AWQ_TOKENS = 2048  # activations kept per input for AWQ's search
