@@ -103,13 +103,11 @@ def apply_lora(model: nn.Module, config: LoraConfig) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        layer = LoraLinear(getattr(parent, child), r=config.r, lora_alpha=config.lora_alpha,
+        layer = LoraLinear(model.get_submodule(name), r=config.r, lora_alpha=config.lora_alpha,
                            lora_dropout=config.lora_dropout, use_rslora=config.use_rslora,
                            use_dora=config.use_dora, init_lora_weights=config.init_lora_weights)
         layer.train(model.training)
-        setattr(parent, child, layer)
+        model.set_submodule(name, layer)
     model.lora_config = config
     return model
 
@@ -190,8 +188,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
     Parameters stay frozen as apply_lora left them (as in PEFT)."""
     for name, layer in lora_layers(model):
         layer.merge()
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer.base_layer)
+        model.set_submodule(name, layer.base_layer)
     if hasattr(model, "lora_config"):
         del model.lora_config
     return model

@@ -329,10 +329,8 @@ class MultiLora:
     def _wrap(self, module: str):
         if module in self._layers:
             return
-        parent_name, _, child = module.rpartition(".")
-        parent = self.model.get_submodule(parent_name)
-        layer = MultiLoraLinear(getattr(parent, child), self.max_loras, self._batch)
-        setattr(parent, child, layer)
+        layer = MultiLoraLinear(self.model.get_submodule(module), self.max_loras, self._batch)
+        self.model.set_submodule(module, layer)
         self._layers[module] = layer
 
     # --- slots -------------------------------------------------------------------------------------
