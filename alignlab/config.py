@@ -124,6 +124,9 @@ def build(cls, data: dict, origin: str = "config", prefix: str = ""):
             raise ConfigError(f"{origin}: unknown key {prefix}{key}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
+            if isinstance(value, dict) and fields[key].default_factory is not dataclasses.MISSING:
+                # the recipe's own defaults for the block (GRPO's train.lr=1e-6), not the block class's
+                value = merge(dataclasses.asdict(fields[key].default_factory()), value)
             kwargs[key] = build(hint, value, origin, f"{prefix}{key}.")
         else:
             kwargs[key] = _check_value(value, hint, f"{prefix}{key}", origin)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from alignlab.config import ConfigError, load_config, parse_overrides, save_config
@@ -63,3 +65,13 @@ def test_a_key_of_a_nested_block_is_suggested_with_its_section():
 
     with pytest.raises(ConfigError, match=r"unknown key num_generations \(did you mean rollout.num_generations\?\)"):
         load_config(GRPOConfig, overrides=["num_generations=4"])
+
+
+def test_a_nested_override_keeps_the_recipes_defaults_for_the_block():
+    """train.max_steps=3 changes that field only: the rest of the block is GRPO's (lr 1e-6, constant), not
+    TrainConfig's class defaults (lr 1e-3, cosine)."""
+    from alignlab.recipes.grpo import GRPOConfig
+
+    cfg = load_config(GRPOConfig, None, ["train.max_steps=3"])
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.train.schedule) == (3, 1e-6, "constant")
+    assert cfg.train == dataclasses.replace(GRPOConfig().train, max_steps=3)
