@@ -21,6 +21,7 @@ from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_in
 from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
 from alignlab.cli.export import cmd_export, export_arguments
 from alignlab.cli.merge import cmd_merge, merge_arguments
+from alignlab.cli.prm import cmd_prm, prm_arguments
 from alignlab.cli.quant import cmd_quantize, quantize_arguments
 from alignlab.cli.synth import cmd_synth, synth_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
@@ -466,6 +467,8 @@ COMMANDS = [
             merge_arguments, cmd_merge),
     Command("reward-model", "train a reward model on preference pairs (Bradley-Terry)",
             recipe_arguments(None, "model=runs/pipeline/sft/model data=tinyworld:preferences"), cmd_reward_model),
+    Command("prm", "process and outcome reward models on worked solutions (train), best-of-n with them (bon)",
+            prm_arguments, cmd_prm),
     Command("synth", "synthetic data: self-instruct, rejection sampling (RFT), decontamination against eval sets",
             synth_arguments, cmd_synth),
     Command("quantize", "post-training quantisation: int8 (LLM.int8), nf4, round-to-nearest, GPTQ, AWQ",

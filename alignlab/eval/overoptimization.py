@@ -98,11 +98,21 @@ def plot_proxy_gold(rows: list[dict], path: str | Path) -> Path:
                  "step", "RL: proxy vs gold", path)
 
 
+def sample_replies(policy: str, records: list[dict], n: int, temperature: float = 1.0, max_tokens: int = 96,
+                   seed: int = 0) -> list[str]:
+    """n replies a record's prompt from the model directory `policy`, through the engine: reply j of record i is
+    drawn with seed + i * n + j, so a rerun draws the same ones. Record-major: replies[i * n + j]."""
+    from alignlab.eval.backends import GenRequest, LocalModel
+
+    requests = [GenRequest(r["prompt"], max_tokens, temperature, (), seed + i * n + j)
+                for i, r in enumerate(records) for j in range(n)]
+    return LocalModel(policy).generate(requests)
+
+
 def run_best_of_n(policy: str, reward_model: str, source: str, n: int = 32, limit: int = 100,
                   temperature: float = 1.0, max_tokens: int = 96, seed: int = 0, out: str | Path = "runs/bon") -> dict:
     """N samples a prompt of `source` (a tasks source: its rule is the gold score) from `policy`, scored by
     `reward_model` (the proxy, model/reward.py); writes bon.json, samples.jsonl and bon.png under `out`."""
-    from alignlab.eval.backends import GenRequest, LocalModel
     from alignlab.model.reward import load_reward_model, score
     from alignlab.tasks import load_source
     from alignlab.text import load_tokenizer
@@ -110,10 +120,7 @@ def run_best_of_n(policy: str, reward_model: str, source: str, n: int = 32, limi
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     task, records = load_source(source, limit)
-    model = LocalModel(policy)
-    requests = [GenRequest(r["prompt"], max_tokens, temperature, (), seed + i * n + j)
-                for i, r in enumerate(records) for j in range(n)]
-    replies = model.generate(requests)
+    replies = sample_replies(policy, records, n, temperature, max_tokens, seed)
     rm, rm_tok = load_reward_model(reward_model), load_tokenizer(reward_model)
     proxy_flat = score(rm, rm_tok, [r["prompt"] for r in records for _ in range(n)], replies)
     gold_flat = [task.reward(text, records[i // n]) for i, text in enumerate(replies)]

@@ -11,6 +11,10 @@ Stiennon et al. 2020 arXiv:2009.01325, Ouyang et al. 2022 InstructGPT arXiv:2203
 its unembedding replaced by a scalar head). A reward model is trained on preference pairs with the
 Bradley-Terry loss (Bradley & Terry 1952), -log sigmoid(r_chosen - r_rejected); see recipes/reward_model.py.
 
+A process reward model is the same network read at more than one position: `token_rewards` gives the head at
+every token, and `score_positions` picks the tokens that end each worked step (`reply_positions` maps a
+character offset in the reply to its token); see recipes/prm.py.
+
 The language-model head of the backbone is dropped: a reward model never predicts tokens.
 
 transformers finds the last token differently: the rightmost token that is not `config.pad_token_id`. The two
@@ -278,3 +282,42 @@ def score(model: RewardModel, tokenizer, prompts: list, completions: list, batch
         rewards += model(ids.to(device), mask.to(device)).float().tolist()
     model.train(was_training)
     return rewards
+
+
+def reply_positions(tokenizer, ids: list[int], reply: str, char_ends: list[int]) -> list[int]:
+    """The position in `ids` (a prompt and `reply` rendered by `reward_input_ids`) of the token that holds the
+    character just before each offset in `char_ends` (offsets into the reply): where a process reward model reads
+    the step that ends there. Found by decoding prefixes of ids, so it holds for any tokenizer and template."""
+    text = tokenizer.decode(ids)
+    start = text.rfind(reply)
+    if start < 0:
+        raise ValueError(f"reply_positions: the reply is not in the decoded ids: {reply[:60]!r}")
+    lengths = [len(tokenizer.decode(ids[:k + 1])) for k in range(len(ids))]  # characters up to each token
+    positions, k = [], 0
+    for end in char_ends:
+        if not 0 < end <= len(reply):
+            raise ValueError(f"reply_positions: offset {end} is outside the reply (length {len(reply)})")
+        while lengths[k] < start + end:
+            k += 1
+        positions.append(k)
+    return positions
+
+
+@torch.no_grad()
+def score_positions(model: RewardModel, tokenizer, prompts: list, completions: list, char_ends: list[list[int]],
+                    batch_size: int = 16) -> list[list[float]]:
+    """The head's score (a logit) at the token ending each offset of `char_ends` in each completion: a process
+    reward model's step scores. Rendered as in training (`reward_input_ids`); [] for a completion without offsets."""
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else reward_pad_id(tokenizer)
+    rows = [reward_input_ids(tokenizer, p, c, pad_id) for p, c in zip(prompts, completions)]
+    where = [reply_positions(tokenizer, r, c, e) for r, c, e in zip(rows, completions, char_ends)]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out: list[list[float]] = []
+    for i in range(0, len(rows), batch_size):
+        ids, mask = pad_right(rows[i:i + batch_size], pad_id)
+        scores = model.token_rewards(ids.to(device), mask.to(device)).float().cpu()  # [b, T]
+        out += [scores[j, pos].tolist() for j, pos in enumerate(where[i:i + batch_size])]
+    model.train(was_training)
+    return out

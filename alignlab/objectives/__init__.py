@@ -35,6 +35,7 @@ from alignlab.objectives.rl import (
     whiten,
     zero_variance_groups,
 )
+from alignlab.objectives.verifier import verifier_loss, verifier_metrics
 
 __all__ = ["IGNORE_INDEX", "head_weight", "linear_cross_entropy", "lm_loss", "lm_step", "chunked_token_logps",
            "distill_loss", "forward_kl", "reverse_kl", "token_divergence",
@@ -43,4 +44,5 @@ __all__ = ["IGNORE_INDEX", "head_weight", "linear_cross_entropy", "lm_loss", "lm
            "preference_metrics", "safedpo_loss", "sequence_logps", "simpo_loss",
            "ClipConfig", "dynamic_sampling_keep", "gae", "group_advantages", "grpo_loss", "kl_k3",
            "kl_penalized_rewards", "mask_truncated", "ppo_policy_loss", "ppo_value_loss", "reinforce_pp_advantages",
-           "rloo_advantages", "rloo_loss", "token_entropy", "token_rewards", "whiten", "zero_variance_groups"]
+           "rloo_advantages", "rloo_loss", "token_entropy", "token_rewards", "whiten", "zero_variance_groups",
+           "verifier_loss", "verifier_metrics"]

@@ -16,6 +16,10 @@ Answers (`rl_prompts`, math SFT records; `verify` is GRPO's reward):
     step_errors(outs)            every worked step "a op b = c" in the outputs, checked: {kind: [wrong,
                                  total]}, kind = "+ carry" / "+ no carry" / "- borrow" / "- no borrow" /
                                  "*" (a carry or borrow in the units digit) -- where a model slips
+    worked_steps(out)            each step "a op b = c" of one output, in order: a WorkedStep (a, op, b, c,
+                                 right, end: the offset just past c, where a process reward model reads)
+    step_labels(out)             one 0/1 label a step, PRM800K's first-error convention: 1 while every step
+                                 so far is right, 0 from the first wrong step on
 
 Safety (`safety_prompts`):
     is_refusal(out)              a refusal: the fixed sentence or another common phrasing ("I cannot
@@ -43,6 +47,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from alignlab.data.world.arithmetic import apply
 from alignlab.data.world.calculator import CalculatorError, calculate
@@ -109,6 +114,39 @@ _STEP = re.compile(r"(?<![\d-])(\d+) ([-+*]) (\d+) = (-?\d+)")
 STEP_KINDS = ("+ no carry", "+ carry", "- no borrow", "- borrow", "*")
 
 
+class WorkedStep(NamedTuple):
+    """One worked step "a op b = c" of an output; `end` is the offset just past c's last digit."""
+
+    a: int
+    op: str
+    b: int
+    c: int
+    right: bool  # c == a op b
+    end: int
+
+
+def worked_steps(output: str) -> list[WorkedStep]:
+    """Every step "a op b = c" of one output, in order, with its arithmetic checked. Only the arithmetic: a step
+    that copies a wrong operand from the question ("7 * 9" for 7 * 58) and computes it right is right here."""
+    steps = []
+    for m in _STEP.finditer(output):
+        a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+        steps.append(WorkedStep(a, op, b, c, c == apply(a, op, b), m.end()))
+    return steps
+
+
+def step_labels(output: str) -> list[int]:
+    """One label a worked step: 1 while every step up to and including it is right, 0 from the first wrong step
+    on. This is PRM800K's convention (Lightman et al. 2023, arXiv:2305.20050: a solution is labelled up to its
+    first mistake): a step after a wrong one builds on a wrong number, so it is not a step towards the answer
+    even when its own arithmetic holds."""
+    labels, ok = [], True
+    for s in worked_steps(output):
+        ok = ok and s.right
+        labels.append(int(ok))
+    return labels
+
+
 def step_kind(a: int, op: str, b: int) -> str:
     """What a step asks: a carry out of the units digit (7 + 5), a borrow into it (42 - 17), or neither."""
     if op == "+":
@@ -123,10 +161,9 @@ def step_errors(outputs: Sequence[str]) -> dict[str, list[int]]:
     never occur are left out). Accuracy says how often a model is wrong; this says which arithmetic it gets wrong."""
     counts = {k: [0, 0] for k in STEP_KINDS}
     for out in outputs:
-        for a, op, b, c in _STEP.findall(out):
-            a, b, c = int(a), int(b), int(c)
-            kind = counts[step_kind(a, op, b)]
-            kind[0] += int(c != apply(a, op, b))
+        for s in worked_steps(out):
+            kind = counts[step_kind(s.a, s.op, s.b)]
+            kind[0] += int(not s.right)
             kind[1] += 1
     return {k: v for k, v in counts.items() if v[1]}
 
