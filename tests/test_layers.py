@@ -21,11 +21,12 @@ LAYERS = [
     {"rewards"},
     {"infer"},
     {"tools"},
+    {"envs"},
     {"train"},
     {"eval"},
     {"rl", "synth"},
     {"recipes"},
-    {"pipeline", "demo", "memory", "serve", "harden"},
+    {"pipeline", "demo", "memory", "serve", "harden", "ace"},
     {"cli", "__main__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alignlab.cli.agents import ace_arguments, agent_rl_arguments, cmd_ace, cmd_agent_rl
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
 from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
 from alignlab.cli.export import cmd_export, export_arguments
@@ -458,6 +459,10 @@ COMMANDS = [
             recipe_arguments("configs/grpo/tinyworld.yaml", "beta=0 loss_type=dr_grpo scale_rewards=none"), cmd_grpo),
     Command("rloo", "RLOO: the GRPO recipe with leave-one-out advantages and trl's sequence-level loss",
             recipe_arguments("configs/grpo/tinyworld.yaml", "beta=0.05"), cmd_rloo),
+    Command("agent-rl", "multi-turn agent RL (tic-tac-toe, guess the number, tool tasks): GRPO over whole games",
+            agent_rl_arguments, cmd_agent_rl),
+    Command("ace", "agentic context engineering: a playbook curated by small delta edits from the model's failures",
+            ace_arguments, cmd_ace),
     Command("ppo", "PPO with a value model: GAE(gamma, lambda), clipped policy and value losses, verifiable rewards",
             recipe_arguments("configs/ppo/tinyworld.yaml", "kl_coef=0.05 num_ppo_epochs=4"), cmd_ppo),
     Command("distill", "knowledge distillation: a student learns a teacher's token distributions (KL, GKD, on-policy)",

@@ -124,11 +124,19 @@ class ServerRollouts:
     def __call__(self, policy, tokenizer, prompt_ids: list[list[int]], num_generations: int,
                  params: SamplingParams, seeds: list[int], pad_id: int, autocast=None) -> Rollout:
         """generate_rollouts' contract (autocast is the server's business); Rollout.seconds counts the push too."""
+        start = time.perf_counter()
+        outs = self.sample(self.push(policy), prompt_ids, num_generations, params, seeds)
+        repeated = [ids for ids in prompt_ids for _ in range(num_generations)]
+        device = next(policy.parameters()).device
+        return make_rollout(repeated, outs, num_generations, pad_id, device, time.perf_counter() - start)
+
+    def sample(self, name: str, prompt_ids: list[list[int]], num_generations: int, params: SamplingParams,
+               seeds: list[int]) -> list[Completion]:
+        """G completions of each prompt from the served model `name` (the adapter `push` returned), the G of a
+        prompt next to each other; one seed per completion."""
         G = num_generations
         if len(seeds) != len(prompt_ids) * G:
             raise ValueError(f"{len(seeds)} seeds for {len(prompt_ids)} prompts x {G} generations")
-        start = time.perf_counter()
-        name = self.push(policy)
         bodies, prompts = [], []  # one request per prompt (n = G), or per completion where seeds are not consecutive
         for i, ids in enumerate(prompt_ids):
             group = [int(s) for s in seeds[i * G:(i + 1) * G]]
@@ -139,12 +147,9 @@ class ServerRollouts:
         workers = max(1, min(len(bodies), self.max_concurrency))
         with ThreadPoolExecutor(workers) as pool:
             answers = list(pool.map(lambda b: self._call("POST", "/completions", b).json(), bodies))
-        outs = [self._completion(choice, ids, params.max_new_tokens)
+        return [self._completion(choice, ids, params.max_new_tokens)
                 for ids, answer in zip(prompts, answers)
                 for choice in sorted(answer["choices"], key=lambda c: c["index"])]
-        repeated = [ids for ids in prompt_ids for _ in range(G)]
-        device = next(policy.parameters()).device
-        return make_rollout(repeated, outs, G, pad_id, device, time.perf_counter() - start)
 
     def _completion(self, choice: dict, prompt: list[int], max_tokens: int) -> Completion:
         """A choice as the engine's Completion: its sampled token ids, or its text re-tokenized (module docstring)."""

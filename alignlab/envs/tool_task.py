@@ -1,0 +1,52 @@
+"""TinyWorld's tool tasks as an environment: a question, tool calls that run, an answer from their results.
+
+The start states are TinyWorld's tool-use chats (data/world/services.py: the weather, the calendar, the town
+directory, the calculator, and sums small enough to answer without a tool), their system prompt and question, every
+tool listed. Each reply is parsed for calls in the Hermes format (`<tool_call>{json}</tool_call>`); calls run in a
+ToolBox over the town's services and their results come back as `tool` messages; a reply without a call ends the
+episode. Reward 1 when the final reply holds every fact of the reference answer and a tool was called exactly when
+one was needed (eval/tool_use.py's `answer` metric), else 0; cut at max_turns replies: 0.
+"""
+
+from __future__ import annotations
+
+from alignlab.data.world import TinyWorld
+from alignlab.data.world.services import Calendar, get_weather
+from alignlab.envs.base import Env, Step
+from alignlab.tools.agent import assistant_message
+from alignlab.tools.calls import parse_calls
+from alignlab.tools.executor import ToolBox
+
+
+class ToolTask(Env):
+    name = "tools"
+
+    def __init__(self, world_seed: int = 0, split: str = "train", max_turns: int = 3):
+        self.world = TinyWorld(world_seed)
+        self.records = self.world.service_conversations(split)
+        self.max_turns = max_turns
+
+    @property
+    def tools(self) -> list[dict]:
+        return self.record["tools"]
+
+    def reset(self, seed: int) -> list[dict]:
+        self.record = self.records[seed % len(self.records)]
+        self.box = ToolBox([get_weather, Calendar().add_event, self.world.directory.lookup], builtins=["calculator"])
+        self.turns, self.calls, self.correct = 0, 0, False
+        return [dict(m) for m in self.record["messages"][:2]]
+
+    def step(self, reply: str) -> Step:
+        self.turns += 1
+        content, calls = parse_calls(reply, "hermes")
+        if calls:
+            self.calls += len(calls)
+            if self.turns >= self.max_turns:
+                return Step([], 0.0, True, {"error": "turn limit"})
+            return Step(self.box.run_all(assistant_message(content, calls, self.turns)["tool_calls"]))
+        needed = self.record["call"] is not None
+        self.correct = all(f in reply for f in self.record["facts"]) and (self.calls > 0) == needed
+        return Step([], float(self.correct), True)
+
+    def outcome(self) -> dict[str, float]:
+        return {"win": float(self.correct), "moves": float(self.turns), "tool_calls": float(self.calls)}
