@@ -255,7 +255,9 @@ GRPO_START = "dpo"  # SFT -> DPO -> RL with verifiable rewards, as in Tulu 3
 REPLAY_LEVELS, REPLAY_SHARE = (1, 2), 0.25  # GRPO's prompts also hold this share of easier ones
 
 
-def stage_grpo(run: Run) -> dict:
+def grpo_setup(run: Run, out_dir: Path, start: Path, **rollout) -> tuple:
+    """(GRPOConfig, aimed, replay, held_out) of the grpo stage from the model in `start`, `rollout` fields overriding
+    its reward; Lab 03's PRM-reward comparison (labs/03_reasoning_rl/prm_reward.py) runs the same settings."""
     from alignlab.recipes import grpo
     from alignlab.rl.collect import RolloutConfig
 
@@ -267,15 +269,22 @@ def stage_grpo(run: Run) -> dict:
                         seed=run.seed, device="cpu", overwrite=True)
     rollout = RolloutConfig(data="tinyworld:rl", num_generations=8, prompts_per_step=s.grpo_prompts,
                             max_prompt_len=2 * s.block_size, max_completion_length=s.max_new_tokens,
-                            reward_funcs={"format": 1.0, "correctness": 1.0}, eval_prompts=100_000)
-    cfg = grpo.GRPOConfig(out_dir=str(run.dir("grpo")), model=str(run.model_dir(GRPO_START)), rollout=rollout,
-                          loss_type="dapo", beta=0.0, train=train)
+                            **{"reward_funcs": {"format": 1.0, "correctness": 1.0}, "eval_prompts": 100_000, **rollout})
+    cfg = grpo.GRPOConfig(out_dir=str(out_dir), model=str(start), rollout=rollout, loss_type="dapo", beta=0.0,
+                          train=train)
     # right answers to the harder levels earn the reward, with a share of easier prompts replayed so that the
     # skills GRPO does not aim at are kept; held out: every test problem of GRPO's levels
     held_out = [r for lv in GRPO_LEVELS for r in run.world.rl_prompts("test", level=lv)]
     aimed = [r for lv in GRPO_LEVELS for r in run.world.rl_prompts("train", level=lv)]
     replay = [r for lv in REPLAY_LEVELS for r in run.world.rl_prompts("train", level=lv)]
     replay = replay[::max(1, round(len(replay) / (REPLAY_SHARE * len(aimed))))]
+    return cfg, aimed, replay, held_out
+
+
+def stage_grpo(run: Run) -> dict:
+    from alignlab.recipes import grpo
+
+    cfg, aimed, replay, held_out = grpo_setup(run, run.dir("grpo"), run.model_dir(GRPO_START))
     result = grpo.run(cfg, resume=True, val_records=held_out, train_records=aimed + replay)
     metrics = {"trained_on": f"{len(aimed)} prompts of levels {'-'.join(map(str, GRPO_LEVELS))} and {len(replay)} of "
                              f"levels {'-'.join(map(str, REPLAY_LEVELS))}, 8 samples each, reward format + correctness",

@@ -251,7 +251,7 @@ def run(cfg: GRPOConfig, resume: bool = False, train_records: list[dict] | None 
     save_config(cfg, out / "config.yaml")
 
     # 3-5. rollout batches: prompts -> completions -> rewards -> log-probs -> advantages
-    runner, names = reward_runner(r, prompts.task, warn=tqdm.write)
+    runner, names = reward_runner(r, prompts.task, warn=tqdm.write, device=device)  # a `prm` reward: on device
     monitor = RLMonitor(cfg.alarms, warn=tqdm.write)
     autocast = autocast_for(cfg.train.dtype, device)
     need_old = cfg.num_iterations > 1 or (cfg.algorithm == "rloo" and cfg.beta != 0)

@@ -19,6 +19,8 @@ The pieces, one idea per file:
     guard.py     RewardRunner / safe_rewards: a reward function that raises, hangs or returns the wrong length is
                  counted, warned about once, and gives None -- never a crash
     registry.py  rewards by name in a config ({"format": 1, "correctness": 1}) over a task
+    prm.py       PRMReward: a process reward model's weakest step, min_k sigma(s_k) (registry name `prm`; imported
+                 from alignlab.rewards.prm, as it loads a model)
     custom.py    import_reward("module:function"): code named in a config, only with allow_custom_rewards=true
 
 Example, the study guide's scheme (+1 for the format, +1 for a right answer) on TinyWorld or GSM8K rows:

@@ -33,6 +33,7 @@ from alignlab.errors import ConfigError
 from alignlab.infer import SamplingParams
 from alignlab.objectives.rl import zero_variance_groups
 from alignlab.rewards import RewardRunner
+from alignlab.rewards.prm import check_prm_model
 from alignlab.rl.rollout import ENGINES, Rollout, generate_rollouts, rollout_logps
 from alignlab.tasks import Task, default_val_source, load_source, task_for
 from alignlab.train.reference import Reference
@@ -57,6 +58,7 @@ class RolloutConfig:
     reward_isolation: str = "thread"  # thread | process (alignlab/rewards/guard.py)
     reward_memory_mb: float | None = None  # a reward call's memory limit (process isolation; None: the default)
     allow_custom_rewards: bool = False  # module:function rewards import and run code named in the config
+    prm_model: str = ""  # the `prm` reward's process reward model: alignlab prm train's <out_dir>/model
     eval_prompts: int = 64  # held-out prompts answered greedily at each evaluation (0: no held-out accuracy)
     logp_batch: int = 64  # rows per no-grad forward for pi_old / pi_ref (and PPO's values)
     # where the completions come from: local (this process, rl/rollout.py) | server (an OpenAI-compatible server,
@@ -97,6 +99,7 @@ class RolloutConfig:
             raise ConfigError("rollout.num_generations and rollout.prompts_per_step must be >= 1")
         if self.temperature <= 0:
             raise ConfigError("rollout.temperature must be > 0: RL samples (and divides the logits by it)")
+        check_prm_model(self.reward_funcs, self.prm_model)
         if self.reward_isolation not in ("thread", "process"):
             raise ConfigError(f"rollout.reward_isolation must be thread or process, got {self.reward_isolation!r}")
 

@@ -40,11 +40,13 @@ def load_policy(model_dir: Path, method: str, lora: LoraOptions, device: torch.d
     return model.to(device)
 
 
-def reward_runner(cfg: RolloutConfig, task: Task, warn: Callable[[str], None]) -> tuple[RewardRunner, list[str]]:
+def reward_runner(cfg: RolloutConfig, task: Task, warn: Callable[[str], None],
+                  device: torch.device | None = None) -> tuple[RewardRunner, list[str]]:
     """(runner, names): cfg.reward_funcs behind a RewardRunner (reward_timeout_s, reward_isolation,
-    reward_memory_mb; failures warned about through `warn` and counted)."""
+    reward_memory_mb; failures warned about through `warn` and counted). `device`: the policy's, where a reward
+    model (the `prm` reward) runs; None: the CPU."""
     fns, weights, names = build_reward_funcs(cfg.reward_funcs, task, cfg.max_completion_length,
-                                             cfg.allow_custom_rewards)
+                                             cfg.allow_custom_rewards, cfg.prm_model, device)
     limits = {} if cfg.reward_memory_mb is None else {"memory_mb": cfg.reward_memory_mb}
     return RewardRunner(fns, weights, timeout_s=cfg.reward_timeout_s, isolation=cfg.reward_isolation, warn=warn,
                         **limits), names
