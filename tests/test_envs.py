@@ -235,3 +235,16 @@ def test_make_env_names_the_environments():
     assert isinstance(make_env("guess", high=8), GuessNumber)
     with pytest.raises(ValueError, match="tictactoe"):
         make_env("chess")
+
+
+def test_a_training_directory_question_is_checked_against_the_real_directory():
+    env = ToolTask(world_seed=0, split="train")
+    i = next(k for k, r in enumerate(env.records) if r["kind"] == "lookup")
+    env.reset(i)
+    record = env.records[i]
+    real = env.world.directory.lookup(**record["call"]["arguments"])
+    assert env.facts == [real] and record["facts"] != [real]  # the chat's made-up entry is not the answer
+    call = json.dumps({"name": "lookup", "arguments": record["call"]["arguments"]})
+    assert real in env.step(f"<tool_call>{call}</tool_call>").messages[0]["content"]
+    assert env.step(f"It is {real}.").reward == 1.0
+    assert ToolTask.held_out == {"split": "test"} and TicTacToe.held_out == {}

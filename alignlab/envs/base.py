@@ -36,6 +36,7 @@ class Env:
     name = "env"
     max_turns = 10  # the model's replies before the episode is cut (reward: `timeout_reward`)
     timeout_reward = 0.0
+    held_out: dict = {}  # options that make the held-out environment (e.g. {"split": "test"}); {}: unseen seeds
 
     @property
     def tools(self) -> list[dict]:

@@ -5,7 +5,9 @@ directory, the calculator, and sums small enough to answer without a tool), thei
 tool listed. Each reply is parsed for calls in the Hermes format (`<tool_call>{json}</tool_call>`); calls run in a
 ToolBox over the town's services and their results come back as `tool` messages; a reply without a call ends the
 episode. Reward 1 when the final reply holds every fact of the reference answer and a tool was called exactly when
-one was needed (eval/tool_use.py's `answer` metric), else 0; cut at max_turns replies: 0.
+one was needed (eval/tool_use.py's `answer` metric), else 0; cut at max_turns replies: 0. A directory question's
+fact is the directory's real entry (TinyWorld's training chats answer from made-up ones, so that only the tool's
+answer is ever right). Training plays the train split; evaluation the test split (`held_out`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from alignlab.tools.executor import ToolBox
 
 class ToolTask(Env):
     name = "tools"
+    held_out = {"split": "test"}  # the evaluation's options: the held-out questions
 
     def __init__(self, world_seed: int = 0, split: str = "train", max_turns: int = 3):
         self.world = TinyWorld(world_seed)
@@ -32,6 +35,9 @@ class ToolTask(Env):
 
     def reset(self, seed: int) -> list[dict]:
         self.record = self.records[seed % len(self.records)]
+        self.facts = self.record["facts"]
+        if self.record["kind"] == "lookup":  # training chats read made-up entries; here the real directory answers
+            self.facts = [self.world.directory.lookup(**self.record["call"]["arguments"])]
         self.box = ToolBox([get_weather, Calendar().add_event, self.world.directory.lookup], builtins=["calculator"])
         self.turns, self.calls, self.correct = 0, 0, False
         return [dict(m) for m in self.record["messages"][:2]]
@@ -45,7 +51,7 @@ class ToolTask(Env):
                 return Step([], 0.0, True, {"error": "turn limit"})
             return Step(self.box.run_all(assistant_message(content, calls, self.turns)["tool_calls"]))
         needed = self.record["call"] is not None
-        self.correct = all(f in reply for f in self.record["facts"]) and (self.calls > 0) == needed
+        self.correct = all(f in reply for f in self.facts) and (self.calls > 0) == needed
         return Step([], float(self.correct), True)
 
     def outcome(self) -> dict[str, float]:

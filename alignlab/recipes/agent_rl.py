@@ -17,7 +17,8 @@ from how each game ended. One optimizer step:
                tokens only; the environment's messages are prompt and never trained. With one update per batch
                the ratio is 1 and this is REINFORCE with a group baseline.
 5. monitor     win / draw / loss / invalid rates, moves and reward of the training games; every train.eval_every
-               steps held-out games from fixed start states, greedy (val/win, ...) and sampled at
+               steps held-out games from fixed start states (and the environment's held-out options: tools' test
+               split), greedy (val/win, ...) and sampled at
                `temperature` (val/sampled_win, ...); transcripts in trajectories.jsonl; plots/agent.png
 6. save        checkpoints (atomic, exact resume), metrics.jsonl, <out_dir>/model (LoRA: adapter/ and merged)
 
@@ -196,8 +197,8 @@ def evaluator(cfg: AgentRLConfig, tok, out: Path, autocast):
     def evaluate(model) -> dict:
         metrics = {}
         for prefix, params in (("val/", greedy), ("val/sampled_", sampled)):
-            trajs = play(local_generator(model, tok, params, autocast), [make_env(cfg.env, **cfg.env_options)
-                                                                          for _ in starts], starts, tok, seed=12_345,
+            envs = [make_env(cfg.env, **{**cfg.env_options, **ENVS[cfg.env].held_out}) for _ in starts]
+            trajs = play(local_generator(model, tok, params, autocast), envs, starts, tok, seed=12_345,
                          max_new_tokens=cfg.max_new_tokens, max_seq_len=model.config.max_seq_len)
             metrics.update(outcome_metrics(trajs, prefix))
             if prefix == "val/":
@@ -249,9 +250,8 @@ def run(cfg: AgentRLConfig, resume: bool = False) -> dict:
         save_policy(trainer.export_model(), cfg.method, cfg.model, out, tok, model_meta("agent_rl", cfg, result),
                     result)
         (out / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-        if "val/win" in result:
-            print(f"agent-rl: {result['step']} steps ({result['train_seconds']:.0f} s); held-out win rate (greedy) "
-                  f"{start.get('val/win', float('nan')):.1%} -> {result['val/win']:.1%}, invalid "
-                  f"{start.get('val/invalid', float('nan')):.1%} -> {result.get('val/invalid', 0.0):.1%}; "
-                  f"model: {result['model_dir']}")
+        shown = [k for k in ("val/win", "val/invalid", "val/reward") if k in result and k in start]
+        print(f"agent-rl: {result['step']} steps ({result['train_seconds']:.0f} s); held-out games (greedy): "
+              + ", ".join(f"{k[4:]} {start[k]:.1%} -> {result[k]:.1%}" for k in shown)
+              + f"; model: {result['model_dir']}")
     return result
