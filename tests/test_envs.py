@@ -248,3 +248,22 @@ def test_a_training_directory_question_is_checked_against_the_real_directory():
     assert real in env.step(f"<tool_call>{call}</tool_call>").messages[0]["content"]
     assert env.step(f"It is {real}.").reward == 1.0
     assert ToolTask.held_out == {"split": "test"} and TicTacToe.held_out == {}
+
+
+def test_the_blocking_opponent_wins_when_it_can_and_blocks_when_it_must():
+    env = TicTacToe(opponent="blocking")
+    seed = next(s for s in range(100) if _symbol(s) == "x")
+    env.reset(seed)
+    env.step("<move>A1</move>")  # x at A1, o somewhere
+    o_square = next(s for s in env.board if env.board[s] == "o")
+    second = "A2" if o_square not in ("A2", "A3") else "B1"
+    third = "A3" if second == "A2" else "C1"
+    env.step(f"<move>{second}</move>")  # x threatens a line: the blocking opponent takes the third square
+    assert env.board[third] == "o"
+    env = TicTacToe(opponent="blocking")
+    env.board = board("xx./oo./x..")
+    env.symbol, env.opponent, env.rng = "x", "o", __import__("random").Random(0)
+    env._opponent_move()
+    assert env.board["B3"] == "o"  # its own win comes before blocking x's A3
+    with pytest.raises(ValueError, match="blocking"):
+        TicTacToe(opponent="smart")

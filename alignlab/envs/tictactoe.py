@@ -9,7 +9,8 @@ square ends the game as invalid. The reward (the notebook's):
 
 where m is the number of valid moves the agent made before the invalid one: an early mistake costs most, and any
 invalid move scores below a loss. The opponent picks uniformly among the free squares with the episode's seeded
-random generator, so reset(seed) and the same replies replay the same game.
+random generator, so reset(seed) and the same replies replay the same game. opponent="blocking" is a harder one
+for evaluation: it completes its own line when it can, else blocks the agent's, else plays at random.
 
 A small model's context holds a board but not a whole game, so `context` shows only the system prompt and the latest
 board (the game is Markov in the board); `history=True` shows the whole conversation, as the notebook does.
@@ -43,6 +44,16 @@ def winner(board: dict[str, str]) -> str | None:
 
 def free_squares(board: dict[str, str]) -> list[str]:
     return [s for s in SQUARES if board[s] == "."]
+
+
+def completing(board: dict[str, str], symbol: str) -> set[str]:
+    """The free squares that would complete a line of `symbol`."""
+    out = set()
+    for line in LINES:
+        cells = [board[s] for s in line]
+        if cells.count(symbol) == 2 and cells.count(".") == 1:
+            out.add(line[cells.index(".")])
+    return out
 
 
 def render(board: dict[str, str], symbol: str) -> str:
@@ -81,8 +92,10 @@ class TicTacToe(Env):
     name = "tictactoe"
     max_turns = 5  # the agent makes at most five moves
 
-    def __init__(self, history: bool = False):
-        self.history = history
+    def __init__(self, history: bool = False, opponent: str = "random"):
+        if opponent not in ("random", "blocking"):
+            raise ValueError(f"opponent must be random or blocking, got {opponent!r}")
+        self.history, self.opponent_kind = history, opponent
 
     def reset(self, seed: int) -> list[dict]:
         self.rng = random.Random(seed)
@@ -95,7 +108,12 @@ class TicTacToe(Env):
         return [{"role": "system", "content": SYSTEM}, user(render(self.board, self.symbol))]
 
     def _opponent_move(self) -> None:
-        self.board[self.rng.choice(free_squares(self.board))] = self.opponent
+        """A random free square; the blocking opponent first completes its own line, else blocks the agent's."""
+        choices = free_squares(self.board)
+        if self.opponent_kind == "blocking":
+            choices = (completing(self.board, self.opponent) or completing(self.board, self.symbol)
+                       or choices)
+        self.board[self.rng.choice(sorted(choices))] = self.opponent
 
     def _end(self, result: str, reward: float, error: str | None = None) -> Step:
         self.result = result

@@ -13,10 +13,17 @@ For each seed, from the pipeline's SFT model <runs>/seed<N>/sft/model:
 4. measure  400 held-out games (fixed start states) before and after RL, greedy and sampled at temperature 1;
             win / draw / loss / invalid rates with Wilson 95% intervals; the wall-clock seconds of each part
 5. skills   on 300 boards from random games where the agent can win at once, and 300 where it must block the
-            opponent's line, how often the greedy move does so, before and after RL (`skills`), and the opening
-            square the model picks as x on the empty board
+            opponent's line, how often the greedy move does so, before and after RL (`skills`), the opening
+            square the model picks as x on the empty board, and 400 greedy games against an opponent that wins when
+            it can and blocks when it must (one the model never trained against)
 
 Writes <out>/tictactoe.json and prints the Markdown table the lab quotes. One thread per run (threads=1).
+
+    python labs/04_tool_use/tictactoe.py --server --out runs/ttt        # after a seed-0 run: local vs server games
+
+`--server` trains seed 0's format-SFT model with LoRA twice from the same seed, once playing locally and once
+through `alignlab serve` (started here on a free port, fp32 like the local run) with the adapter pushed every step,
+and compares the two runs step by step: <out>/server_vs_local.json.
 """
 
 from __future__ import annotations
@@ -34,25 +41,13 @@ from alignlab.eval.stats import wilson_interval
 RESULTS = ("win", "draw", "loss", "invalid")
 
 
-def completing(board: dict, symbol: str) -> set[str]:
-    """The free squares that would complete a line of `symbol`."""
-    from alignlab.envs.tictactoe import LINES
-
-    out = set()
-    for line in LINES:
-        cells = [board[s] for s in line]
-        if cells.count(symbol) == 2 and cells.count(".") == 1:
-            out.add(line[cells.index(".")])
-    return out
-
-
 def skill_boards(n: int, seed: int = 99) -> dict[str, list]:
     """Boards (the agent to move) from random games: 'win' where a move wins at once, 'block' where none wins but
     the opponent threatens a line; each with the set of right moves."""
     import random
 
     from alignlab.envs import TicTacToe
-    from alignlab.envs.tictactoe import free_squares
+    from alignlab.envs.tictactoe import completing, free_squares
 
     rng, found = random.Random(seed), {"win": [], "block": []}
     while min(map(len, found.values())) < n:
@@ -77,7 +72,10 @@ def skills(model_dir: Path, n: int = 300) -> dict:
     from alignlab.envs import TicTacToe
     from alignlab.envs.tictactoe import parse_move
     from alignlab.eval.world_suite import generate_replies
+    from alignlab.infer import SamplingParams
     from alignlab.model.hf import load_model
+    from alignlab.recipes.agent_rl import EVAL_START
+    from alignlab.rl.trajectories import local_generator, outcome_metrics, play
     from alignlab.text import load_tokenizer
 
     torch.set_num_threads(1)
@@ -89,6 +87,11 @@ def skills(model_dir: Path, n: int = 300) -> dict:
     env = TicTacToe()
     x_start = next(s for s in range(100) if env.reset(s) and env.symbol == "x")
     out["opening"] = parse_move(generate_replies(model, tok, [env.context(env.reset(x_start))], 16)[0])[0]
+    # 400 greedy games against an opponent that wins when it can and blocks when it must
+    starts = [EVAL_START + i for i in range(400)]
+    games = play(local_generator(model, tok, SamplingParams(max_new_tokens=16, temperature=0.0)),
+                 [TicTacToe(opponent="blocking") for _ in starts], starts, tok, seed=0, max_new_tokens=16)
+    out.update({f"blocking_{k}": v for k, v in outcome_metrics(games).items() if k in RESULTS})
     return out
 
 
@@ -145,16 +148,69 @@ def table(rows: list[dict]) -> str:
         minutes = f"{r['minutes_total']:.1f} ({r['seconds']['sft'] / 60:.1f} SFT + {r['seconds']['rl'] / 60:.1f} RL)"
         lines.append(f"| {r['seed']} | {cell(r, 'greedy', 'win')} | {inv} | {cell(r, 'sampled', 'win')} | {inv_s} | "
                      f"{minutes} |")
-    lines += ["", "| seed | wins at once when it can (before -> after) | blocks a line when it must | opening as x |",
-              "|---|---|---|---|"]
+    lines += ["", "| seed | wins at once when it can (before -> after) | blocks a line when it must | opening as x | "
+                  "vs the blocking opponent: win | loss |", "|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r["skills_before"], r["skills_after"]
         lines.append(f"| {r['seed']} | {a['win']:.0%} -> **{b['win']:.0%}** | {a['block']:.0%} -> **{b['block']:.0%}** "
-                     f"| {a['opening']} -> {b['opening']} |")
+                     f"| {a['opening']} -> {b['opening']} | {a['blocking_win']:.1%} -> {b['blocking_win']:.1%} | "
+                     f"{a['blocking_loss']:.1%} -> {b['blocking_loss']:.1%} |")
     return "\n".join(lines)
 
 
+def server_vs_local(out: Path, steps: int = 60, games: int = 400) -> dict:
+    """Seed 0's format-SFT model, LoRA RL locally and through alignlab serve; the two runs compared."""
+    import socket
+
+    import httpx
+
+    sft = out / "seed0" / "sft" / "model"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = subprocess.Popen([sys.executable, "-m", "alignlab.cli", "serve", str(sft), "--port", str(port),
+                               "--dtype", "fp32", "--served-model-name", "base"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(600):
+            try:
+                httpx.get(url + "/models", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        common = ["agent-rl", "env=tictactoe", f"model={sft}", "method=lora", "train.lr=1e-3", "train.dtype=fp32",
+                  f"train.max_steps={steps}", f"train.eval_every={steps}", f"train.save_every={steps}",
+                  f"eval_games={games}", "threads=1", "train.seed=0", "train.overwrite=true"]
+        seconds = {"local": sh([*common, f"out_dir={out / 'lora_local'}"], out / "lora_local.log"),
+                   "server": sh([*common, f"out_dir={out / 'lora_server'}", "backend=server", f"server_url={url}",
+                                 "server_model=base"], out / "lora_server.log")}
+    finally:
+        server.terminate()
+        server.wait(30)
+    runs = {k: [json.loads(x) for x in (out / f"lora_{k}" / "metrics.jsonl").read_text().splitlines()]
+            for k in ("local", "server")}
+    steps_of = {k: {r["step"]: r for r in v if "loss" in r} for k, v in runs.items()}
+    same = sum(all(steps_of["local"][i].get(k) == steps_of["server"][i].get(k) for k in ("loss", "reward", "win",
+                                                                                          "rows"))
+               for i in steps_of["local"] if i in steps_of["server"])
+    games_same = ((out / "lora_local" / "trajectories.jsonl").read_text()
+                  == (out / "lora_server" / "trajectories.jsonl").read_text())
+    results = {k: json.loads((out / f"lora_{k}" / "result.json").read_text()) for k in ("local", "server")}
+    row = {"steps": steps, "steps_identical": same, "logged_games_identical": games_same,
+           "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+    for k, r in results.items():
+        row[k] = {m: {"before": r["start"][f"val/{m}"], "after": r[f"val/{m}"]}
+                  for m in ("win", "invalid", "sampled_win", "sampled_invalid")}
+    (out / "server_vs_local.json").write_text(json.dumps(row, indent=1) + "\n")
+    return row
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--server"]:  # python tictactoe.py --server [OUT]
+        print(json.dumps(server_vs_local(Path(sys.argv[2] if len(sys.argv) > 2 else "runs/ttt")), indent=1))
+        return
     if sys.argv[1:2] == ["--skills"]:  # python tictactoe.py --skills MODEL_DIR [...]: just the skill rates
         for d in sys.argv[2:]:
             print(d, skills(Path(d)))
