@@ -82,6 +82,8 @@ def test_resume_continues_exactly(tmp_path, base, random_mover):
     last = [r for r in metrics(tmp_path / "cut") if r["step"] == 3 and "loss" in r][-1]
     full = [r for r in metrics(tmp_path / "full") if r["step"] == 3 and "loss" in r][-1]
     assert last["loss"] == full["loss"] and last["win"] == full["win"]
+    games = [(tmp_path / n / "trajectories.jsonl").read_text() for n in ("full", "cut")]
+    assert games[0] == games[1]  # one game a step, none twice
 
 
 def test_start_states_are_seeded_per_step():

@@ -123,7 +123,7 @@ class GameBuffer:
     def __init__(self, cfg: AgentRLConfig, policy, tok, device: torch.device, autocast, out: Path,
                  remote: ServerRollouts | None):
         self.cfg, self.policy, self.tok, self.device, self.autocast, self.out = cfg, policy, tok, device, autocast, out
-        self.remote, self.batches, self.parts, self.rows, self.metrics = remote, 0, [], 0, {}
+        self.remote, self.batches, self.parts, self.metrics = remote, 0, [], {}
         self.params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                      top_k=cfg.top_k)
 
@@ -164,6 +164,10 @@ class GameBuffer:
 
     def load_state_dict(self, state: dict) -> None:
         self.batches, self.parts = state["batches"], []
+        path = self.out / "trajectories.jsonl"  # games logged after the checkpoint are played again: drop them
+        if path.exists():
+            kept = [x for x in path.read_text().splitlines() if json.loads(x)["step"] < self.batches]
+            path.write_text("".join(x + "\n" for x in kept))
 
 
 def _trim(b: dict) -> dict:
