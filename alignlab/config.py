@@ -123,10 +123,15 @@ def build(cls, data: dict, origin: str = "config", prefix: str = ""):
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(fields)}"
             raise ConfigError(f"{origin}: unknown key {prefix}{key}{hint}")
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if dataclasses.is_dataclass(hint) and isinstance(value, hint):  # a default filled in above
+            kwargs[key] = value
+        elif dataclasses.is_dataclass(hint):
             if isinstance(value, dict) and fields[key].default_factory is not dataclasses.MISSING:
-                # the recipe's own defaults for the block (GRPO's train.lr=1e-6), not the block class's
-                value = merge(dataclasses.asdict(fields[key].default_factory()), value)
+                # the recipe's own defaults for the block's missing keys (GRPO's train.lr=1e-6), not the block
+                # class's; a key that is given replaces its default whole (reward_funcs={correctness: 1})
+                default = fields[key].default_factory()
+                value = {**{f.name: getattr(default, f.name) for f in dataclasses.fields(default)
+                            if f.name not in value}, **value}
             kwargs[key] = build(hint, value, origin, f"{prefix}{key}.")
         else:
             kwargs[key] = _check_value(value, hint, f"{prefix}{key}", origin)

@@ -75,3 +75,11 @@ def test_a_nested_override_keeps_the_recipes_defaults_for_the_block():
     cfg = load_config(GRPOConfig, None, ["train.max_steps=3"])
     assert (cfg.train.max_steps, cfg.train.lr, cfg.train.schedule) == (3, 1e-6, "constant")
     assert cfg.train == dataclasses.replace(GRPOConfig().train, max_steps=3)
+
+
+def test_a_dict_field_in_a_block_is_replaced_not_merged():
+    from alignlab.recipes.grpo import GRPOConfig
+
+    cfg = load_config(GRPOConfig, None, ['rollout.reward_funcs={"correctness": 1.0}', "rollout.num_generations=4"])
+    assert cfg.rollout.reward_funcs == {"correctness": 1.0} and cfg.rollout.num_generations == 4
+    assert cfg.train.lr == 1e-6
