@@ -162,7 +162,7 @@ def test_a_tool_task_runs_the_call_and_checks_the_answer(world):
     call = json.dumps({"name": record["call"]["name"], "arguments": record["call"]["arguments"]})
     step = env.step(f"<tool_call>\n{call}\n</tool_call>")
     assert not step.done and step.messages[0]["role"] == "tool"
-    assert all(str(v) in step.messages[0]["content"] for v in (record["facts"][1].split()[1],))
+    assert record["facts"][1].split()[1] in step.messages[0]["content"]  # the high temperature the tool returned
     step = env.step(record["messages"][-1]["content"])
     assert step.done and step.reward == 1.0
     env.reset(i)  # the right words without the call: no credit
@@ -267,3 +267,23 @@ def test_the_blocking_opponent_wins_when_it_can_and_blocks_when_it_must():
     assert env.board["B3"] == "o"  # its own win comes before blocking x's A3
     with pytest.raises(ValueError, match="blocking"):
         TicTacToe(opponent="smart")
+
+
+def test_a_game_cut_at_max_turns_counts_as_cut(world):
+    from alignlab.envs import Env, Step
+
+    class Endless(Env):
+        max_turns, timeout_reward = 2, -0.5
+
+        def reset(self, seed):
+            return [{"role": "user", "content": "Free: A1"}]
+
+        def step(self, reply):
+            return Step([{"role": "user", "content": "Free: A1"}])
+
+    tok = world.tokenizer()
+    trajs = play(Scripted(tok), [Endless(), TicTacToe()], [0, 1], tok, seed=0, max_new_tokens=16)
+    assert len(trajs[0].turns) == 2 and trajs[0].reward == -0.5 and trajs[0].outcome == {"cut": 1.0}
+    assert trajs[1].outcome["cut"] == 0.0
+    m = outcome_metrics(trajs[1:])
+    assert m["win"] + m["draw"] + m["loss"] + m["invalid"] + m["cut"] == 1.0

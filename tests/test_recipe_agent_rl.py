@@ -1,5 +1,6 @@
 """`alignlab agent-rl` (recipes/agent_rl.py) on the tiny random Llama: the run's files and metrics, exact resume,
-gradients only where games differ, and games through alignlab serve (adapter pushed each step) equal to local ones."""
+no gradient from a group whose games all ended alike, config errors, and games through alignlab serve (adapter
+pushed each step) equal to local ones."""
 
 from __future__ import annotations
 
@@ -73,9 +74,15 @@ def test_a_run_plays_trains_and_writes_its_files(tmp_path, base, random_mover):
 
 
 def test_resume_continues_exactly(tmp_path, base, random_mover):
+    import shutil
+
     run(config(tmp_path, base, "full"))
-    run(config(tmp_path, base, "cut", train={"max_steps": 2}))
-    run(config(tmp_path, base, "cut", train={"max_steps": 3}), resume=True)
+    run(config(tmp_path, base, "cut"))
+    # a run killed after logging step 3's game, before its checkpoint; and a log line cut short by the kill
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "step_000003")
+    with open(tmp_path / "cut" / "trajectories.jsonl", "a") as f:
+        f.write('{"step": 3, "rew')
+    run(config(tmp_path, base, "cut"), resume=True)
     a = load_file(tmp_path / "full" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -84,6 +91,24 @@ def test_resume_continues_exactly(tmp_path, base, random_mover):
     assert last["loss"] == full["loss"] and last["win"] == full["win"]
     games = [(tmp_path / n / "trajectories.jsonl").read_text() for n in ("full", "cut")]
     assert games[0] == games[1]  # one game a step, none twice
+
+
+def test_a_group_whose_games_all_ended_alike_teaches_nothing(tmp_path, base, monkeypatch):
+    """Every game lost to the same illegal reply: every advantage is 0, so the weights do not move."""
+    tok = load_tokenizer(base)
+
+    def generator(model, tokenizer, params, autocast=None):
+        def generate(prompt_ids, seeds):
+            ids = tok.encode("<move>Z9</move>", add_special_tokens=False) + [tok.eos_token_id]
+            return [Completion(ids, "<move>Z9</move>", None, "stop", p) for p in prompt_ids]
+        return generate
+
+    monkeypatch.setattr(agent_rl, "local_generator", generator)
+    run(config(tmp_path, base, train={"max_steps": 2}))
+    steps = [r for r in metrics(tmp_path / "run") if "loss" in r]
+    assert all(r["invalid"] == 1.0 and r["frac_reward_zero_std"] == 1.0 and r["grad_norm"] == 0.0 for r in steps)
+    a, b = load_file(base / "model.safetensors"), load_file(tmp_path / "run" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_start_states_are_seeded_per_step():
@@ -97,7 +122,8 @@ def test_config_checks(tmp_path, base):
 
     for kw, msg in (({"env": "chess"}, "env must be"), ({"group_size": 1}, "group_size"),
                     ({"backend": "server"}, "needs method=lora"),
-                    ({"backend": "server", "method": "lora"}, "server_url"), ({"temperature": 0}, "temperature")):
+                    ({"backend": "server", "method": "lora"}, "server_url"), ({"temperature": 0}, "temperature"),
+                    ({"env_options": {"hist": True}}, "env_options")):
         with pytest.raises(ConfigError, match=msg):
             run(config(tmp_path, base, **kw))
 

@@ -2,7 +2,8 @@
 
 The environment holds a number from 1 to `high` (16 by default); the agent guesses with `<guess>7</guess>` and is
 told "Higher." or "Lower." until it finds it or runs out of turns. No single reply can win from the start (the first
-guess is right 1 time in `high`); a policy that halves the interval finds any number in ceil(log2(high)) guesses.
+guess is right 1 time in `high`); a policy that halves the interval finds any number in floor(log2(high)) + 1
+guesses (5 for 16: 8, 12, 14, 15, 16).
 
     reward = 1 - 0.1 * (guesses - 1)   when found (1.0 at the first guess, 0.5 at the sixth)
              0                         when not found within max_turns

@@ -1,9 +1,10 @@
 """Tic-tac-toe against a random opponent: the study guide's multi-turn agent task (OpenPipe ART's notebook).
 
 The board has rows A-C and columns 1-3; the agent plays x or o at random (x moves first, so the opponent opens when
-the agent is o) and answers each board with its move as `<move>B3</move>`. The reply must be exactly that XML
-element (parsed with ElementTree, as the notebook does); a reply that is not, a square off the board, or an occupied
-square ends the game as invalid. The reward (the notebook's):
+the agent is o) and answers each board with its move as `<move>B3</move>`. The reply must be that XML element and
+nothing else (parsed with ElementTree, as the notebook does; surrounding whitespace and a lower-case square
+pass); a reply that is not, a square off the board, or an occupied square ends the game as invalid. The
+reward (the notebook's):
 
     win 1,  draw 0.5,  loss 0,  invalid move  -1 + ln(m + 1) / ln(100)
 

@@ -5,12 +5,15 @@ directory, the calculator, and sums small enough to answer without a tool), thei
 tool listed. Each reply is parsed for calls in the Hermes format (`<tool_call>{json}</tool_call>`); calls run in a
 ToolBox over the town's services and their results come back as `tool` messages; a reply without a call ends the
 episode. Reward 1 when the final reply holds every fact of the reference answer and a tool was called exactly when
-one was needed (eval/tool_use.py's `answer` metric), else 0; cut at max_turns replies: 0. A directory question's
+one was needed, else 0 (stricter than eval/tool_use.py's `answer`, which credits a right answer without the call
+it needed: here only answers from the tool pay); cut at max_turns replies: 0. A directory question's
 fact is the directory's real entry (TinyWorld's training chats answer from made-up ones, so that only the tool's
 answer is ever right). Training plays the train split; evaluation the test split (`held_out`).
 """
 
 from __future__ import annotations
+
+import functools
 
 from alignlab.data.world import TinyWorld
 from alignlab.data.world.services import Calendar, get_weather
@@ -20,13 +23,18 @@ from alignlab.tools.calls import parse_calls
 from alignlab.tools.executor import ToolBox
 
 
+@functools.lru_cache(maxsize=4)
+def _world_records(world_seed: int, split: str) -> tuple[TinyWorld, list[dict]]:
+    world = TinyWorld(world_seed)
+    return world, world.service_conversations(split)
+
+
 class ToolTask(Env):
     name = "tools"
     held_out = {"split": "test"}  # the evaluation's options: the held-out questions
 
     def __init__(self, world_seed: int = 0, split: str = "train", max_turns: int = 3):
-        self.world = TinyWorld(world_seed)
-        self.records = self.world.service_conversations(split)
+        self.world, self.records = _world_records(world_seed, split)  # made once per process: every game shares them
         self.max_turns = max_turns
 
     @property

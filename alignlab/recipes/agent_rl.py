@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,12 +38,14 @@ import torch
 from tqdm import tqdm
 
 from alignlab.config import save_config
+from alignlab.data.cache import atomic_path
 from alignlab.envs import ENVS, make_env
 from alignlab.errors import ConfigError
 from alignlab.infer import SamplingParams
 from alignlab.lora import LoraOptions
 from alignlab.model.hf import resolve_model_dir
-from alignlab.objectives.rl import ClipConfig, group_advantages, grpo_loss
+from alignlab.objectives.rl import ClipConfig, group_advantages, grpo_loss, zero_variance_groups
+from alignlab.rl.buffer import micro_batch
 from alignlab.rl.remote import ServerRollouts
 from alignlab.rl.rollout import completion_logps
 from alignlab.rl.run import load_policy, model_meta, save_policy, start_metrics
@@ -107,6 +110,12 @@ def check(cfg: AgentRLConfig) -> None:
         raise ConfigError("backend=server needs server_url (e.g. http://127.0.0.1:8000/v1) and server_model")
     if cfg.temperature <= 0:
         raise ConfigError("temperature must be > 0: the games are sampled")
+    if cfg.starts_per_step < 1 or cfg.eval_games < 0:
+        raise ConfigError("starts_per_step must be >= 1 and eval_games >= 0")
+    try:
+        make_env(cfg.env, **cfg.env_options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"env_options {cfg.env_options} for env={cfg.env}: {e}") from None
 
 
 def start_states(seed: int, step: int, n: int) -> list[int]:
@@ -141,11 +150,9 @@ class GameBuffer:
         rewards = torch.tensor([t.reward for t in trajs])
         advantages = group_advantages(rewards, G, scale=cfg.scale_rewards)
         batch = turn_batch(trajs, advantages, self.tok.padding_id, self.device)
-        split = torch.tensor_split(torch.arange(batch["input_ids"].shape[0]), cfg.train.grad_accum)
-        self.parts = [_trim({k: v[rows.to(self.device)] for k, v in batch.items()}) for rows in split]
-        grouped = rewards.view(-1, G)
+        self.parts = [micro_batch(batch, part, cfg.train.grad_accum) for part in range(cfg.train.grad_accum)]
         self.metrics = {**outcome_metrics(trajs), "reward_std": rewards.std().item(),
-                        "frac_reward_zero_std": (grouped.std(1) == 0).float().mean().item(),
+                        "frac_reward_zero_std": zero_variance_groups(rewards, G).float().mean().item(),
                         "rows": batch["input_ids"].shape[0], "rollout_s": time.perf_counter() - t0}
         with open(self.out / "trajectories.jsonl", "a") as f:  # the first game of the batch, for reading
             f.write(json.dumps({"step": self.batches, **trajs[0].record()}) + "\n")
@@ -166,15 +173,17 @@ class GameBuffer:
         self.batches, self.parts = state["batches"], []
         path = self.out / "trajectories.jsonl"  # games logged after the checkpoint are played again: drop them
         if path.exists():
-            kept = [x for x in path.read_text().splitlines() if json.loads(x)["step"] < self.batches]
-            path.write_text("".join(x + "\n" for x in kept))
+            kept = [x for x in path.read_text().splitlines() if _step_of(x) < self.batches]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(x + "\n" for x in kept))
 
 
-def _trim(b: dict) -> dict:
-    """A micro-batch cut to its own longest sequence and completion."""
-    lengths = b["completion_mask"].sum(-1).long()
-    T, C = int((b["prompt_lens"] + lengths).max()), max(1, int(lengths.max()))
-    return {k: v[:, :T] if k == "input_ids" else v[:, :C] if v.dim() == 2 else v for k, v in b.items()}
+def _step_of(line: str) -> float:
+    """A logged game's step; a line cut short by a kill counts as after every checkpoint."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError):
+        return float("inf")
 
 
 def agent_step(cfg: AgentRLConfig):
@@ -190,7 +199,7 @@ def agent_step(cfg: AgentRLConfig):
     return step
 
 
-def evaluator(cfg: AgentRLConfig, tok, out: Path, autocast):
+def evaluator(cfg: AgentRLConfig, tok, out: Path, autocast, step: Callable[[], int]):
     """evaluate(model): eval_games held-out games from fixed start states, greedy (val/win, ...) and sampled
     (val/sampled_win, ...); the first greedy transcripts to eval_games.jsonl."""
     starts = [EVAL_START + i for i in range(cfg.eval_games)]
@@ -208,7 +217,7 @@ def evaluator(cfg: AgentRLConfig, tok, out: Path, autocast):
             if prefix == "val/":
                 with open(out / "eval_games.jsonl", "a") as f:
                     for t in trajs[:3]:
-                        f.write(json.dumps(t.record()) + "\n")
+                        f.write(json.dumps({"step": step(), **t.record()}) + "\n")
         return metrics
 
     return evaluate if cfg.eval_games else None
@@ -233,7 +242,8 @@ def run(cfg: AgentRLConfig, resume: bool = False) -> dict:
           f"{cfg.train.max_steps} steps; games played {'through ' + cfg.server_url if remote else 'locally'}")
 
     data = GameBuffer(cfg, model, tok, device, autocast, out, remote)
-    evaluate = evaluator(cfg, tok, out, autocast)
+    trainer: Trainer | None = None
+    evaluate = evaluator(cfg, tok, out, autocast, step=lambda: trainer.step if trainer else 0)
     trainer = Trainer(cfg.train, model, data, agent_step(cfg), out, evaluate=evaluate,
                       weight_fn=lambda b: float(b["completion_mask"].sum()), run_config=asdict(cfg),
                       step_metrics=data.step_metrics)

@@ -55,22 +55,7 @@ class RolloutBuffer:
         return self.micro_batch(part)
 
     def micro_batch(self, part: int) -> dict:
-        """Rows part/parts of the rollout batch, trimmed to their own longest sequence and completion. A part may
-        cut a group of G; the rows of it that the part holds still share their prompt's forward."""
-        b = self.buffer
-        rows = torch.tensor_split(torch.arange(b["input_ids"].shape[0], device=self.device), self.parts)[part]
-        lengths = b["completion_mask"][rows].sum(-1).long()
-        T = int((b["prompt_lens"][rows] + lengths).max())
-        C = max(1, int(lengths.max()))
-        out = {}
-        for k, v in b.items():
-            v = v[rows]
-            if k == "input_ids":
-                v = v[:, :T]
-            elif v.dim() == 2:
-                v = v[:, :C]
-            out[k] = v
-        return out
+        return micro_batch(self.buffer, part, self.parts)
 
     def step_metrics(self, step: int, out: dict) -> dict:
         """The Trainer's step_metrics: the rollout batch's metrics on the step that used it first, and what the
@@ -97,3 +82,21 @@ class RolloutBuffer:
             if k in self.runner.stats:
                 self.runner.stats[k] = RewardStats(**s)
         self.monitor.load_state_dict(state["monitor"])
+
+
+def micro_batch(batch: dict, part: int, parts: int) -> dict:
+    """Rows part/parts of a rollout batch, trimmed to their own longest sequence and completion. A part may cut a
+    group of G; the rows of it that the part holds still share their prompt's forward."""
+    rows = torch.tensor_split(torch.arange(batch["input_ids"].shape[0], device=batch["input_ids"].device), parts)[part]
+    lengths = batch["completion_mask"][rows].sum(-1).long()
+    T = int((batch["prompt_lens"][rows] + lengths).max())
+    C = max(1, int(lengths.max()))
+    out = {}
+    for k, v in batch.items():
+        v = v[rows]
+        if k == "input_ids":
+            v = v[:, :T]
+        elif v.dim() == 2:
+            v = v[:, :C]
+        out[k] = v
+    return out

@@ -1,14 +1,15 @@
 """Multi-turn rollouts for agent RL: groups of whole trajectories, played turn by turn, all games in one batch.
 
     generate = local_generator(policy, tok, params)                  # or server_generator(remote, name, params)
-    trajs = play(generate, [make_env("tictactoe") for _ in starts], starts, tok, seeds)
+    trajs = play(generate, [make_env("tictactoe") for _ in starts], starts, tok, seed, max_new_tokens=16)
     batch = turn_batch(trajs, advantages, pad_id, device)           # one row per (trajectory, turn)
 
 1. play      every environment is reset to its start state; each round, the games still running show the model
              env.context(messages) through the chat template (their tools listed), one batched generate call
              answers all of them (one seed per game and turn), and each reply goes to env.step. A game ends when
              the environment says so, after env.max_turns replies (reward env.timeout_reward), or when its next
-             prompt would not leave max_new_tokens of room in the model's context (the same).
+             prompt would not leave max_new_tokens of room in the model's context (the same). Those two are
+             "cut" in the outcome (cut: 1), so that an environment's own endings and the cut ones add up to 1.
 2. rows      a trajectory of k replies is k rows: prompt = what the model saw before the reply, completion = the
              tokens it sampled (EOS included). Environment and tool messages are only ever prompt, so the loss
              trains the agent's own tokens and nothing the environment wrote.
@@ -96,7 +97,7 @@ def play(generate: Generator, envs: list[Env], starts: list[int], tokenizer, see
                                                 add_generation_prompt=True, tokenize=True)
             if max_seq_len is not None and len(ids) + max_new_tokens > max_seq_len:
                 trajs[i].errors.append("context full")
-                _finish(trajs[i], envs[i], envs[i].timeout_reward)
+                _finish(trajs[i], envs[i], envs[i].timeout_reward, cut=True)
                 continue
             prompts.append(ids)
             running.append(i)
@@ -115,15 +116,15 @@ def play(generate: Generator, envs: list[Env], starts: list[int], tokenizer, see
             if step.done:
                 _finish(t, env, step.reward)
             elif len(t.turns) >= env.max_turns:
-                _finish(t, env, env.timeout_reward)
+                _finish(t, env, env.timeout_reward, cut=True)
             else:
                 active.append(i)
         turn += 1
     return trajs
 
 
-def _finish(t: Trajectory, env: Env, reward: float) -> None:
-    t.reward, t.outcome = float(reward), env.outcome()
+def _finish(t: Trajectory, env: Env, reward: float, cut: bool = False) -> None:
+    t.reward, t.outcome = float(reward), {**env.outcome(), "cut": float(cut)}
 
 
 def turn_batch(trajs: list[Trajectory], advantages: torch.Tensor, pad_id: int,
