@@ -111,7 +111,7 @@ def solution_rows(n_copies: int = 6) -> list[dict]:
 
 
 @pytest.mark.parametrize("kind", ["prm", "orm"])
-def test_training_lowers_the_held_out_loss_and_saves_a_verifier(tmp_path, base, tok, kind):
+def test_training_lowers_the_loss_on_its_solutions_and_saves_a_verifier(tmp_path, base, tok, kind):
     path = tmp_path / "solutions.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in solution_rows()))
     cfg = PRMConfig(out_dir=str(tmp_path / kind), kind=kind, model=str(base), solutions=str(path),

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from alignlab.data.cache import atomic_path
 from alignlab.data.sampler import EpochSampler
 from alignlab.errors import ConfigError
 from alignlab.model.hf import resolve_model_dir
@@ -104,19 +105,26 @@ def label_solutions(task, records: list[dict], replies: list[str], n: int) -> li
     return rows
 
 
-def solutions(source: str, policy: str, n: int, limit: int, cfg: PRMConfig, seed: int, path: Path) -> list[dict]:
-    """The labelled solutions of `source`: read from `path` when it exists (a resumed run sees the same), else
-    sampled, labelled and written there."""
+def solutions(source: str, policy: str, n: int, limit: int, cfg: PRMConfig, seed: int, path: Path,
+              given: bool = False) -> list[dict]:
+    """The labelled solutions of `source`: a file the config names (`given`) as it is; else the run's cache at
+    `path` when it holds n for each of the source's prompts (a resumed run sees the same), else sampled, labelled
+    and written there (atomically)."""
     from alignlab.eval.overoptimization import sample_replies
     from alignlab.tasks import load_source
 
-    if path.exists():
+    if given:
         return [json.loads(line) for line in path.read_text().splitlines()]
     task, records = load_source(source, limit)
+    if path.exists():
+        rows = [json.loads(line) for line in path.read_text().splitlines()]
+        if len(rows) == n * len(records) and all(rows[k]["prompt"] == records[k // n]["prompt"] for k in (0, -1)):
+            return rows
+        print(f"{path}: not {n} solutions for each of the {len(records)} prompts of {source}; sampling again")
     rows = label_solutions(task, records, sample_replies(policy, records, n, cfg.temperature, cfg.max_tokens, seed),
                            n)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -218,10 +226,10 @@ def run(cfg: PRMConfig, resume: bool = False) -> dict:
     policy = cfg.policy or cfg.model
     n, seed = cfg.samples_per_prompt, cfg.train.seed
     train_rows = solutions(cfg.source, policy, n, cfg.limit, cfg, seed,
-                           Path(cfg.solutions) if cfg.solutions else out / "solutions.jsonl")
+                           Path(cfg.solutions or out / "solutions.jsonl"), given=bool(cfg.solutions))
     val_source = cfg.val_source or default_val_source(cfg.source)
     val_rows = solutions(val_source, policy, n, cfg.val_limit, cfg, seed + 10**6,
-                         Path(cfg.val_solutions) if cfg.val_solutions else out / "val_solutions.jsonl") \
+                         Path(cfg.val_solutions or out / "val_solutions.jsonl"), given=bool(cfg.val_solutions)) \
         if val_source else []
     print(f"{cfg.kind} data: {cfg.source}: {describe(train_rows)}")
     if val_rows:

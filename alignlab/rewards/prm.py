@@ -84,19 +84,31 @@ class PRMReward:
         self.step_ends, self.batch_size, self.no_step = step_ends, batch_size, no_step
         self.__name__ = "prm_reward"
 
-    def step_probs(self, prompts: Sequence, completions: Sequence[Completion]) -> list[list[float]]:
-        """sigma(s_k) at each worked step of each completion; [] for a completion without one."""
+    def step_probs(self, prompts: Sequence, completions: Sequence[Completion]) -> list[list[float] | None]:
+        """sigma(s_k) at each worked step of each completion; [] for a completion without one, None for one the
+        PRM cannot read (its text does not come back from the tokenizer as it was: that completion alone is
+        unscored, the RewardRunner counts it)."""
         texts = [completion_text(c) for c in completions]
         ends = [self.step_ends(t) for t in texts]
         with torch.autocast(self.device.type, enabled=False):  # score_positions runs without gradients
-            logits = score_positions(self.model, self.tokenizer, list(prompts), texts, ends, self.batch_size)
-        return [torch.sigmoid(torch.tensor(row, dtype=torch.float64)).tolist() for row in logits]
+            try:
+                logits = score_positions(self.model, self.tokenizer, list(prompts), texts, ends, self.batch_size)
+            except ValueError:  # one completion at a time, to find the ones that fail
+                logits = [self._one(p, t, e) for p, t, e in zip(prompts, texts, ends)]
+        return [None if row is None else torch.sigmoid(torch.tensor(row, dtype=torch.float64)).tolist()
+                for row in logits]
+
+    def _one(self, prompt, text: str, ends: list[int]) -> list[float] | None:
+        try:
+            return score_positions(self.model, self.tokenizer, [prompt], [text], [ends], 1)[0]
+        except ValueError:
+            return None
 
     def __call__(self, prompts: Sequence | None = None, completions: Sequence[Completion] = (),
-                 **kwargs) -> list[float]:
+                 **kwargs) -> list[float | None]:
         if prompts is None or len(prompts) != len(completions):
             raise ValueError("prm_reward reads each completion after its prompt: pass one prompt per completion")
-        return [min(p) if p else self.no_step for p in self.step_probs(prompts, completions)]
+        return [None if p is None else min(p) if p else self.no_step for p in self.step_probs(prompts, completions)]
 
     def __repr__(self) -> str:
         return f"PRMReward({self.model_dir!r}, device={str(self.device)!r}, no_step={self.no_step})"

@@ -100,6 +100,9 @@ class RolloutConfig:
         if self.temperature <= 0:
             raise ConfigError("rollout.temperature must be > 0: RL samples (and divides the logits by it)")
         check_prm_model(self.reward_funcs, self.prm_model)
+        if "prm" in self.reward_funcs and self.reward_isolation == "process":
+            raise ConfigError("reward_funcs prm runs a model: use rollout.reward_isolation=thread (a forked process "
+                              "cannot use the GPU, and would load the model again on every call)")
         if self.reward_isolation not in ("thread", "process"):
             raise ConfigError(f"rollout.reward_isolation must be thread or process, got {self.reward_isolation!r}")
 
