@@ -12,28 +12,30 @@ learnt is not summarised away ("context collapse"). Each round:
               question, the reply and the right answer and writes one "Lesson: ..."); and, for every entry a reply
               used (its step appears in the reply), whether the reply got that step right
 3. Curator    delta operations, never a rewrite: add the new lessons (deduplicated by their normalised text),
-              count each entry helpful or harmful, remove entries that hurt more than they help or that the
-              context budget cannot hold (the lowest helpful - harmful first). With `gate` (the default) the
-              round's batch is answered again with the edited playbook, and an edit that scores lower than the
-              playbook before it is rejected (its counts kept): an addition to this module, not the paper's
+              count each entry helpful or harmful, remove entries whose harmful count leads by prune_margin, and
+              keep to the context budget (old and new entries ranked by helpful - harmful, the lowest out).
+              With `gate` (the default) the round's batch is answered again with the edited playbook, and an edit
+              that scores lower than the playbook before it is rejected (its counts kept): an addition to this
+              module, not the paper's
 4. the playbook file (playbook.json) gets the next version; every operation goes to playbook_log.jsonl
 
 At the end the held-out tasks are answered with the final playbook and with the fixed prompt (no playbook), and the
 paired difference in accuracy gets a bootstrap confidence interval (eval/stats.py). Entries, context tokens and
-training accuracy per round go to rounds.jsonl and plots/ace.png.
+training accuracy per round go to rounds.jsonl and plots/ace.png (each round's accuracy with the playbook it was
+answered with: entries_used, tokens_used; entries after the round's edit: entries).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from alignlab.data.cache import atomic_path
 from alignlab.data.world.arithmetic import apply
 from alignlab.eval.stats import paired_bootstrap_ci, wilson_interval
 from alignlab.tasks import Task, load_source, prompt_text
@@ -99,10 +101,9 @@ class Playbook:
 
     def save(self, path: Path) -> None:
         """Atomically: the file is either the old version or the new one."""
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": self.version, "next_id": self.next_id,
-                                   "entries": [asdict(e) for e in self.entries]}, indent=1) + "\n")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"version": self.version, "next_id": self.next_id,
+                                       "entries": [asdict(e) for e in self.entries]}, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Playbook:
@@ -185,18 +186,23 @@ def curate(playbook: Playbook, lessons: list[str], usage: list[dict[int, bool]],
             counts["duplicates"] += 1
         else:
             freq[normalise(text)] = freq.get(normalise(text), 0) + 1
-    first = {normalise(t): t for t in reversed(lessons)}
-    for key, _ in sorted(freq.items(), key=lambda kv: -kv[1])[:cfg.max_new]:
-        ops.append({"op": "add", "text": first[key]})
-        counts["added"] += 1
     counts["duplicates"] += sum(freq.values()) - len(freq)
-    # removals: net harmful entries, then the weakest beyond the budget (after this round's tallies and additions)
+    first = {normalise(t): t for t in reversed(lessons)}
+    new = [first[k] for k, _ in sorted(freq.items(), key=lambda kv: -kv[1])[:min(cfg.max_new, cfg.max_entries)]]
+    # removals: entries whose harmful count leads by prune_margin; then, over the budget, the lowest helpful - harmful
+    # of old and new together (a new lesson counts 0 and, at equal score, an older entry goes first)
     score = {e.id: e.score + tally.get(e.id, [0, 0])[0] - tally.get(e.id, [0, 0])[1] for e in playbook.entries}
-    keep = [e for e in playbook.entries if -score[e.id] < cfg.prune_margin]
     drop = [e.id for e in playbook.entries if -score[e.id] >= cfg.prune_margin]
-    over = len(keep) + counts["added"] - cfg.max_entries
-    if over > 0:
-        drop += [e.id for e in sorted(keep, key=lambda e: (score[e.id], e.id))[:over]]
+    ranked = [(score[e.id], e.id, e.id) for e in playbook.entries if e.id not in drop]
+    ranked += [(0, playbook.next_id + j, text) for j, text in enumerate(new)]  # new ones: the newest ids
+    ranked.sort(key=lambda x: (x[0], x[1]))
+    cut = ranked[:max(0, len(ranked) - cfg.max_entries)]
+    drop += [item for _, _, item in cut if isinstance(item, int)]
+    left_out = {item for _, _, item in cut if isinstance(item, str)}
+    for text in new:
+        if text not in left_out:
+            ops.append({"op": "add", "text": text})
+            counts["added"] += 1
     ops += [{"op": "remove", "id": i} for i in drop]
     counts["removed"] = len(drop)
     return ops, counts
@@ -220,7 +226,7 @@ class ACEConfig:
 
 
 def accuracy(task: Task, replies: list[str], records: list[dict]) -> list[bool]:
-    return [bool(task.correct(o, r["answer"])) for o, r in zip(replies, records)]
+    return [bool(task.correct(o, r)) for o, r in zip(replies, records)]
 
 
 def run_ace(solve: Solver, cfg: ACEConfig, out: Path, count_tokens: Callable[[str], int] = len,
@@ -232,14 +238,15 @@ def run_ace(solve: Solver, cfg: ACEConfig, out: Path, count_tokens: Callable[[st
         raise ValueError("reflector=model needs a chat model to reflect with")
     task, records = load_source(cfg.source)
     _, val = load_source(cfg.val_source)
-    val = random.Random(cfg.seed).sample(val, min(cfg.val_tasks, len(val)))
-    rng = random.Random(cfg.seed)
+    val = random.Random(f"ace-val:{cfg.seed}").sample(val, min(cfg.val_tasks, len(val)))
+    rng = random.Random(f"ace-train:{cfg.seed}")
     out.mkdir(parents=True, exist_ok=True)
     for name in ("rounds.jsonl", "playbook_log.jsonl"):
         (out / name).unlink(missing_ok=True)
     playbook = Playbook()
     for r in range(1, cfg.rounds + 1):
         batch = rng.sample(records, min(cfg.per_round, len(records)))
+        used = {"entries_used": len(playbook.entries), "tokens_used": count_tokens(playbook.render())}
         replies = solve([with_playbook(x["prompt"], playbook) for x in batch])  # 1. generate
         right = accuracy(task, replies, batch)
         lessons, usage = [], []  # 2. reflect
@@ -263,13 +270,13 @@ def run_ace(solve: Solver, cfg: ACEConfig, out: Path, count_tokens: Callable[[st
         playbook.save(out / "playbook.json")
         with open(out / "playbook_log.jsonl", "a") as f:
             f.write("".join(json.dumps({"round": r, "version": playbook.version, **op}) + "\n" for op in ops))
-        row = {"round": r, "train_accuracy": sum(right) / len(right), "entries": len(playbook.entries),
+        row = {"round": r, "train_accuracy": sum(right) / len(right), **used, "entries": len(playbook.entries),
                "context_tokens": count_tokens(playbook.render()), **counts}
         with open(out / "rounds.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        log(f"round {r}: train accuracy {row['train_accuracy']:.1%} with {row['entries']} entries "
-            f"({row['context_tokens']} tokens); +{counts['added']} -{counts['removed']}, "
-            f"{counts['rejected']} rejected, {counts['duplicates']} duplicate lessons")
+        log(f"round {r}: train accuracy {row['train_accuracy']:.1%} with {used['entries_used']} entries "
+            f"({used['tokens_used']} tokens); then +{counts['added']} -{counts['removed']}, {counts['rejected']} "
+            f"rejected, {counts['duplicates']} duplicate lessons: {row['entries']} entries")
     # held-out: the same tasks with the fixed prompt and with the curated playbook
     fixed = accuracy(task, solve([x["prompt"] for x in val]), val)
     curated = accuracy(task, solve([with_playbook(x["prompt"], playbook) for x in val]), val)
@@ -297,8 +304,9 @@ def plot_rounds(path: Path, png: Path, result: dict) -> Path:
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     rounds = [r["round"] for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, label in zip(axes, ("train_accuracy", "entries", "context_tokens"),
-                              ("training accuracy (with the playbook)", "playbook entries", "playbook tokens")):
+    for ax, key, label in zip(axes, ("train_accuracy", "entries_used", "tokens_used"),
+                              ("training accuracy", "playbook entries it was answered with",
+                               "playbook tokens it was answered with")):
         ax.plot(rounds, [r[key] for r in rows], "o-")
         ax.set_title(label)
         ax.set_xlabel("round")

@@ -140,3 +140,24 @@ def test_the_gate_rejects_an_edit_that_makes_the_batch_worse(tmp_path):
     assert rounds[0]["rejected"] == 2
     r = run_ace(confused, ACEConfig(**{**cfg.__dict__, "gate": False}), tmp_path / "ungated", log=lambda s: None)
     assert r["entries"] == 2 and r["difference"] < 0
+
+
+def test_the_budget_ranks_new_lessons_with_the_old_entries():
+    p = Playbook([Entry(1, "1 + 1 = 2", helpful=3), Entry(2, "2 + 2 = 4"), Entry(3, "3 + 3 = 6", helpful=1)], 1, 4)
+    ops, counts = curate(p, ["7 * 8 = 56", "6 * 9 = 54", "9 * 9 = 81"], [], CuratorConfig(max_entries=2, max_new=4))
+    p.apply(ops, 2)
+    assert [e.text for e in p.entries] == ["1 + 1 = 2", "3 + 3 = 6"]  # proven entries stay, unproven ones wait
+    assert counts["added"] == 0 and counts["removed"] == 1
+    fresh = Playbook()
+    fresh.apply(curate(fresh, ["a = 1", "b = 2", "c = 3"], [], CuratorConfig(max_entries=2, max_new=4))[0], 1)
+    assert len(fresh.entries) == 2  # never more than the budget
+
+
+def test_each_rounds_accuracy_is_logged_with_the_playbook_it_was_answered_with(tmp_path):
+    train = tmp_path / "t.jsonl"
+    write_tasks(train, [(7, 38), (6, 29), (4, 17), (7, 48)])
+    run_ace(scripted, ACEConfig(source=str(train), val_source=str(train), rounds=2, per_round=4, val_tasks=4),
+            tmp_path / "ace", log=lambda s: None)
+    rounds = [json.loads(x) for x in (tmp_path / "ace" / "rounds.jsonl").read_text().splitlines()]
+    assert rounds[0]["entries_used"] == 0 and rounds[0]["train_accuracy"] == 0.0  # every task needs a bad fact
+    assert rounds[0]["entries"] == 3 and rounds[1]["entries_used"] == 3 and rounds[1]["train_accuracy"] == 1.0
