@@ -181,7 +181,62 @@ def check_4(ex) -> str:
     return "hash chains with and without an adapter; seven prompts against PagedKVCache.match_prefix"
 
 
-CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4}
+def check_5(ex) -> str:
+    from alignlab.envs.tictactoe import LINES, SQUARES, invalid_reward
+    from alignlab.envs.tictactoe import winner as alignlab_winner
+
+    g, boards = random.Random(5), 0
+    while boards < 3000:
+        cells = "".join(g.choice("xo.") for _ in range(9))
+        board = dict(zip(SQUARES, cells))
+        if all(any(all(board[q] == who for q in line) for line in LINES) for who in "xo"):
+            continue  # both symbols have a line: no real game gets there
+        expect(ex.winner(cells), alignlab_winner(board), f"winner({cells!r})")
+        boards += 1
+    for result, want in (("win", 1.0), ("draw", 0.5), ("loss", 0.0)):
+        expect(ex.game_reward(result, 3), want, f"game_reward({result!r}, 3)")
+    for m in range(5):
+        got = ex.game_reward("invalid", m)
+        if abs(got - invalid_reward(m)) > 1e-9:
+            raise AssertionError(f"game_reward('invalid', {m}): got {got}, expected {invalid_reward(m)}")
+    return "3,000 random boards against envs.tictactoe.winner; every ending's reward"
+
+
+def check_6(ex) -> str:
+    from alignlab.objectives.rl import group_advantages
+
+    g = random.Random(6)
+    for G in (2, 4, 8):
+        for _ in range(20):
+            rewards = [g.choice((1.0, 0.5, 0.0, -0.849, -1.0)) for _ in range(3 * G)]
+            replies = [g.randint(1, 5) for _ in rewards]
+            adv = group_advantages(torch.tensor(rewards), G).tolist()
+            want = [a for a, n in zip(adv, replies) for _ in range(n)]
+            got = list(ex.row_advantages(rewards, G, replies))
+            if len(got) != len(want) or any(abs(a - b) > 1e-5 for a, b in zip(got, want)):
+                raise AssertionError(f"row_advantages({rewards}, {G}, {replies}): got {got}, expected {want}")
+    return "groups of 2, 4 and 8 games against objectives.rl.group_advantages, repeated per reply"
+
+
+def check_7(ex) -> str:
+    from alignlab.ace import CuratorConfig, Playbook, curate
+
+    g = random.Random(7)
+    facts = [f"{a} * {b} = {a * b}" for a in range(2, 6) for b in range(2, 6)]
+    for _ in range(200):
+        playbook = Playbook()
+        playbook.apply([{"op": "add", "text": t} for t in g.sample(facts, 3)], 1)
+        lessons = [g.choice(facts) + g.choice(("", ".", "!", "  ")) for _ in range(g.randint(0, 12))]
+        lessons = [t.upper() if g.random() < 0.2 else t for t in lessons]
+        max_new = g.randint(1, 5)
+        ops, _ = curate(playbook, lessons, [], CuratorConfig(max_entries=100, max_new=max_new))
+        want = [op["text"] for op in ops if op["op"] == "add"]
+        expect(list(ex.lessons_to_add([e.text for e in playbook.entries], lessons, max_new)), want,
+               f"lessons_to_add({[e.text for e in playbook.entries]}, {lessons}, {max_new})")
+    return "200 random rounds against ace.curate's additions"
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Lab 04 exercises (serving): fill in each function, then grade your work with
+"""Lab 04 exercises (serving 1-4, agents 5-7): fill in each function, then grade your work with
 
     python labs/04_tool_use/check.py          # every exercise
     python labs/04_tool_use/check.py 2 3      # only exercises 2 and 3
@@ -110,4 +110,35 @@ def cached_prefix(tokens: list[int], cached: set[int], block_size: int = 16, ada
     holds: the longest run of the prompt's full blocks, from the first, whose names are all cached, but never the
     block that holds the prompt's last token (that token must run through the model to give the next token's
     logits). Returns a multiple of block_size."""
+    raise NotImplementedError
+
+
+# --- agents ------------------------------------------------------------------------------------------------------
+
+
+def winner(cells: str) -> str | None:
+    """Exercise 5a. The winner of a tic-tac-toe board given as 9 characters, rows A-C left to right ("x", "o" or
+    "."; "xxx.o.o.." has x across row A): "x" or "o" when that symbol fills a row, a column or a diagonal, else
+    None."""
+    raise NotImplementedError
+
+
+def game_reward(result: str, valid_moves: int) -> float:
+    """Exercise 5b. The study guide's reward of a finished game: result is "win", "draw", "loss" or "invalid";
+    valid_moves is m, the agent's valid moves before an invalid one (the README's table)."""
+    raise NotImplementedError
+
+
+def row_advantages(rewards: list[float], group_size: int, replies: list[int]) -> list[float]:
+    """Exercise 6. Trajectory-group advantages, one per row. rewards[i] is game i's reward, the games of a start
+    state next to each other in groups of group_size; replies[i] is how many replies game i has (its rows). Each
+    game's advantage is GRPO's (r - mean of its group) / (unbiased std of its group + 1e-4), and every row of a
+    game carries it: return the rows' advantages, game by game, reply by reply."""
+    raise NotImplementedError
+
+
+def lessons_to_add(playbook: list[str], lessons: list[str], max_new: int) -> list[str]:
+    """Exercise 7. ACE's curator, the additions only: the lessons not already in the playbook, compared by their
+    normalised text (lower case, runs of whitespace as one space, no trailing "." or "!", stripped), each once,
+    the most frequent first (ties: the one seen first first), at most max_new; each added as first written."""
     raise NotImplementedError
