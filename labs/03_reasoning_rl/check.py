@@ -178,7 +178,33 @@ def check_7(ex) -> str:
     return "each of " + ", ".join(ALARMS) + " alone"
 
 
-CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7}
+def check_9(ex) -> str:
+    import random
+
+    from alignlab.eval.rerank import expected_vote
+    from alignlab.tasks.tinyworld import step_labels
+
+    g = random.Random(9)
+    for _ in range(500):
+        steps = []
+        for _ in range(g.randint(0, 4)):
+            a, b, op = g.randint(0, 99), g.randint(0, 99), g.choice("+-*")
+            c = {"+": a + b, "-": a - b, "*": a * b}[op] + (0 if g.random() < 0.7 else g.choice((-10, -1, 1, 10)))
+            steps.append(f"{a} {op} {b} = {c}")
+        reply = "<think>" + "\n".join(steps) + f"</think>\nAnswer: {g.randint(0, 99)}"
+        if list(ex.first_error_labels(reply)) != step_labels(reply):
+            raise AssertionError(f"first_error_labels({reply!r}): got {ex.first_error_labels(reply)}, expected "
+                                 f"{step_labels(reply)}")
+    for _ in range(300):
+        answers = [g.choice(("12", "13", "14", None)) for _ in range(8)]
+        n = g.randint(1, 8)
+        want, got = expected_vote(answers, "12", n), ex.expected_majority(answers, "12", n)
+        if abs(got - want) > 1e-9:
+            raise AssertionError(f"expected_majority({answers}, '12', {n}): got {got}, expected {want}")
+    return "500 random worked solutions against tinyworld.step_labels; 300 vote sets against rerank.expected_vote"
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7, 9: check_9}
 
 # ----------------------------------------------------------------------------------------------------------------
 # Exercise 8: summaries of run directories

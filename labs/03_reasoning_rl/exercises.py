@@ -89,3 +89,17 @@ def alarm_history(alarm: str) -> tuple[list[dict], list[dict]]:
     evals: held-out evaluations, oldest first, e.g. {"step": 0, "val/accuracy": 0.5}.
     """
     raise NotImplementedError
+
+
+def first_error_labels(reply: str) -> list[int]:
+    """Exercise 9a. One label per worked step "a op b = c" of a reply (a, b, c whole numbers, c may be negative;
+    op one of + - *), in order: 1 while every step so far has c equal to a op b, 0 from the first wrong step on
+    (PRM800K's first-error convention)."""
+    raise NotImplementedError
+
+
+def expected_majority(answers: list[str | None], gold: str, n: int) -> float:
+    """Exercise 9b. The probability that a majority vote over n of the samples, drawn without replacement from
+    `answers` (None: no answer parsed, no vote), picks `gold`: the mean over every n-subset, where a tie between
+    the most-voted answers is broken uniformly at random and a subset without any answer picks nothing."""
+    raise NotImplementedError
