@@ -46,6 +46,22 @@ def base(tmp_path_factory, world):
     return save_tiny_llama(tmp_path_factory.mktemp("base"), world.tokenizer())
 
 
+@pytest.fixture(scope="module")
+def server(base):
+    """alignlab serve over `base` (its name: "base"), in-process under uvicorn on a free port (test_serve.Server)."""
+    from alignlab.model.hf import load_model
+    from alignlab.serve import build_state
+    from alignlab.text import load_tokenizer
+
+    from .test_serve import Server
+
+    model = load_model(base)
+    model.requires_grad_(False)
+    s = Server(build_state(model, load_tokenizer(base), model_names=["base"], model_path=str(base)))
+    yield s
+    s.stop()
+
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -15,13 +15,9 @@ from safetensors.torch import load_file
 from alignlab.config import load_config
 from alignlab.envs.tictactoe import SQUARES
 from alignlab.infer import Completion
-from alignlab.model.hf import load_model
 from alignlab.recipes import agent_rl
 from alignlab.recipes.agent_rl import AgentRLConfig, run, start_states
-from alignlab.serve import build_state
 from alignlab.text import load_tokenizer
-
-from .test_serve import Server
 
 
 def config(tmp_path, base, name="run", **kw) -> AgentRLConfig:
@@ -126,15 +122,6 @@ def test_config_checks(tmp_path, base):
                     ({"env_options": {"hist": True}}, "env_options")):
         with pytest.raises(ConfigError, match=msg):
             run(config(tmp_path, base, **kw))
-
-
-@pytest.fixture(scope="module")
-def server(base):
-    model = load_model(base)
-    model.requires_grad_(False)
-    s = Server(build_state(model, load_tokenizer(base), model_names=["base"], model_path=str(base)))
-    yield s
-    s.stop()
 
 
 def test_games_through_the_server_equal_local_games(tmp_path, base, server):

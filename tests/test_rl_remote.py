@@ -43,15 +43,6 @@ def prompts(world):
     return world.rl_prompts("train", level=2)[:40], world.rl_prompts("test", level=2)[:6]
 
 
-@pytest.fixture(scope="module")
-def server(base):
-    model = load_model(base)
-    model.requires_grad_(False)
-    s = Server(build_state(model, load_tokenizer(base), model_names=["base"], model_path=str(base)))
-    yield s
-    s.stop()
-
-
 @contextmanager
 def a_server_without_token_ids():
     """A server that ignores return_tokens_as_token_ids (as some do): log-prob tokens are their decoded strings, so

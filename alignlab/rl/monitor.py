@@ -202,6 +202,14 @@ def plot_rl_curves(metrics_path: str | Path, out_png: str | Path, title: str = "
                    start: dict | None = None) -> Path | None:
     """Reward, held-out accuracy, KL, completion length, entropy and zero-variance groups against step, from
     metrics.jsonl; `start` adds the held-out metrics measured before training as step 0. Alarms are marked."""
+    return plot_panels(metrics_path, out_png, PANELS, (3, 2), title, start)
+
+
+def plot_panels(metrics_path: str | Path, out_png: str | Path, panels, grid: tuple[int, int], title: str = "",
+                start: dict | None = None) -> Path | None:
+    """One panel per (title, metric keys, y label) of `panels` against step, from metrics.jsonl: training metrics
+    raw and smoothed, held-out ones (val/...) as points; `start` adds step 0's held-out metrics; the first step of
+    each alarm raised is a red line. None when no step logged a reward."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,8 +222,8 @@ def plot_rl_curves(metrics_path: str | Path, out_png: str | Path, title: str = "
         records = [{"step": 0, **start}, *records]
     if not any("reward" in r for r in records):
         return None
-    fig, axes = plt.subplots(3, 2, figsize=(11, 9), sharex=True)
-    for ax, (name, keys, ylabel) in zip(axes.flat, PANELS):
+    fig, axes = plt.subplots(*grid, figsize=(11, 3 * grid[0]), sharex=True)
+    for ax, (name, keys, ylabel) in zip(axes.flat, panels):
         for key in keys:
             pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
             if not pts:
@@ -224,8 +232,8 @@ def plot_rl_curves(metrics_path: str | Path, out_png: str | Path, title: str = "
             if key.startswith("val/"):
                 ax.plot(steps, ys, "o-", label=key)
             else:
-                ax.plot(steps, ys, alpha=0.3, linewidth=0.8)
-                ax.plot(steps, ema(ys), label=key)
+                raw, = ax.plot(steps, ys, alpha=0.3, linewidth=0.8)
+                ax.plot(steps, ema(ys), color=raw.get_color(), label=key)  # smoothed, in the raw line's color
         for alarm in ALARMS:
             hits = [r["step"] for r in records if r.get(f"alarm/{alarm}")]
             if hits:

@@ -32,6 +32,7 @@ import torch
 
 from alignlab.envs import Env
 from alignlab.infer import Completion, Engine, SamplingParams
+from alignlab.rl.monitor import plot_panels
 from alignlab.rl.rollout import make_rollout
 
 Generator = Callable[[list[list[int]], list[int]], list[Completion]]
@@ -149,46 +150,15 @@ def outcome_metrics(trajs: list[Trajectory], prefix: str = "") -> dict[str, floa
     return out
 
 
-PANELS = [("outcomes of the training games", ("win", "draw", "loss", "invalid")),
-          ("held-out games, greedy", ("val/win", "val/draw", "val/loss", "val/invalid")),
+PANELS = [("outcomes of the training games", ("win", "draw", "loss", "invalid"), "fraction of games"),
+          ("held-out games, greedy", ("val/win", "val/draw", "val/loss", "val/invalid"), "fraction of games"),
           ("held-out games, sampled",
-           ("val/sampled_win", "val/sampled_draw", "val/sampled_loss", "val/sampled_invalid")),
-          ("reward and moves", ("reward", "val/reward", "moves", "val/moves"))]
+           ("val/sampled_win", "val/sampled_draw", "val/sampled_loss", "val/sampled_invalid"), "fraction of games"),
+          ("reward and moves", ("reward", "val/reward", "moves", "val/moves"), "")]
 
 
 def plot_agent_curves(metrics_path: str | Path, out_png: str | Path, start: dict | None = None,
                       title: str = "") -> Path | None:
-    """Win / draw / loss / invalid rates of the training games (smoothed) and of the held-out games, the reward and
+    """Win / draw / loss / invalid rates of the training games (smoothed) and of the held-out ones, the reward and
     the moves per game against step, from metrics.jsonl; `start` adds the held-out metrics before training."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from alignlab.train.metrics import ema, read_metrics, save_figure
-
-    records = read_metrics(Path(metrics_path))
-    if start:
-        records = [{"step": 0, **start}, *records]
-    if not any("reward" in r for r in records):
-        return None
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    for ax, (name, keys) in zip(axes.flat, PANELS):
-        for key in keys:
-            pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-            if not pts:
-                continue
-            steps, ys = zip(*pts)
-            if key.startswith("val/"):
-                ax.plot(steps, ys, "o-", label=key.removeprefix("val/"))
-            else:
-                ax.plot(steps, ys, alpha=0.25, linewidth=0.8)
-                ax.plot(steps, ema(ys), label=key)
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    for ax in axes[-1]:
-        ax.set_xlabel("step")
-    fig.suptitle(title or Path(metrics_path).parent.name)
-    return save_figure(fig, out_png)
+    return plot_panels(metrics_path, out_png, PANELS, (2, 2), title, start)
