@@ -194,6 +194,12 @@ def test_resume_continues_exactly(tmp_path, base, prompts):
     assert any("reward" in r for r in a if r["step"] == 3)  # step 3 sampled a new batch after the resume
     wa, wb = load_model(tmp_path / "whole" / "model"), load_model(tmp_path / "split" / "model")
     assert all(torch.equal(p, q) for p, q in zip(wa.state_dict().values(), wb.state_dict().values()))
+    # resuming a finished run trains nothing and reports its final held-out metrics again
+    again = run(config(tmp_path, base, name="whole", **kw), resume=True, train_records=prompts[0],
+                val_records=prompts[1])
+    assert again["step"] == 3 and again["val/accuracy"] == whole["val/accuracy"]
+    saved = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert saved["val/accuracy"] == whole["val/accuracy"] and saved["start"] == whole["start"]
 
 
 def test_prompt_sources_and_config_checks(tmp_path, base):

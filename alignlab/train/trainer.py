@@ -404,6 +404,11 @@ class Trainer:
                     bar.write(f"{status}: saved {self.last_checkpoint}; continue with --resume")
                     break
         bar.close()
+        if resumed and not metrics and self.evaluate is not None:  # resumed a finished run: its final metrics again
+            self.raw_model.eval()
+            with torch.no_grad(), self.autocast:
+                metrics = self.evaluate(self.raw_model)
+            self.raw_model.train()
         result = {"status": status, "step": self.step, "best_val_loss": self.best, "tokens_seen": self.tokens_seen,
                   "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                   "train_seconds": round(time.perf_counter() - t_start, 2), "precision": self.precision.as_dict(),
