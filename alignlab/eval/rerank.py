@@ -151,7 +151,7 @@ def run_rerank(policy: str, prm: str, orm: str, source: str, n: int = 8, limit: 
 
     from alignlab.model.reward import load_reward_model, score, score_positions
     from alignlab.tasks import load_source
-    from alignlab.tasks.tinyworld import extract_answer, step_labels, worked_steps
+    from alignlab.tasks.tinyworld import extract_answer, step_ends, step_labels
     from alignlab.text import load_tokenizer
 
     out = Path(out)
@@ -159,7 +159,7 @@ def run_rerank(policy: str, prm: str, orm: str, source: str, n: int = 8, limit: 
     task, records = load_source(source, limit)
     replies = sample_replies(policy, records, n, temperature, max_tokens, seed)
     prompts = [r["prompt"] for r in records for _ in range(n)]
-    ends = [[s.end for s in worked_steps(text)] for text in replies]
+    ends = [step_ends(text) for text in replies]
     prm_model, prm_tok = load_reward_model(prm, dtype=torch.float32), load_tokenizer(prm)
     step_probs = [[sigmoid(x) for x in row] for row in score_positions(prm_model, prm_tok, prompts, replies, ends)]
     orm_model, orm_tok = load_reward_model(orm, dtype=torch.float32), load_tokenizer(orm)

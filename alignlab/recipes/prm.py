@@ -94,14 +94,14 @@ class PRMConfig:
 def label_solutions(task, records: list[dict], replies: list[str], n: int) -> list[dict]:
     """One row a reply: {"prompt", "reply", "answer", "correct", "step_labels", "step_ends"} (replies record-major,
     n a record)."""
-    from alignlab.tasks.tinyworld import step_labels, worked_steps
+    from alignlab.tasks.tinyworld import step_ends, step_labels
 
     rows = []
     for k, reply in enumerate(replies):
         record = records[k // n]
         rows.append({"prompt": record["prompt"], "reply": reply, "answer": str(record["answer"]),
                      "correct": int(task.correct(reply, record)), "step_labels": step_labels(reply),
-                     "step_ends": [s.end for s in worked_steps(reply)]})
+                     "step_ends": step_ends(reply)})
     return rows
 
 

@@ -40,13 +40,8 @@ import torch
 from alignlab.errors import ConfigError
 from alignlab.model.reward import load_reward_model, score_positions
 from alignlab.rewards.builtin import Completion, completion_text
-from alignlab.tasks.tinyworld import worked_steps
+from alignlab.tasks.tinyworld import step_ends as tinyworld_step_ends
 from alignlab.text import load_tokenizer
-
-
-def tinyworld_step_ends(text: str) -> list[int]:
-    """The character offset just past each worked step "a op b = c" of `text`: where the PRM reads."""
-    return [s.end for s in worked_steps(text)]
 
 
 def check_prm_model(reward_funcs: dict[str, float], prm_model: str) -> None:

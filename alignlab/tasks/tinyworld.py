@@ -18,6 +18,7 @@ Answers (`rl_prompts`, math SFT records; `verify` is GRPO's reward):
                                  "*" (a carry or borrow in the units digit) -- where a model slips
     worked_steps(out)            each step "a op b = c" of one output, in order: a WorkedStep (a, op, b, c,
                                  right, end: the offset just past c, where a process reward model reads)
+    step_ends(out)               each step's `end`, the offsets a process reward model reads at
     step_labels(out)             one 0/1 label a step, PRM800K's first-error convention: 1 while every step
                                  so far is right, 0 from the first wrong step on
 
@@ -133,6 +134,11 @@ def worked_steps(output: str) -> list[WorkedStep]:
         a, op, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
         steps.append(WorkedStep(a, op, b, c, c == apply(a, op, b), m.end()))
     return steps
+
+
+def step_ends(output: str) -> list[int]:
+    """The character offset just past each worked step "a op b = c" of one output: where a PRM reads."""
+    return [s.end for s in worked_steps(output)]
 
 
 def step_labels(output: str) -> list[int]:
