@@ -23,6 +23,12 @@ from alignlab.tools.calls import parse_calls
 from alignlab.tools.executor import ToolBox
 
 
+def town_toolbox(world: TinyWorld) -> ToolBox:
+    """The tools TinyWorld's tool chats list, runnable: the weather, a fresh calendar, the town's directory and the
+    calculator."""
+    return ToolBox([get_weather, Calendar().add_event, world.directory.lookup], builtins=["calculator"])
+
+
 @functools.lru_cache(maxsize=4)
 def _world_records(world_seed: int, split: str) -> tuple[TinyWorld, list[dict]]:
     world = TinyWorld(world_seed)
@@ -46,7 +52,7 @@ class ToolTask(Env):
         self.facts = self.record["facts"]
         if self.record["kind"] == "lookup":  # training chats read made-up entries; here the real directory answers
             self.facts = [self.world.directory.lookup(**self.record["call"]["arguments"])]
-        self.box = ToolBox([get_weather, Calendar().add_event, self.world.directory.lookup], builtins=["calculator"])
+        self.box = town_toolbox(self.world)
         self.turns, self.calls, self.correct = 0, 0, False
         return [dict(m) for m in self.record["messages"][:2]]
 

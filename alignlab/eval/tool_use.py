@@ -18,11 +18,11 @@ results join the conversation, and the model answers again. Metrics, each a frac
 
 from __future__ import annotations
 
-from alignlab.data.world.services import KINDS, Calendar, get_weather
+from alignlab.data.world.services import KINDS
+from alignlab.envs.tool_task import town_toolbox
 from alignlab.infer import Engine, SamplingParams
 from alignlab.tools.agent import assistant_message
 from alignlab.tools.calls import parse_calls
-from alignlab.tools.executor import ToolBox
 
 
 def _generate(engine: Engine, tok, conversations: list[list[dict]], tools: list[list[dict]], max_new_tokens: int):
@@ -43,7 +43,7 @@ def evaluate_tool_use(model, tok, world, records: list[dict], max_new_tokens: in
         messages = list(r["messages"][:2])
         row = {"id": r["id"], "kind": r["kind"], "expected": r["call"], "calls": calls, "reply": text}
         if calls:
-            box = ToolBox([get_weather, Calendar().add_event, world.directory.lookup], builtins=["calculator"])
+            box = town_toolbox(world)
             reply = assistant_message(content, calls)
             messages += [reply, *box.run_all(reply["tool_calls"])]
             follow.append((messages, r["tools"]))
