@@ -3,11 +3,7 @@ passes, a wrong one fails with its reason, and the untouched exercises file repo
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-LAB = Path(__file__).resolve().parents[1] / "labs" / "03_reasoning_rl"
+from .lab_check import run_check
 
 SOLUTION = r'''
 import itertools, re
@@ -37,8 +33,7 @@ def expected_majority(answers, gold, n):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(LAB / "check.py"), *args], capture_output=True, text=True,
-                          timeout=120)
+    return run_check("03_reasoning_rl", *args)
 
 
 def test_a_worked_solution_passes_and_the_stub_is_todo(tmp_path):

@@ -3,11 +3,7 @@ reason, and the untouched exercises file reports TODO."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-LAB = Path(__file__).resolve().parents[1] / "labs" / "04_tool_use"
+from .lab_check import run_check
 
 SOLUTIONS = r'''
 import math, re
@@ -50,8 +46,7 @@ def lessons_to_add(playbook, lessons, max_new):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(LAB / "check.py"), *args], capture_output=True, text=True,
-                          timeout=120)
+    return run_check("04_tool_use", *args)
 
 
 def test_worked_solutions_pass_and_the_stub_is_todo(tmp_path):

@@ -3,11 +3,7 @@ exercise, a wrong one fails with its reason, and the learner's untouched file re
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-LAB = Path(__file__).resolve().parents[1] / "labs" / "05_evaluation"
+from .lab_check import run_check
 
 SOLUTIONS = r'''
 import math, re
@@ -49,8 +45,7 @@ def near_leak(reply, secret):
 
 
 def run(*args):
-    return subprocess.run([sys.executable, str(LAB / "check.py"), *args], capture_output=True, text=True,
-                          timeout=120)
+    return run_check("05_evaluation", *args)
 
 
 def test_worked_solutions_pass_and_the_stub_is_todo(tmp_path):
