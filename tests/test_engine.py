@@ -386,6 +386,7 @@ def test_split_linear_matches_f_linear(monkeypatch):
 
     bmm_calls, bmm = [], torch.bmm
     monkeypatch.setattr(torch, "bmm", lambda *a: (bmm_calls.append(1), bmm(*a))[1])
+    monkeypatch.setattr(Linear, "split", True)  # wherever split_pays would say no
     torch.manual_seed(0)
     for threads in (2, 4):  # the split needs > 1 thread dividing out_features: force it, whatever the machine
         monkeypatch.setattr(torch, "get_num_threads", lambda n=threads: n)
@@ -403,6 +404,21 @@ def test_split_linear_matches_f_linear(monkeypatch):
                 theirs = torch.autograd.grad(want, (x, layer.weight), g)
                 for a, b in zip(ours, theirs):
                     torch.testing.assert_close(a, b)
+
+
+def test_split_pays_is_measured_once_per_thread_count(monkeypatch):
+    """split_pays times the two products once and keeps the answer; Linear.split = False never splits."""
+    from alignlab.model import linear
+
+    monkeypatch.setattr(linear, "_split_pays", {})
+    first = linear.split_pays(2)
+    assert linear._split_pays == {2: first} and linear.split_pays(2) == first
+    assert linear.split_pays(3) is False  # 2048 rows do not split into 3 equal blocks
+    bmm_calls, bmm = [], torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: (bmm_calls.append(1), bmm(*a))[1])
+    monkeypatch.setattr(linear.Linear, "split", False)
+    linear.Linear(64, 96)(torch.randn(1, 64))
+    assert not bmm_calls
 
 
 def test_learned_positions_with_ragged_max_new_tokens():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -65,11 +66,16 @@ def packed_weights(store: PackedWeights) -> Iterator[None]:
 class Linear(nn.Linear):
     """nn.Linear with two CPU fast paths for the few-row products of decoding (one row per sequence).
 
-    fp32, at most `max_split_rows` rows. With few rows, BLAS computes x W^T on fewer cores than it has, and
-    decoding is bound by how fast the weight streams from memory. Splitting W's output rows into one block per
-    thread and multiplying the blocks as a batch (torch.bmm) gives every core its own block to stream:
+    fp32, at most `max_split_rows` rows. With few rows, some BLAS builds compute x W^T on fewer cores than
+    there are, and decoding is bound by how fast the weight streams from memory. Splitting W's output rows into
+    one block per thread and multiplying the blocks as a batch (torch.bmm) gives every core its own block to
+    stream:
 
         y^T = [W_1 x^T; W_2 x^T; ...; W_n x^T]
+
+    Whether that pays depends on the processor and its BLAS (on a 2-core Intel Xeon with torch 2.13, F.linear is
+    2-4x faster at 1-32 rows; the split was 1.2x faster decoding on a 2-core AMD EPYC), so it is measured, not
+    assumed: `split_pays` times both once per process. `Linear.split` = True or False forces the choice.
 
     bf16 (bf16 weights, or fp32 weights under bf16 autocast) inside `packed_weights`, without gradients, at most
     `max_packed_rows` rows. oneDNN multiplies in a blocked layout of W; F.linear reorders W into it on every call,
@@ -85,6 +91,7 @@ class Linear(nn.Linear):
 
     max_split_rows = 32
     max_packed_rows = 256
+    split: bool | None = None  # None: where split_pays measured that it does
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _packs(self, x):
@@ -93,12 +100,42 @@ class Linear(nn.Linear):
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if not 0 < rows <= self.max_split_rows or n < 2 or self.out_features % n or x.device.type != "cpu" \
                 or not w.is_contiguous() or w.dtype != torch.float32 or x.dtype != torch.float32 \
-                or torch.is_autocast_enabled("cpu"):
+                or torch.is_autocast_enabled("cpu") or not (split_pays(n) if self.split is None else self.split):
             return F.linear(x, w, self.bias)
         blocks = w.view(n, self.out_features // n, self.in_features)
         y = torch.bmm(blocks, x.reshape(rows, -1).t().expand(n, -1, -1))  # [n, out / n, rows]
         y = y.view(self.out_features, rows).t().contiguous().view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
+
+
+_split_pays: dict[int, bool] = {}  # threads -> whether the split beat F.linear here
+
+
+def split_pays(threads: int) -> bool:
+    """Whether Linear's fp32 split beats F.linear on this machine at `threads` threads: both are timed on a
+    decode-shaped product, [1, 512] x [512, 2048], best of 20 calls each, once per process; the split is taken
+    only when it is at least 1.2x faster, so that a close call does not flip between runs (the two differ in
+    float summation order)."""
+    if threads not in _split_pays:
+        with torch.no_grad():
+            w, x = torch.randn(2048, 512), torch.randn(1, 512)
+            blocks = w.view(threads, 2048 // threads, 512) if 2048 % threads == 0 else None
+            if blocks is None:
+                _split_pays[threads] = False
+                return False
+
+            def best(f) -> float:
+                times = []
+                for _ in range(20):
+                    t = time.perf_counter()
+                    f()
+                    times.append(time.perf_counter() - t)
+                return min(times)
+
+            plain = best(lambda: F.linear(x, w))
+            split = best(lambda: torch.bmm(blocks, x.t().expand(threads, -1, -1)).view(2048, 1).t().contiguous())
+        _split_pays[threads] = split * 1.2 <= plain
+    return _split_pays[threads]
 
 
 def fused_linear(x: torch.Tensor, layers: list[nn.Module]) -> list[torch.Tensor]:
