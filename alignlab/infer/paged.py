@@ -5,7 +5,7 @@ PagedAttention", arXiv:2309.06180). A static cache reserves prompt + max_new_tok
 most of that is never filled (requests stop early) and none of it can be shared. Here the cache is a pool of
 `num_blocks` blocks of `block_size` slots, per layer
 
-    K, V: [num_blocks, Hkv, block_size, d]      (fp32 on the CPU, see CausalLM.new_cache; else the model's dtype)
+    K, V: [num_blocks, block_size, Hkv, d]      (fp32 on the CPU, see CausalLM.new_cache; else the model's dtype)
 
 and a sequence owns a list of block ids, its block table: token i of the sequence lives in block
 table[i // block_size] at slot i % block_size. Blocks are taken when a sequence reaches them, so a sequence
@@ -36,8 +36,10 @@ it. (Python's 64-bit tuple hash names a block; a collision of two different pref
 How the model reads the pool: `PagedRows` is the cache object of one forward over the scheduled sequences (the
 methods of model/kv_cache.py). Row b's new tokens go to its slots [lengths[b], lengths[b] + n_b); `append` writes
 them into their blocks and returns the layer's K, V over slots [0, max(lengths) + T) of every row, gathered
-from the blocks (index_select of the block ids, then a reshape). Slots a row does not hold yet are masked by
-the causal mask, as in KVCache; the pool is zero-initialised so that such slots are always finite.
+from the blocks: one index_select of the block ids, after which [B, blocks, block_size, Hkv, d] is already the
+row's slots in order, so a view (not a second copy) gives attention its [B, Hkv, slots, d]. Slots a row does
+not hold yet are masked by the causal mask, as in KVCache; the pool is zero-initialised so that such slots are
+always finite.
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ class PagedKVCache:
 
     def __init__(self, n_layers: int, n_kv_heads: int, head_dim: int, num_blocks: int, block_size: int = 16,
                  dtype=torch.float32, device=None, prefix_caching: bool = True):
-        shape = (n_layers, num_blocks, n_kv_heads, block_size, head_dim)
+        shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)  # zeros: a masked slot must still be finite
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size, self.num_blocks = block_size, num_blocks
@@ -256,7 +258,7 @@ class PagedRows:
         """Write the real new tokens of k, v [B, Hkv, T, d] into their blocks; return this layer's K, V
         [B, Hkv, max(lengths) + T, d] gathered from the rows' blocks."""
         B, H, T, d = k.shape
-        K, V = self.cache.k[layer], self.cache.v[layer]  # [num_blocks, Hkv, bs, d]
+        K, V = self.cache.k[layer], self.cache.v[layer]  # [num_blocks, bs, Hkv, d]
         k, v = k.to(K.dtype), v.to(V.dtype)
         if max(self._lengths) == 0:  # nothing before: the new keys are all there is
             self._write(K, V, k, v)
@@ -265,19 +267,19 @@ class PagedRows:
         return self._gather(K), self._gather(V)
 
     def _gather(self, pool: torch.Tensor) -> torch.Tensor:
-        """[B, Hkv, end, d]: each row's first n_read blocks side by side (index_select, then one reshape copy)."""
-        N, H, bs, d = pool.shape
+        """[B, Hkv, end, d]: each row's first n_read blocks side by side (one index_select; the rest are views)."""
+        N, bs, H, d = pool.shape
         B = self.read.numel() // self.n_read
-        rows = pool.index_select(0, self.read).view(B, self.n_read, H, bs, d).transpose(1, 2)
-        return rows.reshape(B, H, self.n_read * bs, d)[:, :, :self.end]
+        rows = pool.index_select(0, self.read).view(B, self.n_read * bs, H, d)
+        return rows[:, :self.end].transpose(1, 2)
 
     def _write(self, K, V, k, v):
         B, H, T, d = k.shape
         k, v = k.transpose(1, 2).reshape(B * T, H, d), v.transpose(1, 2).reshape(B * T, H, d)
         if self.select is not None:
             k, v = k[self.select], v[self.select]
-        K[self.w_block, :, self.w_off] = k  # advanced indices around a slice: the value is [M, Hkv, d]
-        V[self.w_block, :, self.w_off] = v
+        K[self.w_block, self.w_off] = k  # the value is [M, Hkv, d]
+        V[self.w_block, self.w_off] = v
 
     def advance(self, n: int):
         """Nothing to do: the scheduler counts each sequence's tokens (n_new[b], not the padded T)."""
