@@ -8,9 +8,12 @@ A random Llama (bench_generate.py's 5M shapes) and --adapters PEFT adapters (ini
 changes the model): ranks 8 and 16 alternate, on q/k/v/o_proj or on every linear layer. Request j uses adapter
 j mod --adapters. Every side generates exactly --new tokens for every request from --prompt-token prompts:
 
-    alignlab mixed sgmv    one batch of all requests, MultiLora(kernel="sgmv"): a segment per adapter
+    alignlab mixed grouped one batch of all requests, MultiLora(kernel="grouped"): a segment per adapter, all
+                           segments in one grouped product (the default on a CPU)
+    alignlab mixed sgmv    the same segments, kernel="sgmv": a pair of products per adapter at its own rank
     alignlab mixed bmm     the same, kernel="bmm": every token's A and B gathered, padded to rank 16
-    alignlab per adapter   one batch per adapter (its requests only), one after the other, sgmv
+    alignlab per adapter   one batch per adapter (its requests only), one after the other, with whichever of
+                           grouped and sgmv is faster for it (--per-adapter-kernel)
     alignlab base          one batch of all requests without adapters: the floor the LoRA updates add to
     PEFT mixed             one PeftModel holding every adapter, generate(..., adapter_names=[...])
 
@@ -94,8 +97,8 @@ def mixed(model, adapters: MultiLora, kernel: str, prompts, names, new):
         return greedy(model, prompts, new)
 
 
-def per_adapter(model, adapters: MultiLora, prompts, names, new):
-    adapters.kernel = "sgmv"
+def per_adapter(model, adapters: MultiLora, prompts, names, new, kernel):
+    adapters.kernel = kernel
     out = torch.empty(len(names), new, dtype=torch.long)
     for name in dict.fromkeys(names):
         rows = [b for b, n in enumerate(names) if n == name]
@@ -134,6 +137,13 @@ def main():
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--prompt", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--per-adapter-kernel", default="sgmv", choices=["sgmv", "grouped"],
+                    help="the kernel of the one-batch-per-adapter side (one adapter per batch: sgmv is a pair of "
+                         "plain products)")
+    ap.add_argument("--order", default="interleaved", choices=["interleaved", "grouped"],
+                    help="request j uses adapter j mod --adapters (interleaved), or the requests come grouped by "
+                         "adapter, as an engine that orders its rows by adapter batches them (every side gets "
+                         "the same order)")
     ap.add_argument("--agree", type=float, default=0.9, help="fraction of rows that must equal PEFT's tokens")
     ap.add_argument("--quick", action="store_true", help="smoke run: 16 requests, 8 new tokens, 1 rep, 5 s idle")
     args = ap.parse_args()
@@ -149,13 +159,18 @@ def main():
         adapters = MultiLora(model, max_loras=args.adapters, max_cpu_loras=args.adapters)
         for name, d in dirs.items():
             adapters.load(name, d)
-    names = [f"a{j % args.adapters}" for j in range(args.requests)]
+    if args.order == "interleaved":
+        names = [f"a{j % args.adapters}" for j in range(args.requests)]
+    else:
+        names = [f"a{j * args.adapters // args.requests}" for j in range(args.requests)]
     prompts = torch.randint(0, VOCAB, (args.requests, args.prompt), generator=torch.Generator().manual_seed(0))
 
     sides = {
+        "alignlab mixed grouped": lambda: mixed(model, adapters, "grouped", prompts, names, args.new),
         "alignlab mixed sgmv": lambda: mixed(model, adapters, "sgmv", prompts, names, args.new),
         "alignlab mixed bmm": lambda: mixed(model, adapters, "bmm", prompts, names, args.new),
-        "alignlab per adapter": lambda: per_adapter(model, adapters, prompts, names, args.new),
+        "alignlab per adapter": lambda: per_adapter(model, adapters, prompts, names, args.new,
+                                                    args.per_adapter_kernel),
         "alignlab base": lambda: base(model, adapters, prompts, names, args.new),
         "PEFT mixed": lambda: peft_mixed(pm, prompts, names, args.new),
     }
@@ -176,12 +191,14 @@ def main():
     print(f"(the base alone equals the adapters' tokens on {base_same:.2f} of the rows: the adapters matter)")
     print(json.dumps({
         "tok_per_s": {k: round(v, 1) for k, v in tps.items()},
+        "mixed_grouped_vs_peft": round(times["PEFT mixed"] / times["alignlab mixed grouped"], 3),
+        "mixed_grouped_vs_per_adapter": round(times["alignlab per adapter"] / times["alignlab mixed grouped"], 3),
         "mixed_sgmv_vs_peft": round(times["PEFT mixed"] / times["alignlab mixed sgmv"], 3),
         "mixed_bmm_vs_peft": round(times["PEFT mixed"] / times["alignlab mixed bmm"], 3),
         "mixed_sgmv_vs_per_adapter": round(times["alignlab per adapter"] / times["alignlab mixed sgmv"], 3),
         "mixed_bmm_vs_per_adapter": round(times["alignlab per adapter"] / times["alignlab mixed bmm"], 3),
         "sgmv_vs_bmm": round(times["alignlab mixed bmm"] / times["alignlab mixed sgmv"], 3),
-        "base_vs_mixed_sgmv": round(times["alignlab mixed sgmv"] / times["alignlab base"], 3),
+        "base_vs_mixed_grouped": round(times["alignlab mixed grouped"] / times["alignlab base"], 3),
         "adapters": args.adapters, "requests": args.requests, "new": args.new, "threads": torch.get_num_threads(),
         "quick": args.quick}))
     if failed:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from alignlab.errors import CheckpointError, ConfigError, UserError
 from alignlab.infer import Engine, SamplingParams
 from alignlab.lora import MultiLora, MultiLoraLinear, load_adapter, merge_lora
-from alignlab.lora.multi_kernels import lora_bmm, lora_sgmv, segments
+from alignlab.lora.multi_kernels import lora_bmm, lora_grouped, lora_sgmv, segments
 from alignlab.model.hf import load_model
 from alignlab.model.linear import PackedWeights, packed_weights
 from alignlab.quant.linear4bit import quantize_model
@@ -170,6 +170,13 @@ def test_per_token_slots_follow_the_formula():
                         for t, i in enumerate(index.tolist())])
     torch.testing.assert_close(lora_bmm(x, A, B, torch.tensor(scalings), index), want)
     torch.testing.assert_close(lora_sgmv(x, A, B, scalings, ranks, segments(index)), want)
+    torch.testing.assert_close(lora_grouped(x, A, B, torch.tensor(scalings), segments(index, S)), want)
+    for ordered in (index.sort().values, index.clamp(min=0).sort().values):  # already in slot order: no gather
+        want = torch.stack([scalings[i] * B[i] @ A[i] @ x[t] if i >= 0 else torch.zeros(d_out)
+                            for t, i in enumerate(ordered.tolist())])
+        segs = segments(ordered, S)
+        assert segs.sorted
+        torch.testing.assert_close(lora_grouped(x, A, B, torch.tensor(scalings), segs), want)
 
 
 def test_per_token_slots_in_rows(llama_dir, adapter_dirs, merged):

@@ -183,6 +183,7 @@ class LLMEngine:
         slots = None
         if self.adapters is not None:
             slots = dict(zip([c.seq for c in chunks], self.adapters.activate([c.seq.adapter for c in chunks])))
+            chunks = sorted(chunks, key=lambda c: slots[c.seq])  # rows grouped by adapter: no gather in the kernel
         ready, hidden = [], []
         for group in ([c for c in chunks if c.n == 1], [c for c in chunks if c.n > 1]):
             if not group:

@@ -1,6 +1,6 @@
 """Many LoRA adapters over one base model, mixed in one batch: every row picks its own adapter (or none).
 
-    adapters = MultiLora(model, max_loras=4, max_cpu_loras=32)       # kernel="sgmv" (default) or "bmm"
+    adapters = MultiLora(model, max_loras=4, max_cpu_loras=32)       # kernel="grouped", "sgmv" or "bmm"
     adapters.load("sql", "adapters/sql")                              # PEFT format, checked against the model now
     adapters.load("chat", "adapters/chat")
     slots = adapters.activate(["sql", None, "chat", "sql"])           # e.g. [0, -1, 1, 0]; -1: the base model
@@ -53,10 +53,10 @@ from safetensors.torch import load_file
 
 from alignlab.errors import CheckpointError, ConfigError, UserError
 from alignlab.lora.inject import LoraConfig, find_targets, lora_layers
-from alignlab.lora.multi_kernels import Segments, lora_bmm, lora_sgmv, segments
+from alignlab.lora.multi_kernels import Segments, lora_bmm, lora_grouped, lora_sgmv, segments
 from alignlab.lora.peft_io import CONFIG_NAME, LEGACY_WEIGHTS_NAME, PREFIX, WEIGHTS_NAME, read_adapter_config
 
-KERNELS = ("sgmv", "bmm")
+KERNELS = ("grouped", "sgmv", "bmm")
 
 
 @dataclass
@@ -75,15 +75,15 @@ class _Plan:
     """The tokens' slots for one input shape, shared by every layer of a forward."""
 
     index: torch.Tensor  # [N] slot per token, -1 for the base
-    segments: Segments | None = None  # made on first use by the sgmv kernel
+    segments: Segments | None = None  # made on first use by the sgmv and grouped kernels
 
 
 class _Batch:
     """What the MultiLoraLinear layers of one MultiLora read during a forward: the kernel and the slots set by
     `MultiLora.rows` (None outside a rows block: the base alone), with the per-shape plans made from them."""
 
-    def __init__(self, kernel: str):
-        self.kernel = kernel
+    def __init__(self, kernel: str, n_slots: int):
+        self.kernel, self.n_slots = kernel, n_slots
         self.slots: torch.Tensor | None = None  # [B] per row, or [B, T] per token
         self._plans: dict[tuple, _Plan | None] = {}
 
@@ -108,18 +108,19 @@ class _Batch:
             index = slots.reshape(-1)  # [N]
             self._plans[key] = _Plan(index) if bool((index >= 0).any()) else None
         plan = self._plans[key]
-        if plan is not None and self.kernel == "sgmv" and plan.segments is None:
-            plan.segments = segments(plan.index)
+        if plan is not None and self.kernel != "bmm" and plan.segments is None:
+            plan.segments = segments(plan.index, self.n_slots)
         return plan
 
 
 class MultiLoraLinear(nn.Module):
     """A linear layer plus the LoRA updates of up to `n_slots` resident adapters, picked token by token.
 
-    base_layer: the wrapped module (called as is). Buffers (not saved with the model): lora_A [S, r_max, in] and
-    lora_B [S, out, r_max], slot i holding its adapter's A_i, B_i in the first r_i rows/columns and zeros past
-    them (r_max grows to the largest rank written); scaling [S]. Host lists `ranks` and `scalings` give r_i and
-    s_i per slot (0 where the slot's adapter does not target this layer).
+    base_layer: the wrapped module (called as is). Buffers (not saved with the model), read as lora_A [S, r_max, in]
+    and lora_B [S, out, r_max] (views of their transposes, which are stored), slot i holding its adapter's A_i, B_i
+    in the first r_i rows/columns and zeros past them (r_max grows to the largest rank written, rounded up to a
+    multiple of 8); scaling [S]. Host lists `ranks` and `scalings` give r_i and s_i per slot (0 where the slot's
+    adapter does not target this layer).
     """
 
     def __init__(self, base_layer: nn.Module, n_slots: int, batch: _Batch):
@@ -131,22 +132,31 @@ class MultiLoraLinear(nn.Module):
         float_weight = isinstance(w, torch.Tensor) and w.is_floating_point()
         ref = next(base_layer.parameters(), next(base_layer.buffers(), torch.empty(0)))
         dtype = w.dtype if float_weight else torch.float32  # a quantized base: the update in fp32
-        self.register_buffer("lora_A", torch.zeros(n_slots, 0, self.in_features, dtype=dtype, device=ref.device),
+        # stored as the products read them, A_iᵀ [in, r] and B_iᵀ [r, out] (grouped_mm is fastest on these)
+        self.register_buffer("lora_At", torch.zeros(n_slots, self.in_features, 0, dtype=dtype, device=ref.device),
                              persistent=False)
-        self.register_buffer("lora_B", torch.zeros(n_slots, self.out_features, 0, dtype=dtype, device=ref.device),
+        self.register_buffer("lora_Bt", torch.zeros(n_slots, 0, self.out_features, dtype=dtype, device=ref.device),
                              persistent=False)
         self.register_buffer("scaling", torch.zeros(n_slots, device=ref.device), persistent=False)
         self.ranks = [0] * n_slots
         self.scalings = [0.0] * n_slots
 
+    @property
+    def lora_A(self) -> torch.Tensor:
+        return self.lora_At.transpose(1, 2)  # [S, r_max, in], a view
+
+    @property
+    def lora_B(self) -> torch.Tensor:
+        return self.lora_Bt.transpose(1, 2)  # [S, out, r_max], a view
+
     @torch.no_grad()
     def set_slot(self, slot: int, A: torch.Tensor, B: torch.Tensor, scaling: float):
         """Slot `slot` holds A [r, in], B [out, r] with scale s; r_max grows (zero-padded) if r exceeds it."""
         r = A.shape[0]
-        if r > self.lora_A.shape[1]:
-            pad = r - self.lora_A.shape[1]
-            self.lora_A = torch.cat([self.lora_A, self.lora_A.new_zeros(len(self.ranks), pad, self.in_features)], 1)
-            self.lora_B = torch.cat([self.lora_B, self.lora_B.new_zeros(len(self.ranks), self.out_features, pad)], 2)
+        if r > self.lora_At.shape[2]:
+            pad = -(-r // 8) * 8 - self.lora_At.shape[2]  # r_max a multiple of 8: grouped_mm wants 16-byte strides
+            self.lora_At = torch.cat([self.lora_At, self.lora_At.new_zeros(len(self.ranks), self.in_features, pad)], 2)
+            self.lora_Bt = torch.cat([self.lora_Bt, self.lora_Bt.new_zeros(len(self.ranks), pad, self.out_features)], 1)
         self.lora_A[slot].zero_()
         self.lora_B[slot].zero_()
         self.lora_A[slot, :r] = A
@@ -172,6 +182,9 @@ class MultiLoraLinear(nn.Module):
             flat = flat.to(self.lora_A.dtype)
         if self.batch.kernel == "bmm":
             delta = lora_bmm(flat, self.lora_A, self.lora_B, self.scaling, plan.index)
+        elif self.batch.kernel == "grouped":
+            # grouped_mm does not autocast: the update runs in the weights' dtype
+            delta = lora_grouped(flat.to(self.lora_A.dtype), self.lora_A, self.lora_B, self.scaling, plan.segments)
         else:
             delta = lora_sgmv(flat, self.lora_A, self.lora_B, self.scalings, self.ranks, plan.segments)
         return y + delta.view(*x.shape[:-1], self.out_features).to(y.dtype)
@@ -187,12 +200,14 @@ class MultiLora:
         in place as adapters are loaded.
     max_loras: resident slots, the most distinct adapters one batch can mix (vLLM's max_loras).
     max_cpu_loras: adapters kept in host memory (>= max_loras, vLLM's max_cpu_loras).
-    kernel: "sgmv" (tokens sorted into one segment per adapter, each at its own rank) or "bmm" (every token's A
-        and B gathered, padded to the largest rank); both compute the same update. Settable later.
+    kernel: "grouped" (tokens sorted into one segment per adapter, all segments in one grouped product, at the
+        largest rank), "sgmv" (the same segments, a pair of products each at the adapter's own rank) or "bmm"
+        (every token's A and B gathered, padded to the largest rank); all compute the same update. None (the
+        default): "grouped" on a CPU, where torch's grouped_mm takes fp32 and bf16, else "sgmv". Settable later.
     Raises ConfigError for bad sizes or kernel.
     """
 
-    def __init__(self, model: nn.Module, max_loras: int = 8, max_cpu_loras: int = 64, kernel: str = "sgmv"):
+    def __init__(self, model: nn.Module, max_loras: int = 8, max_cpu_loras: int = 64, kernel: str | None = None):
         if not isinstance(max_loras, int) or max_loras < 1:
             raise ConfigError(f"max_loras must be a positive integer, got {max_loras!r}")
         if not isinstance(max_cpu_loras, int) or max_cpu_loras < max_loras:
@@ -203,7 +218,10 @@ class MultiLora:
             raise ConfigError("PEFT adapters for GPT-2 do not fit alignlab's GPT-2 (it splits HF's fused c_attn)")
         self.model = model
         self.max_loras, self.max_cpu_loras = max_loras, max_cpu_loras
-        self._batch = _Batch("sgmv")
+        self._batch = _Batch("sgmv", max_loras)
+        if kernel is None:
+            device = next(model.parameters(), torch.empty(0)).device
+            kernel = "grouped" if device.type == "cpu" else "sgmv"
         self.kernel = kernel
         self._paths: dict[str, Path] = {}  # registered adapters
         self._pool: OrderedDict[str, AdapterWeights] = OrderedDict()  # least recently activated first

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from alignlab.infer import Engine, LLMEngine, SamplingParams
-from alignlab.lora.multi_kernels import lora_bmm, lora_sgmv, segments
+from alignlab.lora.multi_kernels import lora_bmm, lora_grouped, lora_sgmv, segments
 from alignlab.model import CausalLM, preset
 
 HERE = Path(__file__).resolve().parent
@@ -225,7 +225,7 @@ def batching():
 
 def lora():
     d = 512
-    print(f"== 3. Many adapters in one batch: lora_bmm vs lora_sgmv (one {d} x {d} layer, fp32) ==")
+    print(f"== 3. Many adapters in one batch: lora_bmm vs lora_sgmv vs lora_grouped (one {d} x {d} layer, fp32) ==")
 
     def case(label, n_tokens, ranks, index):
         g = torch.Generator().manual_seed(0)
@@ -240,9 +240,11 @@ def lora():
         segs = segments(index)
         a = lora_bmm(x, A, B, scaling, index)
         b = lora_sgmv(x, A, B, scaling.tolist(), ranks, segs)
-        assert torch.allclose(a, b, atol=1e-5), "the two kernels disagree"
+        c = lora_grouped(x, A, B, scaling, segments(index, S))
+        assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a, c, atol=1e-5), "the kernels disagree"
         t_bmm = best(lambda: lora_bmm(x, A, B, scaling, index), 5)
         t_sgmv = best(lambda: lora_sgmv(x, A, B, scaling.tolist(), ranks, segments(index)), 5)
+        t_grouped = best(lambda: lora_grouped(x, A, B, scaling, segments(index, S)), 5)
         counts = torch.bincount(index[index >= 0], minlength=S).tolist()
         mac_bmm = n_tokens * r_max * 2 * d
         mac_sgmv = sum(c * r * 2 * d for c, r in zip(counts, ranks))
@@ -250,6 +252,8 @@ def lora():
         print(f"    lora_bmm  {t_bmm * 1e3:7.2f} ms   {mac_bmm / 1e6:6.1f}M multiply-adds (N x r_max x (in + out))")
         print(f"    lora_sgmv {t_sgmv * 1e3:7.2f} ms   {mac_sgmv / 1e6:6.1f}M multiply-adds (sum of n_i x r_i x "
               f"(in + out)), {len(segs.runs)} segments")
+        print(f"    lora_grouped {t_grouped * 1e3:4.2f} ms   {mac_bmm / 1e6:6.1f}M multiply-adds (N x r_max x "
+              f"(in + out)), {len(segs.runs)} segments in one grouped product per side")
 
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, 8, (256,), generator=g)
