@@ -11,8 +11,9 @@ so that base(x) + delta equals each adapter's own merged layer, W + s_i B_i A_i,
 `lora_bmm` is the gather form of Punica's BGMV (Chen et al. 2023, arXiv:2310.18547): one batched product over
 every token, each with its own gathered A and B. `lora_sgmv` is Punica's SGMV: tokens sorted into segments that
 share an adapter, one pair of dense products per segment at that adapter's own rank. `lora_grouped` is the same
-sorted segments in one grouped product per side (torch's `grouped_mm`, the call Punica's SGMV kernel makes):
-every segment at r_max, but two calls whatever the mix instead of two per adapter. S-LoRA (Sheng et al. 2023,
+sorted segments in one grouped product per side (torch's `grouped_mm`: every segment in one call, as Punica's
+SGMV kernel takes them in one launch): every segment at r_max, but two calls whatever the mix instead of two per
+adapter. S-LoRA (Sheng et al. 2023,
 arXiv:2311.03285) serves thousands of adapters with kernels of this kind.
 """
 
@@ -124,7 +125,8 @@ def lora_grouped(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, scaling: tor
     over lora_sgmv is the two calls per adapter, which dominate at small ranks and batches. When the tokens come
     sorted (an engine that orders its rows by adapter), the gather and the scatter are skipped.
 
-    x: [N, in]; A: [S, r_max, in]; B: [S, out, r_max]; scaling: [S]; segs: `segments(index, S)`.
+    x: [N, in]; A: [S, r_max, in]; B: [S, out, r_max]; scaling: [S]; segs: `segments(index, S)`. grouped_mm wants
+    16-byte strides: r_max a multiple of 4 in fp32, of 8 in bf16 (MultiLoraLinear pads it to a multiple of 8).
     """
     xs = x if segs.sorted else x.index_select(0, segs.order)
     xs = xs[segs.n_base:]
