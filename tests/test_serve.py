@@ -399,6 +399,19 @@ def test_the_serve_command_reports_bad_options_in_one_line(model_dir, tmp_path, 
     (tmp_path / "keys.json").write_text('{"k": "tiny"}')
     assert main(["serve", str(model_dir), "--api-keys", str(tmp_path / "keys.json")]) == 2
     assert "expected" in capsys.readouterr().err
+    assert main(["serve", str(model_dir), "--block-size", "0"]) == 2
+    assert "block_size must be a positive integer" in capsys.readouterr().err
+
+
+def test_block_size_and_token_budget_reach_the_engine(model_dir):
+    """--block-size and --max-num-batched-tokens set the continuous engine's pool and step budget; greedy replies
+    are the same with 8-token blocks."""
+    model, tok = load(model_dir)
+    state = build_state(model, tok, model_names=["tiny"], engine="continuous", block_size=8, max_num_batched_tokens=64)
+    engine = state.backend.core
+    assert engine.cache.block_size == 8 and engine.scheduler.max_num_batched_tokens == 64
+    want = Engine(model, tok).generate([[5, 6, 7]], greedy(12))[0].token_ids
+    assert engine.generate([[5, 6, 7]], greedy(12))[0].token_ids == want
 
 
 # --- tools ---------------------------------------------------------------------------------------------------------

@@ -360,6 +360,11 @@ def serve_arguments(p):
                    help="the names the base model answers to (default: MODEL as given)")
     add_dtype(p)
     p.add_argument("--max-num-seqs", type=int, default=64, help="sequences decoded together (default 64)")
+    p.add_argument("--block-size", type=int, default=16,
+                   help="tokens per KV-cache block (default 16); a sequence leaves at most block-size - 1 slots of "
+                        "its last block empty, so smaller blocks waste less memory on short sequences")
+    p.add_argument("--max-num-batched-tokens", type=int, default=512,
+                   help="tokens one step may compute: the running decodes, then prompt chunks (default 512)")
     p.add_argument("--max-queue", type=int, default=None,
                    help="sequences that may wait beyond --max-num-seqs before requests get 429 (default: no limit)")
     p.add_argument("--speculative-model", default=None, metavar="DIR",
@@ -385,7 +390,8 @@ def cmd_serve(args):
     k = 0 if draft is None else 4 if args.num_speculative_tokens is None else args.num_speculative_tokens
     state = build_state(model, tokenizer, model_names=args.served_model_name or [args.model], model_path=args.model,
                         loras=loras, api_keys=args.api_keys, max_num_seqs=args.max_num_seqs, max_queue=args.max_queue,
-                        draft_model=draft, num_speculative_tokens=k)
+                        draft_model=draft, num_speculative_tokens=k, block_size=args.block_size,
+                        max_num_batched_tokens=args.max_num_batched_tokens)
     serve(state, host=args.host, port=args.port)
 
 

@@ -130,8 +130,9 @@ class StaticEngineCore:
 
 
 def make_core(model, tokenizer, adapters=None, max_num_seqs: int = 64, engine: str = "auto", draft_model=None,
-              num_speculative_tokens: int = 0):
-    """engine "continuous": LLMEngine (continuous batching, paged KV cache); "static": StaticEngineCore;
+              num_speculative_tokens: int = 0, block_size: int = 16, max_num_batched_tokens: int = 512):
+    """engine "continuous": LLMEngine (continuous batching, paged KV cache of block_size-token blocks, at most
+    max_num_batched_tokens tokens a step); "static": StaticEngineCore;
     "auto": LLMEngine where alignlab has it. With a draft_model (speculative decoding): StaticEngineCore
     ("continuous" is refused), each request's params carrying the draft and num_speculative_tokens."""
     if engine not in ("auto", "continuous", "static"):
@@ -152,7 +153,8 @@ def make_core(model, tokenizer, adapters=None, max_num_seqs: int = 64, engine: s
             if engine == "continuous":
                 raise
         else:
-            return LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs, adapters=adapters)
+            return LLMEngine(model, tokenizer, max_num_seqs=max_num_seqs, adapters=adapters, block_size=block_size,
+                             max_num_batched_tokens=max_num_batched_tokens)
     return StaticEngineCore(model, tokenizer, adapters)
 
 

@@ -28,7 +28,8 @@ def make_adapters(model, max_loras: int = 8, max_cpu_loras: int = 64):
 def build_state(model, tokenizer, *, model_names: list[str], model_path: str = "", loras: dict[str, str] | None = None,
                 api_keys: str | None = None, max_num_seqs: int = 64, max_queue: int | None = None,
                 engine: str = "auto", max_loras: int = 8, core=None, draft_model=None,
-                num_speculative_tokens: int = 0) -> ServerState:
+                num_speculative_tokens: int = 0, block_size: int = 16,
+                max_num_batched_tokens: int = 512) -> ServerState:
     """The server's state. engine: "continuous" (LLMEngine), "static" (StaticEngineCore) or "auto"; `core`
     replaces the engine altogether (tests drive a scripted one). A draft_model turns on speculative decoding
     (num_speculative_tokens guesses a round) on the static engine: continuous batching is off in that mode."""
@@ -46,7 +47,8 @@ def build_state(model, tokenizer, *, model_names: list[str], model_path: str = "
         adapters.load(name, path)
     if core is None:
         core = make_core(model, tokenizer, adapters, max_num_seqs=max_num_seqs, engine=engine,
-                         draft_model=draft_model, num_speculative_tokens=num_speculative_tokens)
+                         draft_model=draft_model, num_speculative_tokens=num_speculative_tokens,
+                         block_size=block_size, max_num_batched_tokens=max_num_batched_tokens)
     if max_queue is not None and max_queue < 0:
         raise ConfigError("--max-queue must be >= 0")
     return ServerState(
