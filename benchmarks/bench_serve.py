@@ -233,7 +233,6 @@ def main():
           f"{ratios['best_vs_best']['vs_transformers']:.2f}x transformers at batch {best['transformers']} "
           f"({wanted / fastest['transformers']:.0f} tok/s) and {ratios['best_vs_best']['vs_static']:.2f}x the static "
           f"Engine at batch {best['static']}")
-    vllm = None
     if Path(args.vllm_python).exists() and not args.quick:
         batches = [int(b) for b in args.batches.split(",")]
         vllm = run_vllm(args.vllm_python, model_dir.name, work, batches, args.reps)

@@ -177,16 +177,16 @@ class MultiLoraLinear(nn.Module):
         plan = self.batch.plan(x)
         if plan is None or not any(self.ranks):
             return y
-        flat = x.reshape(-1, self.in_features)  # [N, in]
-        if not torch.is_autocast_enabled(x.device.type):  # under autocast the products take bf16 x as is
-            flat = flat.to(self.lora_A.dtype)
-        if self.batch.kernel == "bmm":
-            delta = lora_bmm(flat, self.lora_A, self.lora_B, self.scaling, plan.index)
-        elif self.batch.kernel == "grouped":
-            # grouped_mm does not autocast: the update runs in the weights' dtype
-            delta = lora_grouped(flat.to(self.lora_A.dtype), self.lora_A, self.lora_B, self.scaling, plan.segments)
+        flat, A, B, kernel = x.reshape(-1, self.in_features), self.lora_A, self.lora_B, self.batch.kernel  # [N, in]
+        # under autocast the products take bf16 x as is; grouped_mm does not autocast: it runs in the weights' dtype
+        if kernel == "grouped" or not torch.is_autocast_enabled(x.device.type):
+            flat = flat.to(A.dtype)
+        if kernel == "bmm":
+            delta = lora_bmm(flat, A, B, self.scaling, plan.index)
+        elif kernel == "grouped":
+            delta = lora_grouped(flat, A, B, self.scaling, plan.segments)
         else:
-            delta = lora_sgmv(flat, self.lora_A, self.lora_B, self.scalings, self.ranks, plan.segments)
+            delta = lora_sgmv(flat, A, B, self.scalings, self.ranks, plan.segments)
         return y + delta.view(*x.shape[:-1], self.out_features).to(y.dtype)
 
     def extra_repr(self) -> str:

@@ -102,10 +102,15 @@ class Linear(nn.Linear):
                 or not w.is_contiguous() or w.dtype != torch.float32 or x.dtype != torch.float32 \
                 or torch.is_autocast_enabled("cpu") or not (split_pays(n) if self.split is None else self.split):
             return F.linear(x, w, self.bias)
-        blocks = w.view(n, self.out_features // n, self.in_features)
-        y = torch.bmm(blocks, x.reshape(rows, -1).t().expand(n, -1, -1))  # [n, out / n, rows]
-        y = y.view(self.out_features, rows).t().contiguous().view(*x.shape[:-1], self.out_features)
+        y = split_product(x.reshape(rows, -1), w, n).view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
+
+
+def split_product(x: torch.Tensor, w: torch.Tensor, n: int) -> torch.Tensor:
+    """x W^T for x [rows, in], W [out, in] (out divisible by n): W's rows in n blocks, multiplied as one batch."""
+    out, rows = w.shape[0], x.shape[0]
+    y = torch.bmm(w.view(n, out // n, w.shape[1]), x.t().expand(n, -1, -1))  # [n, out / n, rows]
+    return y.view(out, rows).t().contiguous()
 
 
 _split_pays: dict[int, bool] = {}  # threads -> whether the split beat F.linear here
@@ -117,25 +122,21 @@ def split_pays(threads: int) -> bool:
     only when it is at least 1.2x faster, so that a close call does not flip between runs (the two differ in
     float summation order)."""
     if threads not in _split_pays:
-        with torch.no_grad():
-            w, x = torch.randn(2048, 512), torch.randn(1, 512)
-            blocks = w.view(threads, 2048 // threads, 512) if 2048 % threads == 0 else None
-            if blocks is None:
-                _split_pays[threads] = False
-                return False
-
-            def best(f) -> float:
-                times = []
-                for _ in range(20):
-                    t = time.perf_counter()
-                    f()
-                    times.append(time.perf_counter() - t)
-                return min(times)
-
-            plain = best(lambda: F.linear(x, w))
-            split = best(lambda: torch.bmm(blocks, x.t().expand(threads, -1, -1)).view(2048, 1).t().contiguous())
-        _split_pays[threads] = split * 1.2 <= plain
+        w, x = torch.randn(2048, 512), torch.randn(1, 512)
+        _split_pays[threads] = 2048 % threads == 0 and (
+            _fastest(lambda: split_product(x, w, threads)) * 1.2 <= _fastest(lambda: F.linear(x, w)))
     return _split_pays[threads]
+
+
+@torch.no_grad()
+def _fastest(f, calls: int = 20) -> float:
+    """The shortest wall time of `calls` calls of f."""
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def fused_linear(x: torch.Tensor, layers: list[nn.Module]) -> list[torch.Tensor]:

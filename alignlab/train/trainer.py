@@ -315,15 +315,20 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------------
 
+    def in_eval_mode(self, fn):
+        """fn(model) in eval mode, without gradients, under the run's autocast; the model back in train mode."""
+        self.raw_model.eval()
+        with torch.no_grad(), self.autocast:
+            out = fn(self.raw_model)
+        self.raw_model.train()
+        return out
+
     def run_eval(self, logger: MetricsLogger, bar) -> dict:
         if self.evaluate is None:
             return {}
-        self.raw_model.eval()
-        with torch.no_grad(), self.autocast:
-            metrics = self.evaluate(self.raw_model)
-            # every process samples (under FSDP the forward is a collective); only rank 0 keeps them
-            samples = self.sample(self.raw_model) if self.sample is not None else []
-        self.raw_model.train()
+        # every process samples (under FSDP the forward is a collective); only rank 0 keeps them
+        metrics, samples = self.in_eval_mode(
+            lambda m: (self.evaluate(m), self.sample(m) if self.sample is not None else []))
         if self.dist.main:
             logger.log(self.step, **metrics)
             if samples:
@@ -405,10 +410,7 @@ class Trainer:
                     break
         bar.close()
         if resumed and not metrics and self.evaluate is not None:  # resumed a finished run: its final metrics again
-            self.raw_model.eval()
-            with torch.no_grad(), self.autocast:
-                metrics = self.evaluate(self.raw_model)
-            self.raw_model.train()
+            metrics = self.in_eval_mode(self.evaluate)
         result = {"status": status, "step": self.step, "best_val_loss": self.best, "tokens_seen": self.tokens_seen,
                   "last_checkpoint": str(self.last_checkpoint) if self.last_checkpoint else None,
                   "train_seconds": round(time.perf_counter() - t_start, 2), "precision": self.precision.as_dict(),
