@@ -26,7 +26,7 @@ LAYERS = [
     {"eval"},
     {"rl", "synth"},
     {"recipes"},
-    {"pipeline", "demo", "memory", "serve", "harden", "ace"},
+    {"pipeline", "demo", "memory", "serve", "harden", "ace", "lab"},
     {"cli", "__main__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

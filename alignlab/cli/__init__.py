@@ -21,6 +21,7 @@ from alignlab.cli.agents import ace_arguments, agent_rl_arguments, cmd_ace, cmd_
 from alignlab.cli.common import add_dtype, add_sampling, human_size, load_for_inference, sampling_params
 from alignlab.cli.evaluate import bon_arguments, cmd_bon, cmd_eval, cmd_redteam, eval_arguments, redteam_arguments
 from alignlab.cli.export import cmd_export, export_arguments
+from alignlab.cli.lab import cmd_lab, lab_arguments
 from alignlab.cli.merge import cmd_merge, merge_arguments
 from alignlab.cli.prm import cmd_prm, prm_arguments
 from alignlab.cli.quant import cmd_quantize, quantize_arguments
@@ -499,6 +500,8 @@ COMMANDS = [
             cmd_serve),
     Command("pipeline", "the main job: every stage on TinyWorld, then a report", pipeline_arguments, cmd_pipeline),
     Command("demo", "train a tiny model from scratch on arithmetic and sample from it", demo_arguments, cmd_demo),
+    Command("lab", "the labs' graded exercises, reference solutions, checklist and interview drills", lab_arguments,
+            cmd_lab),
 ]
 
 
@@ -521,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.fn(args)
+        status = args.fn(args)
     except (UserError, TemplateError, TrainingDiverged) as e:
         if args.debug:
             raise
@@ -533,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ Every run uses the same model (GPT-2 style, 4 layers, dim 128), the same data or
 validation windows and the same cosine schedule; only `train.lr` changes. Each run is short (400 steps of
 16 x 64 characters, ~0.4M characters, about 30 s on 2 CPU cores), so the whole sweep takes a few minutes.
 
-Writes runs/lr_sweep/lr_<value>/ (an ordinary `alignlab pretrain` run directory each), and next to this
-file lr_sweep.png (validation curves, and final validation loss against learning rate) and lr_sweep.json
-(the numbers). A run that diverges (NaN/Inf loss) is reported as such and drawn as a cross.
+Writes runs/lr_sweep/lr_<value>/ (an ordinary `alignlab pretrain` run directory each), and in runs/lr_sweep/
+lr_sweep.png (validation curves, and final validation loss against learning rate) and lr_sweep.json (the
+numbers); the plot and numbers beside this file are the README's (`--png` writes elsewhere). A run that diverges
+(NaN/Inf loss) is reported as such and drawn as a cross.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ import argparse
 import contextlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
 from alignlab.config import load_config
+from alignlab.errors import UserError
 from alignlab.recipes.pretrain import PretrainConfig, run
 from alignlab.train.metrics import read_metrics
 from alignlab.train.trainer import TrainingDiverged
-
-HERE = Path(__file__).resolve().parent
 
 # The short run every learning rate gets (key=value overrides of PretrainConfig, as on the command line).
 BASE = [
@@ -106,8 +107,9 @@ def main() -> None:
     p.add_argument("--source", default="tinyshakespeare", help="the corpus (a known name, a path or a URL)")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2])
     p.add_argument("--out", default="runs/lr_sweep", help="where the run directories go")
-    p.add_argument("--png", default=str(HERE / "lr_sweep.png"))
+    p.add_argument("--png", default=None, help="the plot (default: OUT/lr_sweep.png; the numbers go beside it)")
     args = p.parse_args()
+    args.png = args.png or str(Path(args.out) / "lr_sweep.png")
 
     results = []
     for lr in args.lrs:
@@ -125,4 +127,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # offline without --source, a bad path: one line, not a traceback
+        sys.exit(f"lr_sweep.py: error: {e} (offline? pass --source path/to/input.txt)")
