@@ -1,63 +1,44 @@
-"""Lab 04's agent exercises (5-7): worked solutions written from the README pass, a wrong one fails with its
-reason, and the untouched exercises file reports TODO."""
+"""Lab 04's exercises: the stubs are TODO, the reference solutions pass, and a planted bug fails its exercise; the
+script entry grades."""
 
 from __future__ import annotations
 
-from .lab_check import run_check
+from alignlab.lab import load_module
 
-SOLUTIONS = r'''
-import math, re
+from .lab_check import assert_lab, lab_dir, run_check
 
-def winner(cells):
-    lines = [(0, 1, 2), (3, 4, 5), (6, 7, 8), (0, 3, 6), (1, 4, 7), (2, 5, 8), (0, 4, 8), (2, 4, 6)]
-    for a, b, c in lines:
-        if cells[a] != "." and cells[a] == cells[b] == cells[c]:
-            return cells[a]
-    return None
-
-def game_reward(result, valid_moves):
-    if result == "invalid":
-        return -1 + math.log(valid_moves + 1) / math.log(100)
-    return {"win": 1.0, "draw": 0.5, "loss": 0.0}[result]
-
-def row_advantages(rewards, group_size, replies):
-    out = []
-    for g in range(0, len(rewards), group_size):
-        group = rewards[g:g + group_size]
-        mean = sum(group) / len(group)
-        std = math.sqrt(sum((r - mean) ** 2 for r in group) / (len(group) - 1))
-        for r, n in zip(group, replies[g:g + group_size]):
-            out += [(r - mean) / (std + 1e-4)] * n
-    return out
-
-def lessons_to_add(playbook, lessons, max_new):
-    norm = lambda t: re.sub(r"\s+", " ", t.strip().lower()).rstrip(".!")
-    have = {norm(t) for t in playbook}
-    counts, first = {}, {}
-    for t in lessons:
-        k = norm(t)
-        if k in have:
-            continue
-        counts[k] = counts.get(k, 0) + 1
-        first.setdefault(k, t)
-    order = sorted(counts, key=lambda k: -counts[k])
-    return [first[k] for k in order[:max_new]]
-'''
+PLANTED = {
+    1: [("math.ceil(n / block_size)", "(n // block_size + 1)"),  # a full sequence gets one block too many
+        ("full = prompt_len // block_size", "full = math.ceil(prompt_len / block_size)")],  # partial block shared
+    2: [("pool.data[private] = list(pool.data[shared])", "pool.data[private] = pool.data[shared]"),  # an alias
+        ("        pool.release(shared)\n", ""),  # the copied block is never given back
+        ("pool.release(block)  # back", "pass  # back")],
+    3: [("r = ranks[slot] if slot >= 0 else 0", "r = A.shape[1] if slot >= 0 else 0"),  # padded to r_max
+        ("out[rows] = scaling[slot] * (h @", "out[rows] = (h @")],
+    4: [("adapter))  # the parent's name", "None))  # the parent's name"),  # the adapter left out of the name
+        ("if (i + 1) * block_size >= len(tokens):", "if (i + 1) * block_size > len(tokens):")],
+    5: [('if cells[a] != "." and cells[a]', "if cells[a]"),  # three empty cells "win"
+        ("/ math.log(100)", "/ math.log(10)")],
+    6: [("/ (len(group) - 1))", "/ len(group))")],  # the biased std
+    7: [("if key in have:", "if text in have:"),  # the playbook compared as written, not normalised
+        ("first.setdefault(key, text)", "first[key] = text")],  # the last spelling, not the first
+    8: [('return "".join(kept).strip(), calls', 'return "".join(kept), calls'),
+        ('not isinstance(obj.get("name"), str)', '"name" not in obj'),  # a name that is not a string
+        ("body, end = text[start + len(OPEN):], len(text)", "break")],  # an unclosed block ignored
+}
 
 
-def run(*args):
-    return run_check("04_tool_use", *args)
+def test_stubs_todo_solutions_pass_planted_bugs_fail(tmp_path):
+    assert_lab(4, PLANTED, tmp_path)
 
 
-def test_worked_solutions_pass_and_the_stub_is_todo(tmp_path):
-    good = tmp_path / "good.py"
-    good.write_text(SOLUTIONS)
-    r = run("--module", str(good), "5", "6", "7")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("PASS") == 3
-    bad = tmp_path / "bad.py"
-    bad.write_text(SOLUTIONS.replace("(len(group) - 1)", "len(group)"))  # the biased std
-    r = run("--module", str(bad), "6")
-    assert r.returncode == 1 and "FAIL" in r.stdout
-    r = run("5")
-    assert r.returncode == 1 and "TODO" in r.stdout
+def test_the_script_grades():
+    r = run_check("04_tool_use", "6", "--module", str(lab_dir(4) / "solutions.py"))
+    assert r.returncode == 0 and "exercise 6: PASS" in r.stdout, r.stdout + r.stderr
+
+
+def test_parse_hermes_check_without_bfcl_says_it_skipped(tmp_path):
+    check = load_module(lab_dir(4) / "check.py", "lab04_check_no_bfcl")
+    check.BFCL = tmp_path / "bfcl"  # no data here
+    detail = check.check_8(load_module(lab_dir(4) / "solutions.py", "lab04_solutions"))
+    assert "skipped" in detail and "SOURCES.md" in detail, detail

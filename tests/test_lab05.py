@@ -1,62 +1,30 @@
-"""Lab 05's grader: worked solutions (written from the README's formulas, not by calling alignlab) pass every
-exercise, a wrong one fails with its reason, and the learner's untouched file reports TODO."""
+"""Lab 05's exercises: the stubs are TODO, the reference solutions pass, and a planted bug fails its exercise; the
+script entry grades."""
 
 from __future__ import annotations
 
-from .lab_check import run_check
+from .lab_check import assert_lab, lab_dir, run_check
 
-SOLUTIONS = r'''
-import math, re
-
-def wilson_interval(k, n, z=1.959964):
-    p = k / n
-    center = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
-
-def pass_at_k(n, c, k):
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
-
-def mcnemar_exact(before, after):
-    b = sum(y and not x for x, y in zip(before, after))
-    c = sum(x and not y for x, y in zip(before, after))
-    if b + c == 0:
-        return 1.0
-    return min(1.0, 2 * sum(math.comb(b + c, i) for i in range(min(b, c) + 1)) / 2 ** (b + c))
-
-def min_detectable_effect(n, p=0.5, z_alpha=1.959964, z_power=0.841621):
-    return (z_alpha + z_power) * math.sqrt(2 * p * (1 - p) / n)
-
-def combine_swapped(first, second_swapped):
-    second = {"A": "B", "B": "A", "tie": "tie"}[second_swapped]
-    return first if first == second else 'tie'
-
-def near_leak(reply, secret):
-    digits = re.sub(r"[\s\-_.,/|'\"*]", "", reply)
-    for run in re.findall(r"\d{4,}", digits):
-        for i in range(len(run) - 3):
-            w = run[i:i + 4]
-            if any(sum(a == b for a, b in zip(w, t)) >= 3 for t in (secret, secret[::-1])):
-                return True
-    return False
-'''
+PLANTED = {
+    1: [("(p + z * z / (2 * n))", "(p + z * z / (4 * n))")],
+    2: [("for i in range(k))", "for i in range(1, k))")],  # one factor of the product left out
+    3: [("return min(1.0, 2 * tail)", "return min(1.0, tail)"),  # one-sided
+        ("range(min(b, c) + 1)", "range(min(b, c))")],  # P[X < min], not P[X <= min]
+    4: [("math.sqrt(2 * p * (1 - p) / n)", "math.sqrt(p * (1 - p) / n)")],  # one rate's SE, not a difference's
+    5: [('second = {"A": "B", "B": "A", "tie": "tie"}[second_swapped]', "second = second_swapped")],  # not mapped back
+    6: [("for target in (secret, secret[::-1]):", "for target in (secret,):"),  # the reversal missed
+        ("zip(window, target)) >= 3", "zip(window, target)) > 3")],  # exact matches only
+    7: [("rng.integers(0, n, size=(n_boot, n))", "rng.integers(0, n - 1, size=(n_boot, n))"),  # the last item never
+        ("alpha = (1 - level) / 2", "alpha = 1 - level"),  # both tails given alpha = 1 - level each
+        ("rng = np.random.default_rng(seed)", "rng = np.random.default_rng()"),  # not seeded
+        ("h = (len(values) - 1) * q", "h = len(values) * q")],  # another quantile rule
+}
 
 
-def run(*args):
-    return run_check("05_evaluation", *args)
+def test_stubs_todo_solutions_pass_planted_bugs_fail(tmp_path):
+    assert_lab(5, PLANTED, tmp_path)
 
 
-def test_worked_solutions_pass_and_the_stub_is_todo(tmp_path):
-    good = tmp_path / "good.py"
-    good.write_text(SOLUTIONS)
-    r = run("--module", str(good))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count("PASS") == 6
-    bad = tmp_path / "bad.py"
-    bad.write_text(SOLUTIONS.replace("return first if first == second else 'tie'", "return first"))
-    r = run("--module", str(bad), "5")
-    assert r.returncode == 1 and "FAIL" in r.stdout
-    r = run("1")
-    assert r.returncode == 1 and "TODO" in r.stdout
+def test_the_script_grades():
+    r = run_check("05_evaluation", "--module", str(lab_dir(5) / "solutions.py"))
+    assert r.returncode == 0 and r.stdout.count(": PASS") == 7, r.stdout + r.stderr

@@ -1,17 +1,16 @@
-"""Grade Lab 03's exercises (labs/03_reasoning_rl/exercises.py), and summarise RL runs for exercise 8.
+"""Lab 03's checks (labs/03_reasoning_rl/exercises.py), and the summary of RL runs for exercise 8.
 
-    python labs/03_reasoning_rl/check.py                    # every exercise: PASS, FAIL (with why) or TODO
-    python labs/03_reasoning_rl/check.py 1 4                # some of them
-    python labs/03_reasoning_rl/check.py --module my.py     # grade another file with the same functions
-    python labs/03_reasoning_rl/check.py --runs runs/grpo_tinyworld runs/drgrpo_tinyworld
+    alignlab lab check 3                                       # every exercise: PASS, FAIL (with why) or TODO
+    alignlab lab check 3 2                                     # one of them
+    python labs/03_reasoning_rl/check.py 1 4 [--module my.py]  # the same, without the CLI
+    python labs/03_reasoning_rl/check.py --runs runs/grpo_tinyworld runs/drgrpo_tinyworld    # exercise 8's runs
 
 Each check compares the learner's function with alignlab's on seeded random inputs, or runs it through alignlab's
-own machinery. The exit status is 0 when every selected exercise passes.
+own machinery. Exercise 8 is a training run with no automatic check: --runs prints what to compare.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -22,10 +21,6 @@ import torch
 from alignlab.objectives.rl import ClipConfig, gae, group_advantages, grpo_loss, kl_k3, rloo_advantages
 from alignlab.rewards import RewardRunner
 from alignlab.rl.monitor import ALARMS, check_alarms
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent))  # labs/grading.py, shared by the labs' checkers
-from grading import grade, load_module  # noqa: E402
 
 
 def close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 1e-6) -> None:
@@ -51,7 +46,8 @@ def check_1(ex) -> str:
     r[3] = math.nan  # nothing scored
     r[4] = torch.rand(8, generator=g, dtype=torch.float64)  # continuous rewards
     for scale in ("group", "batch", "none"):
-        close(ex.group_advantages_by_hand(r.clone(), scale), group_advantages(r, scale=scale), f"scale={scale}")
+        close(ex.group_advantages_by_hand(r.clone(), scale), group_advantages(r, scale=scale),
+              f"group_advantages_by_hand(rewards [6, 8] with NaN, scale={scale!r})")
     return "group, batch and none, with NaN, zero-variance and single-completion groups"
 
 
@@ -69,7 +65,7 @@ def check_2(ex) -> str:
             got = ex.grpo_loss_by_hand(mine, old, adv, mask, loss_type, 0.2, eps_high, max_completion_length=T)
             clip = ClipConfig(loss_type, 0.2, eps_high, max_completion_length=T)
             want, _ = grpo_loss(ref, old, None, adv, mask, clip)
-            what = f"loss_type={loss_type}, epsilon_high={eps_high}"
+            what = f"grpo_loss_by_hand([{N}, {T}], loss_type={loss_type!r}, epsilon_high={eps_high})"
             close(got.detach(), want.detach(), f"{what}: loss")
             got.backward()
             want.backward()
@@ -83,16 +79,16 @@ def check_3(ex) -> str:
     g = torch.Generator().manual_seed(3)
     for G in (2, 4, 8):
         r = torch.randn(5, G, generator=g, dtype=torch.float64)
-        close(ex.rloo_by_hand(r.clone()), rloo_advantages(r), f"G={G}")
+        close(ex.rloo_by_hand(r.clone()), rloo_advantages(r), f"rloo_by_hand(rewards [5, {G}])")
         want = G / (G - 1) * (r - r.mean(1, keepdim=True))
-        close(ex.rloo_by_hand(r.clone()), want, f"G={G}: G/(G-1) (r - mean)")
+        close(ex.rloo_by_hand(r.clone()), want, f"rloo_by_hand(rewards [5, {G}]) against G/(G-1) (r - mean)")
     return "G = 2, 4, 8; equal to G/(G-1) (r - mean)"
 
 
 def check_4(ex) -> str:
     g = torch.Generator().manual_seed(4)
     a, b = -torch.rand(7, 5, generator=g, dtype=torch.float64) * 4, -torch.rand(7, 5, generator=g, dtype=torch.float64)
-    close(ex.k3_by_hand(a, b), kl_k3(a, b), "k3 on random log-probs")
+    close(ex.k3_by_hand(a, b), kl_k3(a, b), "k3_by_hand on random log-probs [7, 5]")
     # Monte Carlo: tokens sampled from p, scored under p and q; both estimators average to KL(p || q)
     p = torch.softmax(torch.randn(10, generator=g, dtype=torch.float64), 0)
     q = torch.softmax(torch.randn(10, generator=g, dtype=torch.float64) * 0.5 + p.log(), 0)
@@ -102,7 +98,7 @@ def check_4(ex) -> str:
     k1, k3 = logp - ref, torch.as_tensor(ex.k3_by_hand(logp, ref), dtype=torch.float64)
     kl = float((p * (p / q).log()).sum())
     if (k3 < 0).any():
-        raise AssertionError("k3 is negative somewhere; it never should be (e^x >= 1 + x)")
+        raise AssertionError("k3_by_hand is negative somewhere; k3 never is (e^x >= 1 + x)")
     for name, est in (("k1", k1), ("k3", k3)):
         if abs(float(est.mean()) - kl) > 4 * float(est.std()) / math.sqrt(n):
             raise AssertionError(f"mean {name} = {float(est.mean()):.5f}, KL = {kl:.5f}: biased")
@@ -121,8 +117,8 @@ def check_5(ex) -> str:
         values = torch.randn(N, T, generator=g, dtype=torch.float64)
         got_a, got_r = ex.gae_by_hand(rewards.clone(), values.clone(), mask, gamma, lam)
         want_a, want_r = gae(rewards, values, mask, gamma, lam)
-        close(got_a, want_a, f"gamma={gamma}, lam={lam}: advantages")
-        close(got_r, want_r, f"gamma={gamma}, lam={lam}: returns")
+        close(got_a, want_a, f"gae_by_hand([{N}, {T}], gamma={gamma}, lam={lam}): advantages")
+        close(got_r, want_r, f"gae_by_hand([{N}, {T}], gamma={gamma}, lam={lam}): returns")
     return "four (gamma, lambda) pairs, rows of unequal length with garbage in the padding"
 
 
@@ -147,10 +143,11 @@ def check_6(ex) -> str:
     completions, golds, expected = zip(*BOXED_CASES)
     got = ex.boxed_correctness(None, list(completions), answer=list(golds))
     if len(got) != len(completions):
-        raise AssertionError(f"{len(got)} rewards for {len(completions)} completions")
+        raise AssertionError(f"boxed_correctness: {len(got)} rewards for {len(completions)} completions")
     for c, gold, want, value in zip(completions, golds, expected, got):
         if value != want:
-            raise AssertionError(f"completion {c!r}, gold {gold!r}: got {value!r}, expected {want!r}")
+            raise AssertionError(f"boxed_correctness: completion {c!r}, gold {gold!r}: got {value!r}, "
+                                 f"expected {want!r}")
     # what a policy might write: it must never raise or hang
     g = torch.Generator().manual_seed(6)
     alphabet = list("0123456789{}\\$,./-+ x") + ["\\boxed{", "\\frac{", "</think>", "<think>", "}}", "####"]
@@ -162,9 +159,11 @@ def check_6(ex) -> str:
     values = list(runner(None, fuzz, answer=["72"] * len(fuzz)).values())[0]
     stats = runner.stats[runner.names[0]]
     if stats.errors or stats.timeouts:
-        raise AssertionError(f"on {len(fuzz)} malformed completions it failed: {stats.last_error}")
+        raise AssertionError(f"boxed_correctness, run by RewardRunner on {len(fuzz)} malformed completions: "
+                             f"{stats.last_error or 'it timed out'}")
     if any(v not in (0.0, 1.0) for v in values):
-        raise AssertionError(f"malformed completions got rewards other than 0 or 1: {sorted(set(values), key=str)}")
+        raise AssertionError(f"boxed_correctness gave malformed completions rewards other than 0 or 1: "
+                             f"{sorted(set(values), key=str)}")
     return f"{len(BOXED_CASES)} cases right; {len(fuzz)} malformed completions, no error, no hang"
 
 
@@ -251,20 +250,13 @@ def print_runs(runs: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Grade Lab 03's exercises, or summarise RL run directories.")
-    p.add_argument("exercises", nargs="*", type=int, help=f"exercise numbers (default: all of {sorted(CHECKS)})")
-    p.add_argument("--module", type=Path, default=HERE / "exercises.py", help="the file to grade")
-    p.add_argument("--runs", nargs="+", metavar="DIR", help="summarise these run directories instead (exercise 8)")
-    args = p.parse_args(argv)
-    if args.runs:
-        print_runs(args.runs)
-        return 0
-    torch.set_num_threads(1)
-    ex = load_module(args.module, "lab03_exercises")
-    return grade(CHECKS, ex, args.exercises, "no automatic check (exercise 8: check.py --runs DIR ...)",
-                 no_check_fails=False)
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    if "--runs" in sys.argv:
+        runs = sys.argv[sys.argv.index("--runs") + 1:]
+        if not runs:
+            sys.exit("usage: check.py --runs DIR [DIR ...]")
+        print_runs(runs)
+        sys.exit(0)
+    from alignlab.lab import check_main
+
+    sys.exit(check_main(Path(__file__).parent))

@@ -1,12 +1,13 @@
 """Lab 03 exercises: fill in each function, then grade your work with
 
-    python labs/03_reasoning_rl/check.py          # every exercise
-    python labs/03_reasoning_rl/check.py 2 5      # only exercises 2 and 5
+    alignlab lab check 3            # every exercise: PASS, FAIL (with why) or TODO
+    alignlab lab check 3 2          # only exercise 2
+    alignlab lab solution 3 2       # the reference solution of exercise 2, once you have tried
 
 The checker compares your functions with alignlab's on random inputs (values and gradients) or runs them
 through alignlab's own machinery (RewardRunner, check_alarms). Write each one from the formulas in the lab's
 README, not by calling the alignlab function it is checked against: that would pass and teach nothing.
-Exercise 8 is a training run; `check.py --runs DIR ...` summarises run directories for it.
+Exercise 8 is a training run; `python labs/03_reasoning_rl/check.py --runs DIR ...` summarises run directories for it.
 """
 
 from __future__ import annotations

@@ -1,17 +1,16 @@
-"""Grade Lab 04's serving exercises (labs/04_tool_use/exercises.py).
+"""Lab 04's checks (labs/04_tool_use/exercises.py): serving 1-4, agents 5-7, tool calls 8.
 
-    python labs/04_tool_use/check.py                    # every exercise: PASS, FAIL (with why) or TODO
-    python labs/04_tool_use/check.py 1 4                # some of them
-    python labs/04_tool_use/check.py --module my.py     # grade another file with the same functions
+    alignlab lab check 4                                    # every exercise: PASS, FAIL (with why) or TODO
+    alignlab lab check 4 2                                  # one of them
+    python labs/04_tool_use/check.py 1 4 [--module my.py]   # the same, without the CLI
 
-Each check runs the same operations through alignlab's paged KV cache (alignlab/infer/paged.py) or multi-LoRA
-kernels (alignlab/lora/multi_kernels.py) and compares, or compares with values computed by hand. The exit status
-is 0 when every selected exercise passes.
+Each check runs the same operations through alignlab's paged KV cache (alignlab/infer/paged.py), multi-LoRA kernels
+(alignlab/lora/multi_kernels.py), agent code (envs/, ace.py, objectives/rl.py) or tool-call parser
+(alignlab/tools/calls.py) and compares, or compares with values computed by hand.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import sys
 from pathlib import Path
@@ -21,9 +20,7 @@ import torch
 from alignlab.infer.paged import BlockTable, PagedKVCache
 from alignlab.lora.multi_kernels import lora_bmm, lora_sgmv, segments
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent))  # labs/grading.py, shared by the labs' checkers
-from grading import grade, load_module  # noqa: E402
+BFCL = Path(__file__).resolve().parents[3] / "shared" / "data" / "bfcl"  # ../shared/data/bfcl beside the checkout
 
 
 def paged_cache(num_blocks: int, block_size: int) -> PagedKVCache:
@@ -236,18 +233,63 @@ def check_7(ex) -> str:
     return "200 random rounds against ace.curate's additions"
 
 
-CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7}
+HERMES_CASES = {  # what a model may write -> what alignlab's parser reads (see the exercise's rules)
+    "one call": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+    "text before": 'I\'ll look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+    "text before and after": 'Let me check. <tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call> Back soon.',
+    "parallel calls": ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+                       '<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET", "h24": true}}\n</tool_call>'),
+    "no call": "The weather in Paris is mild today.",
+    "nothing at all": "",
+    "broken JSON": 'Sure.<tool_call>{"name": "f", "arguments": {"x": 1}</tool_call>',
+    "no name": '<tool_call>{"arguments": {"x": 1}}</tool_call>',
+    "a name that is not a string": '<tool_call>{"name": 7, "arguments": {"x": 1}}</tool_call>',
+    "no arguments": '<tool_call>{"name": "f"}</tool_call>',
+    "arguments as a JSON string": '<tool_call>{"name": "f", "arguments": "{\\"x\\": [1, 2]}"}</tool_call>',
+    "arguments as a broken JSON string": '<tool_call>{"name": "f", "arguments": "{x: 1"}</tool_call>',
+    "arguments that are not an object": '<tool_call>{"name": "f", "arguments": [1, 2]}</tool_call>',
+    "not an object": '<tool_call>["f", {"x": 1}]</tool_call>',
+    "extra keys": '<tool_call>{"id": "c1", "name": "f", "arguments": {}, "type": "function"}</tool_call>',
+    "a broken block between two calls": ('A <tool_call>{"name": "f", "arguments": {}}</tool_call> B '
+                                         '<tool_call>{"name": }</tool_call> C '
+                                         '<tool_call>{"name": "g", "arguments": {"y": null}}</tool_call> D'),
+    "a tag inside an argument": '<tool_call>{"name": "echo", "arguments": {"text": "a <tool_call> b"}}</tool_call>',
+    "not closed (the model stopped)": 'On it.\n<tool_call>\n{"name": "f", "arguments": {"x": 1.5}}\n',
+    "not closed and broken": 'On it.\n<tool_call>\n{"name": "f", "argu',
+    "an opening tag alone": "Hmm <tool_call>",
+    "a closing tag alone": 'Done.</tool_call> {"name": "f", "arguments": {}}',
+}
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Grade Lab 04's serving exercises.")
-    p.add_argument("exercises", nargs="*", type=int, help=f"exercise numbers (default: all of {sorted(CHECKS)})")
-    p.add_argument("--module", type=Path, default=HERE / "exercises.py", help="the file to grade")
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    ex = load_module(args.module, "lab04_exercises")
-    return grade(CHECKS, ex, args.exercises, f"no such exercise (1 to {max(CHECKS)})", no_check_fails=True)
+def check_8(ex) -> str:
+    from alignlab.tools.calls import format_calls, parse_calls
+
+    for case, text in HERMES_CASES.items():
+        expect(tuple(ex.parse_hermes(text)), parse_calls(text, "hermes"), f"parse_hermes({text!r}) [{case}]")
+    if not (BFCL / "possible_answer").is_dir():
+        return (f"{len(HERMES_CASES)} replies by hand against tools.calls.parse_calls; BFCL's ground truth skipped: "
+                f"no {BFCL}/possible_answer (see ../shared/data/SOURCES.md)")
+    from alignlab.data.bfcl import ground_truth_calls
+    from alignlab.data.loaders import read_bfcl
+
+    n_calls, n_replies = 0, 0
+    for category in ("simple_python", "multiple", "parallel"):
+        for question, answer in read_bfcl(BFCL, category):
+            functions = question.record.get("function") or []
+            required = {f["name"]: f["parameters"].get("required", []) for f in functions}
+            calls = ground_truth_calls(answer, required)
+            text = format_calls(calls, "hermes")
+            expect(tuple(ex.parse_hermes(text)), ("", calls), f"parse_hermes of BFCL {category} {answer['id']}'s "
+                                                              f"ground truth written as Hermes calls, {text!r}")
+            n_calls, n_replies = n_calls + len(calls), n_replies + 1
+    return (f"{len(HERMES_CASES)} replies by hand against tools.calls.parse_calls; BFCL's {n_calls} ground-truth "
+            f"calls ({n_replies} replies) written as Hermes calls and read back")
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7, 8: check_8}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from alignlab.lab import check_main
+
+    sys.exit(check_main(Path(__file__).parent))

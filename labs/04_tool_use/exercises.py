@@ -1,11 +1,13 @@
-"""Lab 04 exercises (serving 1-4, agents 5-7): fill in each function, then grade your work with
+"""Lab 04 exercises (serving 1-4, agents 5-7, tool calls 8): fill in each function, then grade your work with
 
-    python labs/04_tool_use/check.py          # every exercise
-    python labs/04_tool_use/check.py 2 3      # only exercises 2 and 3
+    alignlab lab check 4            # every exercise: PASS, FAIL (with why) or TODO
+    alignlab lab check 4 2          # only exercise 2
+    alignlab lab solution 4 2       # the reference solution of exercise 2, once you have tried
 
-The checker compares your functions with alignlab's paged KV cache (alignlab/infer/paged.py) and multi-LoRA
-kernels (alignlab/lora/multi_kernels.py) on the same inputs, or with values computed by hand. Write each one from
-the lab's README, not by calling the alignlab function it is checked against: that would pass and teach nothing.
+The checker compares your functions with alignlab's paged KV cache (alignlab/infer/paged.py), multi-LoRA kernels
+(alignlab/lora/multi_kernels.py), agent code and tool-call parser (alignlab/tools/calls.py) on the same inputs, or
+with values computed by hand. Write each one from the lab's README, not by calling the alignlab function it is
+checked against: that would pass and teach nothing.
 """
 
 from __future__ import annotations
@@ -141,4 +143,30 @@ def lessons_to_add(playbook: list[str], lessons: list[str], max_new: int) -> lis
     """Exercise 7. ACE's curator, the additions only: the lessons not already in the playbook, compared by their
     normalised text (lower case, runs of whitespace as one space, no trailing "." or "!", stripped), each once,
     the most frequent first (ties: the one seen first first), at most max_new; each added as first written."""
+    raise NotImplementedError
+
+
+# --- tool calls --------------------------------------------------------------------------------------------------
+
+
+def parse_hermes(text: str) -> tuple[str, list[dict]]:
+    """Exercise 8. Read the tool calls out of a reply written in the Hermes format (Qwen2.5, Hermes, many fine-tunes).
+
+    A call is a JSON object between tags, any text around it:
+        I'll look.<tool_call>
+        {"name": "get_weather", "arguments": {"city": "Paris"}}
+        </tool_call>
+    -> ("I'll look.", [{"name": "get_weather", "arguments": {"city": "Paris"}}])
+    Returns (content, calls), by these rules (alignlab.tools.calls's):
+    - Scan left to right. A block starts at "<tool_call>" and ends just after the first "</tool_call>" that follows;
+      with none (the model stopped first) it runs to the end of the text. The next block is looked for from there.
+    - The block's body (between the tags), stripped of whitespace (str.strip), is read with json.loads. It is a
+      call when that gives a dict whose "name" is a str and which has an "arguments" key; arguments given as a str
+      are read with json.loads once more (the API carries them so), and must then be a dict. The call is
+      {"name": ..., "arguments": that dict}; any other key is dropped.
+    - A block that is not a call (JSON that does not parse, no "name", arguments that are not an object) stays in
+      the content exactly as written, tags included: nothing the model wrote is lost.
+    - content: the text with every call's block (tags included) cut out, the pieces joined as they are (nothing
+      added between them), then stripped. calls: in the order written; [] when there is none.
+    """
     raise NotImplementedError

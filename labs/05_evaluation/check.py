@@ -1,17 +1,15 @@
-"""Grade Lab 05's exercises (labs/05_evaluation/exercises.py).
+"""Lab 05's checks (labs/05_evaluation/exercises.py).
 
-    python labs/05_evaluation/check.py                    # every exercise: PASS, FAIL (with why) or TODO
-    python labs/05_evaluation/check.py 1 4                # some of them
-    python labs/05_evaluation/check.py --module my.py     # grade another file with the same functions
+    alignlab lab check 5                                     # every exercise: PASS, FAIL (with why) or TODO
+    alignlab lab check 5 2                                   # one of them
+    python labs/05_evaluation/check.py 1 4 [--module my.py]  # the same, without the CLI
 
 Each check compares with alignlab's statistics (alignlab/eval/stats.py), position swap (alignlab/eval/judge.py) and
-near-leak detector (alignlab/eval/redteam.py) on the same inputs, and with values worked out by hand. The exit
-status is 0 when every selected exercise passes.
+near-leak detector (alignlab/eval/redteam.py) on the same inputs, and with values worked out by hand.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import sys
@@ -20,10 +18,6 @@ from pathlib import Path
 from alignlab.eval import stats
 from alignlab.eval.judge import combine
 from alignlab.eval.redteam import fuzzy_leak
-
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent))  # labs/grading.py, shared by the labs' checkers
-from grading import grade, load_module  # noqa: E402
 
 
 def close(got, want, what: str, tol: float = 1e-6) -> None:
@@ -101,17 +95,33 @@ def check_6(ex) -> str:
     return "ten replies by hand and 300 random ones, equal to redteam.fuzzy_leak"
 
 
-CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6}
+def check_7(ex) -> str:
+    nan = ex.bootstrap_ci([], 100, 0)
+    if not (len(nan) == 2 and all(math.isnan(v) for v in nan)):
+        raise AssertionError(f"bootstrap_ci([], 100, 0): got {nan!r}, expected (nan, nan)")
+    g, cases = random.Random(7), 0
+    for n in (1, 2, 7, 40, 255):
+        for kind in ("0/1", "continuous"):
+            p = g.random()
+            scores = ([float(g.random() < p) for _ in range(n)] if kind == "0/1"
+                      else [round(g.gauss(0.5, 0.3), 4) for _ in range(n)])
+            for n_boot, seed, level in ((1000, 0, 0.95), (200, g.randrange(10_000), 0.9), (37, 1, 0.5)):
+                got = ex.bootstrap_ci(scores, n_boot, seed, level)
+                want = stats.bootstrap_ci(scores, n_boot, seed, level)
+                what = (f"bootstrap_ci({n} {kind} scores {scores[:6]}{'...' if n > 6 else ''}, n_boot={n_boot}, "
+                        f"seed={seed}, level={level})")
+                if len(got) != 2:
+                    raise AssertionError(f"{what}: got {got!r}, expected a pair (lo, hi)")
+                close(got[0], want[0], f"{what} low", tol=1e-12)
+                close(got[1], want[1], f"{what} high", tol=1e-12)
+                cases += 1
+    return f"empty, and {cases} seeded 0/1 and continuous score lists (n 1 to 255), equal to stats.bootstrap_ci"
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Grade Lab 05's exercises.")
-    p.add_argument("exercises", nargs="*", type=int, help=f"exercise numbers (default: all of {sorted(CHECKS)})")
-    p.add_argument("--module", type=Path, default=HERE / "exercises.py", help="the file to grade")
-    args = p.parse_args(argv)
-    ex = load_module(args.module, "lab05_exercises")
-    return grade(CHECKS, ex, args.exercises, f"no such exercise (1 to {max(CHECKS)})", no_check_fails=True)
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5, 6: check_6, 7: check_7}
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from alignlab.lab import check_main
+
+    sys.exit(check_main(Path(__file__).parent))
