@@ -130,6 +130,25 @@ class Result:
     detail: str
 
 
+def assert_close(got, want, what: str, atol: float = 1e-6, rtol: float = 1e-5) -> None:
+    """The learner's tensor `got` equals `want` within atol + rtol * |want| (NaN equals NaN, inf equals inf), else an
+    AssertionError naming `what`, the first index that differs, both values, and how many entries differ."""
+    import torch
+
+    if got is None:
+        raise AssertionError(f"{what}: got None, expected a tensor of shape {tuple(want.shape)}")
+    got = torch.as_tensor(got.detach() if isinstance(got, torch.Tensor) else got).double()
+    want = torch.as_tensor(want).detach().double()
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
+    bad = ~torch.isclose(got, want, atol=atol, rtol=rtol, equal_nan=True) & ~(got == want)
+    if bad.any():
+        at = tuple(int(i) for i in bad.nonzero()[0])
+        diff = (got - want).abs().nan_to_num(float("inf"))[bad].max().item()
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} values differ, the first at {list(at)}: got "
+                             f"{got[at].item():.6g}, expected {want[at].item():.6g} (largest difference {diff:.3g})")
+
+
 def run_check(check: Callable, module, key: int | str) -> Result:
     """One check on the learner's module: TODO while it raises NotImplementedError, FAIL with the reason (an
     AssertionError's message, or the learner's traceback), PASS with what was checked."""

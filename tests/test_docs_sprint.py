@@ -13,6 +13,8 @@ import pytest
 from alignlab.cli import COMMANDS
 from alignlab.lab import CHECK_ITEM, PROBE, checklist
 
+from .test_docs_knowledge import PILLARS
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 LABS = ROOT / "labs"
@@ -20,52 +22,7 @@ SPRINT = DOCS / "sprint.md"
 DOCUMENTS = ["sprint.md", "handson.md", "resources.md"]
 
 # The fixed topic list (docs/knowledge.md's ### headings, in order), one sprint row each.
-TOPICS = [
-    # 1. Foundations
-    "Tokenization and BPE",
-    "Cross-entropy and its gradient",
-    "Attention and the 1/sqrt(d) scale",
-    "Positions: RoPE",
-    "Sampling: temperature, top-k, top-p",
-    "The KV cache",
-    "Pretraining: learning rate, warmup, scaling",
-    # 2. Alignment
-    "SFT and loss masking",
-    "LoRA and QLoRA",
-    "Reward models (Bradley-Terry)",
-    "DPO from the KL-regularised objective",
-    "The DPO family: IPO, KTO, SimPO, ORPO, SafeDPO",
-    "PPO: the clipped surrogate and GAE",
-    "GRPO and its memory against PPO",
-    "Verifiable rewards and reward hacking",
-    "Process reward models",
-    # 3. Synthetic data
-    "Self-Instruct and Evol-Instruct",
-    "Rejection sampling",
-    "Distillation: KL and GKD",
-    "RLAIF and Constitutional AI",
-    "Decontamination",
-    # 4. Infrastructure
-    "FlashAttention's O(N) memory",
-    "PagedAttention's waste bound",
-    "Continuous batching",
-    "Multi-LoRA serving (S-LoRA)",
-    "Speculative decoding",
-    "Quantization: NF4, GPTQ, AWQ, GGUF",
-    "Training memory",
-    "Model merging",
-    # 5. Evaluation
-    "Statistics: intervals, paired tests, pass@k",
-    "LLM-as-judge and its biases",
-    "Red-teaming",
-    "Benchmark harnesses",
-    # 6. Applied skills
-    "Tool use and function calling",
-    "Constrained decoding",
-    "Agents and multi-turn RL",
-    "Refusal calibration",
-    "Debugging a training run",
-]
+TOPICS = [topic for topics in PILLARS.values() for topic in topics]
 
 
 def cells(line: str) -> list[str]:

@@ -23,24 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.infer.sampling import top_k, top_p
+from alignlab.lab import assert_close
 from alignlab.model.attention import naive_attention
 from alignlab.objectives.lm import IGNORE_INDEX, lm_loss
 from alignlab.text.bpe import GPT2_PATTERN, _merge, train_bpe
 
 
 def close(got, want: torch.Tensor, what: str, atol: float = 1e-5) -> None:
-    """Raise AssertionError saying where `got` and `want` differ most (NaN counts as the largest difference)."""
-    if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"{what}: got a {type(got).__name__}, expected a tensor of shape {tuple(want.shape)}")
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    got = got.detach().to(want.dtype)
-    if not torch.allclose(got, want, atol=atol, rtol=1e-4):
-        diff = (got - want).abs().nan_to_num(math.inf)
-        where = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
-        raise AssertionError(f"{what}: differs most at index {where}: got {got[where].item():.6g}, expected "
-                             f"{want[where].item():.6g}")
-
+    assert_close(got, want, what, atol, rtol=1e-4)
 
 def randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from alignlab.data.sft import encode_record, to_labels, tokenize_record
+from alignlab.lab import assert_close as close
 from alignlab.lora.inject import LoraConfig, apply_lora, count_parameters, find_targets
 from alignlab.lora.layer import LoraLinear
 from alignlab.memory import linear_shapes, load_config
@@ -26,23 +27,6 @@ from alignlab.memory import lora_params as memory_lora_params
 from alignlab.model.config import preset
 from alignlab.model.transformer import CausalLM
 from alignlab.quant.nf4 import NF4, dequantize_nf4, quantize_nf4
-
-
-def close(got, want: torch.Tensor, what: str, atol: float = 1e-6) -> None:
-    """got == want within atol (and rtol 1e-5), else an AssertionError saying where they differ."""
-    if got is None:
-        raise AssertionError(f"{what}: got None")
-    got = torch.as_tensor(got).detach().to(want.dtype)
-    want = want.detach()
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    if not torch.allclose(got, want, atol=atol, rtol=1e-5, equal_nan=True):
-        bad = ~torch.isclose(got, want, atol=atol, rtol=1e-5, equal_nan=True)
-        i = int(bad.flatten().nonzero()[0])
-        at = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), want.shape)) if want.dim() else ()
-        raise AssertionError(f"{what}: {int(bad.sum())} of {want.numel()} values differ, the first at {at}: "
-                             f"got {got.flatten()[i].item():.6g}, expected {want.flatten()[i].item():.6g}")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. SFT labels

@@ -19,23 +19,8 @@ from pathlib import Path
 import torch
 
 from alignlab.eval.winrate import win_rate
+from alignlab.lab import assert_close as close
 from alignlab.objectives.preference import bradley_terry_loss, dpo_loss, sequence_logps, simpo_loss
-
-
-def close(got, want: torch.Tensor, what: str, atol: float = 1e-6) -> None:
-    """got == want within atol (and rtol 1e-5), else an AssertionError saying where they differ."""
-    if got is None:
-        raise AssertionError(f"{what}: got None")
-    got = torch.as_tensor(got).detach().to(want.dtype)
-    want = want.detach()
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    if not torch.allclose(got, want, atol=atol, rtol=1e-5, equal_nan=True):
-        bad = ~torch.isclose(got, want, atol=atol, rtol=1e-5, equal_nan=True)
-        i = int(bad.flatten().nonzero()[0])
-        at = tuple(int(k) for k in torch.unravel_index(torch.tensor(i), want.shape)) if want.dim() else ()
-        raise AssertionError(f"{what}: {int(bad.sum())} of {want.numel()} values differ, the first at {at}: "
-                             f"got {got.flatten()[i].item():.6g}, expected {want.flatten()[i].item():.6g}")
 
 
 def leaves(g: torch.Generator, *shapes_scales, dtype=torch.float64) -> list[torch.Tensor]:

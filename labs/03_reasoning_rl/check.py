@@ -18,20 +18,10 @@ from pathlib import Path
 
 import torch
 
+from alignlab.lab import assert_close as close
 from alignlab.objectives.rl import ClipConfig, gae, group_advantages, grpo_loss, kl_k3, rloo_advantages
 from alignlab.rewards import RewardRunner
 from alignlab.rl.monitor import ALARMS, check_alarms
-
-
-def close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 1e-6) -> None:
-    got = torch.as_tensor(got, dtype=want.dtype)
-    if got.shape != want.shape:
-        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    if not torch.allclose(got, want, atol=atol, rtol=1e-5, equal_nan=True):
-        i = (got - want).abs().nan_to_num(math.inf).argmax()
-        raise AssertionError(f"{what}: differs, e.g. at flat index {int(i)}: {got.flatten()[i]:.6g} vs expected "
-                             f"{want.flatten()[i]:.6g}")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # The checks, one per exercise

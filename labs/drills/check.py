@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from alignlab.infer import sampling
+from alignlab.lab import assert_close
 from alignlab.objectives import preference
 
 HERE = Path(__file__).parent
@@ -57,21 +58,7 @@ def one_thread():
 
 
 def close(got, want: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
-    """got == want within tolerance, else an AssertionError saying where and by how much."""
-    if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"{what}: got a {type(got).__name__}, expected a tensor")
-    got = got.detach()
-    if tuple(got.shape) != tuple(want.shape):
-        raise AssertionError(f"{what}: shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-    got, want = got.double(), want.detach().double()
-    bad = ~torch.isclose(got, want, atol=atol, rtol=rtol, equal_nan=False) & ~(got == want)  # -inf == -inf is fine
-    if bad.any():
-        where = tuple(int(i) for i in bad.nonzero()[0])
-        diff = (got - want).abs().nan_to_num(math.inf)
-        raise AssertionError(f"{what}: differs at index {list(where)}: got {got[where].item():.6g}, expected "
-                             f"{want[where].item():.6g} ({int(bad.sum())} of {bad.numel()} entries differ, largest "
-                             f"difference {diff[bad].max().item():.3g})")
-
+    assert_close(got, want, what, atol, rtol)
 
 # ----------------------------------------------------------------------------------------------------------------
 # mha: multi-head causal self-attention
