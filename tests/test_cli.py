@@ -196,3 +196,12 @@ def test_every_command_is_registered_the_same_way(capsys):
             parser.parse_args([c.name, "--help"])
         assert e.value.code == 0
     assert len({c.name for c in COMMANDS}) == len(COMMANDS) >= 15
+
+
+def test_generate_warns_past_the_trained_positions(model_dir, capsys):
+    n = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    assert main(["generate", "--model", str(model_dir), "--prompt", "The quick brown", "--max-new-tokens", "4"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["generate", "--model", str(model_dir), "--prompt", "The quick brown", "--max-new-tokens",
+                 str(n)]) == 0
+    assert f"past the {n} positions this model was trained on" in capsys.readouterr().err

@@ -89,6 +89,11 @@ def cmd_generate(args):
     model, tokenizer = load_for_inference(args.model, args.dtype)
     engine = Engine(model, tokenizer)
     params = sampling_params(args)
+    total = len(tokenizer.encode(args.prompt)) + params.max_new_tokens
+    if total > model.config.max_seq_len:
+        print(f"alignlab generate: warning: prompt + --max-new-tokens is {total} tokens, past the "
+              f"{model.config.max_seq_len} positions this model was trained on; text past them usually degrades",
+              file=sys.stderr)
     if args.stream:
         for piece in engine.stream(args.prompt, params):
             print(piece, end="", flush=True)
