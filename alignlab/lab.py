@@ -126,7 +126,7 @@ def load_checks(directory: Path) -> dict:
 @dataclass(frozen=True)
 class Result:
     key: int | str  # the exercise's number, or the drill's name
-    status: str  # PASS, FAIL, TODO or NO CHECK
+    status: str  # PASS, FAIL or TODO
     detail: str
 
 
@@ -253,10 +253,17 @@ class Item:
     done: bool | None  # None: nothing to probe, the learner ticks it themself
 
 
-def checklist(sprint: Path, root: Path, workdir: Path) -> list[Item]:
+def grade_lab(lab: Lab, quiet: bool = True) -> dict:
+    """Every checked exercise of the lab's own exercises.py: {exercise: Result}."""
+    return {r.key: r for r in grade_file(lab.path, lab.path / "exercises.py", quiet=quiet)}
+
+
+def checklist(sprint: Path, root: Path, workdir: Path, graded: dict | None = None) -> list[Item]:
     """The must-complete checklist of docs/sprint.md: each `- [ ] ...` line under its "Must-complete checklist"
     heading. A line ending in `alignlab lab check N [EX ...]` is done when those exercises pass on the lab's
-    exercises.py; one ending in a path (runs/pipeline/report.md) when the path exists under `workdir`."""
+    exercises.py; one ending in a path (runs/pipeline/report.md) when the path exists under `workdir`.
+    graded: {lab number: grade_lab(...)} already computed; each other lab is graded once, here."""
+    graded = {} if graded is None else graded
     lines = sprint.read_text().splitlines()
     start = next((i for i, ln in enumerate(lines) if ln.startswith("#") and "must-complete checklist" in ln.lower()),
                  None)
@@ -273,10 +280,14 @@ def checklist(sprint: Path, root: Path, workdir: Path) -> list[Item]:
         if probe is None:
             items.append(Item(m.group(1), None))
         elif probe.group(2) is not None:
-            lab = get_lab(root, int(probe.group(2)))
-            keys = [int(k) for k in probe.group(3).split()]
-            results = grade_file(lab.path, lab.path / "exercises.py", keys, quiet=True)
-            items.append(Item(m.group(1), all(r.status == "PASS" for r in results)))
+            n = int(probe.group(2))
+            if n not in graded:
+                graded[n] = grade_lab(get_lab(root, n))
+            keys = [int(k) for k in probe.group(3).split()] or list(graded[n])
+            unknown = [k for k in keys if k not in graded[n]]
+            if unknown:
+                raise UserError(f"{sprint}: no check for exercise {', '.join(map(str, unknown))} of lab {n}")
+            items.append(Item(m.group(1), all(graded[n][k].status == "PASS" for k in keys)))
         else:
             items.append(Item(m.group(1), (workdir / probe.group(1)).exists()))
     return items
@@ -296,6 +307,14 @@ def drills(root: Path) -> dict[str, str]:
     return out
 
 
+START_TIMES = ".started.json"  # in the drills' workdir: {drill: the time it started}
+
+
+def start_times(workdir: Path) -> dict[str, float]:
+    times = workdir / START_TIMES
+    return json.loads(times.read_text()) if times.exists() else {}
+
+
 def start_drill(root: Path, name: str, workdir: Path) -> Path:
     """Copy the drill's task to workdir/NAME.py (kept if it is already there) and note the time it started."""
     known = drills(root)
@@ -305,23 +324,20 @@ def start_drill(root: Path, name: str, workdir: Path) -> Path:
     target = workdir / f"{name}.py"
     if not target.exists():
         target.write_text((root / "drills" / f"{name}.py").read_text())
-    times = workdir / ".started.json"
-    started = json.loads(times.read_text()) if times.exists() else {}
+    started = start_times(workdir)
     started.setdefault(name, time.time())
-    times.write_text(json.dumps(started))
+    (workdir / START_TIMES).write_text(json.dumps(started))
     return target
 
 
 def drill_elapsed(workdir: Path, name: str) -> float | None:
     """Seconds since the drill started, or None if it was never started in `workdir`."""
-    times = workdir / ".started.json"
-    started = json.loads(times.read_text()) if times.exists() else {}
+    started = start_times(workdir)
     return time.time() - started[name] if name in started else None
 
 
 def restart_drill(workdir: Path, name: str) -> None:
     """Forget when the drill started (the next `drill NAME` starts the clock again)."""
-    times = workdir / ".started.json"
-    started = json.loads(times.read_text()) if times.exists() else {}
+    started = start_times(workdir)
     started.pop(name, None)
-    times.write_text(json.dumps(started))
+    (workdir / START_TIMES).write_text(json.dumps(started))

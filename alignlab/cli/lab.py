@@ -70,16 +70,17 @@ def lab_solution(root: Path, args) -> int:
 
 
 def lab_status(root: Path, args) -> int:
+    graded = {}
     for lab in grader.find_labs(root):
-        results = grader.grade_file(lab.path, lab.path / "exercises.py", quiet=True)
-        marks = " ".join(f"{r.key}:{r.status}" for r in results)
-        passed = sum(r.status == "PASS" for r in results)
+        results = graded[lab.number] = grader.grade_lab(lab)
+        marks = " ".join(f"{k}:{r.status}" for k, r in results.items())
+        passed = sum(r.status == "PASS" for r in results.values())
         print(f"Lab {lab.number:02d}  {passed}/{len(results)} pass   {marks}")
     sprint = root.parent / "docs" / "sprint.md"
     if not sprint.exists():
         print(f"\n(no checklist: {sprint} is missing)")
         return 0
-    items = grader.checklist(sprint, root, args.workdir)
+    items = grader.checklist(sprint, root, args.workdir, graded)
     print(f"\nMust-complete checklist ({sprint}; runs looked for under {args.workdir.resolve()}):")
     for item in items:
         print(f"  [{'x' if item.done else ' ' if item.done is False else '?'}] {item.text}")

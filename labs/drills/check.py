@@ -60,6 +60,7 @@ def one_thread():
 def close(got, want: torch.Tensor, what: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     assert_close(got, want, what, atol, rtol)
 
+
 # ----------------------------------------------------------------------------------------------------------------
 # mha: multi-head causal self-attention
 
