@@ -85,7 +85,7 @@ SIZES = {
     "default": Sizes(world="default", model=dict(arch="llama", dim=128, n_layers=4, n_heads=4, n_kv_heads=4),
                      block_size=128, pretrain_steps=1000, pretrain_batch=32, pretrain_lr=3e-3,
                      sft_steps=300, sft_batch=32, sft_lr=1e-3, dpo_steps=150, dpo_batch=16, dpo_lr=3e-5,
-                     grpo_steps=60, grpo_prompts=16, grpo_lr=1e-4, tools_steps=150, tools_lr=3e-3,
+                     grpo_steps=60, grpo_prompts=16, grpo_lr=1e-4, tools_steps=300, tools_lr=3e-3,
                      eval_per_level=50, eval_safety=40,
                      max_new_tokens=96),
     "quick": Sizes(world="quick", model=dict(arch="llama", dim=64, n_layers=2, n_heads=4, n_kv_heads=4),

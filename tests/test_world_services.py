@@ -6,19 +6,23 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import pytest
 
 from alignlab.data.world import TinyWorld
+from alignlab.data.world.arithmetic import split_hash
 from alignlab.data.world.services import (
     ADD_EVENT_TOOL,
     CITIES,
+    FIELDS,
     KINDS,
     LOOKUP_TOOL,
     RESIDENTS,
     WEATHER_TOOL,
     Calendar,
     Directory,
+    _directory_split,
     get_weather,
 )
 from alignlab.text import render_chat
@@ -96,6 +100,30 @@ def test_the_directory_lists_the_cast_and_the_residents_and_tests_people_seen_in
     asked = {r["call"]["arguments"]["person"] for r in test if r["kind"] == "lookup"}
     assert asked & set(RESIDENTS) and asked & set(world.cast)
     assert len(asked & people) >= len(asked) / 2  # most were looked up in training, for another field
+
+
+def test_directory_questions_take_the_people_in_turn():
+    world = TinyWorld(seed=0)  # default size
+    for split, fewest in (("train", 10), ("test", 1)):
+        records = [r for r in world.service_conversations(split) if r["kind"] == "lookup"]
+        people = Counter(r["call"]["arguments"]["person"] for r in records)
+        assert max(people.values()) - min(people.values()) <= (8 if split == "train" else 1), people
+        assert min(people.values()) >= fewest
+        for r in records:
+            assert _directory_split(0, r["call"]["arguments"]["person"], r["call"]["arguments"]["field"]) == split
+
+
+def test_every_person_keeps_a_directory_field_in_training():
+    """A name never written in a call's JSON ("Zoe" after a quote is another token than " Zoe") cannot be copied
+    there; seed 0's hash split once held out all three of Zoe's fields."""
+    for seed in range(20):
+        for person in [*RESIDENTS, "Ana", "Zoe"]:
+            splits = {f: _directory_split(seed, person, f) for f in FIELDS}
+            assert "train" in splits.values(), (seed, person)
+            unforced = {f: "test" if split_hash(seed, f"dir:{person}:{f}") < 0.25 else "train" for f in FIELDS}
+            assert sum(a != b for a, b in zip(splits.values(), unforced.values())) <= 1  # only the forced field moves
+    assert "train" in {_directory_split(0, "Zoe", f) for f in FIELDS}
+    assert all(split_hash(0, f"dir:Zoe:{f}") < 0.25 for f in FIELDS)  # the case this guards against
 
 
 def test_service_logs_in_pretraining_hold_nothing_held_out():

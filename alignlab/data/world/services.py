@@ -17,7 +17,8 @@ ToolBox([get_weather, cal.add_event, cal.list_events, directory.lookup]).
 event to add, a directory question, a level-5 sum -- each a call, its result in a tool turn, and an answer built
 from the result -- and small sums no tool is needed for, answered directly. Held out for testing: event titles
 (an activity with one of the town's people), (city, day) pairs of the weather and (person, field) pairs of the
-directory (the cast and RESIDENTS), each split by its hash. The cities come from one list of 24 that both splits use.
+directory (the cast and RESIDENTS), each split by its hash (every person keeps a field in training, and directory
+questions take the people in turn). The cities come from one list of 24 that both splits use.
 A training chat's lookup reads a made-up entry (the call is real, the value is nobody's): the directory is fixed, so
 with real entries an answer learnt by heart fits every training chat as well as one read from the tool, and the
 model learns the first; the test chats read the real directory.
@@ -26,7 +27,9 @@ model learns the first; the test chats read the real directory.
 values only. A city or a title is a different token inside the call's JSON ("Perth" after a quote) than in the
 question (" Perth" after a space), and the byte-level BPE spells most of them letter by letter; with the logs in its
 pretraining text the base model has seen the one carried across to the other, and 150 steps of tool-use SFT make
-most calls exact (without them, a few in four).
+most calls exact (without them, a few in four). A person's name is harder: " Eli" in the question and "Eli" in the
+call are two tokens, and a name never written in a training call is not copied at all, hence every person keeps a
+field in training and is asked about as often as the others.
 """
 
 from __future__ import annotations
@@ -213,6 +216,15 @@ def _split_of(seed: int, key: str) -> str:
     return "test" if split_hash(seed, key) < 0.25 else "train"
 
 
+def _directory_split(seed: int, person: str, field: str) -> str:
+    """The split of a directory question, by (person, field); a person whose three fields all hash to the test
+    split keeps the last of them (by hash) in training, so that every name held out has been written in a call."""
+    hashes = {f: split_hash(seed, f"dir:{person}:{f}") for f in FIELDS}
+    if all(h < 0.25 for h in hashes.values()) and field == max(hashes, key=hashes.get):
+        return "train"
+    return _split_of(seed, f"dir:{person}:{field}")
+
+
 def _random_day(rng: random.Random) -> str:
     return (Date(2026, 1, 1) + timedelta(days=rng.randrange(730))).isoformat()
 
@@ -225,9 +237,9 @@ def _call_turns(name: str, arguments: dict, result) -> list[dict]:
             {"role": "tool", "name": name, "content": content}]
 
 
-def _service_chat(world, kind: str, split: str, rng: random.Random) -> dict:
+def _service_chat(world, kind: str, split: str, rng: random.Random, entry: tuple[str, str] = ("", "")) -> dict:
     """One conversation of a kind that calls a service: the question, the call, its result, the answer; "call" is
-    the call expected, "facts" what the answer must say."""
+    the call expected, "facts" what the answer must say. A directory question asks for `entry`, (person, field)."""
     seed = world.seed
     if kind == "weather":
         city, date = _held_out(seed, split, rng, lambda r: f"{r.choice(CITIES)} {_random_day(r)}").split()
@@ -247,8 +259,7 @@ def _service_chat(world, kind: str, split: str, rng: random.Random) -> dict:
         facts = [title, date, f"{result['start']}-{result['end']}"]
         name = "add_event"
     else:
-        pairs = [(p, f) for p in world.directory.entries for f in FIELDS if _split_of(seed, f"dir:{p}:{f}") == split]
-        person, field = rng.choice(pairs)
+        person, field = entry
         # training chats read a made-up entry: an answer learnt by heart is then never right, only the tool's is
         result = world.directory.lookup(person, field) if split == "test" else _made_up(world, field, rng)
         args = {"person": person, "field": field}
@@ -256,6 +267,16 @@ def _service_chat(world, kind: str, split: str, rng: random.Random) -> dict:
         answer, facts, name = SAY[field].format(person=person, value=result), [result], "lookup"
     messages = [*world.prompt(user), *_call_turns(name, args, result), {"role": "assistant", "content": answer}]
     return {"messages": messages, "kind": kind, "call": {"name": name, "arguments": args}, "facts": facts}
+
+
+def _directory_entries(world, split: str, n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """n (person, field) pairs of the split for directory questions: the people taken in turn (in a shuffled
+    order), each with one of their fields in the split at random, so that every person is asked about as often --
+    no name is left with a handful of training chats, and no one held-out entry fills the test questions."""
+    fields = {p: [f for f in FIELDS if _directory_split(world.seed, p, f) == split] for p in world.directory.entries}
+    people = [p for p in world.directory.entries if fields[p]]
+    rng.shuffle(people)
+    return [(p, rng.choice(fields[p])) for p in (people[i % len(people)] for i in range(n))]
 
 
 LOOKUP_SHARE = 2  # training chats hold twice as many directory questions as of each other kind: the hardest to learn
@@ -270,7 +291,9 @@ def conversations(world, split: str, n: int) -> list[dict]:
     out = []
     for kind in ("weather", "event", "lookup"):
         m = LOOKUP_SHARE if kind == "lookup" and split == "train" else 1
-        out += [{**_service_chat(world, kind, split, rng), "id": f"{kind}:{split}:{i}"} for i in range(per * m)]
+        entries = _directory_entries(world, split, per * m, rng) if kind == "lookup" else [("", "")] * (per * m)
+        out += [{**_service_chat(world, kind, split, rng, e), "id": f"{kind}:{split}:{i}"}
+                for i, e in enumerate(entries)]
     for p in world.problems(TOOL_LEVEL, split, per, "services-calc"):
         messages = [*world.prompt(world.question(p, rng)), *world._tool_call_turns(p)]
         out.append({"messages": messages, "kind": "calculator", "id": p.id, "facts": [f"Answer: {p.answer}"],
