@@ -174,3 +174,18 @@ def test_bf16_weights_generate_nearly_what_fp32_weights_do():
     first = sum(x.token_ids[0] == y.token_ids[0] for x, y in zip(a, b))
     whole = sum(x.token_ids == y.token_ids for x, y in zip(a, b))
     assert first >= 7 and whole >= 5, f"of 8 prompts, {first} agree on the first token, {whole} on all 8"  # 8, 8 here
+
+
+def test_machine_measurements_leave_the_seeded_generator_alone():
+    """The speed measurements run once per machine, in the middle of whichever run finds the cache empty; if they
+    drew from torch's global generator, that run would initialise and shuffle differently from the next one."""
+    import alignlab.model.linear as L
+    from alignlab.train.mfu import measure_peak_flops
+
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    P.bf16_speedup(sizes=(32,), seconds=0.01)
+    measure_peak_flops(torch.device("cpu"), sizes=(32,), seconds=0.01)
+    L._split_pays.pop(1, None)
+    L.split_pays(1)
+    assert torch.equal(torch.get_rng_state(), before)

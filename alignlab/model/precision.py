@@ -135,9 +135,9 @@ def bf16_speedup(sizes: tuple[int, ...] = (256, 512, 1024), seconds: float = 0.5
     """fp32 time / bf16 time of n x n matmuls: the geometric mean over `sizes`, each the ratio of the best of many
     products, fp32 and bf16 taking turns so that a core busy with other work slows both alike. Stops after a size
     where bf16 is slower than half of fp32 (an emulated bf16 would take minutes on the larger sizes)."""
-    logs = []
+    logs, g = [], torch.Generator().manual_seed(0)  # its own generator: a run's seeded draws stay as they were
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
         pairs = ((a, b), (a.bfloat16(), b.bfloat16()))
         for x, y in pairs:  # warm-up: kernel choice, packing buffers
             torch.mm(x, y)

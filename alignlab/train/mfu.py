@@ -43,11 +43,12 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     sizes = sizes or ((2048, 4096, 8192) if device.type == "cuda" else (512, 1024, 2048))
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     best, start = 0.0, time.perf_counter()
+    g = torch.Generator().manual_seed(0)  # its own generator: measuring never moves a seeded run's draws
     for n in sizes:
         if best and time.perf_counter() - start > seconds:
             break
-        a = torch.randn(n, n, device=device).to(dtype)
-        b = torch.randn(n, n, device=device).to(dtype)
+        a = torch.randn(n, n, generator=g).to(device, dtype)
+        b = torch.randn(n, n, generator=g).to(device, dtype)
         out = torch.empty(n, n, device=device, dtype=dtype)
         torch.matmul(a, b, out=out)  # warm-up (library handles, kernel choice)
         sync()
