@@ -3,6 +3,7 @@ transformers' `generate`, on one fixed workload; and the KV memory the paged cac
 
     OMP_NUM_THREADS=2 python benchmarks/bench_serve.py [--requests 256] [--max-new 256] [--batches 32,64,128,256]
                                                        [--reps 1] [--block-sizes 16,8] [--vllm-python PY] [--quick]
+                                                       [--one-group]
 
 Workload. --requests requests drawn (seed 0, with replacement) from the Alpaca sample in
 ../shared/data/instructions/alpaca_en_demo.json. Real tokens: a byte-level BPE with 8192 ids (alignlab.text.train_bpe
@@ -20,6 +21,9 @@ present at the start (offline throughput), --batches giving the concurrency:
                           with max_num_seqs = batch, run by that interpreter (vllm_throughput.py; its CPU build
                           takes 32-token blocks); its tokens are compared with transformers' and the share that
                           agree is reported (fp32 on both, but other kernels: a near tie can flip)
+
+--one-group adds a row: LLMEngine with every row's attention in one group, padded to the longest row, as
+against its default of grouping rows of similar length (paged.py: length_groups); the same tokens, other speed.
 
 tok/s counts the tokens the requests asked for (a static batch's extra tokens past a request's length count as
 waste, not throughput). The three must produce the same tokens for every request (the transformers rows cut to
@@ -97,10 +101,13 @@ def params_of(work) -> list[SamplingParams]:
     return [SamplingParams(max_new_tokens=n, temperature=0.0, ignore_eos=True) for _, n in work]
 
 
-def run_continuous(model, work, batch: int, block_size: int = 16, measure: bool = False):
+def run_continuous(model, work, batch: int, block_size: int = 16, measure: bool = False, one_group: bool = False):
     """Every request added at once; max_num_seqs = batch. With measure, also the fraction of the allocated slots
-    that held no token, summed over the steps (engine.stats() after each step, outside the timed runs)."""
+    that held no token, summed over the steps (engine.stats() after each step, outside the timed runs). With
+    one_group, attention reads every row padded to the longest (no length groups: see infer/paged.py)."""
     engine = LLMEngine(model, max_num_seqs=batch, max_num_batched_tokens=512, block_size=block_size)
+    if one_group:
+        engine.cache.group_cost = 10 ** 12
     for i, (p, q) in enumerate(zip([p for p, _ in work], params_of(work))):
         engine.add_request(str(i), p, q)
     done, wasted, allocated = {}, 0, 0
@@ -185,6 +192,8 @@ def main():
     ap.add_argument("--batches", default="32,64,128,256")
     ap.add_argument("--block-sizes", default="16,8", help="the KV waste is measured at each (throughput at 16)")
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--one-group", action="store_true",
+                    help="also time LLMEngine with every row in one attention group (padded to the longest)")
     ap.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"),
                     help="a Python with vLLM (skipped where it does not exist)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 32 requests of at most 32 new tokens, batch 8")
@@ -206,9 +215,15 @@ def main():
     ratios, result, secs_at = {}, {}, {}
     for batch in map(int, args.batches.split(",")):
         secs = {"continuous": float("inf"), "static": float("inf"), "transformers": float("inf")}
+        if args.one_group:
+            secs["one_group"] = float("inf")
         for _ in range(args.reps):
             t, (cont, _) = timed(run_continuous, model, work, batch)
             secs["continuous"] = min(secs["continuous"], t)
+            if args.one_group:
+                t, (padded, _) = timed(run_continuous, model, work, batch, 16, False, True)
+                secs["one_group"] = min(secs["one_group"], t)
+                assert padded == cont
             t, static = timed(run_static, model, work, batch)
             secs["static"] = min(secs["static"], t)
             t, ref = timed(run_hf, hf, work, batch)
@@ -217,8 +232,10 @@ def main():
             bad = [i for i, (a, b) in enumerate(zip(out, ref)) if a != b]
             if bad:
                 raise SystemExit(f"batch {batch}: {name} differs from transformers on requests {bad[:10]}")
-        for name, label in (("continuous", "alignlab LLMEngine"), ("static", "alignlab Engine (static)"),
-                            ("transformers", "transformers generate")):
+        for name, label in (("continuous", "alignlab LLMEngine"), ("one_group", "LLMEngine, one group"),
+                            ("static", "alignlab Engine (static)"), ("transformers", "transformers generate")):
+            if name not in secs:
+                continue
             print(f"{batch:>5} {label:>22} {secs[name]:>8.2f} {wanted / secs[name]:>8.0f}", flush=True)
         ratios[f"b{batch}"] = {"vs_static": round(secs["static"] / secs["continuous"], 2),
                                "vs_transformers": round(secs["transformers"] / secs["continuous"], 2)}

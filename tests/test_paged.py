@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from alignlab.infer import Engine, LLMEngine, SamplingParams
-from alignlab.infer.paged import BlockPool, BlockTable, PagedKVCache
+from alignlab.infer.paged import BlockPool, BlockTable, PagedKVCache, length_groups
+from alignlab.model.attention import sdpa_attention
 from alignlab.model.config import ModelConfig
 from alignlab.model.kv_cache import KVCache
 from alignlab.model.transformer import CausalLM
@@ -107,6 +108,43 @@ def test_paged_rows_give_what_the_static_cache_gives():
         for b in range(3):
             ref._lengths[b] = lengths[b] + n_new[b]
         lengths = [a + n for a, n in zip(lengths, n_new)]
+
+
+def test_length_groups_split_only_where_it_saves_more_than_a_group_costs():
+    assert length_groups([3, 3, 3], 16) == [[0, 1, 2]]
+    # two long rows among many short ones: reading 20 blocks for every row would waste 62 x 19 blocks
+    assert length_groups([1] * 62 + [20, 20], 16, cost=1024) == [list(range(62)), [62, 63]]
+    # the same rows when a group costs more than it saves: one group
+    assert length_groups([1] * 62 + [20, 20], 16, cost=10 ** 6) == [list(range(64))]
+    # every row in exactly one group, groups in order of length
+    n = [5, 1, 9, 1, 5, 30, 2]
+    groups = length_groups(n, 16, cost=0)
+    assert sorted(b for g in groups for b in g) == list(range(len(n)))
+    assert [max(n[b] for b in g) for g in groups] == sorted({max(n[b] for b in g) for g in groups})
+
+
+def test_grouped_attention_over_the_blocks_equals_attention_over_the_padded_rows():
+    """PagedRows.attend (rows grouped by length, each group reading its own blocks) gives what one attention over
+    all the rows, padded to the longest, gives."""
+    torch.manual_seed(0)
+    H, Hq, d, bs = 2, 4, 8, 4
+    lengths, n_new = [1, 2, 40, 3, 41, 0], [1, 1, 1, 1, 1, 1]
+    for T in (1, 3):
+        cache = PagedKVCache(1, H, d, num_blocks=128, block_size=bs)
+        cache.group_cost = 0  # split wherever a row reads fewer blocks
+        tables = [BlockTable() for _ in lengths]
+        n_new = [T] * len(lengths)
+        for t, n0 in zip(tables, lengths):
+            cache.reserve(t, 0, n0 + T)
+        cache.k.normal_(), cache.v.normal_()
+        rows = cache.rows(tables, lengths, n_new)
+        assert len(rows.groups) > 1
+        B = len(lengths)
+        q, k, v = torch.randn(B, Hq, T, d), torch.randn(B, H, T, d), torch.randn(B, H, T, d)
+        out = rows.attend(0, q, k, v, lambda q, k, v, offset: sdpa_attention(q, k, v, offset))
+        K, V = rows.append(0, k, v)  # every row padded to the longest
+        ref = sdpa_attention(q, K, V, torch.tensor(lengths))
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
 # --- the engine's use of the pool -------------------------------------------------------------------------

@@ -33,13 +33,17 @@ last token: that token must still run through the model to give the logits of th
 values in a cached block are those the request would have computed itself, so outputs never change because of
 it. (Python's 64-bit tuple hash names a block; a collision of two different prefixes has probability ~2^-64.)
 
-How the model reads the pool: `PagedRows` is the cache object of one forward over the scheduled sequences (the
-methods of model/kv_cache.py). Row b's new tokens go to its slots [lengths[b], lengths[b] + n_b); `append` writes
-them into their blocks and returns the layer's K, V over slots [0, max(lengths) + T) of every row, gathered
-from the blocks: one index_select of the block ids, after which [B, blocks, block_size, Hkv, d] is already the
-row's slots in order, so a view (not a second copy) gives attention its [B, Hkv, slots, d]. Slots a row does
-not hold yet are masked by the causal mask, as in KVCache; the pool is zero-initialised so that such slots are
-always finite.
+How the model reads the pool: `PagedRows` is the cache object of one forward over the scheduled sequences. Row
+b's new tokens go to its slots [lengths[b], lengths[b] + n_b). Its `attend` (the model's attention layers call it
+in place of `append`) writes them into their blocks, then gathers each row's blocks: one index_select of the
+block ids, after which [B, blocks, block_size, Hkv, d] is already the rows' slots in order, so a view (not a
+second copy) gives attention its [B, Hkv, slots, d]. Slots a row does not hold yet are masked by the causal
+mask, as in KVCache; the pool is zero-initialised so that such slots are always finite.
+
+Rows of very different lengths are not padded to the longest: `length_groups` splits the rows into groups of
+similar length, and each group gathers and attends over only as many blocks as its own longest row holds (a
+request that joined late, with a short context, no longer reads a long one's worth of blocks). The gather and the
+attention are most of a decode step's time after the matrix products, and both grow with the slots read.
 """
 
 from __future__ import annotations
@@ -49,6 +53,11 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import torch
+
+# A group of rows costs one more gather of K and of V and one more attention call: about as long as gathering and
+# attending over this many more slots (2-core CPU, 5M Llama: 1024 to 4096 measured alike), so rows are only split
+# off when they save more.
+GROUP_COST_SLOTS = 2048
 
 
 @dataclass
@@ -129,6 +138,7 @@ class PagedKVCache:
         self.block_size, self.num_blocks = block_size, num_blocks
         self.pool = BlockPool(num_blocks)
         self.prefix_caching = prefix_caching
+        self.group_cost = GROUP_COST_SLOTS  # see length_groups
 
     @classmethod
     def for_model(cls, model, num_blocks: int, block_size: int = 16, prefix_caching: bool = True) -> PagedKVCache:
@@ -224,18 +234,48 @@ class PagedKVCache:
         return PagedRows(self, tables, lengths, n_new)
 
 
+def length_groups(n_blocks: list[int], block_size: int, cost: int = GROUP_COST_SLOTS) -> list[list[int]]:
+    """Split rows into groups of similar length: row b reads n_blocks[b] blocks; a group reads as many blocks for
+    every row as its longest row needs. Minimises  sum over groups (rows x blocks x block_size + cost)  over
+    groups of consecutive lengths (dynamic programming over the distinct block counts). Returns the rows of
+    each group, shortest rows first."""
+    sizes = sorted(set(n_blocks))
+    count = [sum(1 for n in n_blocks if n == s) for s in sizes]
+    best, cut = [0.0] + [math.inf] * len(sizes), [0] * (len(sizes) + 1)  # best[j]: sizes[:j] grouped
+    for j in range(1, len(sizes) + 1):
+        rows = 0
+        for i in range(j - 1, -1, -1):  # the last group holds sizes[i:j]
+            rows += count[i]
+            c = best[i] + rows * sizes[j - 1] * block_size + cost
+            if c < best[j]:
+                best[j], cut[j] = c, i
+    bounds, j = [], len(sizes)
+    while j > 0:
+        bounds.append((sizes[cut[j]], sizes[j - 1]))
+        j = cut[j]
+    return [[b for b, n in enumerate(n_blocks) if lo <= n <= hi] for lo, hi in reversed(bounds)]
+
+
+@dataclass
+class _Group:
+    rows: torch.Tensor | None  # the rows' indices in the batch (None: every row)
+    read: torch.Tensor  # [rows x blocks] block ids
+    end: int  # slots gathered per row
+    offset: int | torch.Tensor  # each row's first new slot (an int when they agree)
+
+
 class PagedRows:
     """The cache of one forward over B sequences (model/kv_cache.py's methods): row b holds lengths[b] tokens
     and brings n_new[b] new ones, right-padded to T = max(n_new). The padding is never written to the pool."""
 
     differentiable = False
+    paged = True  # the model calls `attend` (attention over the blocks) instead of `append`
 
     def __init__(self, cache: PagedKVCache, tables: list[BlockTable], lengths: list[int], n_new: list[int]):
-        self.cache, self._lengths = cache, list(lengths)
+        self.cache, self.tables, self._lengths = cache, tables, list(lengths)
         bs, dev = cache.block_size, cache.k.device
         B, T = len(lengths), max(n_new)
-        self.end = max(lengths) + T
-        self.n_read = cache.blocks_for(self.end)
+        self.T = T
         # 1. where the new tokens go: (block, offset) of each real (row, t), and its index in the [B * T] tokens
         blk, off, flat = [], [], []
         for b, (table, n0, n) in enumerate(zip(tables, lengths, n_new)):
@@ -246,32 +286,60 @@ class PagedRows:
         self.w_block = torch.tensor(blk, dtype=torch.long, device=dev)
         self.w_off = torch.tensor(off, dtype=torch.long, device=dev)
         self.select = None if len(flat) == B * T else torch.tensor(flat, dtype=torch.long, device=dev)
-        # 2. what is read: the first n_read blocks of each row (padded with block 0: slots masked for that row)
-        read = [(t.blocks + [0] * self.n_read)[:self.n_read] for t in tables]
-        self.read = torch.tensor(read, dtype=torch.long, device=dev).flatten()  # [B * n_read]
+        # 2. what attention reads: rows of similar length together, each group as many blocks as its longest row
+        needs = [cache.blocks_for(n0 + T) for n0 in lengths]
+        self.groups = [self._group(rows, B) for rows in length_groups(needs, bs, cache.group_cost)]
+
+    def _group(self, rows: list[int], B: int) -> _Group:
+        lens = [self._lengths[b] for b in rows]
+        end = max(lens) + self.T
+        n_read = self.cache.blocks_for(end)  # the first n_read blocks of each row (padded with block 0: masked)
+        read = [(self.tables[b].blocks + [0] * n_read)[:n_read] for b in rows]
+        dev = self.cache.k.device
+        return _Group(None if len(rows) == B else torch.tensor(rows, dtype=torch.long, device=dev),
+                      torch.tensor(read, dtype=torch.long, device=dev).flatten(), end,
+                      lens[0] if min(lens) == max(lens) else torch.tensor(lens, device=dev))
 
     @property
     def lengths(self) -> list[int]:
         return list(self._lengths)
 
-    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write the real new tokens of k, v [B, Hkv, T, d] into their blocks; return this layer's K, V
-        [B, Hkv, max(lengths) + T, d] gathered from the rows' blocks."""
-        B, H, T, d = k.shape
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention) -> torch.Tensor:
+        """PagedAttention over the pool: write the real new tokens of k, v [B, Hkv, T, d] into their blocks, then
+        run `attention(q, K, V, q_offset)` for each group of rows on the K, V gathered from the group's blocks, up
+        to its longest row; returns [B, Hq, T, d]. Rows of a group that hold equally many tokens get one int
+        offset (attention's unmasked fast path)."""
         K, V = self.cache.k[layer], self.cache.v[layer]  # [num_blocks, bs, Hkv, d]
         k, v = k.to(K.dtype), v.to(V.dtype)
-        if max(self._lengths) == 0:  # nothing before: the new keys are all there is
-            self._write(K, V, k, v)
-            return k, v
         self._write(K, V, k, v)
-        return self._gather(K), self._gather(V)
+        if max(self._lengths) == 0:  # nothing before: the new keys are all there is
+            return attention(q, k, v, 0)
+        if len(self.groups) == 1:
+            g = self.groups[0]
+            return attention(q, self._gather(K, g), self._gather(V, g), g.offset)
+        out = None
+        for g in self.groups:
+            y = attention(q[g.rows], self._gather(K, g), self._gather(V, g), g.offset)
+            out = y.new_empty(q.shape[:2] + y.shape[2:]) if out is None else out
+            out[g.rows] = y
+        return out
 
-    def _gather(self, pool: torch.Tensor) -> torch.Tensor:
-        """[B, Hkv, end, d]: each row's first n_read blocks side by side (one index_select; the rest are views)."""
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """KVCache's method: write the real new tokens of k, v [B, Hkv, T, d] into their blocks; return this
+        layer's K, V [B, Hkv, max(lengths) + T, d] gathered from the rows' blocks."""
+        K, V = self.cache.k[layer], self.cache.v[layer]
+        k, v = k.to(K.dtype), v.to(V.dtype)
+        self._write(K, V, k, v)
+        if max(self._lengths) == 0:
+            return k, v
+        g = self._group(list(range(len(self._lengths))), len(self._lengths))
+        return self._gather(K, g), self._gather(V, g)
+
+    def _gather(self, pool: torch.Tensor, g: _Group) -> torch.Tensor:
+        """[rows, Hkv, g.end, d]: each of the group's rows' blocks side by side (one index_select; then views)."""
         N, bs, H, d = pool.shape
-        B = self.read.numel() // self.n_read
-        rows = pool.index_select(0, self.read).view(B, self.n_read * bs, H, d)
-        return rows[:, :self.end].transpose(1, 2)
+        rows = pool.index_select(0, g.read).view(-1, self.cache.blocks_for(g.end) * bs, H, d)
+        return rows[:, :g.end].transpose(1, 2)
 
     def _write(self, K, V, k, v):
         B, H, T, d = k.shape

@@ -144,15 +144,21 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        if cache is not None:
-            k, v = cache.append(self.layer_idx, k, v)
+        if getattr(cache, "paged", False):  # the cache reads its blocks itself (infer/paged.py: PagedRows.attend)
+            y = cache.attend(self.layer_idx, q, k, v, lambda q, k, v, offset: self.attend(q, k, v, offset, None))
+        else:
+            if cache is not None:
+                k, v = cache.append(self.layer_idx, k, v)
+            y = self.attend(q, k, v, q_offset, key_valid, docs)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def attend(self, q, k, v, q_offset, key_valid, docs=None):
         attend = ATTENTION[self.config.attn_impl]
         if k.dtype == q.dtype:
-            y = attend(q, k, v, q_offset, key_valid, self.window, docs)
-        else:  # the CPU's fp32 cache (see new_cache): attention in fp32, autocast off, the output back in q's dtype
-            with torch.autocast(x.device.type, enabled=False):
-                y = attend(q.to(k.dtype), k, v, q_offset, key_valid, self.window, docs).to(q.dtype)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
+            return attend(q, k, v, q_offset, key_valid, self.window, docs)
+        # the CPU's fp32 cache (see new_cache): attention in fp32, autocast off, the output back in q's dtype
+        with torch.autocast(q.device.type, enabled=False):
+            return attend(q.to(k.dtype), k, v, q_offset, key_valid, self.window, docs).to(q.dtype)
 
 
 class Block(nn.Module):
