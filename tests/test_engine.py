@@ -466,7 +466,7 @@ def test_kv_cache_is_uninitialised_but_never_read_unwritten(models, monkeypatch)
 class MethodsOnly:
     """A cache seen through its methods only: reading anything else (its tensors) fails the test."""
 
-    METHODS = {"lengths", "append", "advance", "rows", "copy_rows", "keep_rows", "differentiable"}
+    METHODS = {"lengths", "append", "advance", "rows", "copy_rows", "keep_rows", "differentiable", "paged"}
 
     def __init__(self, cache, calls: list[str]):
         self._cache, self._calls = cache, calls

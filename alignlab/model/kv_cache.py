@@ -7,6 +7,8 @@ to a cache through these methods only, so another layout (a paged cache) can sta
     lengths              filled slots of each row (host ints: read without waiting for the device)
     append(layer, k, v)  write k, v [B, Hkv, T, d] after each row's filled slots; return the layer's K, V
     advance(n)           once per forward, after every layer has appended its n slots
+    paged                False here; True for infer/paged.py's rows, whose attend(layer, q, k, v, attention)
+                         the layers call instead of append (attention over the pool's blocks)
     next_slot()          a one-token step that writes the buffers itself (model/decode.py): its slot, K, V
     rows(index)          the cache seen as its rows `index`, for a forward over some of them (a prefill)
     copy_rows(src, dst)  row dst[i] becomes a copy of row src[i] (one prompt prefilled for several requests)
@@ -33,6 +35,7 @@ class KVCache:
     allocates or copies the history; row b holds its tokens at slots [0, lengths[b])."""
 
     differentiable = False  # written in place: for generation under no_grad
+    paged = False  # the model appends and attends itself (a paged cache's `attend` does both: infer/paged.py)
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype=torch.float32, device=None):
@@ -137,6 +140,7 @@ class CacheRows:
     """Some rows of a KVCache, as the model sees a cache: a forward over them reads and writes those rows only."""
 
     differentiable = False
+    paged = False
 
     def __init__(self, cache: KVCache, rows: list[int]):
         self.cache, self.index = cache, rows
@@ -176,6 +180,7 @@ class SharedPrefixCache:
     """
 
     differentiable = True
+    paged = False
 
     def __init__(self, n_rows: int):
         self.k: dict[int, torch.Tensor] = {}

@@ -144,7 +144,7 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
-        if getattr(cache, "paged", False):  # the cache reads its blocks itself (infer/paged.py: PagedRows.attend)
+        if cache is not None and cache.paged:  # the cache reads its blocks itself (infer/paged.py: PagedRows.attend)
             y = cache.attend(self.layer_idx, q, k, v, lambda q, k, v, offset: self.attend(q, k, v, offset, None))
         else:
             if cache is not None:
