@@ -223,7 +223,8 @@ def main():
             if args.one_group:
                 t, (padded, _) = timed(run_continuous, model, work, batch, 16, False, True)
                 secs["one_group"] = min(secs["one_group"], t)
-                assert padded == cont
+                if padded != cont:
+                    raise SystemExit(f"batch {batch}: LLMEngine in one group differs from its grouped run")
             t, static = timed(run_static, model, work, batch)
             secs["static"] = min(secs["static"], t)
             t, ref = timed(run_hf, hf, work, batch)

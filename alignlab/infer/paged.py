@@ -49,7 +49,7 @@ attention are most of a decode step's time after the matrix products, and both g
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 import torch
@@ -239,8 +239,9 @@ def length_groups(n_blocks: list[int], block_size: int, cost: int = GROUP_COST_S
     every row as its longest row needs. Minimises  sum over groups (rows x blocks x block_size + cost)  over
     groups of consecutive lengths (dynamic programming over the distinct block counts). Returns the rows of
     each group, shortest rows first."""
-    sizes = sorted(set(n_blocks))
-    count = [sum(1 for n in n_blocks if n == s) for s in sizes]
+    rows_of = Counter(n_blocks)
+    sizes = sorted(rows_of)
+    count = [rows_of[s] for s in sizes]
     best, cut = [0.0] + [math.inf] * len(sizes), [0] * (len(sizes) + 1)  # best[j]: sizes[:j] grouped
     for j in range(1, len(sizes) + 1):
         rows = 0
