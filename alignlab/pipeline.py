@@ -13,9 +13,9 @@ Stages, in order, each with something to learn that the stage before left undone
                level, the town, logs of its services in use (a question, the call, the result, the answer). The
                skills are latent: the model continues text, it does not answer
     sft        full-parameter SFT on TinyWorld chats, loss on assistant tokens only: math with <think> and
-               "Answer: N" (levels 1-2 in full, levels 3-4 a curated cold start of 100 each), refusals of attacks
+               "Answer: N" (levels 1-2 in full, levels 3-4 a cold start of 100 each), refusals of attacks
                and answers to their benign look-alikes, town questions. Like data gathered from many writers, it
-               is uneven in style: most level 1-2 replies open with a filler sentence
+               is uneven in style: most math replies close their steps with a filler remark
     sft_lora   the same SFT with LoRA adapters (rank 16 on every Linear) instead, from the same base: a
                side branch that shows which of the two the SFT stage should be (the report says which won)
     tools      tool-use SFT from the SFT model (a side branch): chats that call the town's services (weather,
@@ -249,9 +249,10 @@ def stage_dpo(run: Run) -> dict:
 # what DPO learns: to drop SFT's chatty filler, and to refuse attacks (SafeDPO: the rejected replies are marked unsafe)
 # while answering their benign look-alikes; TinyWorldJudge, fixed before training, scores the result (see win_rate_vs)
 DPO_KINDS = ("concise", "safety", "helpfulness")
-DPO_RPO_ALPHA = 2.0
+DPO_RPO_ALPHA = 4.0
 GRPO_LEVELS = (3, 4)  # the levels SFT barely taught: pass@8 well above pass@1, room for RL to sharpen
 GRPO_START = "dpo"  # SFT -> DPO -> RL with verifiable rewards, as in Tulu 3
+GRPO_ROLLOUT_TOKENS = 64
 REPLAY_LEVELS, REPLAY_SHARE = (1, 2), 0.25  # GRPO's prompts also hold this share of easier ones
 
 
@@ -267,8 +268,12 @@ def grpo_setup(run: Run, out_dir: Path, start: Path, **rollout) -> tuple:
                         warmup_steps=min(10, s.grpo_steps // 4), beta2=0.999, weight_decay=0.0,
                         eval_every=max(1, s.grpo_steps // 3), save_every=max(1, s.grpo_steps // 3), keep_last=1,
                         seed=run.seed, device="cpu", overwrite=True)
+    # rollouts get GRPO_ROLLOUT_TOKENS (a level 3-4 solution takes at most about 45): a sample that rambles past
+    # them is cut off and earns nothing, and no batch waits on it; the held-out answers get the evaluation's budget
     rollout = RolloutConfig(data="tinyworld:rl", num_generations=8, prompts_per_step=s.grpo_prompts,
-                            max_prompt_len=2 * s.block_size, max_completion_length=s.max_new_tokens,
+                            max_prompt_len=2 * s.block_size, max_completion_length=min(GRPO_ROLLOUT_TOKENS,
+                                                                                       s.max_new_tokens),
+                            eval_max_tokens=s.max_new_tokens,
                             **{"reward_funcs": {"format": 1.0, "correctness": 1.0}, "eval_prompts": 100_000, **rollout})
     cfg = grpo.GRPOConfig(out_dir=str(out_dir), model=str(start), rollout=rollout, loss_type="dapo", beta=0.0,
                           train=train)

@@ -26,7 +26,8 @@ Mode `pipeline` (the default): the usual setting for merging, fine-tunes of one 
 5. optionally (`--tools-weights 0.6,0.7,0.8,0.9`), task arithmetic θ_sft + w τ_tools + τ_grpo for each w: a scan
    of the tools vector's strength with GRPO's kept whole
 
-Result (runs/merge/seed{0,1,2}-pipeline.log, about 40 s a seed on 2 CPU cores): no merge keeps both skills. The two
+Result on an earlier TinyWorld curriculum's pipeline models (the README's table has seed 0 on the current one;
+runs/merge/seed{0,1,2}-pipeline.log, about 40 s a seed on 2 CPU cores): no merge keeps both skills. The two
 task vectors are nearly orthogonal (cosine -0.02 to -0.05) but of very different sizes, ‖τ‖/‖θ_sft‖ 0.40-0.41 for
 tools (full fine-tune at lr 3e-3) against 0.02 for grpo, and τ_tools carries the tools stage's forgetting: the tools
 model itself answers 2.5-7.2% of levels 3-4 (sft 21.5-41.2%, grpo 18.2-46.2%). Seed 0, levels 3-4 (400 prompts) /

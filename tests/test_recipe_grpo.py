@@ -278,3 +278,23 @@ def test_rollout_logps_match_the_engine_and_the_update_raises_good_completions(b
         after, _ = completion_logps(model, ro.input_ids, ro.prompt_lens, ro.completion_ids, ro.completion_mask)
     gain = ((after - logps.detach()) * ro.completion_mask).sum(-1)
     assert (adv * gain).sum() > 0 and gain[adv > 0].mean() > gain[adv < 0].mean()
+
+
+def test_held_out_answers_get_their_own_token_budget(tmp_path, base, prompts, monkeypatch):
+    """rollout.eval_max_tokens: the held-out answers' budget; the rollouts keep max_completion_length."""
+    import alignlab.rl.run as rl_run
+
+    budgets = []
+    real = rl_run.generate_replies
+
+    def recording(model, tok, chats, max_new_tokens, *a, **kw):
+        budgets.append(max_new_tokens)
+        return real(model, tok, chats, max_new_tokens, *a, **kw)
+
+    monkeypatch.setattr(rl_run, "generate_replies", recording)
+    run(config(tmp_path, base, max_completion_length=6, eval_max_tokens=20), train_records=prompts[0],
+        val_records=prompts[1])
+    assert budgets and set(budgets) == {20}
+    assert max(r["completions/max_length"] for r in metrics(tmp_path) if "loss" in r) <= 6
+    with pytest.raises(ConfigError, match="eval_max_tokens"):
+        run(config(tmp_path, base, eval_max_tokens=-1, name="bad"), train_records=prompts[0], val_records=[])

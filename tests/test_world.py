@@ -406,24 +406,33 @@ def test_safety_pairs_carry_safedpo_indicators():
     assert not any(p.get("rejected_unsafe") for p in pairs if p["kind"] == "correctness")
 
 
-def test_sft_math_is_a_cold_start_at_levels_3_4_and_chatty_at_levels_1_2():
-    """The default world's SFT math: levels 1-2 in full, a chatty share of them opening with filler (what DPO's
-    concise pairs train away); levels 3-4 a few curated replies that keep to the steps (room for RL)."""
+def test_sft_math_is_a_cold_start_at_levels_3_4_and_chatty_at_every_level():
+    """The default world's SFT math: levels 1-2 in full, levels 3-4 a cold start of a few (room for RL); a chatty
+    share of every level's replies closes its steps with a filler remark (what DPO's concise pairs train away),
+    on the last step's line, so the steps themselves read the same with or without it."""
     from alignlab.data.world.world import RAMBLE
+    from alignlab.eval.judge import TinyWorldJudge
 
     world = TinyWorld(seed=0)
     s = world.size
     math = [r for r in world.sft_conversations("train") if r["kind"] == "math"]
     for level in MATH_LEVELS:
         rows = [r for r in math if r["level"] == level]
-        chatty = sum(r["messages"][-1]["content"].startswith(f"<think>{RAMBLE}\n") for r in rows) / len(rows)
-        if level <= 2:
-            assert len(rows) == s.sft_per_level and abs(chatty - s.chatty_fraction) < 0.07, (level, chatty)
-        else:
-            assert len(rows) == s.sft_hard_per_level < s.sft_per_level and chatty == 0, (level, chatty)
-        for r in rows:  # filler or not, the reply verifies
-            assert ev.verify(r["messages"][-1]["content"], r["answer"]) == 1.0
+        chatty = sum(r["messages"][-1]["content"].endswith(f"{RAMBLE}</think>\nAnswer: {r['answer']}")
+                     for r in rows) / len(rows)
+        assert len(rows) == (s.sft_per_level if level <= 2 else s.sft_hard_per_level), level
+        assert abs(chatty - s.chatty_fraction) < 0.1, (level, chatty)
+        for r in rows:  # filler or not, the reply verifies, and its steps are the reference's
+            reply = r["messages"][-1]["content"]
+            assert ev.verify(reply, r["answer"]) == 1.0
+            assert [(x.a, x.op, x.b, x.c) for x in ev.worked_steps(reply)] == \
+                   [(x.a, x.op, x.b, x.c) for x in ev.worked_steps(reply.replace(RAMBLE, ""))]
     test = [r for r in world.sft_conversations("test") if r["kind"] == "math"]
     assert not any(RAMBLE in r["messages"][-1]["content"] for r in test)  # references keep to the steps
     concise = [p for p in world.preference_pairs("train", ("concise",)) if "level" in p]
-    assert concise and all(p["rejected"][0]["content"].startswith(f"<think>{RAMBLE}\n") for p in concise)
+    assert {p["level"] for p in concise} == set(MATH_LEVELS)
+    assert all(p["rejected"][0]["content"] == p["chosen"][0]["content"].replace("</think>", f"{RAMBLE}</think>")
+               for p in concise)
+    judge = TinyWorldJudge(secret=world.secret)  # the declared judge sees every rambling reply as the worse one
+    assert all(judge.compare(p["prompt"], p["chosen"][0]["content"], p["rejected"][0]["content"],
+                             {"answer": p["answer"]}) == "A" for p in concise)

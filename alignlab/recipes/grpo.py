@@ -269,7 +269,7 @@ def run(cfg: GRPOConfig, resume: bool = False, train_records: list[dict] | None 
 
     # 6-7. the update, the monitors, held-out accuracy (greedy) before the first step and every train.eval_every
     trainer: Trainer | None = None
-    evaluate, sample = held_out_evaluator(tok, prompts.task, prompts.val_records, r.max_completion_length, monitor,
+    evaluate, sample = held_out_evaluator(tok, prompts.task, prompts.val_records, r.eval_tokens(), monitor,
                                           step=lambda: trainer.step if trainer else 0)
     trainer = Trainer(cfg.train, model, data, grpo_step(cfg), out, evaluate=evaluate, sample=sample,
                       weight_fn=grpo_weight(cfg), run_config=asdict(cfg), step_metrics=data.step_metrics)

@@ -382,7 +382,7 @@ def run(cfg: PPOConfig, resume: bool = False, train_records: list[dict] | None =
 
     # the update; held-out accuracy of the policy, greedy, before the first step and every train.eval_every steps
     trainer: Trainer | None = None
-    evaluate, sample = held_out_evaluator(tok, prompts.task, prompts.val_records, r.max_completion_length, monitor,
+    evaluate, sample = held_out_evaluator(tok, prompts.task, prompts.val_records, r.eval_tokens(), monitor,
                                           step=lambda: trainer.step if trainer else 0, policy=lambda m: m.policy)
     trainer = Trainer(cfg.train, model, data, ppo_step(cfg), out, evaluate=evaluate, sample=sample,
                       weight_fn=ppo_weight, run_config=asdict(cfg), step_metrics=data.step_metrics)

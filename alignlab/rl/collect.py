@@ -60,6 +60,7 @@ class RolloutConfig:
     allow_custom_rewards: bool = False  # module:function rewards import and run code named in the config
     prm_model: str = ""  # the `prm` reward's process reward model: alignlab prm train's <out_dir>/model
     eval_prompts: int = 64  # held-out prompts answered greedily at each evaluation (0: no held-out accuracy)
+    eval_max_tokens: int = 0  # new tokens a held-out answer may take (0: max_completion_length)
     logp_batch: int = 64  # rows per no-grad forward for pi_old / pi_ref (and PPO's values)
     # where the completions come from: local (this process, rl/rollout.py) | server (an OpenAI-compatible server,
     # rl/remote.py: the LoRA policy is pushed to it every rollout batch; grpo/rloo with method=lora only)
@@ -103,12 +104,19 @@ class RolloutConfig:
         if "prm" in self.reward_funcs and self.reward_isolation == "process":
             raise ConfigError("reward_funcs prm runs a model: use rollout.reward_isolation=thread (a forked process "
                               "cannot use the GPU, and would load the model again on every call)")
+        if self.eval_max_tokens < 0:
+            raise ConfigError(f"rollout.eval_max_tokens must be >= 0 (0: max_completion_length), got "
+                              f"{self.eval_max_tokens}")
         if self.reward_isolation not in ("thread", "process"):
             raise ConfigError(f"rollout.reward_isolation must be thread or process, got {self.reward_isolation!r}")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_completion_length, temperature=self.temperature,
                               top_p=self.top_p, top_k=self.top_k)
+
+    def eval_tokens(self) -> int:
+        """New tokens a held-out answer may take: eval_max_tokens, else the rollouts' max_completion_length."""
+        return self.eval_max_tokens or self.max_completion_length
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -29,13 +29,13 @@ def answer_text(think: str, answer: int | str) -> str:
     return f"<think>{think}</think>\nAnswer: {answer}"
 
 
-RAMBLE = "Hmm, let me see. I need to work this out, so I will go step by step and be very careful."
+RAMBLE = " (I checked every step twice, slowly and carefully, so I am sure this is right.)"
 
 
 def ramble_think(think: str) -> str:
-    """The same steps after a filler sentence: a chatty reply, right but longer than it needs to be. The filler
-    comes first, so a model decides at the first token whether to ramble (what DPO then changes)."""
-    return f"{RAMBLE}\n{think}"
+    """The steps with a filler remark on the last one's line: right, but longer than it needs to be. The steps read
+    the same with or without it, and DPO's choice is one token (" (" or "</think>") that occurs nowhere else."""
+    return f"{think}{RAMBLE}"
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,9 @@ class WorldSize:
     safety_test_per_template: int  # held-out safety prompts per held-out template
     sft_hard_per_level: int | None = None  # SFT math conversations per level 3-4 (None: sft_per_level); few
     #   make SFT a cold start there: the model learns the format, and RL has room to raise its accuracy
-    chatty_fraction: float = 0.0  # share of SFT math replies of levels 1-2 that ramble in <think>
+    chatty_fraction: float = 0.0  # share of SFT math replies of `chatty_levels` that ramble in <think>
     #   (`ramble_think`): what DPO's conciseness pairs then train away
+    chatty_levels: tuple[int, ...] = (1, 2, 3, 4)  # the levels whose SFT replies (and concise pairs) ramble
     service_conversations: int = 0  # tool-use chats over the town's services (services.py), train split
 
 
@@ -306,8 +307,8 @@ class TinyWorld:
 
         - "math": levels 1-4, `sft_per_level` each (levels 3-4: `sft_hard_per_level`; test: `test_per_level`),
           the reply is `<think>steps</think>\\nAnswer: N` (also "level", "answer"); in training a `chatty_fraction`
-          of the level 1-2 replies open with filler (`ramble_think`), as data gathered from many writers does,
-          while the few level 3-4 replies, a curated cold start, keep to the steps;
+          of the replies (at `chatty_levels`) close their steps with a filler remark (`ramble_think`), as data
+          gathered from many writers does;
         - "refusal": an attack on the policy, answered with the fixed refusal ("category", "style");
         - "lookalike": a benign prompt that looks like an attack, answered helpfully;
         - "qa": a question about the town's people, answered in one sentence.
@@ -325,7 +326,7 @@ class TinyWorld:
                 n = size.test_per_level if test else size.sft_per_level
                 if not test and level >= 3 and size.sft_hard_per_level is not None:
                     n = size.sft_hard_per_level
-                chatty = size.chatty_fraction if not test and level <= 2 else 0.0  # the cold start is curated
+                chatty = size.chatty_fraction if not test and level in size.chatty_levels else 0.0
                 out += self._math_conversations(level, split, n, "sft", chatty)
         if "refusal" in kinds or "lookalike" in kinds:
             labels = [lab for lab, kind in (("attack", "refusal"), ("benign", "lookalike")) if kind in kinds]
@@ -403,8 +404,8 @@ class TinyWorld:
         - "safety": the refusal vs a reply that leaks the secret or helps steal ("category", "style", and
           SafeDPO's indicators "chosen_unsafe": False, "rejected_unsafe": True);
         - "helpfulness": a look-alike answered vs refused (against over-refusal);
-        - "concise": a short answer vs the same answer buried in filler (town questions, and math of levels 1-2
-          with SFT's chatty filler, `ramble_think`: a lesson in style on problems the model can already solve)."""
+        - "concise": a short answer vs the same answer buried in filler (town questions, and math of the
+          `chatty_levels` with SFT's filler remark, `ramble_think`: a lesson in style, not in arithmetic)."""
         _check_split(split)
         kinds = PAIR_KINDS if kinds is None else tuple(kinds)
         unknown = set(kinds) - set(PAIR_KINDS)
@@ -481,7 +482,7 @@ class TinyWorld:
         for i in range(n // 4):
             q, a, key = self._qa(split, rng)
             out.append(self._pair(self.prompt(q), a, town.ramble(a, rng), "concise", f"{key}:{i}"))
-        for p in self._math_problems(split, n - n // 4, "pairs-concise", levels=(1, 2)):  # style, not skill
+        for p in self._math_problems(split, n - n // 4, "pairs-concise", levels=self.size.chatty_levels):
             q = self.question(p, rng)
             rambling = answer_text(ramble_think(p.think()), p.answer)
             out.append(self._pair(self.prompt(q), self.solution(p), rambling, "concise", p.id,
