@@ -163,17 +163,17 @@ def _train_config(run: Run, steps: int, lr: float, warmup: int) -> TrainConfig:
                        seed=run.seed, device="cpu", overwrite=True)
 
 
-def stage_pretrain(run: Run) -> dict:
+def stage_pretrain(run: Run, init_from: str | None = None) -> dict:  # init_from: a model to continue (else random)
     from alignlab.recipes import pretrain
 
     s = run.sizes
-    cfg = PretrainConfig(
-        out_dir=str(run.dir("pretrain")),
+    cfg = PretrainConfig(  # max_seq_len: room for a prompt and a reply after SFT
+        out_dir=str(run.dir("pretrain")), model={**s.model, "max_seq_len": 2 * s.block_size},
         data=DataConfig(source=str(run.dir("tokenizer") / "corpus.txt"), tokenizer=str(run.dir("tokenizer")),
                         val_fraction=0.05, cache_dir=str(run.out / "cache")),
-        model={**s.model, "max_seq_len": 2 * s.block_size},  # room for a prompt and a reply after SFT
         block_size=s.block_size, batch_size=s.pretrain_batch, eval_batches=10, sample_prompt="What is",
-        sample_tokens=48, train=_train_config(run, s.pretrain_steps, s.pretrain_lr, s.pretrain_steps // 20))
+        sample_tokens=48, init_from=init_from,
+        train=_train_config(run, s.pretrain_steps, s.pretrain_lr, s.pretrain_steps // 20))
     result = pretrain.run(cfg, resume=True)
     return {"trained_on": "TinyWorld's pretraining text (tokenizer/corpus.txt), next-token loss",
             **_training_metrics(result, "val_lm_loss")}

@@ -25,6 +25,12 @@ PLANTED = {
          "codes.append((x[:, None] - levels[None, :]).abs().argmin(dim=1))"),
         ("x = chunk / scale if scale > 0 else torch.zeros_like(chunk)", "x = chunk / scale"),  # 0 / 0 in a zero block
         ("block_of = torch.arange(codes.numel()) // block", "block_of = torch.arange(codes.numel()) % absmax.numel()")],
+    5: [("return 1.0 - total / tokens", "return total / tokens"),  # the mean cosine, not 1 minus it
+        ("(a * b).sum(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1))",  # cosine over the tokens, not the features
+         "(a * b).sum(dim=-2) / (a.norm(dim=-2) * b.norm(dim=-2))"),
+        ("        tokens += cos.numel()", "        tokens += 1"),  # the mean over batches, not tokens
+        ("    order = sorted(keep)", "    order = list(keep)"),  # the blocks renumbered in the order given
+        ("                continue  # a removed block", "                pass  # a removed block")],
 }
 
 

@@ -24,6 +24,7 @@ from alignlab.cli.export import cmd_export, export_arguments
 from alignlab.cli.lab import cmd_lab, lab_arguments
 from alignlab.cli.merge import cmd_merge, merge_arguments
 from alignlab.cli.prm import cmd_prm, prm_arguments
+from alignlab.cli.prune import cmd_prune, prune_arguments
 from alignlab.cli.quant import cmd_quantize, quantize_arguments
 from alignlab.cli.synth import cmd_synth, synth_arguments
 from alignlab.cli.tools import agent_arguments, bfcl_arguments, cmd_agent, cmd_bfcl
@@ -480,6 +481,8 @@ COMMANDS = [
     Command("distill", "knowledge distillation: a student learns a teacher's token distributions (KL, GKD, on-policy)",
             recipe_arguments(None, "student=runs/small/model teacher=runs/pipeline/sft/model data=chats.jsonl "
                                    "lmbda=0.5"), cmd_distill),
+    Command("prune", "depth pruning: keep the blocks of highest influence (ShortGPT), a student for distill",
+            prune_arguments, cmd_prune),
     Command("merge", "merge models or LoRA adapters of one base: linear, task arithmetic, TIES, DARE, SLERP",
             merge_arguments, cmd_merge),
     Command("reward-model", "train a reward model on preference pairs (Bradley-Terry)",

@@ -5,8 +5,8 @@
     python labs/01_sft_foundations/check.py --module my.py   # grade another file with the same functions
 
 Each check runs the learner's functions on seeded inputs and compares them with alignlab: `to_labels` and the
-labels of real TinyWorld chats, `LoraLinear` (forward, gradients, merge), `apply_lora` + `count_parameters`, and
-`quantize_nf4` / `dequantize_nf4`.
+labels of real TinyWorld chats, `LoraLinear` (forward, gradients, merge), `apply_lora` + `count_parameters`,
+`quantize_nf4` / `dequantize_nf4`, and `block_influence` / `keep_blocks` (depth pruning).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from alignlab.lora.layer import LoraLinear
 from alignlab.memory import linear_shapes, load_config
 from alignlab.memory import lora_params as memory_lora_params
 from alignlab.model.config import preset
+from alignlab.model.prune import block_influence, keep_blocks
 from alignlab.model.transformer import CausalLM
 from alignlab.quant.nf4 import NF4, dequantize_nf4, quantize_nf4
 
@@ -207,7 +208,47 @@ def check_4(ex) -> str:
     return "codes, absmax and dequantised weights against quantize_nf4(double_quant=False): 5 cases incl. ties"
 
 
-CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4}
+# ----------------------------------------------------------------------------------------------------------------
+# 5. Depth pruning
+
+
+def check_5(ex) -> str:
+    torch.manual_seed(5)
+    model = CausalLM(preset("llama", vocab_size=64, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=32))
+    model.eval()
+    batches = [torch.randint(0, 64, (2, 12)), torch.randint(0, 64, (3, 7))]
+    entering, leaving = {i: [] for i in range(4)}, {i: [] for i in range(4)}
+    hooks = []
+    for i, block in enumerate(model.model.layers):
+        hooks.append(block.register_forward_pre_hook(lambda m, args, i=i: entering[i].append(args[0].detach())))
+        hooks.append(block.register_forward_hook(lambda m, args, out, i=i: leaving[i].append(out.detach())))
+    with torch.no_grad():
+        for ids in batches:
+            model(ids)
+    for h in hooks:
+        h.remove()
+    want = block_influence(model, batches)
+    for i in range(4):
+        got = float(ex.block_influence([t.clone() for t in entering[i]], [t.clone() for t in leaving[i]]))
+        close(torch.tensor(got), torch.tensor(want[i]), f"block_influence of block {i} (2 batches: 24 + 21 tokens)",
+              atol=1e-5)
+    ids = torch.randint(0, 64, (2, 10))
+    for keep in ([0, 3], [3, 1, 2], [2]):
+        state = ex.keep_blocks_state(dict(model.state_dict()), list(keep))
+        small = CausalLM(preset("llama", vocab_size=64, dim=32, n_layers=len(keep), n_heads=4, n_kv_heads=2,
+                                max_seq_len=32)).eval()
+        try:
+            small.load_state_dict(state)
+        except RuntimeError as e:
+            raise AssertionError(f"keep_blocks_state(state, {keep}): a {len(keep)}-layer model cannot load it: "
+                                 f"{str(e).splitlines()[0]}") from None
+        with torch.no_grad():
+            close(small(ids), keep_blocks(model, keep)(ids), f"logits of the model cut to blocks {keep}", atol=1e-6)
+    return ("block influence of each of 4 blocks against alignlab.model.prune.block_influence; the kept blocks' "
+            "logits against keep_blocks for 3 choices")
+
+
+CHECKS = {1: check_1, 2: check_2, 3: check_3, 4: check_4, 5: check_5}
 
 if __name__ == "__main__":
     from alignlab.lab import check_main

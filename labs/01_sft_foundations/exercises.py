@@ -1,4 +1,4 @@
-"""Lab 01 exercises: SFT's labels, LoRA and NF4, each written from its formula.
+"""Lab 01 exercises: SFT's labels, LoRA, NF4 and depth pruning, each written from its formula.
 
 Fill in each function, then grade your work:
 
@@ -99,5 +99,30 @@ def nf4_dequantize(codes: torch.Tensor, absmax: torch.Tensor, block: int = 64) -
     """Exercise 4b. The weights that NF4 codes stand for: w_i ~= NF4_LEVELS[code_i] * absmax[i // block].
 
     codes [n] (integers 0..15), absmax float32 [number of blocks]. Returns float32 [n].
+    """
+    raise NotImplementedError
+
+
+def block_influence(entering: list[torch.Tensor], leaving: list[torch.Tensor]) -> float:
+    """Exercise 5a. ShortGPT's block influence of one transformer block.
+
+    entering[j], leaving[j]: the hidden states [B, T, dim] entering and leaving the block on batch j (the residual
+    stream before the block and after it). With cos(a, b) = a . b / (|a| |b|) taken per token over the dim axis,
+
+        BI = 1 - (sum over every token of every batch of cos(entering, leaving)) / (number of tokens)
+
+    0 for a block that leaves the stream's direction unchanged; depth pruning removes the blocks of least BI.
+    Returns a float.
+    """
+    raise NotImplementedError
+
+
+def keep_blocks_state(state: dict[str, torch.Tensor], keep: list[int]) -> dict[str, torch.Tensor]:
+    """Exercise 5b. The state dict of a model cut to the blocks `keep` (block indices, in any order).
+
+    Block i's tensors are named "model.layers.{i}.<rest>". Keep only the blocks in `keep`, renumbered in their
+    order in the model: the j-th smallest index in `keep` becomes block j ("model.layers.{j}.<rest>"). Every tensor
+    outside the blocks (embeddings, the final norm, the head) stays under its name. Returns a new dict; a CausalLM
+    with len(keep) layers must load it with strict=True.
     """
     raise NotImplementedError

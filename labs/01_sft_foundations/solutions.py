@@ -1,4 +1,4 @@
-"""Lab 01's reference solutions: SFT's labels, LoRA and NF4, written straight from the formulas.
+"""Lab 01's reference solutions: SFT's labels, LoRA, NF4 and depth pruning, written straight from the formulas.
 
 Try each exercise first (labs/01_sft_foundations/exercises.py); `alignlab lab solution 1 N` prints one of these.
 """
@@ -78,3 +78,27 @@ def nf4_dequantize(codes: torch.Tensor, absmax: torch.Tensor, block: int = 64) -
     levels = torch.tensor(NF4_LEVELS, dtype=torch.float32)
     block_of = torch.arange(codes.numel()) // block  # which block each weight belongs to
     return levels[codes.long()] * absmax[block_of]
+
+
+def block_influence(entering: list[torch.Tensor], leaving: list[torch.Tensor]) -> float:
+    """Exercise 5a. ShortGPT's block influence: 1 - the mean cosine between a block's input and output."""
+    total, tokens = 0.0, 0
+    for a, b in zip(entering, leaving):
+        cos = (a * b).sum(dim=-1) / (a.norm(dim=-1) * b.norm(dim=-1))  # one value per token
+        total += cos.sum().item()
+        tokens += cos.numel()
+    return 1.0 - total / tokens
+
+
+def keep_blocks_state(state: dict[str, torch.Tensor], keep: list[int]) -> dict[str, torch.Tensor]:
+    """Exercise 5b. The blocks `keep`, renumbered 0, 1, ... in their order; everything else as it is."""
+    order = sorted(keep)
+    out = {}
+    for name, value in state.items():
+        if name.startswith("model.layers."):
+            _, _, i, rest = name.split(".", 3)
+            if int(i) not in order:
+                continue  # a removed block
+            name = f"model.layers.{order.index(int(i))}.{rest}"
+        out[name] = value
+    return out
