@@ -1,7 +1,7 @@
 """`alignlab pipeline`: the main job. A tiny model goes through every post-training stage on TinyWorld,
 and a report shows what each stage changed.
 
-    alignlab pipeline [--out runs/pipeline] [--seed 0] [--quick] [--from STAGE] [--until STAGE] [--with rft]
+    alignlab pipeline [--out runs/pipeline] [--seed 0] [--quick] [--from STAGE] [--until STAGE] [--with STAGE]
 
 Each stage writes into its own directory under --out and, when it finishes, a stage.json. Running the
 pipeline again reuses every finished stage; --from STAGE redoes that stage and everything after it. A
@@ -30,6 +30,8 @@ Stages, in order, each with something to learn that the stage before left undone
                reward, KL, length and entropy curves
     rft        (opt-in: --with rft) rejection-sampling fine-tuning from the SFT model, a side branch: it answers
                each level 3-4 training prompt 8 times, its verified answers (decontaminated) become SFT data
+    distill    (opt-in: --with distill) a student of half the depth, a side branch: the base cut to its most
+               influential blocks, distilled from the base on the pretraining text, then from the SFT model
     eval       every model so far (base = after pretrain, sft, sft_lora, dpo, grpo) on held-out prompts: format rate,
                accuracy per level, attacks refused, look-alikes refused, secret leaks, DPO's win rate against SFT
                with position swap, and pass@1 / pass@8 before and after GRPO; then the report
@@ -427,6 +429,23 @@ def stage_rft(run: Run) -> dict:
             **_training_metrics(result, "val_lm_loss")}
 
 
+def stage_distill(run: Run) -> dict:
+    """Minitron (recipes/distill.py: prune_and_distill): the base cut to half its blocks by block influence, distilled
+    from the base on the pretraining text, then from the SFT model on the SFT chats, for those stages' steps."""
+    from alignlab.recipes.distill import prune_and_distill
+
+    s, text = run.sizes, (run.dir("tokenizer") / "corpus.txt").read_text()
+    result = prune_and_distill(
+        run.model_dir("pretrain"), run.model_dir("sft"), max(1, s.model["n_layers"] // 2), run.dir("distill"), text,
+        run.world.sft_conversations("train"), run.world.sft_conversations("test"),
+        _train_config(run, s.pretrain_steps, s.pretrain_lr, s.pretrain_steps // 20),
+        _train_config(run, s.sft_steps, s.sft_lr, s.sft_steps // 20), s.block_size, s.pretrain_batch, s.sft_batch)
+    return {"trained_on": f"the base cut to its blocks {result['kept_blocks']} of {s.model['n_layers']} (block "
+                          f"influence {result['block_influence']}), distilled from the base on the pretraining text, "
+                          "then from the SFT model on the SFT chats (forward KL)",
+            **_training_metrics(result, "val_kl")}
+
+
 def pass_before_after(run: Run, dtype) -> dict:
     """pass@1 (greedy and sampled) and pass@8 of GRPO's start model and the GRPO model on GRPO's levels
     (eval_per_level held-out prompts each), and the paired change in greedy pass@1 with its 95% interval."""
@@ -479,6 +498,8 @@ STAGES = [
           stage_grpo),
     Stage("rft", "opt-in: SFT on the SFT model's own verified level 3-4 answers (rejection sampling)", stage_rft,
           side=True, optional=True),
+    Stage("distill", "opt-in: the base cut to half its blocks, distilled from the base and the SFT model (Minitron)",
+          stage_distill, side=True, optional=True),
     Stage("eval", "every model on held-out prompts, then the report", stage_eval, makes_model=False),
 ]
 MODEL_NAMES = {"pretrain": "base", "sft_lora": "sft (LoRA)"}  # how the report calls a stage's model
@@ -562,38 +583,6 @@ def run_pipeline(out: str | Path = "runs/pipeline", seed: int = 0, quick: bool =
 
 def write_pipeline_report(run: Run) -> Path:
     """report.md and report.html from what the finished stages left in the run directory."""
-    from alignlab.eval.report import (
-        limits_table,
-        pick_samples,
-        redteam_table,
-        stage_notes,
-        step_table,
-        tool_table,
-        transcript_table,
-        write_report,
-    )
+    from alignlab.eval.report import pipeline_report
 
-    stages = {s.name: run.done(s.name) for s in STAGES if run.done(s.name)}
-    evals_path = run.dir("eval") / "metrics.json"
-    evals = json.loads(evals_path.read_text()) if evals_path.exists() and run.done("eval") else {}
-    curves = {s.name: run.dir(s.name) / "metrics.jsonl" for s in STAGES
-              if s.name != "grpo" and (run.dir(s.name) / "metrics.jsonl").exists()}  # GRPO's loss says little
-    total = sum(s["seconds"] for s in stages.values())
-    notes = [f"TinyWorld seed {run.seed}, size {'quick' if run.quick else 'default'}; {total:.0f} s of stage time",
-             f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows",
-             *stage_notes(stages, evals, run.sizes.eval_per_level, GRPO_LEVELS, GRPO_START, judge_rules())]
-    replies = {name: _read_jsonl(run.dir("eval") / f"replies_{name}.jsonl") for name in evals}
-    tables = [t for t in (step_table(evals), redteam_table(evals), tool_table(evals)) if t[2]]
-    tool_rows = _read_jsonl(run.dir("eval") / "tool_use_tools.jsonl")
-    shown = next((r for r in tool_rows if r["kind"] == "weather"), None)
-    if shown:
-        tables.append(transcript_table(shown["messages"]))
-    if evals:
-        tables.append(limits_table())
-    return write_report(run.out, "alignlab pipeline on TinyWorld", list(stages.values()), evals, curves,
-                        pick_samples(replies), notes, figures=[run.dir("grpo") / "plots" / "rl.png"],
-                        tables=tables, loss_labels={"dpo": "SafeDPO + RPO loss (per pair)"})[0]
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return pipeline_report(run, [s.name for s in STAGES], GRPO_LEVELS, GRPO_START, judge_rules())

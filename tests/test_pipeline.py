@@ -123,6 +123,14 @@ def test_quick_pipeline_sft_beats_base_resumes_and_reuses(tmp_path, capsys):
     assert "rft" in json.loads((out / "eval" / "metrics.json").read_text())
     assert main(["pipeline", "--quick", "--out", str(out), "--from", "rft"]) == 2  # opt-in: named with --with
 
+    # 5. the opt-in distill stage: the 2-layer base cut to its more influential block, distilled, evaluated
+    assert main(["pipeline", "--quick", "--out", str(out), "--with", "distill"]) == 0
+    distilled = json.loads((out / "distill" / "stage.json").read_text())["metrics"]
+    assert "cut to its blocks [" in distilled["trained_on"] and distilled["val_kl"] >= 0
+    assert json.loads((out / "distill" / "model" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert json.loads((out / "distill" / "pruned" / "alignlab.json").read_text())["kept_blocks"] in ([0], [1])
+    assert "distill" in json.loads((out / "eval" / "metrics.json").read_text())
+
 
 def test_a_stage_redone_makes_the_stages_that_use_it_stale(tmp_path, monkeypatch, capsys):
     import alignlab.pipeline as pl

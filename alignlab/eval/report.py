@@ -9,9 +9,9 @@ samples  [{"prompt", "replies": {model name: reply}, "note"}]    the same prompt
 figures  [path of a PNG]                                         more pictures (e.g. a stage's RL curves)
 tables   [(title, header, rows)]                                 more tables, after the metric table
 
-The pipeline's own text comes from here too: `stage_notes` (what SFT, DPO and GRPO changed, in the run's
-numbers), `step_table` (the worked steps each model gets wrong) and `pick_samples` (the same prompts, every
-model's reply).
+The pipeline's own text comes from here too: `pipeline_report` (the whole report of a run directory),
+`stage_notes` (what SFT, DPO and GRPO changed, in the run's numbers), `step_table` (the worked steps each model
+gets wrong) and `pick_samples` (the same prompts, every model's reply).
 """
 
 from __future__ import annotations
@@ -171,6 +171,35 @@ def write_report(out_dir: str | Path, title: str, stages: list[dict], evals: dic
 
 # ------------------------------------------------------------------------------------------------
 # The pipeline's notes, samples and tables: what each stage changed, in the run's own numbers
+
+
+def pipeline_report(run, stage_names: list[str], grpo_levels: tuple[int, ...], grpo_start: str, judge: str) -> Path:
+    """report.md and report.html of a pipeline run (alignlab.pipeline.Run) from what its finished stages (in the
+    order of `stage_names`) left in the run directory; returns report.md's path."""
+    stages = {name: run.done(name) for name in stage_names if run.done(name)}
+    evals_path = run.dir("eval") / "metrics.json"
+    evals = json.loads(evals_path.read_text()) if evals_path.exists() and run.done("eval") else {}
+    curves = {name: run.dir(name) / "metrics.jsonl" for name in stage_names
+              if name != "grpo" and (run.dir(name) / "metrics.jsonl").exists()}  # GRPO's loss says little
+    total = sum(s["seconds"] for s in stages.values())
+    notes = [f"TinyWorld seed {run.seed}, size {'quick' if run.quick else 'default'}; {total:.0f} s of stage time",
+             f"model: {run.sizes.model}, {run.sizes.block_size}-token pretraining windows",
+             *stage_notes(stages, evals, run.sizes.eval_per_level, grpo_levels, grpo_start, judge)]
+    replies = {name: _read_jsonl(run.dir("eval") / f"replies_{name}.jsonl") for name in evals}
+    tables = [t for t in (step_table(evals), redteam_table(evals), tool_table(evals)) if t[2]]
+    tool_rows = _read_jsonl(run.dir("eval") / "tool_use_tools.jsonl")
+    shown = next((r for r in tool_rows if r["kind"] == "weather"), None)
+    if shown:
+        tables.append(transcript_table(shown["messages"]))
+    if evals:
+        tables.append(limits_table())
+    return write_report(run.out, "alignlab pipeline on TinyWorld", list(stages.values()), evals, curves,
+                        pick_samples(replies), notes, figures=[run.dir("grpo") / "plots" / "rl.png"],
+                        tables=tables, loss_labels={"dpo": "SafeDPO + RPO loss (per pair)"})[0]
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def stage_notes(stages: dict[str, dict], evals: dict[str, dict], per_level: int, grpo_levels: tuple[int, ...],

@@ -16,7 +16,8 @@
 5. save      <out_dir>/model, a Hugging Face model directory
 
 Sequence-level KD (Kim & Rush 2016) is SFT on the teacher's samples: `alignlab synth rejection --model TEACHER`
-writes them, `alignlab sft` trains on them.
+writes them, `alignlab sft` trains on them. `prune_and_distill` starts the student from the teacher itself, cut to
+its most influential blocks (Minitron; the pipeline's opt-in `distill` stage).
 """
 
 from __future__ import annotations
@@ -181,3 +182,34 @@ def run(cfg: DistillConfig, resume: bool = False, train_records: list[dict] | No
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"distill: {result['step']} steps ({result['train_seconds']:.0f} s); model: {result['model_dir']}")
     return result
+
+
+def prune_and_distill(base: str | Path, teacher: str | Path, n_layers: int, out_dir: str | Path, text: str,
+                      chats: list[dict], val_chats: list[dict], text_train: TrainConfig, chat_train: TrainConfig,
+                      block_size: int, text_batch: int, chat_batch: int) -> dict:
+    """Minitron's recipe (Muralidharan et al. 2024, arXiv:2407.14679), in depth: cut `base` to its n_layers blocks of
+    highest block influence on `text` (alignlab/model/prune.py), distil the cut model from `base` on `text` (forward
+    KL, windows of about block_size tokens), then from `teacher`, the base's fine-tune, on `chats`. The student is
+    out_dir/model; returns the second run's result with "kept_blocks" and "block_influence"."""
+    from alignlab.model.prune import block_influence, keep_blocks, most_influential
+
+    out, base_dir = Path(out_dir), resolve_model_dir(str(base))
+    model, tok = load_model(base_dir, dtype=torch.float32), load_tokenizer(base_dir)
+    ids = tok.encode(text[:256 * block_size], add_special_tokens=False)
+    windows = torch.tensor(ids[:len(ids) // block_size * block_size]).view(-1, block_size)[:32]
+    influence = block_influence(model, list(windows.split(8)))
+    keep = most_influential(influence, n_layers)
+    start = out / "pruned"
+    if not (start / "config.json").exists():
+        save_model(keep_blocks(model, keep), start, tokenizer=tok,
+                   meta={"stage": "prune", "parent": str(base_dir), "kept_blocks": keep, "block_influence": influence})
+    chunks = [{"text": text[i:i + 2 * block_size]} for i in range(0, len(text), 2 * block_size)]  # ~block_size tokens
+    first = run(DistillConfig(out_dir=str(out / "text"), student=str(start), teacher=str(base_dir), beta=0.0,
+                              max_len=block_size, batch_size=text_batch, sample_prompts=0, train=text_train),
+                resume=True, train_records=chunks[:-32], val_records=chunks[-32:])
+    if first["status"] != "finished":
+        return first
+    second = run(DistillConfig(out_dir=str(out), student=first["model_dir"], teacher=str(teacher), beta=0.0,
+                               max_len=2 * block_size, batch_size=chat_batch, train=chat_train),
+                 resume=True, train_records=chats, val_records=val_chats)
+    return {**second, "kept_blocks": keep, "block_influence": [round(b, 4) for b in influence]}
