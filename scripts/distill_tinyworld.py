@@ -38,7 +38,7 @@ from alignlab.cli.quant import text_windows
 from alignlab.eval.world_suite import evaluate_on_world
 from alignlab.model import CausalLM
 from alignlab.model.hf import load_model, save_model
-from alignlab.model.prune import block_influence, keep_blocks, most_influential
+from alignlab.model.prune import prune_by_influence
 from alignlab.pipeline import Run, stage_pretrain, stage_sft
 from alignlab.recipes import distill
 from alignlab.text import load_tokenizer
@@ -61,7 +61,7 @@ def kd_pretrain(student: Run, teacher_base: Path, out: Path, temperature: float,
         torch.manual_seed(student.seed)
         init = save_model(CausalLM(load_model(like).config), out / "init", tokenizer=load_tokenizer(like))
     text = (student.dir("tokenizer") / "corpus.txt").read_text()
-    chunks = [{"text": text[i:i + 2 * s.block_size]} for i in range(0, len(text), 2 * s.block_size)]  # ~block tokens
+    chunks = distill.text_chunks(text, s.block_size)
     cfg = distill.DistillConfig(
         out_dir=str(out), student=str(init), teacher=str(teacher_base), beta=0.0, temperature=temperature, lmbda=0.0,
         max_len=s.block_size, batch_size=s.pretrain_batch, sample_prompts=0,
@@ -75,11 +75,9 @@ def pruned_teacher(teacher_dir: Path, n_layers: int, out: Path, world_seed: int)
     """The teacher cut to its n_layers blocks of highest influence on TinyWorld's pretraining text."""
     teacher, tok = load_model(teacher_dir, dtype=torch.float32), load_tokenizer(teacher_dir)
     windows = text_windows("tinyworld", tok, "train", 256, 32, world_seed)
-    influence = block_influence(teacher, list(windows.split(8)))
-    keep = most_influential(influence, n_layers)
+    pruned, keep, influence = prune_by_influence(teacher, windows, n_layers)
     if not (out / "config.json").exists():
-        save_model(keep_blocks(teacher, keep), out, tokenizer=tok,
-                   meta={"stage": "prune", "parent": str(teacher_dir), "kept_blocks": keep})
+        save_model(pruned, out, tokenizer=tok, meta={"stage": "prune", "parent": str(teacher_dir), "kept_blocks": keep})
     return out, keep, influence
 
 

@@ -34,13 +34,12 @@ def prune_arguments(p):
 
 def cmd_prune(args):
     from alignlab.model.hf import load_model, resolve_model_dir, save_model
-    from alignlab.model.prune import block_influence, keep_blocks, most_influential
+    from alignlab.model.prune import keep_blocks, prune_by_influence
     from alignlab.text import load_tokenizer
 
     path = resolve_model_dir(args.model)
     model, tokenizer = load_model(path, dtype=torch.float32), load_tokenizer(path)
     n = model.config.n_layers
-    influence = None
     if args.keep is not None:
         try:
             keep = sorted({int(i) for i in args.keep.split(",")})
@@ -48,16 +47,15 @@ def cmd_prune(args):
             raise UserError(f"--keep {args.keep!r}: give block indices separated by commas, e.g. 0,3") from None
         if keep[0] < 0 or keep[-1] >= n:
             raise UserError(f"--keep {args.keep}: {args.model} has blocks 0-{n - 1}")
+        pruned, influence = keep_blocks(model, keep), None
     else:
         if not 1 <= args.layers <= n:
             raise UserError(f"--layers {args.layers}: {args.model} has {n} blocks; keep between 1 and {n}")
         seq_len = args.seq_len or min(256, model.config.max_seq_len)
         windows = text_windows(args.calibration, tokenizer, "train", seq_len, args.n_samples)
-        influence = block_influence(model, list(windows.split(8)))
-        keep = most_influential(influence, args.layers)
+        pruned, keep, influence = prune_by_influence(model, windows, args.layers)
         print(f"block influence on {len(windows)} windows of {seq_len} tokens from {args.calibration}: "
               + ", ".join(f"{i}: {b:.4f}" for i, b in enumerate(influence)), file=sys.stderr)
-    pruned = keep_blocks(model, keep)
     meta = {"stage": "prune", "parent": str(path), "kept_blocks": keep, "block_influence": influence}
     out = save_model(pruned, args.out, tokenizer=tokenizer, meta=meta)
     print(f"kept blocks {keep} of {n}: {model.num_params():,} -> {pruned.num_params():,} parameters; wrote {out}")

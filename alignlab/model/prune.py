@@ -95,3 +95,12 @@ def most_influential(influence: list[float], n_layers: int) -> list[int]:
     if not 1 <= n_layers <= len(influence):
         raise ValueError(f"n_layers must be in [1, {len(influence)}], got {n_layers}")
     return sorted(sorted(range(len(influence)), key=lambda i: -influence[i])[:n_layers])
+
+
+def prune_by_influence(model: CausalLM, windows: torch.Tensor, n_layers: int,
+                       batch: int = 8) -> tuple[CausalLM, list[int], list[float]]:
+    """ShortGPT's depth pruning in one call: block influence on token windows [N, T] (`batch` rows per forward),
+    then the model cut to its n_layers most influential blocks. Returns (pruned model, kept blocks, influence)."""
+    influence = block_influence(model, list(windows.split(batch)))
+    keep = most_influential(influence, n_layers)
+    return keep_blocks(model, keep), keep, influence

@@ -184,6 +184,11 @@ def run(cfg: DistillConfig, resume: bool = False, train_records: list[dict] | No
     return result
 
 
+def text_chunks(text: str, block_size: int) -> list[dict]:
+    """Plain text cut into {"text"} records of 2 * block_size characters: about block_size tokens each."""
+    return [{"text": text[i:i + 2 * block_size]} for i in range(0, len(text), 2 * block_size)]
+
+
 def prune_and_distill(base: str | Path, teacher: str | Path, n_layers: int, out_dir: str | Path, text: str,
                       chats: list[dict], val_chats: list[dict], text_train: TrainConfig, chat_train: TrainConfig,
                       block_size: int, text_batch: int, chat_batch: int) -> dict:
@@ -191,19 +196,18 @@ def prune_and_distill(base: str | Path, teacher: str | Path, n_layers: int, out_
     highest block influence on `text` (alignlab/model/prune.py), distil the cut model from `base` on `text` (forward
     KL, windows of about block_size tokens), then from `teacher`, the base's fine-tune, on `chats`. The student is
     out_dir/model; returns the second run's result with "kept_blocks" and "block_influence"."""
-    from alignlab.model.prune import block_influence, keep_blocks, most_influential
+    from alignlab.model.prune import prune_by_influence
 
     out, base_dir = Path(out_dir), resolve_model_dir(str(base))
     model, tok = load_model(base_dir, dtype=torch.float32), load_tokenizer(base_dir)
     ids = tok.encode(text[:256 * block_size], add_special_tokens=False)
     windows = torch.tensor(ids[:len(ids) // block_size * block_size]).view(-1, block_size)[:32]
-    influence = block_influence(model, list(windows.split(8)))
-    keep = most_influential(influence, n_layers)
+    pruned, keep, influence = prune_by_influence(model, windows, n_layers)
     start = out / "pruned"
     if not (start / "config.json").exists():
-        save_model(keep_blocks(model, keep), start, tokenizer=tok,
+        save_model(pruned, start, tokenizer=tok,
                    meta={"stage": "prune", "parent": str(base_dir), "kept_blocks": keep, "block_influence": influence})
-    chunks = [{"text": text[i:i + 2 * block_size]} for i in range(0, len(text), 2 * block_size)]  # ~block_size tokens
+    chunks = text_chunks(text, block_size)
     first = run(DistillConfig(out_dir=str(out / "text"), student=str(start), teacher=str(base_dir), beta=0.0,
                               max_len=block_size, batch_size=text_batch, sample_prompts=0, train=text_train),
                 resume=True, train_records=chunks[:-32], val_records=chunks[-32:])
